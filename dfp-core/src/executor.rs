@@ -1,0 +1,633 @@
+//! The timely executor: compiles a [`Plan`] into one dataflow per worker and runs it.
+//!
+//! Every worker builds the same operators in the same order (the plan's dependency order):
+//!
+//! - a **source** becomes a timely source operator. Each batch it emits gets its own timestamp (an epoch
+//!   counter), and the source pauses while more than `runtime.max_in_flight` of its epochs have not yet
+//!   passed a probe placed after every sink: that is the end-to-end backpressure.
+//! - a **transform** or **sink** reads the concatenation of its inputs. When it declares
+//!   [`Partitioning::By`], a routing step splits each batch by the key's stable hash and an exchange
+//!   sends each part to its worker; [`Partitioning::Single`] sends everything to worker 0.
+//! - every stage's dead letters form a second stream; all of them are concatenated and go to the stage
+//!   that reads `dead-letters`, or to the JSON-lines file `runtime.dead_letter` (created only when needed).
+//!
+//! A stage that returns an error (or panics) records the failure and raises an abort flag: sources stop,
+//! operators drop their input, the dataflow drains, and [`run`] returns [`RunError::Stage`] naming the
+//! stage. A stop request ([`StopHandle`], Ctrl-C in the CLI) makes sources stop reading; what is in flight
+//! still reaches the sinks, which then finish normally.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
+use timely::dataflow::operators::core::{Concatenate, OkErr};
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::{Inspect, Probe};
+use timely::dataflow::{Scope, Stream};
+
+use crate::batch::Batch;
+use crate::embedded::EmbeddedIo;
+use crate::error::{RunError, StageError};
+use crate::partition::split_by_key;
+use crate::spec::{Plan, PlannedStage, DEAD_LETTERS};
+use crate::stage::{
+    DeadLetter, Emitter, Partitioning, Sink, Source, SourceStatus, StageContext, StageInstance, StageKind, StopFlag,
+    Transform,
+};
+
+type Time = u64;
+type Item = Result<Batch, DeadLetter>;
+type Batches<'s> = Stream<'s, Time, Vec<Batch>>;
+type Dead<'s> = Stream<'s, Time, Vec<DeadLetter>>;
+type Items<'s> = Stream<'s, Time, Vec<Item>>;
+type ItemBuilder = CapacityContainerBuilder<Vec<Item>>;
+
+/// Asks a running pipeline to stop gracefully: sources stop reading, in-flight data drains to the sinks.
+#[derive(Clone, Default, Debug)]
+pub struct StopHandle(pub(crate) StopFlag);
+
+impl StopHandle {
+    /// A new, unset handle.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Requests the stop.
+    pub fn stop(&self) {
+        self.0.set();
+    }
+    /// True once requested.
+    pub fn is_stopped(&self) -> bool {
+        self.0.is_set()
+    }
+}
+
+/// Options of one run; unset fields take the plan's `runtime:` values.
+#[derive(Default, Debug)]
+pub struct RunOptions {
+    /// Worker threads (overrides `runtime.workers`).
+    pub workers: Option<usize>,
+    /// Where unrouted dead letters go (overrides `runtime.dead_letter`).
+    pub dead_letter: Option<String>,
+    /// A handle to stop the run from another thread.
+    pub stop: Option<StopHandle>,
+    pub(crate) io: Option<Arc<EmbeddedIo>>,
+}
+
+/// Per-stage figures of a finished run, summed over workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageReport {
+    /// Stage id.
+    pub id: String,
+    /// Stage type.
+    pub type_name: String,
+    /// Rows received.
+    pub rows_in: u64,
+    /// Rows emitted downstream.
+    pub rows_out: u64,
+    /// Batches emitted downstream.
+    pub batches_out: u64,
+    /// Records rejected to the dead-letter output.
+    pub dead_letters: u64,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// One entry per stage, in dependency order.
+    pub stages: Vec<StageReport>,
+    /// Worker threads used.
+    pub workers: usize,
+    /// Wall-clock time of the run.
+    pub elapsed: Duration,
+    /// The dead-letter file, when one was written.
+    pub dead_letter_file: Option<String>,
+    /// Total dead letters.
+    pub dead_letters: u64,
+}
+
+impl RunReport {
+    /// The figures of one stage.
+    pub fn stage(&self, id: &str) -> Option<&StageReport> {
+        self.stages.iter().find(|s| s.id == id)
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    rows_in: AtomicU64,
+    rows_out: AtomicU64,
+    batches_out: AtomicU64,
+    dead: AtomicU64,
+}
+
+struct Shared {
+    error: Mutex<Option<RunError>>,
+    abort: AtomicBool,
+    counters: Vec<Counters>,
+    dead_written: AtomicU64,
+    dead_letter_path: String,
+    dead_letter_file: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+}
+
+impl Shared {
+    fn fail(&self, stage: &str, source: StageError) {
+        tracing::error!(stage, error = %source, "stage failed; stopping the pipeline");
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(RunError::Stage { stage: stage.to_string(), source });
+        }
+        self.abort.store(true, Ordering::SeqCst);
+    }
+    fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+}
+
+fn guard<R>(f: impl FnOnce() -> Result<R, StageError>) -> Result<R, StageError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(StageError::Panic(msg))
+        }
+    }
+}
+
+/// Runs a plan to completion on `options.workers` threads (default `runtime.workers`).
+pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    let workers = options.workers.unwrap_or(plan.runtime.workers).max(1);
+    let stop = options.stop.unwrap_or_default();
+    let io = options.io.unwrap_or_default();
+    let shared = Arc::new(Shared {
+        error: Mutex::new(None),
+        abort: AtomicBool::new(false),
+        counters: plan.stages.iter().map(|_| Counters::default()).collect(),
+        dead_written: AtomicU64::new(0),
+        dead_letter_path: options.dead_letter.unwrap_or_else(|| plan.runtime.dead_letter.clone()),
+        dead_letter_file: Mutex::new(None),
+    });
+    tracing::info!(pipeline = %plan.file, workers, stages = plan.stages.len(), "starting pipeline");
+
+    let worker_plan = Arc::clone(&plan);
+    let worker_shared = Arc::clone(&shared);
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let plan = Arc::clone(&worker_plan);
+        let shared = Arc::clone(&worker_shared);
+        let stop = stop.0.clone();
+        let io = Arc::clone(&io);
+        worker.dataflow::<Time, _, _>(move |scope| {
+            build_dataflow(scope, &plan, &shared, &stop, &io, index, peers);
+        });
+    })
+    .map_err(RunError::Runtime)?;
+    let mut worker_failures = Vec::new();
+    for result in guards.join() {
+        if let Err(e) = result {
+            worker_failures.push(e);
+        }
+    }
+    if let Some(file) = shared.dead_letter_file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Err(e) = file.flush() {
+            shared.fail("dead-letters", StageError::io(&shared.dead_letter_path, e));
+        }
+    }
+    if let Some(err) = shared.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(err);
+    }
+    if !worker_failures.is_empty() {
+        return Err(RunError::Runtime(format!("worker failed: {}", worker_failures.join("; "))));
+    }
+    let stages: Vec<StageReport> = plan
+        .stages
+        .iter()
+        .zip(&shared.counters)
+        .map(|(s, c)| StageReport {
+            id: s.id.clone(),
+            type_name: s.type_name.clone(),
+            rows_in: c.rows_in.load(Ordering::Relaxed),
+            rows_out: c.rows_out.load(Ordering::Relaxed),
+            batches_out: c.batches_out.load(Ordering::Relaxed),
+            dead_letters: c.dead.load(Ordering::Relaxed),
+        })
+        .collect();
+    let dead_letters = stages.iter().map(|s| s.dead_letters).sum();
+    let written = shared.dead_written.load(Ordering::Relaxed) > 0;
+    let report = RunReport {
+        stages,
+        workers,
+        elapsed: started.elapsed(),
+        dead_letter_file: written.then(|| shared.dead_letter_path.clone()),
+        dead_letters,
+    };
+    tracing::info!(elapsed_ms = report.elapsed.as_millis() as u64, dead_letters, "pipeline finished");
+    Ok(report)
+}
+
+/// Everything one stage operator needs.
+struct OpEnv {
+    stage_index: usize,
+    ctx: StageContext,
+    shared: Arc<Shared>,
+}
+
+impl OpEnv {
+    fn counters(&self) -> &Counters {
+        &self.shared.counters[self.stage_index]
+    }
+    fn id(&self) -> &str {
+        &self.ctx.stage_id
+    }
+    /// Moves what a stage emitted into the output, counting it.
+    fn flush(&self, em: &mut Emitter, out: &mut Vec<Item>) {
+        let (batches, dead) = em.take();
+        let c = self.counters();
+        for b in batches {
+            c.rows_out.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            c.batches_out.fetch_add(1, Ordering::Relaxed);
+            out.push(Ok(b));
+        }
+        for mut d in dead {
+            d.stage = self.ctx.stage_id.clone();
+            c.dead.fetch_add(1, Ordering::Relaxed);
+            out.push(Err(d));
+        }
+    }
+}
+
+fn build_dataflow<'s>(
+    scope: Scope<'s, Time>,
+    plan: &Plan,
+    shared: &Arc<Shared>,
+    stop: &StopFlag,
+    io: &Arc<EmbeddedIo>,
+    index: usize,
+    peers: usize,
+) {
+    let probe: ProbeHandle<Time> = ProbeHandle::new();
+    // Stages fed (directly or not) by the dead-letter stream are built after it exists.
+    let mut after_dead: HashSet<&str> = HashSet::new();
+    for s in &plan.stages {
+        if s.inputs.iter().any(|i| i == DEAD_LETTERS || after_dead.contains(i.as_str())) {
+            after_dead.insert(&s.id);
+        }
+    }
+    let consumers: HashSet<&str> = plan.stages.iter().flat_map(|s| s.inputs.iter().map(String::as_str)).collect();
+    let mut outputs: HashMap<String, Batches<'s>> = HashMap::new();
+    let mut dead_streams: Vec<Dead<'s>> = Vec::new();
+    let mut late_dead: Vec<Dead<'s>> = Vec::new();
+
+    let build = |stage_index: usize, stage: &PlannedStage, outputs: &mut HashMap<String, Batches<'s>>| -> Dead<'s> {
+        let env = OpEnv {
+            stage_index,
+            ctx: StageContext {
+                stage_id: stage.id.clone(),
+                worker_index: index,
+                workers: peers,
+                io: Arc::clone(io),
+                stop: stop.clone(),
+            },
+            shared: Arc::clone(shared),
+        };
+        let instance = match guard(|| stage.factory.build(&env.ctx)) {
+            Ok(inst) if inst.kind() == stage.kind => Some(inst),
+            Ok(inst) => {
+                env.shared.fail(&stage.id, StageError::Other(format!("built a {} but is registered as a {}", inst.kind(), stage.kind)));
+                None
+            }
+            Err(e) => {
+                env.shared.fail(&stage.id, e);
+                None
+            }
+        };
+        let items: Items<'s> = match stage.kind {
+            StageKind::Source => {
+                let src = match instance {
+                    Some(StageInstance::Source(s)) => Some(s),
+                    _ => None,
+                };
+                source_op(scope, env, src, &probe, plan.runtime.max_in_flight)
+            }
+            StageKind::Transform | StageKind::Sink => {
+                let inputs: Vec<Batches<'s>> = stage.inputs.iter().filter_map(|i| outputs.get(i).cloned()).collect();
+                let input = scope.concatenate(inputs);
+                let partitioning = match &instance {
+                    Some(StageInstance::Transform(t)) => t.input_partitioning(),
+                    Some(StageInstance::Sink(s)) => s.input_partitioning(),
+                    _ => Partitioning::Any,
+                };
+                let op = match instance {
+                    Some(StageInstance::Transform(t)) => Op::Transform(t),
+                    Some(StageInstance::Sink(s)) => Op::Sink(s),
+                    _ => Op::Failed,
+                };
+                let routed = route(input, partitioning.clone(), peers, Arc::clone(shared), stage.id.clone());
+                match partitioning {
+                    Partitioning::Any => stage_op(routed, Pipeline, env, op),
+                    Partitioning::By(_) | Partitioning::Single => {
+                        stage_op(routed, Exchange::new(|x: &(u64, Batch)| x.0), env, op)
+                    }
+                }
+            }
+        };
+        let (batches, dead) = items.ok_err::<Vec<Batch>, Batch, Vec<DeadLetter>, DeadLetter, _>(|x| x);
+        if stage.kind == StageKind::Sink || !consumers.contains(stage.id.as_str()) {
+            let _ = batches.clone().probe_with(&probe);
+        }
+        outputs.insert(stage.id.clone(), batches);
+        dead
+    };
+
+    for (i, stage) in plan.stages.iter().enumerate() {
+        if !after_dead.contains(stage.id.as_str()) {
+            dead_streams.push(build(i, stage, &mut outputs));
+        }
+    }
+    let all_dead = scope.concatenate(dead_streams);
+    if plan.routes_dead_letters() {
+        outputs.insert(DEAD_LETTERS.to_string(), dead_letters_to_batches(all_dead));
+        for (i, stage) in plan.stages.iter().enumerate() {
+            if after_dead.contains(stage.id.as_str()) {
+                late_dead.push(build(i, stage, &mut outputs));
+            }
+        }
+        // Dead letters of the dead-letter branch itself are logged (routing them would loop).
+        let _ = scope.concatenate(late_dead).inspect(|d: &DeadLetter| {
+            tracing::warn!(stage = %d.stage, reason = %d.reason, origin = %d.origin, "dead letter in the dead-letter branch")
+        });
+    } else {
+        let sink = dead_letter_file_op(all_dead, Arc::clone(shared));
+        let _ = sink.probe_with(&probe);
+    }
+}
+
+enum Op {
+    Transform(Box<dyn Transform>),
+    Sink(Box<dyn Sink>),
+    Failed,
+}
+
+fn source_op<'s>(
+    scope: Scope<'s, Time>,
+    env: OpEnv,
+    mut src: Option<Box<dyn Source>>,
+    probe: &ProbeHandle<Time>,
+    max_in_flight: u64,
+) -> Items<'s> {
+    let probe = probe.clone();
+    let name = format!("source:{}", env.id());
+    source::<Time, ItemBuilder, _, _>(scope, &name, move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut cap = Some(cap);
+        let mut epoch: Time = 0;
+        let mut opened = false;
+        let mut em = Emitter::new();
+        let mut buf: Vec<Item> = Vec::new();
+        move |output| {
+            let Some(c) = cap.as_mut() else { return };
+            let Some(s) = src.as_mut() else {
+                cap = None;
+                return;
+            };
+            let mut close = env.shared.aborted() || env.ctx.stop_requested();
+            if !close && !opened {
+                opened = true;
+                if let Err(e) = guard(|| s.open(&env.ctx)) {
+                    env.shared.fail(env.id(), e);
+                    close = true;
+                }
+            }
+            if !close {
+                if epoch >= max_in_flight && probe.less_than(&(epoch - max_in_flight)) {
+                    activator.activate_after(Duration::from_millis(1));
+                    return;
+                }
+                match guard(|| s.poll(&env.ctx, &mut em)) {
+                    Ok(status) => {
+                        env.flush(&mut em, &mut buf);
+                        for item in buf.drain(..) {
+                            let is_batch = item.is_ok();
+                            output.session(&*c).give(item);
+                            if is_batch {
+                                epoch += 1;
+                                c.downgrade(&epoch);
+                            }
+                        }
+                        match status {
+                            SourceStatus::Ready => activator.activate(),
+                            SourceStatus::Idle => activator.activate_after(Duration::from_millis(5)),
+                            SourceStatus::Exhausted => close = true,
+                        }
+                    }
+                    Err(e) => {
+                        env.shared.fail(env.id(), e);
+                        close = true;
+                    }
+                }
+            }
+            if close {
+                if opened {
+                    if let Err(e) = guard(|| s.finish(&env.ctx)) {
+                        env.shared.fail(env.id(), e);
+                    }
+                }
+                src = None;
+                cap = None;
+            }
+        }
+    })
+}
+
+/// Tags each batch with its destination worker (splitting by key when asked).
+fn route<'s>(
+    input: Batches<'s>,
+    partitioning: Partitioning,
+    peers: usize,
+    shared: Arc<Shared>,
+    stage_id: String,
+) -> Stream<'s, Time, Vec<(u64, Batch)>> {
+    input.unary::<CapacityContainerBuilder<Vec<(u64, Batch)>>, _, _, _>(Pipeline, "route", move |_, _| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let mut session = output.session(&cap);
+                for batch in data.drain(..) {
+                    if shared.aborted() {
+                        continue;
+                    }
+                    match &partitioning {
+                        Partitioning::Any | Partitioning::Single => session.give((0, batch)),
+                        Partitioning::By(column) => match split_by_key(batch, column, peers) {
+                            Ok(parts) => session.give_iterator(parts.into_iter()),
+                            Err(e) => shared.fail(&stage_id, e),
+                        },
+                    }
+                }
+            });
+        }
+    })
+}
+
+fn stage_op<'s, P>(input: Stream<'s, Time, Vec<(u64, Batch)>>, pact: P, env: OpEnv, op: Op) -> Items<'s>
+where
+    P: ParallelizationContract<Time, Vec<(u64, Batch)>>,
+{
+    let name = format!("stage:{}", env.id());
+    let mut op = op;
+    let mut opened = false;
+    input.unary_frontier::<ItemBuilder, _, _, P>(pact, &name, move |default_cap, _info| {
+        let mut held = Some(default_cap);
+        let mut em = Emitter::new();
+        let mut buf: Vec<Item> = Vec::new();
+        move |(input, frontier), output| {
+            if !opened {
+                opened = true;
+                let r = match &mut op {
+                    Op::Transform(t) => guard(|| t.open(&env.ctx)),
+                    Op::Sink(s) => guard(|| s.open(&env.ctx)),
+                    Op::Failed => Ok(()),
+                };
+                if let Err(e) = r {
+                    env.shared.fail(env.id(), e);
+                    op = Op::Failed;
+                }
+            }
+            input.for_each(|cap, data| {
+                if env.shared.aborted() {
+                    data.clear();
+                    return;
+                }
+                for (_, batch) in data.drain(..) {
+                    env.counters().rows_in.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    let r = match &mut op {
+                        Op::Transform(t) => guard(|| t.process(batch, &mut em)),
+                        Op::Sink(s) => guard(|| s.write(batch)),
+                        Op::Failed => Ok(()),
+                    };
+                    if let Err(e) = r {
+                        env.shared.fail(env.id(), e);
+                        op = Op::Failed;
+                    }
+                    env.flush(&mut em, &mut buf);
+                }
+                if !buf.is_empty() {
+                    output.session(&cap).give_iterator(buf.drain(..));
+                }
+            });
+            if let Some(c) = held.as_mut() {
+                let f = frontier.frontier();
+                if f.is_empty() {
+                    let r = match &mut op {
+                        Op::Transform(t) if !env.shared.aborted() => guard(|| t.finish(&mut em)),
+                        Op::Sink(s) => guard(|| s.finish()),
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = r {
+                        env.shared.fail(env.id(), e);
+                    }
+                    op = Op::Failed;
+                    env.flush(&mut em, &mut buf);
+                    if !buf.is_empty() {
+                        output.session(&*c).give_iterator(buf.drain(..));
+                    }
+                    held = None;
+                } else if let Some(t) = f.iter().min() {
+                    if c.time() < t {
+                        c.downgrade(t);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The schema of dead-letter batches.
+pub fn dead_letter_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("stage", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("record", DataType::Utf8, false),
+        Field::new("origin", DataType::Utf8, false),
+    ]))
+}
+
+/// Dead letters as one record batch (columns `stage`, `reason`, `record`, `origin`).
+pub fn dead_letters_batch(dead: &[DeadLetter]) -> RecordBatch {
+    let col = |f: fn(&DeadLetter) -> &str| Arc::new(StringArray::from_iter_values(dead.iter().map(f))) as _;
+    RecordBatch::try_new(
+        dead_letter_schema(),
+        vec![col(|d| &d.stage), col(|d| &d.reason), col(|d| &d.record), col(|d| &d.origin)],
+    )
+    .expect("dead-letter columns match their schema")
+}
+
+fn dead_letters_to_batches(dead: Dead<'_>) -> Batches<'_> {
+    dead.unary::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(Pipeline, "dead-letters", |_, _| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let batch = Batch::new(dead_letters_batch(data), DEAD_LETTERS);
+                data.clear();
+                output.session(&cap).give(batch);
+            });
+        }
+    })
+}
+
+/// Writes unrouted dead letters as JSON lines on worker 0; the file is created on the first letter.
+fn dead_letter_file_op(dead: Dead<'_>, shared: Arc<Shared>) -> Stream<'_, Time, Vec<()>> {
+    dead.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Exchange::new(|_: &DeadLetter| 0u64),
+        "dead-letter-file",
+        move |_, _| {
+            move |input, _output| {
+                input.for_each(|_cap, data| {
+                    if data.is_empty() {
+                        return;
+                    }
+                    let mut slot = shared.dead_letter_file.lock().unwrap_or_else(|p| p.into_inner());
+                    if slot.is_none() {
+                        let path = std::path::Path::new(&shared.dead_letter_path);
+                        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                            let _ = std::fs::create_dir_all(dir);
+                        }
+                        match std::fs::File::create(path) {
+                            Ok(f) => *slot = Some(std::io::BufWriter::new(f)),
+                            Err(e) => {
+                                drop(slot);
+                                shared.fail("dead-letters", StageError::io(path, e));
+                                data.clear();
+                                return;
+                            }
+                        }
+                    }
+                    if let Some(w) = slot.as_mut() {
+                        for d in data.drain(..) {
+                            let line = serde_json::to_string(&d).unwrap_or_default();
+                            if let Err(e) = writeln!(w, "{line}") {
+                                let path = shared.dead_letter_path.clone();
+                                drop(slot);
+                                shared.fail("dead-letters", StageError::io(path, e));
+                                return;
+                            }
+                            shared.dead_written.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        },
+    )
+}

@@ -1,0 +1,199 @@
+//! The registry of stage types.
+//!
+//! Every stage type registers a [`StageRegistration`] through `inventory` — its YAML `type` name, kind,
+//! one-line description, configuration schema and constructor — so that linking a crate is enough to make
+//! its stages available. Built-in stages do it with [`register_stage!`](crate::register_stage):
+//!
+//! ```
+//! use dfp_core::{register_stage, Batch, Emitter, StageConfig, StageContext, StageError, StageInstance,
+//!                StageKind, Transform};
+//! use dfp_core::schemars::JsonSchema;
+//! use serde::Deserialize;
+//!
+//! /// Passes batches through unchanged.
+//! #[derive(Debug, Clone, Deserialize, JsonSchema)]
+//! #[serde(deny_unknown_fields)]
+//! struct PassConfig {}
+//!
+//! struct Pass;
+//! impl Transform for Pass {
+//!     fn process(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError> {
+//!         out.emit(batch);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! impl StageConfig for PassConfig {
+//!     const TYPE: &'static str = "doc-pass";
+//!     const KIND: StageKind = StageKind::Transform;
+//!     const DESCRIPTION: &'static str = "passes batches through";
+//!     fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+//!         Ok(StageInstance::Transform(Box::new(Pass)))
+//!     }
+//! }
+//! register_stage!(PassConfig);
+//!
+//! let registry = dfp_core::Registry::global();
+//! assert!(registry.get("doc-pass").is_some());
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ConfigError, StageError};
+use crate::stage::{StageContext, StageInstance, StageKind};
+
+/// A validated stage configuration that can build one instance per worker.
+pub trait StageFactory: Send + Sync {
+    /// Builds the instance for the worker described by `ctx`.
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError>;
+}
+
+/// A stage type's configuration: parsed from the YAML fields of a stage (everything but `type` and
+/// `inputs`), checked, then used to build instances.
+///
+/// Put `#[serde(deny_unknown_fields)]` on the struct and a doc comment on every field: the comments become
+/// the schema's descriptions that `dfp schema` and `dfp stages` show.
+pub trait StageConfig: DeserializeOwned + JsonSchema + Send + Sync + 'static {
+    /// The YAML `type` name.
+    const TYPE: &'static str;
+    /// Source, transform or sink.
+    const KIND: StageKind;
+    /// One line for `dfp stages`.
+    const DESCRIPTION: &'static str;
+    /// Checks that go beyond types (mutually exclusive fields, ranges). Runs at validation time.
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+    /// Builds the instance for one worker.
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError>;
+}
+
+impl<C: StageConfig> StageFactory for C {
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
+        StageConfig::build(self, ctx)
+    }
+}
+
+/// Parses a configuration value, reporting the failing field's path.
+pub fn parse_config<C: DeserializeOwned>(value: serde_json::Value) -> Result<C, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        ConfigError { field: (path != ".").then_some(path), message: inner }
+    })
+}
+
+/// The JSON Schema of a configuration type, with sub-schemas inlined so it stands alone.
+pub fn schema_of<C: JsonSchema>() -> serde_json::Value {
+    let settings = schemars::generate::SchemaSettings::draft2020_12().with(|s| s.inline_subschemas = true);
+    let schema = settings.into_generator().into_root_schema_for::<C>();
+    schema.to_value()
+}
+
+fn factory_of<C: StageConfig>(value: serde_json::Value) -> Result<Arc<dyn StageFactory>, ConfigError> {
+    let config: C = parse_config(value)?;
+    config.validate()?;
+    Ok(Arc::new(config))
+}
+
+/// One stage type, as registered with `inventory`.
+#[derive(Clone, Copy)]
+pub struct StageRegistration {
+    /// The YAML `type` name.
+    pub type_name: &'static str,
+    /// Source, transform or sink.
+    pub kind: StageKind,
+    /// One line for `dfp stages`.
+    pub description: &'static str,
+    /// The JSON Schema of the configuration.
+    pub schema: fn() -> serde_json::Value,
+    /// Parses and validates a configuration into a factory.
+    pub factory: fn(serde_json::Value) -> Result<Arc<dyn StageFactory>, ConfigError>,
+}
+
+impl StageRegistration {
+    /// The registration of a [`StageConfig`] type.
+    pub const fn of<C: StageConfig>() -> Self {
+        StageRegistration {
+            type_name: C::TYPE,
+            kind: C::KIND,
+            description: C::DESCRIPTION,
+            schema: schema_of::<C>,
+            factory: factory_of::<C>,
+        }
+    }
+}
+
+inventory::collect!(StageRegistration);
+
+/// Registers a [`StageConfig`] type with the global registry.
+#[macro_export]
+macro_rules! register_stage {
+    ($config:ty) => {
+        $crate::inventory::submit! { $crate::registry::StageRegistration::of::<$config>() }
+    };
+}
+
+/// The set of stage types a pipeline may use.
+#[derive(Clone)]
+pub struct Registry {
+    stages: BTreeMap<&'static str, StageRegistration>,
+}
+
+impl Registry {
+    /// Every stage type linked into this program.
+    pub fn global() -> &'static Registry {
+        static GLOBAL: OnceLock<Registry> = OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            let mut stages = BTreeMap::new();
+            for reg in inventory::iter::<StageRegistration> {
+                if let Some(prev) = stages.insert(reg.type_name, *reg) {
+                    tracing::warn!(type_name = prev.type_name, "stage type registered twice; the last one wins");
+                }
+            }
+            Registry { stages }
+        })
+    }
+
+    /// Looks a stage type up by name.
+    pub fn get(&self, type_name: &str) -> Option<&StageRegistration> {
+        self.stages.get(type_name)
+    }
+
+    /// All stage types, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &StageRegistration> {
+        self.stages.values()
+    }
+
+    /// The registered name closest to `name`, if one is close enough to be a likely typo.
+    pub fn suggest(&self, name: &str) -> Option<&'static str> {
+        closest(name, self.stages.keys().copied())
+    }
+}
+
+/// The candidate closest to `name` by edit distance, when it is close enough to suggest.
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d < c.len().max(name.len()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_finds_typos_not_strangers() {
+        let names = ["file-source", "file-sink", "filter", "select"];
+        assert_eq!(closest("fiter", names), Some("filter"));
+        assert_eq!(closest("file-sorce", names), Some("file-source"));
+        assert_eq!(closest("kafka", names), None);
+    }
+}

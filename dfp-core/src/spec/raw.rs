@@ -1,0 +1,87 @@
+//! The raw model: the YAML file as written, every key with its line.
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use super::SpecError;
+
+/// A mapping whose keys and values keep their locations, in file order.
+#[derive(Debug, Default)]
+pub struct SpannedMap<V>(pub Vec<(Spanned<String>, Spanned<V>)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for SpannedMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
+            type Value = SpannedMap<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(Spanned<String>, Spanned<V>)> = Vec::new();
+                while let Some(k) = map.next_key::<Spanned<String>>()? {
+                    let v = map.next_value::<Spanned<V>>()?;
+                    if out.iter().any(|(seen, _)| seen.value == k.value) {
+                        return Err(serde::de::Error::custom(format!("duplicate key \"{}\"", k.value)));
+                    }
+                    out.push((k, v));
+                }
+                Ok(SpannedMap(out))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(SpannedMap(Vec::new()))
+            }
+        }
+        d.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
+impl<V> SpannedMap<V> {
+    /// The entry for `key`.
+    pub fn get(&self, key: &str) -> Option<&(Spanned<String>, Spanned<V>)> {
+        self.0.iter().find(|(k, _)| k.value == key)
+    }
+}
+
+/// The top level of a pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    /// Format version; only 1 exists.
+    #[serde(default)]
+    pub version: Option<Spanned<Value>>,
+    /// Variables with their defaults.
+    #[serde(default)]
+    pub vars: SpannedMap<Value>,
+    /// Paths of dynamic plugins.
+    #[serde(default)]
+    pub plugins: Vec<Spanned<String>>,
+    /// Runtime settings.
+    #[serde(default)]
+    pub runtime: SpannedMap<Value>,
+    /// The stages by id.
+    pub stages: Spanned<SpannedMap<SpannedMap<Value>>>,
+}
+
+impl RawPipeline {
+    /// Parses YAML text; a syntax or shape error becomes a one-diagnostic [`SpecError`].
+    pub fn parse(yaml: &str, file: &str) -> Result<Self, SpecError> {
+        serde_saphyr::from_str::<RawPipeline>(yaml).map_err(|e| {
+            let line = e.location().map(|l| l.line() as usize).filter(|l| *l > 0);
+            let message = first_line(&e.to_string());
+            SpecError::single(file, line, message)
+        })
+    }
+}
+
+/// serde-saphyr renders a snippet after the message; the diagnostic keeps the message line only.
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or(s).trim();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+/// The 1-based line of a spanned value.
+pub fn line_of<T>(s: &Spanned<T>) -> usize {
+    s.referenced.line() as usize
+}

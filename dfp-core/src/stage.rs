@@ -1,0 +1,270 @@
+//! What a stage is: a [`Source`] produces batches, a [`Transform`] turns a batch into batches, a [`Sink`]
+//! consumes batches.
+//!
+//! Every worker builds its own instance of every stage (through the stage's
+//! [`StageFactory`](crate::registry::StageFactory)), so instances need not be `Sync`. The lifecycle is
+//! explicit — `open`, then many `poll`/`process`/`write` calls, then `finish` once the input is exhausted —
+//! so that a plugin behind a C ABI can implement the same traits.
+//!
+//! A record that a stage cannot handle (malformed JSON, a wrong type in one row) is not an error: the stage
+//! hands it to [`Emitter::dead_letter`] with a reason and carries on. Returning `Err` means the stage itself
+//! cannot go on, and stops the pipeline.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::batch::Batch;
+use crate::embedded::EmbeddedIo;
+use crate::error::StageError;
+
+/// The three kinds of stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    /// Produces batches; has no inputs.
+    Source,
+    /// Batch in, batches out.
+    Transform,
+    /// Consumes batches; cannot be another stage's input.
+    Sink,
+}
+
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StageKind::Source => "source",
+            StageKind::Transform => "transform",
+            StageKind::Sink => "sink",
+        })
+    }
+}
+
+/// How a stage needs its input spread over workers. The runtime inserts the exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Partitioning {
+    /// Rows may be processed on any worker (no exchange).
+    #[default]
+    Any,
+    /// All rows with the same value of this column reach the same worker.
+    By(String),
+    /// Every row reaches worker 0 (for sinks that write one file).
+    Single,
+}
+
+/// What a stage instance knows about where it runs.
+#[derive(Clone)]
+pub struct StageContext {
+    /// The stage id from the pipeline YAML.
+    pub stage_id: String,
+    /// This worker's index, `0..workers`.
+    pub worker_index: usize,
+    /// The number of workers in the whole computation.
+    pub workers: usize,
+    pub(crate) io: Arc<EmbeddedIo>,
+    pub(crate) stop: StopFlag,
+}
+
+impl StageContext {
+    /// A context for running a stage outside the executor (tests, tools).
+    pub fn standalone(stage_id: impl Into<String>, worker_index: usize, workers: usize) -> Self {
+        StageContext {
+            stage_id: stage_id.into(),
+            worker_index,
+            workers,
+            io: Arc::new(EmbeddedIo::default()),
+            stop: StopFlag::default(),
+        }
+    }
+
+    /// Channels connecting the pipeline to the Rust program that spawned it, if any.
+    pub fn embedded(&self) -> &EmbeddedIo {
+        &self.io
+    }
+
+    /// True once a graceful stop was asked for (Ctrl-C, [`StopHandle::stop`](crate::StopHandle::stop)).
+    /// Long-running sources check it between reads.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.is_set()
+    }
+}
+
+/// A shared stop flag.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    pub(crate) fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A record a stage could not handle, with the reason. The runtime adds the stage id and routes it to the
+/// pipeline's dead-letter output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The id of the stage that rejected the record (filled in by the runtime).
+    pub stage: String,
+    /// Why the record was rejected, naming the field when there is one.
+    pub reason: String,
+    /// The record as text: the raw input line, or the row as JSON.
+    pub record: String,
+    /// Where the record came from (`file.jsonl:17`), when known.
+    pub origin: String,
+}
+
+impl DeadLetter {
+    /// A dead letter with a reason, the record text and its origin.
+    pub fn new(reason: impl Into<String>, record: impl Into<String>, origin: impl Into<String>) -> Self {
+        DeadLetter { stage: String::new(), reason: reason.into(), record: record.into(), origin: origin.into() }
+    }
+}
+
+/// Where a stage puts what it produces: batches for the next stages, dead letters for the dead-letter
+/// output.
+#[derive(Debug, Default)]
+pub struct Emitter {
+    pub(crate) batches: Vec<Batch>,
+    pub(crate) dead: Vec<DeadLetter>,
+}
+
+impl Emitter {
+    /// An empty emitter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sends a batch downstream. Empty batches are dropped.
+    pub fn emit(&mut self, batch: Batch) {
+        if batch.num_rows() > 0 {
+            self.batches.push(batch);
+        }
+    }
+
+    /// Rejects one record; it goes to the dead-letter output and is counted.
+    pub fn dead_letter(&mut self, dead: DeadLetter) {
+        self.dead.push(dead);
+    }
+
+    /// Batches emitted so far (for tests and wrappers).
+    pub fn batches(&self) -> &[Batch] {
+        &self.batches
+    }
+
+    /// Dead letters emitted so far (for tests and wrappers).
+    pub fn dead_letters(&self) -> &[DeadLetter] {
+        &self.dead
+    }
+
+    /// Takes everything emitted so far.
+    pub fn take(&mut self) -> (Vec<Batch>, Vec<DeadLetter>) {
+        (std::mem::take(&mut self.batches), std::mem::take(&mut self.dead))
+    }
+}
+
+/// What a source reports after a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// More data may be available right away: poll again soon.
+    Ready,
+    /// Nothing available now (waiting on a stream): poll again after a short pause.
+    Idle,
+    /// The source has no more data; `finish` follows.
+    Exhausted,
+}
+
+/// Produces batches. One instance per worker; each instance reads its own share of the input
+/// (see [`StageContext::worker_index`]), deterministically.
+pub trait Source: Send {
+    /// Called once before the first poll.
+    fn open(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
+        Ok(())
+    }
+    /// Produces some batches (a bounded amount: the runtime applies backpressure between polls).
+    fn poll(&mut self, ctx: &StageContext, out: &mut Emitter) -> Result<SourceStatus, StageError>;
+    /// Called once after the source is exhausted or asked to stop.
+    fn finish(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+/// Turns each batch into zero or more batches; may keep state across batches (keyed by a column when
+/// its [`input_partitioning`](Transform::input_partitioning) says so).
+pub trait Transform: Send {
+    /// How the input must be spread over workers.
+    fn input_partitioning(&self) -> Partitioning {
+        Partitioning::Any
+    }
+    /// Called once before the first batch.
+    fn open(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
+        Ok(())
+    }
+    /// Handles one batch.
+    fn process(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError>;
+    /// Called once when the input is exhausted; may emit what it held back.
+    fn finish(&mut self, _out: &mut Emitter) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+/// Consumes batches.
+pub trait Sink: Send {
+    /// How the input must be spread over workers ([`Partitioning::Single`] for one output file).
+    fn input_partitioning(&self) -> Partitioning {
+        Partitioning::Any
+    }
+    /// Called once before the first batch.
+    fn open(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
+        Ok(())
+    }
+    /// Writes one batch.
+    fn write(&mut self, batch: Batch) -> Result<(), StageError>;
+    /// Called once when the input is exhausted: flush and close.
+    fn finish(&mut self) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+/// A built stage instance.
+pub enum StageInstance {
+    /// A source.
+    Source(Box<dyn Source>),
+    /// A transform.
+    Transform(Box<dyn Transform>),
+    /// A sink.
+    Sink(Box<dyn Sink>),
+}
+
+impl StageInstance {
+    /// The kind of the instance.
+    pub fn kind(&self) -> StageKind {
+        match self {
+            StageInstance::Source(_) => StageKind::Source,
+            StageInstance::Transform(_) => StageKind::Transform,
+            StageInstance::Sink(_) => StageKind::Sink,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn stage_types_are_send() {
+        assert_send::<Box<dyn Source>>();
+        assert_send::<Box<dyn Transform>>();
+        assert_send::<Box<dyn Sink>>();
+        assert_send::<StageInstance>();
+        assert_send::<StageContext>();
+        assert_send::<Batch>();
+    }
+}
