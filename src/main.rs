@@ -1,1 +1,244 @@
-fn main() {}
+//! The `dfp` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use dfp_core::spec::schema::pipeline_schema;
+use dfp_core::{Pipeline, Registry, RunOptions, RunReport, StopHandle};
+use serde_json::json;
+
+/// dfp: digital fingerprinting for sign-in logs. Runs declarative YAML pipelines of stages.
+#[derive(Parser)]
+#[command(name = "dfp", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log filter for diagnostics on stderr (error, warn, info, debug, trace, or a tracing filter such as
+    /// `dfp_core=debug`). Also read from DFP_LOG.
+    #[arg(long, global = true, env = "DFP_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until its sources are exhausted (Ctrl-C stops it gracefully).
+    Run(RunArgs),
+    /// Check pipeline files without running them; prints every problem found with file:line.
+    Validate(ValidateArgs),
+    /// List the stage types this dfp knows.
+    Stages(StagesArgs),
+    /// Print the JSON Schema of the pipeline YAML format (for editors and CI checks).
+    Schema,
+    /// Measure the runtime: rows/s through generator → filter → blackhole.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct VarArgs {
+    /// Override a variable declared under `vars:` (repeatable): --var input=./logs --var threshold=2.5
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The pipeline YAML file.
+    pipeline: PathBuf,
+    #[command(flatten)]
+    vars: VarArgs,
+    /// Worker threads (overrides runtime.workers).
+    #[arg(long, short = 'w', value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+    /// Where unrouted dead letters go (overrides runtime.dead_letter).
+    #[arg(long, value_name = "PATH")]
+    dead_letter: Option<String>,
+    /// Do not print the per-stage summary.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// Pipeline YAML files.
+    #[arg(required = true)]
+    pipelines: Vec<PathBuf>,
+    #[command(flatten)]
+    vars: VarArgs,
+}
+
+#[derive(Args)]
+struct StagesArgs {
+    /// Print JSON (type, kind, description, config schema) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Rows to push through each configuration.
+    #[arg(long, default_value_t = 2_000_000)]
+    rows: u64,
+    /// Worker counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1u16, 2])]
+    workers: Vec<u16>,
+    /// Rows per batch from the generator.
+    #[arg(long, default_value_t = 4096)]
+    batch_size: usize,
+    /// Distinct users (keys of the keyed variant).
+    #[arg(long, default_value_t = 1000)]
+    users: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    dfp_stages::link();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run(args) => run(args),
+        Command::Validate(args) => Ok(validate(args)),
+        Command::Stages(args) => stages(args),
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&pipeline_schema(Registry::global()))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => bench(args),
+    }
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let pipeline = match Pipeline::from_file(&args.pipeline, &args.vars.vars) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("error: {} is not a valid pipeline ({} problem(s))", args.pipeline.display(), e.diagnostics.len());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let stop = StopHandle::new();
+    install_ctrl_c(stop.clone())?;
+    let mut options = RunOptions::default();
+    options.workers = args.workers.map(usize::from);
+    options.dead_letter = args.dead_letter;
+    options.stop = Some(stop);
+    let report = pipeline.run(options).with_context(|| format!("pipeline {} failed", args.pipeline.display()))?;
+    if !args.quiet {
+        print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn install_ctrl_c(stop: StopHandle) -> Result<()> {
+    static PRESSES: AtomicUsize = AtomicUsize::new(0);
+    ctrlc::set_handler(move || {
+        if PRESSES.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!("\nstopping: sources stop reading, in-flight data drains to the sinks (Ctrl-C again to abort)");
+            stop.stop();
+        } else {
+            eprintln!("aborted");
+            std::process::exit(130);
+        }
+    })
+    .context("cannot install the Ctrl-C handler")
+}
+
+fn print_report(report: &RunReport) {
+    let secs = report.elapsed.as_secs_f64();
+    eprintln!("{:<20} {:<16} {:>12} {:>12} {:>8}", "stage", "type", "rows in", "rows out", "dead");
+    for s in &report.stages {
+        eprintln!("{:<20} {:<16} {:>12} {:>12} {:>8}", s.id, s.type_name, s.rows_in, s.rows_out, s.dead_letters);
+    }
+    eprintln!("finished in {secs:.2}s on {} worker(s)", report.workers);
+    if let Some(path) = &report.dead_letter_file {
+        eprintln!("{} record(s) rejected: see {path}", report.dead_letters);
+    }
+}
+
+fn validate(args: ValidateArgs) -> ExitCode {
+    let mut failed = 0;
+    for path in &args.pipelines {
+        match Pipeline::from_file(path, &args.vars.vars) {
+            Ok(p) => println!("{}: ok ({} stages)", path.display(), p.plan().stages.len()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("error: {failed} of {} pipeline(s) invalid", args.pipelines.len());
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn stages(args: StagesArgs) -> Result<ExitCode> {
+    let registry = Registry::global();
+    if args.json {
+        let list: Vec<_> = registry
+            .iter()
+            .map(|r| json!({"type": r.type_name, "kind": r.kind, "description": r.description, "config": (r.schema)()}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        println!("{:<18} {:<10} DESCRIPTION", "TYPE", "KIND");
+        for r in registry.iter() {
+            println!("{:<18} {:<10} {}", r.type_name, r.kind.to_string(), r.description);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn bench(args: BenchArgs) -> Result<ExitCode> {
+    println!("dfp runtime benchmark: generator → filter → blackhole, {} rows, batch {}", args.rows, args.batch_size);
+    println!("{:<8} {:<22} {:>10} {:>14}", "workers", "sink partitioning", "seconds", "rows/s");
+    for &workers in &args.workers {
+        for keyed in [false, true] {
+            let sink = if keyed { json!({"partition_by": "username"}) } else { json!({}) };
+            let pipeline = Pipeline::builder("bench")
+                .workers(usize::from(workers))
+                .stage("rows", "generator", &[], json!({"rows": args.rows, "users": args.users, "batch_size": args.batch_size}))
+                .stage("kept", "filter", &["rows"], json!({"field": "value", "above": -1}))
+                .stage("sink", "blackhole", &["kept"], sink)
+                .build()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let started = Instant::now();
+            let report = pipeline.run(RunOptions::default())?;
+            let secs = started.elapsed().as_secs_f64();
+            let rows = report.stage("sink").map(|s| s.rows_in).unwrap_or(0);
+            anyhow::ensure!(rows == args.rows, "benchmark lost rows: {rows} of {}", args.rows);
+            let label = if keyed { "by username (exchange)" } else { "any" };
+            println!("{:<8} {:<22} {:>10.3} {:>14.0}", workers, label, secs, rows as f64 / secs);
+        }
+    }
+    if let Some(mib) = peak_rss_mib() {
+        println!("peak RSS: {mib:.1} MiB");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,1 +1,30 @@
-//! x
+//! # dfp-stages: the built-in stages
+//!
+//! One file per stage, named for its YAML `type`:
+//!
+//! | type | kind | file |
+//! | --- | --- | --- |
+//! | `file-source` | source | [`sources::file`] |
+//! | `generator` | source | [`sources::generator`] |
+//! | `filter` | transform | [`transforms::filter`] |
+//! | `select` | transform | [`transforms::select`] |
+//! | `file-sink` | sink | [`sinks::file`] |
+//! | `stdout-sink` | sink | [`sinks::stdout`] |
+//! | `blackhole` | sink | [`sinks::blackhole`] |
+//!
+//! Stages register themselves through `inventory`. A program must link this crate for them to be
+//! available; calling [`link`] once (the `dfp` binary does) guarantees the linker keeps it.
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+pub mod encode;
+pub mod sinks;
+pub mod sources;
+pub mod transforms;
+
+/// Makes sure this crate's stage registrations are linked into the program. Call it once before
+/// looking stages up (it does nothing else).
+#[inline(never)]
+pub fn link() {
+    std::hint::black_box(());
+}

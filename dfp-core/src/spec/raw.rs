@@ -78,7 +78,9 @@ impl RawPipeline {
 /// serde-saphyr renders a snippet after the message; the diagnostic keeps the message line only.
 fn first_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or(s).trim();
-    line.strip_prefix("error: ").unwrap_or(line).to_string()
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    // Advice about the parser's own options means nothing to a pipeline author.
+    line.split(", set DuplicateKeyPolicy").next().unwrap_or(line).to_string()
 }
 
 /// The 1-based line of a spanned value.

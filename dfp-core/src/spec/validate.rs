@@ -272,9 +272,11 @@ pub fn validate(
 
     let order = match topological_order(&raw.stages.value) {
         Ok(order) => order,
-        Err(cycle) => {
-            let first = raw.stages.value.get(&cycle[0]).map(|(k, _)| line_of(k));
-            diag.push(first, Some(&cycle[0]), format!("the inputs form a cycle: {}", cycle.join(" → ")));
+        Err(cycles) => {
+            for cycle in cycles {
+                let first = raw.stages.value.get(&cycle[0]).map(|(k, _)| line_of(k));
+                diag.push(first, Some(&cycle[0]), format!("the inputs form a cycle: {}", cycle.join(" → ")));
+            }
             Vec::new()
         }
     };
@@ -313,8 +315,8 @@ fn locate<V>(map: &SpannedMap<V>, field: &Option<String>, message: &str, known: 
     (None, message.to_string())
 }
 
-/// Stage ids ordered so that every stage follows its inputs (file order among equals); or a cycle.
-fn topological_order(stages: &SpannedMap<SpannedMap<Value>>) -> Result<Vec<String>, Vec<String>> {
+/// Stage ids ordered so that every stage follows its inputs (file order among equals); or the cycles.
+fn topological_order(stages: &SpannedMap<SpannedMap<Value>>) -> Result<Vec<String>, Vec<Vec<String>>> {
     let ids: Vec<&str> = stages.0.iter().map(|(k, _)| k.value.as_str()).collect();
     let inputs_of = |id: &str| -> Vec<String> {
         stages
@@ -363,9 +365,22 @@ fn topological_order(stages: &SpannedMap<SpannedMap<Value>>) -> Result<Vec<Strin
         order.push(id.to_string());
         Ok(())
     }
+    let mut cycles = Vec::new();
     for id in &ids {
         let mut stack = Vec::new();
-        visit(id, &ids, &inputs_of, &mut state, &mut stack, &mut order)?;
+        if let Err(cycle) = visit(id, &ids, &inputs_of, &mut state, &mut stack, &mut order) {
+            // Report this cycle, then keep looking for others.
+            for v in state.values_mut() {
+                if *v == 1 {
+                    *v = 2;
+                }
+            }
+            cycles.push(cycle);
+        }
     }
-    Ok(order)
+    if cycles.is_empty() {
+        Ok(order)
+    } else {
+        Err(cycles)
+    }
 }

@@ -1,0 +1,4 @@
+//! Sinks: stages that consume batches.
+pub mod blackhole;
+pub mod file;
+pub mod stdout;

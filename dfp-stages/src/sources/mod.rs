@@ -1,0 +1,3 @@
+//! Sources: stages that produce batches.
+pub mod file;
+pub mod generator;

@@ -1,0 +1,3 @@
+//! Transforms: batch in, batches out.
+pub mod filter;
+pub mod select;
