@@ -1,0 +1,352 @@
+//! Runtime guarantees, checked through the public API with stages defined here (which also shows that a
+//! crate can add static stages with `register_stage!`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{AsArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use dfp_core::schemars::JsonSchema;
+use dfp_core::{
+    register_stage, Batch, Emitter, Partitioning, Pipeline, RunError, RunOptions, Sink, Source, SourceStatus,
+    StageConfig, StageContext, StageError, StageInstance, StageKind, StopHandle, Transform,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+// ---- a keyed transform that tags every row with the worker that saw it -------------------------------
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct TagWorkerConfig {
+    by: String,
+}
+
+struct TagWorker {
+    by: String,
+    worker: u32,
+}
+
+impl Transform for TagWorker {
+    fn input_partitioning(&self) -> Partitioning {
+        Partitioning::By(self.by.clone())
+    }
+    fn process(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError> {
+        let mut fields: Vec<Field> = batch.data.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("worker", DataType::UInt32, false));
+        let mut cols = batch.data.columns().to_vec();
+        cols.push(Arc::new(UInt32Array::from(vec![self.worker; batch.num_rows()])));
+        let data = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
+        out.emit(batch.with_data(data));
+        Ok(())
+    }
+}
+
+impl StageConfig for TagWorkerConfig {
+    const TYPE: &'static str = "test-tag-worker";
+    const KIND: StageKind = StageKind::Transform;
+    const DESCRIPTION: &'static str = "test: adds a `worker` column";
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
+        Ok(StageInstance::Transform(Box::new(TagWorker { by: self.by.clone(), worker: ctx.worker_index as u32 })))
+    }
+}
+register_stage!(TagWorkerConfig);
+
+fn run_tagged(workers: usize, rows: &[serde_json::Value]) -> Vec<(String, i64, u32)> {
+    let pipeline = Pipeline::builder("keyed")
+        .workers(workers)
+        .stage("in", "embedded-input", &[], json!({}))
+        .stage("tag", "test-tag-worker", &["in"], json!({"by": "username"}))
+        .stage("out", "embedded-output", &["tag"], json!({}))
+        .build()
+        .unwrap();
+    let running = pipeline.spawn(RunOptions::default()).unwrap();
+    for chunk in rows.chunks(37) {
+        assert!(running.input().push_json(chunk).unwrap().is_empty());
+    }
+    let output = running.output().clone();
+    let report = running.finish().unwrap();
+    assert_eq!(report.workers, workers);
+    let mut seen = Vec::new();
+    for b in output.try_iter() {
+        let users = b.data.column_by_name("username").unwrap().as_string::<i32>().clone();
+        let n = b.data.column_by_name("n").unwrap().as_primitive::<arrow::datatypes::Int64Type>().clone();
+        let w = b.data.column_by_name("worker").unwrap().as_primitive::<arrow::datatypes::UInt32Type>().clone();
+        for i in 0..b.num_rows() {
+            seen.push((users.value(i).to_string(), n.value(i), w.value(i)));
+        }
+    }
+    seen.sort();
+    seen
+}
+
+#[test]
+fn rows_with_one_key_all_reach_one_worker() {
+    let rows: Vec<_> = (0..2000).map(|i| json!({"username": format!("user{}", i % 53), "n": i})).collect();
+    for workers in [2, 4] {
+        let seen = run_tagged(workers, &rows);
+        assert_eq!(seen.len(), rows.len(), "every row arrives exactly once");
+        let mut worker_of: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
+        for (u, _, w) in &seen {
+            worker_of.entry(u).or_default().insert(*w);
+        }
+        assert_eq!(worker_of.len(), 53);
+        for (u, ws) in &worker_of {
+            assert_eq!(ws.len(), 1, "user {u} was seen on workers {ws:?}");
+        }
+        let used: BTreeSet<u32> = worker_of.values().flatten().copied().collect();
+        assert_eq!(used.len(), workers, "keys spread over all {workers} workers");
+    }
+}
+
+#[test]
+fn output_multiset_does_not_depend_on_worker_count() {
+    let rows: Vec<_> = (0..1500).map(|i| json!({"username": format!("u{}", i % 17), "n": i})).collect();
+    let strip = |v: Vec<(String, i64, u32)>| v.into_iter().map(|(u, n, _)| (u, n)).collect::<Vec<_>>();
+    let one = strip(run_tagged(1, &rows));
+    assert_eq!(one.len(), 1500);
+    assert_eq!(one, strip(run_tagged(2, &rows)));
+    assert_eq!(one, strip(run_tagged(4, &rows)));
+}
+
+// ---- backpressure: a fast source may not run ahead of a slow sink --------------------------------------
+
+static EMITTED: AtomicU64 = AtomicU64::new(0);
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
+static MAX_AHEAD: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CountingSourceConfig {
+    batches: u64,
+    /// Also reject one record every this many batches.
+    #[serde(default)]
+    dead_every: Option<u64>,
+}
+
+struct CountingSource {
+    left: u64,
+    dead_every: Option<u64>,
+}
+
+impl Source for CountingSource {
+    fn poll(&mut self, ctx: &StageContext, out: &mut Emitter) -> Result<SourceStatus, StageError> {
+        if self.left == 0 || ctx.stop_requested() {
+            return Ok(SourceStatus::Exhausted);
+        }
+        self.left -= 1;
+        if self.dead_every.is_some_and(|k| self.left % k == 0) {
+            out.dead_letter(dfp_core::DeadLetter::new("test rejection", format!("record {}", self.left), "test:1"));
+        }
+        let ahead = EMITTED.fetch_add(1, Ordering::SeqCst) + 1 - WRITTEN.load(Ordering::SeqCst);
+        MAX_AHEAD.fetch_max(ahead, Ordering::SeqCst);
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let data = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![self.left as i64]))])?;
+        out.emit(Batch::new(data, ctx.stage_id.clone()));
+        Ok(SourceStatus::Ready)
+    }
+}
+
+impl StageConfig for CountingSourceConfig {
+    const TYPE: &'static str = "test-counting-source";
+    const KIND: StageKind = StageKind::Source;
+    const DESCRIPTION: &'static str = "test: one-row batches, counted";
+    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+        Ok(StageInstance::Source(Box::new(CountingSource { left: self.batches, dead_every: self.dead_every })))
+    }
+}
+register_stage!(CountingSourceConfig);
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SlowSinkConfig {
+    /// Fail on this batch (1-based), to test failure handling.
+    #[serde(default)]
+    fail_at: Option<u64>,
+    /// Panic instead of returning an error.
+    #[serde(default)]
+    panic: bool,
+    /// Route every batch to worker 0.
+    #[serde(default)]
+    single: bool,
+}
+
+struct SlowSink {
+    single: bool,
+    seen: u64,
+    fail_at: Option<u64>,
+    panic: bool,
+}
+
+impl Sink for SlowSink {
+    fn input_partitioning(&self) -> Partitioning {
+        if self.single {
+            Partitioning::Single
+        } else {
+            Partitioning::Any
+        }
+    }
+    fn write(&mut self, _batch: Batch) -> Result<(), StageError> {
+        self.seen += 1;
+        if self.fail_at == Some(self.seen) {
+            if self.panic {
+                panic!("slow sink blew up at batch {}", self.seen);
+            }
+            return Err(StageError::Data(format!("refusing batch {}", self.seen)));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        WRITTEN.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl StageConfig for SlowSinkConfig {
+    const TYPE: &'static str = "test-slow-sink";
+    const KIND: StageKind = StageKind::Sink;
+    const DESCRIPTION: &'static str = "test: 1 ms per batch";
+    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+        Ok(StageInstance::Sink(Box::new(SlowSink { single: self.single, seen: 0, fail_at: self.fail_at, panic: self.panic })))
+    }
+}
+register_stage!(SlowSinkConfig);
+
+/// Tests sharing the counters above must not overlap.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[test]
+fn a_source_pauses_while_too_much_is_in_flight() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    EMITTED.store(0, Ordering::SeqCst);
+    WRITTEN.store(0, Ordering::SeqCst);
+    MAX_AHEAD.store(0, Ordering::SeqCst);
+    // Two workers, each with a source; the sink runs on worker 0 only, so worker 1's source is free to run
+    // ahead unless the probe holds it back.
+    let pipeline = Pipeline::builder("bp")
+        .workers(2)
+        .runtime("max_in_flight", json!(8))
+        .stage("src", "test-counting-source", &[], json!({"batches": 200}))
+        .stage("sink", "test-slow-sink", &["src"], json!({"single": true}))
+        .build()
+        .unwrap();
+    let report = pipeline.run(RunOptions::default()).unwrap();
+    assert_eq!(report.stage("sink").unwrap().rows_in, 400);
+    let ahead = MAX_AHEAD.load(Ordering::SeqCst);
+    // Per source: 8 epochs in flight, plus the one being polled and one the sink holds.
+    assert!(ahead <= 2 * 10, "sources ran {ahead} batches ahead of the sink with max_in_flight 8");
+    assert!(ahead >= 4, "sources should be allowed to run ahead a little (saw {ahead})");
+}
+
+#[test]
+fn a_failing_stage_stops_the_run_and_is_named() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    for panic in [false, true] {
+        let pipeline = Pipeline::builder("fail")
+            .workers(2)
+            .stage("src", "test-counting-source", &[], json!({"batches": 100_000}))
+            .stage("writer", "test-slow-sink", &["src"], json!({"fail_at": 5, "panic": panic}))
+            .build()
+            .unwrap();
+        let err = pipeline.run(RunOptions::default()).unwrap_err();
+        match &err {
+            RunError::Stage { stage, .. } => assert_eq!(stage, "writer"),
+            other => panic!("unexpected error {other}"),
+        }
+        let text = err.to_string();
+        if panic {
+            assert!(text.contains("panicked: slow sink blew up at batch 5"), "{text}");
+        } else {
+            assert!(text.contains("refusing batch 5"), "{text}");
+        }
+    }
+}
+
+#[test]
+fn stop_drains_and_finishes_early() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let pipeline = Pipeline::builder("stop")
+        .stage("src", "test-counting-source", &[], json!({"batches": 1_000_000}))
+        .stage("sink", "test-slow-sink", &["src"], json!({}))
+        .build()
+        .unwrap();
+    let stop = StopHandle::new();
+    let mut options = RunOptions::default();
+    options.stop = Some(stop.clone());
+    let t = std::thread::spawn(move || pipeline.run(options));
+    std::thread::sleep(Duration::from_millis(200));
+    stop.stop();
+    let report = t.join().unwrap().unwrap();
+    let src = report.stage("src").unwrap().rows_out;
+    let sink = report.stage("sink").unwrap().rows_in;
+    assert!(src > 0 && src < 1_000_000, "stopped early: {src}");
+    assert_eq!(src, sink, "everything emitted before the stop reached the sink");
+}
+
+#[test]
+fn dead_letters_go_to_the_stage_that_reads_them() {
+    let pipeline = Pipeline::from_yaml_str(
+        r#"
+version: 1
+runtime: { workers: 2 }
+stages:
+  src:    { type: test-counting-source, batches: 50, dead_every: 10 }
+  sink:   { type: test-slow-sink, inputs: [src] }
+  errors: { type: embedded-output, inputs: [dead-letters] }
+"#,
+        "dl.yaml",
+        &[],
+    )
+    .unwrap();
+    assert!(pipeline.plan().routes_dead_letters());
+    let running = pipeline.spawn(RunOptions::default()).unwrap();
+    let out = running.output().clone();
+    let report = running.finish().unwrap();
+    // 2 workers × 50 batches, one rejection every 10 → 10 dead letters
+    assert_eq!(report.dead_letters, 10);
+    assert_eq!(report.stage("sink").unwrap().rows_in, 100);
+    assert!(report.dead_letter_file.is_none(), "routed dead letters do not go to the file");
+    let mut rows = 0;
+    for b in out.try_iter() {
+        let names: Vec<String> = b.data.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["stage", "reason", "record", "origin"]);
+        let stage = b.data.column(0).as_string::<i32>();
+        let reason = b.data.column(1).as_string::<i32>();
+        for i in 0..b.num_rows() {
+            assert_eq!(stage.value(i), "src");
+            assert_eq!(reason.value(i), "test rejection");
+        }
+        rows += b.num_rows();
+    }
+    assert_eq!(rows, 10);
+}
+
+#[test]
+fn unrouted_dead_letters_go_to_the_dead_letter_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/dl.jsonl");
+    let pipeline = Pipeline::builder("dl-file")
+        .runtime("dead_letter", json!(path.to_str().unwrap()))
+        .stage("src", "test-counting-source", &[], json!({"batches": 30, "dead_every": 10}))
+        .stage("sink", "test-slow-sink", &["src"], json!({}))
+        .build()
+        .unwrap();
+    let report = pipeline.run(RunOptions::default()).unwrap();
+    assert_eq!(report.dead_letter_file.as_deref(), path.to_str());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l["stage"] == "src" && l["reason"] == "test rejection" && l["origin"] == "test:1"));
+}
+
+#[test]
+fn embedded_stages_refuse_to_run_outside_an_embedding_program() {
+    let pipeline = Pipeline::builder("x")
+        .stage("in", "embedded-input", &[], json!({}))
+        .stage("out", "test-slow-sink", &["in"], json!({}))
+        .build()
+        .unwrap();
+    let err = pipeline.run(RunOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("stage \"in\"") && err.contains("Pipeline::spawn"), "{err}");
+}
+
