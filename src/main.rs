@@ -107,7 +107,8 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
@@ -129,7 +130,11 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
-            eprintln!("error: {} is not a valid pipeline ({} problem(s))", args.pipeline.display(), e.diagnostics.len());
+            eprintln!(
+                "error: {} is not a valid pipeline ({} problem(s))",
+                args.pipeline.display(),
+                e.diagnostics.len()
+            );
             return Ok(ExitCode::from(2));
         }
     };
@@ -223,7 +228,12 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             let sink = if keyed { json!({"partition_by": "username"}) } else { json!({}) };
             let pipeline = Pipeline::builder("bench")
                 .workers(usize::from(workers))
-                .stage("rows", "generator", &[], json!({"rows": args.rows, "users": args.users, "batch_size": args.batch_size}))
+                .stage(
+                    "rows",
+                    "generator",
+                    &[],
+                    json!({"rows": args.rows, "users": args.users, "batch_size": args.batch_size}),
+                )
                 .stage("kept", "filter", &["rows"], json!({"field": "value", "above": -1}))
                 .stage("sink", "blackhole", &["kept"], sink)
                 .build()

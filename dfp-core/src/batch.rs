@@ -154,10 +154,7 @@ mod tests {
         ]));
         let data = RecordBatch::try_new(
             schema,
-            vec![
-                Arc::new(StringArray::from(vec![Some("alice"), None])),
-                Arc::new(Int64Array::from(vec![1, 2])),
-            ],
+            vec![Arc::new(StringArray::from(vec![Some("alice"), None])), Arc::new(Int64Array::from(vec![1, 2]))],
         )
         .unwrap();
         let mut b = Batch::new(data, "logs");

@@ -307,7 +307,10 @@ fn build_dataflow<'s>(
         let instance = match guard(|| stage.factory.build(&env.ctx)) {
             Ok(inst) if inst.kind() == stage.kind => Some(inst),
             Ok(inst) => {
-                env.shared.fail(&stage.id, StageError::Other(format!("built a {} but is registered as a {}", inst.kind(), stage.kind)));
+                env.shared.fail(
+                    &stage.id,
+                    StageError::Other(format!("built a {} but is registered as a {}", inst.kind(), stage.kind)),
+                );
                 None
             }
             Err(e) => {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::Schema;
 use arrow::error::ArrowError;
-use arrow::record_batch::RecordBatch;
 use arrow::json::reader::{infer_json_schema_from_iterator, ReaderBuilder};
+use arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
 /// The outcome of converting records: the batch of accepted rows and the rejected records' indices with

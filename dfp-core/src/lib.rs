@@ -54,8 +54,7 @@ pub use pipeline::{Pipeline, PipelineBuilder, PipelineInput, RunningPipeline};
 pub use registry::{Registry, StageConfig, StageRegistration};
 pub use spec::{Diagnostic, Plan, SpecError};
 pub use stage::{
-    DeadLetter, Emitter, Partitioning, Sink, Source, SourceStatus, StageContext, StageInstance,
-    StageKind, Transform,
+    DeadLetter, Emitter, Partitioning, Sink, Source, SourceStatus, StageContext, StageInstance, StageKind, Transform,
 };
 
 /// Re-exported so that stage authors build against the exact versions dfp uses.

@@ -60,7 +60,8 @@ mod tests {
 
     #[test]
     fn every_row_lands_on_its_keys_worker() {
-        let users: Vec<Option<&str>> = (0..50).map(|i| if i % 7 == 0 { None } else { Some(["a", "b", "c", "d", "e"][i % 5]) }).collect();
+        let users: Vec<Option<&str>> =
+            (0..50).map(|i| if i % 7 == 0 { None } else { Some(["a", "b", "c", "d", "e"][i % 5]) }).collect();
         let schema = Arc::new(Schema::new(vec![Field::new("username", DataType::Utf8, true)]));
         let data = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(users))]).unwrap();
         let parts = split_by_key(Batch::new(data, "s"), "username", 3).unwrap();

@@ -137,7 +137,7 @@ impl Source for CountingSource {
             return Ok(SourceStatus::Exhausted);
         }
         self.left -= 1;
-        if self.dead_every.is_some_and(|k| self.left % k == 0) {
+        if self.dead_every.is_some_and(|k| self.left.is_multiple_of(k)) {
             out.dead_letter(dfp_core::DeadLetter::new("test rejection", format!("record {}", self.left), "test:1"));
         }
         let ahead = EMITTED.fetch_add(1, Ordering::SeqCst) + 1 - WRITTEN.load(Ordering::SeqCst);
@@ -207,7 +207,12 @@ impl StageConfig for SlowSinkConfig {
     const KIND: StageKind = StageKind::Sink;
     const DESCRIPTION: &'static str = "test: 1 ms per batch";
     fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
-        Ok(StageInstance::Sink(Box::new(SlowSink { single: self.single, seen: 0, fail_at: self.fail_at, panic: self.panic })))
+        Ok(StageInstance::Sink(Box::new(SlowSink {
+            single: self.single,
+            seen: 0,
+            fail_at: self.fail_at,
+            panic: self.panic,
+        })))
     }
 }
 register_stage!(SlowSinkConfig);
@@ -349,4 +354,3 @@ fn embedded_stages_refuse_to_run_outside_an_embedding_program() {
     let err = pipeline.run(RunOptions::default()).unwrap_err().to_string();
     assert!(err.contains("stage \"in\"") && err.contains("Pipeline::spawn"), "{err}");
 }
-

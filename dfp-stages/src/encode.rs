@@ -63,7 +63,8 @@ impl Encoder {
     fn write_csv(&mut self, out: &mut dyn Write, batch: &RecordBatch) -> Result<(), StageError> {
         let first = self.csv_schema.is_none();
         let schema = Arc::clone(self.csv_schema.get_or_insert_with(|| {
-            let fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+            let fields: Vec<Field> =
+                batch.schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
             Arc::new(Schema::new(fields))
         }));
         if first {
@@ -98,6 +99,10 @@ impl Encoder {
 fn nested(t: &DataType) -> bool {
     matches!(
         t,
-        DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_) | DataType::Map(_, _) | DataType::FixedSizeList(_, _)
+        DataType::Struct(_)
+            | DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::Map(_, _)
+            | DataType::FixedSizeList(_, _)
     )
 }

@@ -43,8 +43,12 @@ pub fn validate(
     let mut diag = Collector { file, out: Vec::new() };
 
     if let Some(version) = &raw.version {
-        if version.value != Value::from(1) {
-            diag.push(Some(line_of(version)), None, format!("unsupported version {}; this dfp reads version 1", version.value));
+        if version.value != 1 {
+            diag.push(
+                Some(line_of(version)),
+                None,
+                format!("unsupported version {}; this dfp reads version 1", version.value),
+            );
         }
     }
 
@@ -65,8 +69,8 @@ pub fn validate(
     for arg in overrides {
         match vars::parse_override(arg) {
             Ok((name, value)) => {
-                if vars.contains_key(&name) {
-                    vars.insert(name, value);
+                if let Some(slot) = vars.get_mut(&name) {
+                    *slot = value;
                 } else {
                     let mut msg = format!("--var {name}: the pipeline declares no variable \"{name}\"");
                     if let Some(s) = closest(&name, vars.keys().map(String::as_str)) {
@@ -115,7 +119,10 @@ pub fn validate(
         diag.push(
             Some(line_of(p)),
             None,
-            format!("plugin \"{}\": this dfp has static stages only; dynamic .so plugins are not supported yet", p.value),
+            format!(
+                "plugin \"{}\": this dfp has static stages only; dynamic .so plugins are not supported yet",
+                p.value
+            ),
         );
     }
 
@@ -161,7 +168,11 @@ pub fn validate(
                     }
                 },
                 other => {
-                    diag.push(Some(line_of(v)), Some(id), format!("`type` must be a string, found {}", crate::json::kind_of(other)));
+                    diag.push(
+                        Some(line_of(v)),
+                        Some(id),
+                        format!("`type` must be a string, found {}", crate::json::kind_of(other)),
+                    );
                     None
                 }
             },
@@ -175,12 +186,20 @@ pub fn validate(
                     for item in items {
                         match item {
                             Value::String(s) => inputs.push(s.clone()),
-                            other => diag.push(Some(line_of(v)), Some(id), format!("`inputs` must list stage ids, found {}", crate::json::kind_of(other))),
+                            other => diag.push(
+                                Some(line_of(v)),
+                                Some(id),
+                                format!("`inputs` must list stage ids, found {}", crate::json::kind_of(other)),
+                            ),
                         }
                     }
                 }
                 Value::String(s) => inputs.push(s.clone()),
-                other => diag.push(Some(line_of(v)), Some(id), format!("`inputs` must be a list of stage ids, found {}", crate::json::kind_of(other))),
+                other => diag.push(
+                    Some(line_of(v)),
+                    Some(id),
+                    format!("`inputs` must be a list of stage ids, found {}", crate::json::kind_of(other)),
+                ),
             }
         }
         // The configuration: every other field, after variables.
@@ -228,9 +247,11 @@ pub fn validate(
         }
         // Graph checks that need only this stage.
         match reg.kind {
-            StageKind::Source if !inputs.is_empty() => {
-                diag.push(inputs_line, Some(id), format!("a source (\"{}\") takes no inputs; remove `inputs`", reg.type_name))
-            }
+            StageKind::Source if !inputs.is_empty() => diag.push(
+                inputs_line,
+                Some(id),
+                format!("a source (\"{}\") takes no inputs; remove `inputs`", reg.type_name),
+            ),
             StageKind::Transform | StageKind::Sink if inputs.is_empty() => diag.push(
                 Some(line),
                 Some(id),
@@ -260,12 +281,18 @@ pub fn validate(
             let known = raw.stages.value.0.iter().any(|(k, _)| k.value == input);
             if !known {
                 let mut msg = format!("input \"{input}\" is not a stage in this pipeline");
-                if let Some(s) = closest(input, raw.stages.value.0.iter().map(|(k, _)| k.value.as_str()).chain([DEAD_LETTERS])) {
+                if let Some(s) =
+                    closest(input, raw.stages.value.0.iter().map(|(k, _)| k.value.as_str()).chain([DEAD_LETTERS]))
+                {
                     msg.push_str(&format!("; did you mean \"{s}\"?"));
                 }
                 diag.push(Some(line_of(v)), Some(id), msg);
             } else if let Some((StageKind::Sink, _)) = kinds.get(input) {
-                diag.push(Some(line_of(v)), Some(id), format!("input \"{input}\" is a sink; a sink's output cannot be read"));
+                diag.push(
+                    Some(line_of(v)),
+                    Some(id),
+                    format!("input \"{input}\" is a sink; a sink's output cannot be read"),
+                );
             }
         }
     }

@@ -55,13 +55,9 @@ pub fn valid_name(name: &str) -> bool {
 pub fn interpolate(value: &Value, vars: &BTreeMap<String, Value>, env: EnvLookup<'_>) -> Result<Value, String> {
     Ok(match value {
         Value::String(s) => interpolate_str(s, vars, env)?,
-        Value::Array(items) => {
-            Value::Array(items.iter().map(|v| interpolate(v, vars, env)).collect::<Result<_, _>>()?)
-        }
+        Value::Array(items) => Value::Array(items.iter().map(|v| interpolate(v, vars, env)).collect::<Result<_, _>>()?),
         Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| Ok((k.clone(), interpolate(v, vars, env)?)))
-                .collect::<Result<_, String>>()?,
+            map.iter().map(|(k, v)| Ok((k.clone(), interpolate(v, vars, env)?))).collect::<Result<_, String>>()?,
         ),
         other => other.clone(),
     })

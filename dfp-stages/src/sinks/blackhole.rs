@@ -24,7 +24,9 @@ impl StageConfig for BlackholeConfig {
     const KIND: StageKind = StageKind::Sink;
     const DESCRIPTION: &'static str = "discards its input (benchmarks, dry runs)";
     fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
-        Ok(StageInstance::Sink(Box::new(Blackhole { partitioning: self.partition_by.clone().map_or(Partitioning::Any, Partitioning::By) })))
+        Ok(StageInstance::Sink(Box::new(Blackhole {
+            partitioning: self.partition_by.clone().map_or(Partitioning::Any, Partitioning::By),
+        })))
     }
 }
 register_stage!(BlackholeConfig);

@@ -91,7 +91,12 @@ impl StageConfig for FileSourceConfig {
     }
 
     fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
-        Ok(StageInstance::Source(Box::new(FileSource { config: self.clone(), files: Vec::new(), next: 0, current: None })))
+        Ok(StageInstance::Source(Box::new(FileSource {
+            config: self.clone(),
+            files: Vec::new(),
+            next: 0,
+            current: None,
+        })))
     }
 }
 register_stage!(FileSourceConfig);
@@ -235,7 +240,7 @@ fn read_json_array(text: &str, loaded: &mut Loaded, out: &mut Emitter) {
         Err(e) => {
             let mut record: String = text.chars().take(4096).collect();
             if record.len() < text.len() {
-                record.push_str("…");
+                record.push('…');
             }
             out.dead_letter(DeadLetter::new(
                 format!("not a valid JSON array: {e}"),
@@ -257,7 +262,11 @@ fn read_json_array(text: &str, loaded: &mut Loaded, out: &mut Emitter) {
                 loaded.records.push(v);
                 loaded.lines.push(line);
             }
-            Err(e) => out.dead_letter(DeadLetter::new(format!("line {line}: {e}"), raw.get(), format!("{}:{line}", loaded.path))),
+            Err(e) => out.dead_letter(DeadLetter::new(
+                format!("line {line}: {e}"),
+                raw.get(),
+                format!("{}:{line}", loaded.path),
+            )),
         }
     }
 }
@@ -276,7 +285,11 @@ fn read_csv(text: &str, delimiter: u8, loaded: &mut Loaded, out: &mut Emitter) {
     let headers: Vec<String> = match reader.headers() {
         Ok(h) => h.iter().map(str::to_string).collect(),
         Err(e) => {
-            out.dead_letter(DeadLetter::new(format!("cannot read the CSV header: {e}"), "", format!("{}:1", loaded.path)));
+            out.dead_letter(DeadLetter::new(
+                format!("cannot read the CSV header: {e}"),
+                "",
+                format!("{}:1", loaded.path),
+            ));
             return;
         }
     };
@@ -346,5 +359,91 @@ fn column_type<'a>(values: impl Iterator<Item = &'a str>) -> ColType {
         (_, _, true, _) => ColType::Float,
         (_, _, _, true) => ColType::Bool,
         _ => ColType::Text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(path: &str, workers: usize) -> (Vec<(usize, Vec<Batch>)>, Vec<DeadLetter>) {
+        let config: FileSourceConfig =
+            serde_json::from_value(serde_json::json!({"path": path, "batch_size": 2})).unwrap();
+        config.validate().unwrap();
+        let mut per_worker = Vec::new();
+        let mut dead = Vec::new();
+        for w in 0..workers {
+            let ctx = StageContext::standalone("logs", w, workers);
+            let StageInstance::Source(mut src) = StageConfig::build(&config, &ctx).unwrap() else { panic!() };
+            src.open(&ctx).unwrap();
+            let mut em = Emitter::new();
+            while src.poll(&ctx, &mut em).unwrap() != SourceStatus::Exhausted {}
+            let (b, d) = em.take();
+            per_worker.push((w, b));
+            dead.extend(d);
+        }
+        (per_worker, dead)
+    }
+
+    #[test]
+    fn json_arrays_keep_order_and_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("AZUREAD_2022-08-01T00_03_56.207Z.json");
+        std::fs::write(&p, "[\n  {\"n\": 1},\n  {\"n\": 2},\n  7,\n  {\"n\": 3}\n]\n").unwrap();
+        let (workers, dead) = read_all(p.to_str().unwrap(), 1);
+        let batches = &workers[0].1;
+        assert_eq!(batches.iter().map(Batch::num_rows).collect::<Vec<_>>(), vec![2, 1]);
+        assert!(batches.iter().all(|b| b.envelope.origin == p.display().to_string()));
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].origin, format!("{}:4", p.display()));
+        assert!(dead[0].reason.contains("line 4: expected a JSON object"), "{}", dead[0].reason);
+    }
+
+    #[test]
+    fn a_broken_array_file_is_one_dead_letter_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.json");
+        std::fs::write(&p, "[\n {\"n\": 1},\n {\"n\": \n").unwrap();
+        let (workers, dead) = read_all(p.to_str().unwrap(), 1);
+        assert!(workers[0].1.is_empty());
+        assert_eq!(dead.len(), 1);
+        assert!(dead[0].reason.starts_with("not a valid JSON array"), "{}", dead[0].reason);
+    }
+
+    #[test]
+    fn files_of_a_directory_are_split_across_workers_without_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..10 {
+            std::fs::write(dir.path().join(format!("f{i}.jsonl")), format!("{{\"f\": {i}}}\n")).unwrap();
+        }
+        std::fs::write(dir.path().join(".hidden"), "junk").unwrap();
+        let (workers, dead) = read_all(dir.path().to_str().unwrap(), 3);
+        assert!(dead.is_empty());
+        let mut origins: Vec<String> =
+            workers.iter().flat_map(|(_, b)| b.iter().map(|b| b.envelope.origin.clone())).collect();
+        assert_eq!(origins.len(), 10);
+        origins.sort();
+        origins.dedup();
+        assert_eq!(origins.len(), 10, "each file read by exactly one worker");
+        assert!(workers.iter().filter(|(_, b)| !b.is_empty()).count() >= 2, "work is spread");
+    }
+
+    #[test]
+    fn a_missing_path_is_an_error_naming_it() {
+        let config: FileSourceConfig =
+            serde_json::from_value(serde_json::json!({"path": "/nonexistent/dfp/x.json"})).unwrap();
+        let ctx = StageContext::standalone("logs", 0, 1);
+        let StageInstance::Source(mut src) = StageConfig::build(&config, &ctx).unwrap() else { panic!() };
+        let e = src.open(&ctx).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/dfp/x.json"), "{e}");
+    }
+
+    #[test]
+    fn csv_column_types_are_inferred_per_file() {
+        assert!(column_type(["1", "2", ""].into_iter()) == ColType::Int);
+        assert!(column_type(["1", "2.5"].into_iter()) == ColType::Float);
+        assert!(column_type(["true", "false"].into_iter()) == ColType::Bool);
+        assert!(column_type(["1", "x"].into_iter()) == ColType::Text);
+        assert!(column_type(["", ""].into_iter()) == ColType::Text);
     }
 }

@@ -92,8 +92,10 @@ impl Source for Generator {
         if self.next >= self.config.rows || ctx.stop_requested() {
             return Ok(SourceStatus::Exhausted);
         }
-        let ns: Vec<u64> =
-            (0..self.config.batch_size).map(|i| self.next + i as u64 * self.step).take_while(|n| *n < self.config.rows).collect();
+        let ns: Vec<u64> = (0..self.config.batch_size)
+            .map(|i| self.next + i as u64 * self.step)
+            .take_while(|n| *n < self.config.rows)
+            .collect();
         self.next += ns.len() as u64 * self.step;
         let users = self.config.users;
         let data = RecordBatch::try_new(

@@ -13,10 +13,10 @@
 
 use std::sync::Arc;
 
+use arrow::array::Scalar;
 use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
 use arrow::compute::kernels::cmp;
 use arrow::compute::{cast, filter_record_batch, is_not_null, is_null, or};
-use arrow::array::Scalar;
 use dfp_core::{
     register_stage, Batch, ConfigError, Emitter, StageConfig, StageContext, StageError, StageInstance, StageKind,
     Transform,
@@ -100,9 +100,7 @@ impl FilterConfig {
                 }
                 Ok(cond)
             }
-            0 => Err(ConfigError::new(
-                "give one condition: equals, not_equals, above, below, one_of or is_null",
-            )),
+            0 => Err(ConfigError::new("give one condition: equals, not_equals, above, below, one_of or is_null")),
             _ => Err(ConfigError::new(format!(
                 "give only one condition, found {}",
                 found.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
@@ -122,7 +120,11 @@ impl StageConfig for FilterConfig {
 
     fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
         let condition = self.condition().map_err(|e| StageError::Other(e.to_string()))?;
-        Ok(StageInstance::Transform(Box::new(Filter { field: self.field.clone(), condition, stage: ctx.stage_id.clone() })))
+        Ok(StageInstance::Transform(Box::new(Filter {
+            field: self.field.clone(),
+            condition,
+            stage: ctx.stage_id.clone(),
+        })))
     }
 }
 register_stage!(FilterConfig);
@@ -154,13 +156,14 @@ impl Filter {
         } else {
             col
         };
-        let converted = cast(&scalar_array(value), col.data_type()).ok().filter(|a| a.null_count() == 0).ok_or_else(|| {
-            StageError::Data(format!(
-                "filter on \"{}\": the column holds {} values, which cannot be compared with {value}",
-                self.field,
-                col.data_type()
-            ))
-        })?;
+        let converted =
+            cast(&scalar_array(value), col.data_type()).ok().filter(|a| a.null_count() == 0).ok_or_else(|| {
+                StageError::Data(format!(
+                    "filter on \"{}\": the column holds {} values, which cannot be compared with {value}",
+                    self.field,
+                    col.data_type()
+                ))
+            })?;
         let rhs = Scalar::new(converted);
         Ok(match op {
             Op::Eq => cmp::eq(col, &rhs)?,
@@ -281,6 +284,9 @@ mod tests {
     #[test]
     fn exactly_one_condition() {
         assert!(run(json!({"field": "n"}), rows()).unwrap_err().to_string().contains("give one condition"));
-        assert!(run(json!({"field": "n", "above": 1, "below": 3}), rows()).unwrap_err().to_string().contains("only one"));
+        assert!(run(json!({"field": "n", "above": 1, "below": 3}), rows())
+            .unwrap_err()
+            .to_string()
+            .contains("only one"));
     }
 }
