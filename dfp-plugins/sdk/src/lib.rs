@@ -17,8 +17,8 @@ pub mod prelude {
     pub use dfp_core::arrow;
     pub use dfp_core::schemars;
     pub use dfp_core::{
-        register_stage, Batch, ConfigError, DeadLetter, Emitter, Partitioning, Sink, Source, SourceStatus,
-        StageConfig, StageContext, StageError, StageInstance, StageKind, Transform,
+        register_stage, Batch, ConfigError, DeadLetter, Emitter, Partitioning, Sink, Source, SourceStatus, StageConfig,
+        StageContext, StageError, StageInstance, StageKind, Transform,
     };
 }
 
