@@ -100,6 +100,13 @@ fn inputs_must_name_existing_stages() {
 }
 
 #[test]
+fn an_input_listed_twice_is_an_error() {
+    let yaml = shipped().replace("inputs: [failures]", "inputs: [failures, failures]");
+    let line = line_of(&yaml, "inputs: [failures, failures]");
+    expect_error(&yaml, &[], Some(line), Some("slim"), "input \"failures\" is listed twice");
+}
+
+#[test]
 fn cycles_are_reported() {
     let yaml = shipped().replace("inputs: [logs]", "inputs: [slim]");
     let (_dir, _, ok, out) = validate_text(&yaml, &[]);

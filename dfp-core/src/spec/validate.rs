@@ -270,7 +270,11 @@ pub fn validate(
             Value::String(s) => vec![s.as_str()],
             _ => continue,
         };
-        for input in names {
+        for (i, input) in names.iter().copied().enumerate() {
+            if names[..i].contains(&input) {
+                diag.push(Some(line_of(v)), Some(id), format!("input \"{input}\" is listed twice"));
+                continue;
+            }
             if input == DEAD_LETTERS {
                 continue;
             }
