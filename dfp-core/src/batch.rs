@@ -22,6 +22,12 @@ pub struct Envelope {
     pub event_time_max: Option<i64>,
     /// What a sink hands back to the source once the batch is durably written (at-least-once sources).
     pub ack: Option<AckToken>,
+    /// Logical time. A source may set it (non-decreasing per source instance, e.g. the rank of the file
+    /// in time order) to have the batch emitted at that time; otherwise the runtime numbers batches. The
+    /// runtime sets it on every batch it hands to a transform or sink. All batches of logical time `t`
+    /// have been delivered once [`Transform::advance`](crate::Transform::advance) reports a frontier
+    /// above `t`.
+    pub time: Option<u64>,
 }
 
 /// Identifies a source position that can be acknowledged once every row derived from it is written.

@@ -424,13 +424,27 @@ fn source_op<'s>(
                     Ok(status) => {
                         env.flush(&mut em, &mut buf);
                         for item in buf.drain(..) {
-                            let is_batch = item.is_ok();
-                            output.session(&*c).give(item);
-                            if is_batch {
-                                epoch += 1;
-                                c.downgrade(&epoch);
+                            match item {
+                                Ok(mut batch) => match batch.envelope.time {
+                                    // The source names the logical time: emit there, keep the capability.
+                                    Some(hint) => {
+                                        let t = hint.max(*c.time());
+                                        c.downgrade(&t);
+                                        batch.envelope.time = Some(t);
+                                        output.session(&*c).give(Ok(batch));
+                                    }
+                                    // Otherwise every batch gets the next time.
+                                    None => {
+                                        let t = *c.time();
+                                        batch.envelope.time = Some(t);
+                                        output.session(&*c).give(Ok(batch));
+                                        c.downgrade(&(t + 1));
+                                    }
+                                },
+                                dead => output.session(&*c).give(dead),
                             }
                         }
+                        epoch = *c.time();
                         match status {
                             SourceStatus::Ready => activator.activate(),
                             SourceStatus::Idle => activator.activate_after(Duration::from_millis(5)),
@@ -514,7 +528,8 @@ where
                     data.clear();
                     return;
                 }
-                for (_, batch) in data.drain(..) {
+                for (_, mut batch) in data.drain(..) {
+                    batch.envelope.time = cap.least().copied();
                     env.counters().rows_in.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                     let r = match &mut op {
                         Op::Transform(t) => guard(|| t.process(batch, &mut em)),
@@ -548,9 +563,22 @@ where
                         output.session(&*c).give_iterator(buf.drain(..));
                     }
                     held = None;
-                } else if let Some(t) = f.iter().min() {
-                    if c.time() < t {
-                        c.downgrade(t);
+                } else if let Some(t) = f.iter().min().copied() {
+                    if *c.time() < t {
+                        // Release what the stage held for earlier times, at the still-held earlier time.
+                        if let Op::Transform(tr) = &mut op {
+                            if !env.shared.aborted() {
+                                if let Err(e) = guard(|| tr.advance(t, &mut em)) {
+                                    env.shared.fail(env.id(), e);
+                                    op = Op::Failed;
+                                }
+                            }
+                        }
+                        env.flush(&mut em, &mut buf);
+                        if !buf.is_empty() {
+                            output.session(&*c).give_iterator(buf.drain(..));
+                        }
+                        c.downgrade(&t);
                     }
                 }
             }

@@ -207,6 +207,13 @@ pub trait Transform: Send {
     }
     /// Handles one batch.
     fn process(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError>;
+    /// Called when the input frontier advances: every batch whose logical time
+    /// ([`Envelope::time`](crate::Envelope::time)) is below `frontier` has been delivered. Stages that must
+    /// see their input in a deterministic order (per-user event-time state) buffer in `process` and release
+    /// here.
+    fn advance(&mut self, _frontier: u64, _out: &mut Emitter) -> Result<(), StageError> {
+        Ok(())
+    }
     /// Called once when the input is exhausted; may emit what it held back.
     fn finish(&mut self, _out: &mut Emitter) -> Result<(), StageError> {
         Ok(())

@@ -20,6 +20,8 @@
 pub mod encode;
 pub mod sinks;
 pub mod sources;
+pub mod store;
+pub mod time;
 pub mod transforms;
 
 /// Makes sure this crate's stage registrations are linked into the program. Call it once before
