@@ -167,11 +167,22 @@ fn install_ctrl_c(stop: StopHandle) -> Result<()> {
 
 fn print_report(report: &RunReport) {
     let secs = report.elapsed.as_secs_f64();
-    eprintln!("{:<20} {:<16} {:>12} {:>12} {:>8}", "stage", "type", "rows in", "rows out", "dead");
+    eprintln!("{:<20} {:<18} {:>12} {:>12} {:>8} {:>8}", "stage", "type", "rows in", "rows out", "dead", "skipped");
     for s in &report.stages {
-        eprintln!("{:<20} {:<16} {:>12} {:>12} {:>8}", s.id, s.type_name, s.rows_in, s.rows_out, s.dead_letters);
+        eprintln!(
+            "{:<20} {:<18} {:>12} {:>12} {:>8} {:>8}",
+            s.id, s.type_name, s.rows_in, s.rows_out, s.dead_letters, s.skipped
+        );
     }
-    eprintln!("finished in {secs:.2}s on {} worker(s)", report.workers);
+    let read: u64 = report
+        .stages
+        .iter()
+        .filter(|s| s.kind == dfp_core::StageKind::Source)
+        .map(|s| s.rows_out + s.dead_letters)
+        .sum();
+    let rate = if secs > 0.0 { read as f64 / secs } else { 0.0 };
+    let peak = peak_rss_mib().map(|m| format!(", peak RSS {m:.0} MiB")).unwrap_or_default();
+    eprintln!("finished in {secs:.2}s on {} worker(s): {read} records read, {rate:.0} records/s{peak}", report.workers);
     if let Some(path) = &report.dead_letter_file {
         eprintln!("{} record(s) rejected: see {path}", report.dead_letters);
     }

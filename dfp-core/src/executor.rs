@@ -89,6 +89,8 @@ pub struct StageReport {
     pub id: String,
     /// Stage type.
     pub type_name: String,
+    /// Source, transform or sink.
+    pub kind: StageKind,
     /// Rows received.
     pub rows_in: u64,
     /// Rows emitted downstream.
@@ -97,6 +99,8 @@ pub struct StageReport {
     pub batches_out: u64,
     /// Records rejected to the dead-letter output.
     pub dead_letters: u64,
+    /// Records dropped on purpose by the stage (see [`Emitter::skip`]).
+    pub skipped: u64,
 }
 
 /// What a finished run did.
@@ -127,6 +131,7 @@ struct Counters {
     rows_out: AtomicU64,
     batches_out: AtomicU64,
     dead: AtomicU64,
+    skipped: AtomicU64,
 }
 
 struct Shared {
@@ -220,10 +225,12 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
         .map(|(s, c)| StageReport {
             id: s.id.clone(),
             type_name: s.type_name.clone(),
+            kind: s.kind,
             rows_in: c.rows_in.load(Ordering::Relaxed),
             rows_out: c.rows_out.load(Ordering::Relaxed),
             batches_out: c.batches_out.load(Ordering::Relaxed),
             dead_letters: c.dead.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
         })
         .collect();
     let dead_letters = stages.iter().map(|s| s.dead_letters).sum();
@@ -257,6 +264,7 @@ impl OpEnv {
     fn flush(&self, em: &mut Emitter, out: &mut Vec<Item>) {
         let (batches, dead) = em.take();
         let c = self.counters();
+        c.skipped.fetch_add(std::mem::take(&mut em.skipped), Ordering::Relaxed);
         for b in batches {
             c.rows_out.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
             c.batches_out.fetch_add(1, Ordering::Relaxed);

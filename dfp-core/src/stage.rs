@@ -132,6 +132,7 @@ impl DeadLetter {
 pub struct Emitter {
     pub(crate) batches: Vec<Batch>,
     pub(crate) dead: Vec<DeadLetter>,
+    pub(crate) skipped: u64,
 }
 
 impl Emitter {
@@ -150,6 +151,17 @@ impl Emitter {
     /// Rejects one record; it goes to the dead-letter output and is counted.
     pub fn dead_letter(&mut self, dead: DeadLetter) {
         self.dead.push(dead);
+    }
+
+    /// Counts records dropped on purpose (not errors: e.g. Duo enrollment events), so that the run report
+    /// still adds up: rows in = rows out + dead letters + skipped.
+    pub fn skip(&mut self, records: u64) {
+        self.skipped += records;
+    }
+
+    /// Records skipped so far.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// Batches emitted so far (for tests and wrappers).

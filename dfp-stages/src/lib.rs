@@ -18,6 +18,7 @@
 #![warn(unreachable_pub)]
 
 pub mod encode;
+pub mod normalize;
 pub mod sinks;
 pub mod sources;
 pub mod store;

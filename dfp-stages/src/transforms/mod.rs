@@ -1,3 +1,4 @@
 //! Transforms: batch in, batches out.
+pub mod features;
 pub mod filter;
 pub mod select;

@@ -1,0 +1,268 @@
+//! `type: normalize-azure` — Azure AD (Entra ID) sign-in logs → Morpheus's Azure columns.
+//!
+//! ```yaml
+//! logs:   { type: file-source, path: "${input}", raw: true }
+//! events: { type: normalize-azure, inputs: [logs] }
+//! ```
+//!
+//! Accepts both shapes found in the wild: the Azure Monitor diagnostic export (top-level `time`, `category`,
+//! `correlationId`, the sign-in under `properties`) and the Microsoft Graph `signIn` resource (the same
+//! fields at top level, `createdDateTime` for the time; Graph pages are unwrapped by the file source).
+//!
+//! Output columns: `id` (`properties.id`, else a hash of the record), `timestamp` (UTC), `username`
+//! (`userPrincipalName`), `appDisplayName`, `clientAppUsed`, `deviceDetailbrowser`, `deviceDetaildisplayName`,
+//! `deviceDetailoperatingSystem`, `statusfailureReason`, `location` ("city, country") — all categorical model
+//! inputs, with `missing` for a missing value — and, for analysts, `ipAddress`, `city`, `state`, `country`,
+//! `latitude`, `longitude`, `category`, `errorCode`.
+//!
+//! Dead letters: invalid JSON, a field of the wrong type, no `userPrincipalName`, no usable time (ISO 8601
+//! with 0–9 fraction digits and `Z`, an offset or no zone; or `M/D/YYYY h:mm:ss [AM|PM] [offset]`), or an
+//! output text over `max_field_bytes`.
+
+use std::borrow::Cow;
+
+use dfp_core::{
+    register_stage, Batch, ConfigError, DeadLetter, Emitter, StageConfig, StageContext, StageError, StageInstance,
+    StageKind, Transform,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{
+    clean, default_max_field_bytes, excerpt, hash_id, location, oversized, Columns, Kind, LooseNum, LooseStr, RawRows,
+    Val, MISSING,
+};
+use crate::time::parse_timestamp;
+
+/// Configuration of `normalize-azure`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizeAzureConfig {
+    /// Output text fields longer than this many bytes make the record a dead letter.
+    #[serde(default = "default_max_field_bytes")]
+    pub max_field_bytes: usize,
+}
+
+impl StageConfig for NormalizeAzureConfig {
+    const TYPE: &'static str = "normalize-azure";
+    const KIND: StageKind = StageKind::Transform;
+    const DESCRIPTION: &'static str = "Azure AD sign-in logs (Monitor export or Graph) → typed DFP columns";
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_field_bytes < 16 {
+            return Err(ConfigError::field("max_field_bytes", "must be at least 16"));
+        }
+        Ok(())
+    }
+    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+        Ok(StageInstance::Transform(Box::new(NormalizeAzure { max_field_bytes: self.max_field_bytes })))
+    }
+}
+register_stage!(NormalizeAzureConfig);
+
+/// The output columns, in order.
+pub(crate) const COLUMNS: [(&str, Kind); 18] = [
+    ("id", Kind::Text),
+    ("timestamp", Kind::Time),
+    ("username", Kind::Text),
+    ("appDisplayName", Kind::Text),
+    ("clientAppUsed", Kind::Text),
+    ("deviceDetailbrowser", Kind::Text),
+    ("deviceDetaildisplayName", Kind::Text),
+    ("deviceDetailoperatingSystem", Kind::Text),
+    ("statusfailureReason", Kind::Text),
+    ("location", Kind::Text),
+    ("ipAddress", Kind::Text),
+    ("city", Kind::Text),
+    ("state", Kind::Text),
+    ("country", Kind::Text),
+    ("latitude", Kind::Float),
+    ("longitude", Kind::Float),
+    ("category", Kind::Text),
+    ("errorCode", Kind::Text),
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceDetail<'a> {
+    #[serde(borrow, default)]
+    browser: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    display_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    operating_system: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Geo<'a> {
+    #[serde(borrow, default)]
+    latitude: Option<LooseNum<'a>>,
+    #[serde(borrow, default)]
+    longitude: Option<LooseNum<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Location<'a> {
+    #[serde(borrow, default)]
+    city: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    state: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    country_or_region: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    geo_coordinates: Option<Geo<'a>>,
+}
+
+/// `location` is an object in a sign-in, a plain country string at the top of a Monitor record.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum LocationField<'a> {
+    Object(#[serde(borrow)] Location<'a>),
+    Text(#[allow(dead_code)] Cow<'a, str>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Status<'a> {
+    #[serde(borrow, default)]
+    error_code: Option<LooseStr<'a>>,
+    #[serde(borrow, default)]
+    failure_reason: Option<Cow<'a, str>>,
+}
+
+/// The sign-in fields (under `properties`, or at the top level for Graph).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SignIn<'a> {
+    #[serde(borrow, default)]
+    id: Option<LooseStr<'a>>,
+    #[serde(borrow, default)]
+    created_date_time: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user_principal_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    app_display_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    client_app_used: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    ip_address: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    device_detail: Option<DeviceDetail<'a>>,
+    #[serde(borrow, default)]
+    location: Option<LocationField<'a>>,
+    #[serde(borrow, default)]
+    status: Option<Status<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record<'a> {
+    #[serde(borrow, default)]
+    time: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    category: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    properties: Option<SignIn<'a>>,
+    #[serde(borrow, flatten)]
+    top: SignIn<'a>,
+}
+
+struct NormalizeAzure {
+    max_field_bytes: usize,
+}
+
+fn text<'a>(v: &'a Option<Cow<'_, str>>) -> Option<&'a str> {
+    v.as_deref()
+}
+
+impl Transform for NormalizeAzure {
+    fn process(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError> {
+        let rows = RawRows::of(&batch, "normalize-azure")?;
+        let mut cols = Columns::new(&COLUMNS, rows.len());
+        let names: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
+        for i in 0..rows.len() {
+            let raw = rows.text(i);
+            let reject = |reason: String, out: &mut Emitter| {
+                out.dead_letter(DeadLetter::new(reason, excerpt(raw), rows.origin(&batch, i)));
+            };
+            let rec: Record<'_> = match serde_json::from_str(raw) {
+                Ok(r) => r,
+                Err(e) => {
+                    let what = if e.is_syntax() || e.is_eof() { "invalid JSON" } else { "unexpected shape" };
+                    reject(format!("{what}: {e}"), out);
+                    continue;
+                }
+            };
+            let Record { time, category, properties, top } = rec;
+            let graph = properties.is_none();
+            let s = properties.unwrap_or(top);
+            let Some(user) = clean(s.user_principal_name) else {
+                reject("no user: userPrincipalName is missing or empty".into(), out);
+                continue;
+            };
+            let time_text = clean(time).or(clean(s.created_date_time));
+            let Some(time_text) = time_text else {
+                reject(format!("no time: {} is missing", if graph { "createdDateTime" } else { "time" }), out);
+                continue;
+            };
+            let Some(ts) = parse_timestamp(&time_text) else {
+                reject(format!("unreadable time \"{}\"", excerpt(&time_text)), out);
+                continue;
+            };
+            let id = match s.id.map(LooseStr::into_string).filter(|v| !v.is_empty()) {
+                Some(id) => id,
+                None => hash_id(raw),
+            };
+            let (browser, device, os) = match s.device_detail {
+                Some(d) => (clean(d.browser), clean(d.display_name), clean(d.operating_system)),
+                None => (None, None, None),
+            };
+            let (city, state, country, lat, lon) = match s.location {
+                Some(LocationField::Object(l)) => {
+                    let (lat, lon) = l
+                        .geo_coordinates
+                        .map(|g| (g.latitude.and_then(|v| v.value()), g.longitude.and_then(|v| v.value())))
+                        .unwrap_or((None, None));
+                    (clean(l.city), clean(l.state), clean(l.country_or_region), lat, lon)
+                }
+                _ => (None, None, None, None, None),
+            };
+            let (error_code, failure) = match s.status {
+                Some(st) => (st.error_code.map(LooseStr::into_string), clean(st.failure_reason)),
+                None => (None, None),
+            };
+            let app = clean(s.app_display_name);
+            let client = clean(s.client_app_used);
+            let ip = clean(s.ip_address);
+            let loc = location(text(&city), text(&country));
+            let category = clean(category);
+            let row = [
+                Val::Text(Some(&id)),
+                Val::Time(ts),
+                Val::Text(Some(&user)),
+                Val::Text(Some(text(&app).unwrap_or(MISSING))),
+                Val::Text(Some(text(&client).unwrap_or(MISSING))),
+                Val::Text(Some(text(&browser).unwrap_or(MISSING))),
+                Val::Text(Some(text(&device).unwrap_or(MISSING))),
+                Val::Text(Some(text(&os).unwrap_or(MISSING))),
+                Val::Text(Some(text(&failure).unwrap_or(MISSING))),
+                Val::Text(Some(&loc)),
+                Val::Text(ip.as_deref().map(super::clean_ip)),
+                Val::Text(text(&city)),
+                Val::Text(text(&state)),
+                Val::Text(text(&country)),
+                Val::Float(lat),
+                Val::Float(lon),
+                Val::Text(Some(text(&category).unwrap_or(if graph { "SignInLogs" } else { MISSING }))),
+                Val::Text(error_code.as_deref()),
+            ];
+            if let Some((field, len)) = oversized(&names, &row, self.max_field_bytes) {
+                reject(format!("field {field} is {len} bytes, over max_field_bytes ({})", self.max_field_bytes), out);
+                continue;
+            }
+            cols.push(&row);
+        }
+        out.emit(batch.with_data(cols.finish()?));
+        Ok(())
+    }
+}

@@ -1,0 +1,275 @@
+//! Normalizers: one stage per log family, turning raw records (`file-source` with `raw: true`) into typed
+//! columns with Morpheus's names.
+//!
+//! Shared rules: every output row has `id`, `timestamp` (UTC, microseconds) and `username`; a record without
+//! a usable user or time, with a field of the wrong type, that is not valid JSON, or with an output field over
+//! `max_field_bytes` goes to the dead-letter output as `file:line` with the reason. Categorical model inputs
+//! that are missing become the explicit category [`MISSING`]; context columns kept for analysts (IP, city,
+//! coordinates) stay null when missing.
+
+pub mod azure;
+pub mod duo;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanBuilder, Float64Builder, StringArray, StringBuilder, TimestampMicrosecondBuilder,
+    UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use dfp_core::{Batch, StageError};
+use serde::Deserialize;
+
+/// The category that stands for a missing value in model-input columns.
+pub const MISSING: &str = "missing";
+
+/// The default for `max_field_bytes`.
+pub fn default_max_field_bytes() -> usize {
+    4096
+}
+
+/// The raw records of a batch: the `raw` text column and the optional `line` column.
+pub(crate) struct RawRows<'a> {
+    raw: &'a StringArray,
+    lines: Option<&'a UInt32Array>,
+}
+
+impl<'a> RawRows<'a> {
+    pub(crate) fn of(batch: &'a Batch, stage: &str) -> Result<Self, StageError> {
+        let raw = batch.data.column_by_name("raw").and_then(|c| c.as_any().downcast_ref::<StringArray>()).ok_or_else(
+            || {
+                StageError::Data(format!(
+                    "{stage} reads raw records: set `raw: true` on the source stage \"{}\"",
+                    batch.envelope.source
+                ))
+            },
+        )?;
+        let lines = batch.data.column_by_name("line").and_then(|c| c.as_any().downcast_ref::<UInt32Array>());
+        Ok(RawRows { raw, lines })
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.raw.len()
+    }
+    pub(crate) fn text(&self, i: usize) -> &'a str {
+        if self.raw.is_null(i) {
+            ""
+        } else {
+            self.raw.value(i)
+        }
+    }
+    /// `file:line` of row `i`.
+    pub(crate) fn origin(&self, batch: &Batch, i: usize) -> String {
+        match self.lines {
+            Some(l) => format!("{}:{}", batch.envelope.origin, l.value(i)),
+            None => format!("{}#{}", batch.envelope.origin, i + 1),
+        }
+    }
+}
+
+/// A string, a number or a boolean where a string is expected (error codes, ids).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum LooseStr<'a> {
+    Str(#[serde(borrow)] Cow<'a, str>),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl LooseStr<'_> {
+    pub(crate) fn into_string(self) -> String {
+        match self {
+            LooseStr::Str(s) => s.into_owned(),
+            LooseStr::Int(i) => i.to_string(),
+            LooseStr::Float(f) => f.to_string(),
+            LooseStr::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// A number, possibly written as a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum LooseNum<'a> {
+    Num(f64),
+    Str(#[serde(borrow)] Cow<'a, str>),
+}
+
+impl LooseNum<'_> {
+    pub(crate) fn value(&self) -> Option<f64> {
+        match self {
+            LooseNum::Num(n) => Some(*n),
+            LooseNum::Str(s) => s.trim().parse().ok(),
+        }
+    }
+}
+
+/// Trims; empty becomes `None`.
+pub(crate) fn clean(s: Option<Cow<'_, str>>) -> Option<Cow<'_, str>> {
+    s.filter(|v| !v.trim().is_empty())
+        .map(|v| if v.trim().len() == v.len() { v } else { Cow::Owned(v.trim().to_string()) })
+}
+
+/// An IP address without a port or IPv6 brackets: `1.2.3.4:443` → `1.2.3.4`, `[2001:db8::1]:443` →
+/// `2001:db8::1`.
+pub fn clean_ip(ip: &str) -> &str {
+    let ip = ip.trim();
+    if let Some(rest) = ip.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match ip.matches(':').count() {
+        1 => ip.split(':').next().unwrap_or(ip),
+        _ => ip,
+    }
+}
+
+/// "city, country" with [`MISSING`] for a missing part (and alone when both are).
+pub(crate) fn location(city: Option<&str>, country: Option<&str>) -> String {
+    match (city, country) {
+        (None, None) => MISSING.to_string(),
+        (c, k) => format!("{}, {}", c.unwrap_or(MISSING), k.unwrap_or(MISSING)),
+    }
+}
+
+/// Column kinds of normalized output.
+#[derive(Clone, Copy)]
+pub(crate) enum Kind {
+    Text,
+    Time,
+    Float,
+    Bool,
+}
+
+enum Builder {
+    Text(StringBuilder),
+    Time(TimestampMicrosecondBuilder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+}
+
+/// Builds a normalized batch column by column; values are appended in column order per row.
+pub(crate) struct Columns {
+    schema: SchemaRef,
+    builders: Vec<Builder>,
+}
+
+/// A value for one column of one row.
+pub(crate) enum Val<'a> {
+    Text(Option<&'a str>),
+    Time(i64),
+    Float(Option<f64>),
+    Bool(bool),
+}
+
+/// The Arrow type of `timestamp` columns.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+}
+
+impl Columns {
+    pub(crate) fn new(spec: &[(&str, Kind)], capacity: usize) -> Self {
+        let fields: Vec<Field> = spec
+            .iter()
+            .map(|(name, kind)| match kind {
+                Kind::Text => Field::new(*name, DataType::Utf8, true),
+                Kind::Time => Field::new(*name, timestamp_type(), false),
+                Kind::Float => Field::new(*name, DataType::Float64, true),
+                Kind::Bool => Field::new(*name, DataType::Boolean, false),
+            })
+            .collect();
+        let builders = spec
+            .iter()
+            .map(|(_, kind)| match kind {
+                Kind::Text => Builder::Text(StringBuilder::with_capacity(capacity, capacity * 16)),
+                Kind::Time => {
+                    Builder::Time(TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("+00:00"))
+                }
+                Kind::Float => Builder::Float(Float64Builder::with_capacity(capacity)),
+                Kind::Bool => Builder::Bool(BooleanBuilder::with_capacity(capacity)),
+            })
+            .collect();
+        Columns { schema: Arc::new(Schema::new(fields)), builders }
+    }
+
+    /// Appends one row (values in column order).
+    pub(crate) fn push(&mut self, row: &[Val<'_>]) {
+        for (b, v) in self.builders.iter_mut().zip(row) {
+            match (b, v) {
+                (Builder::Text(b), Val::Text(v)) => b.append_option(*v),
+                (Builder::Time(b), Val::Time(t)) => b.append_value(*t),
+                (Builder::Float(b), Val::Float(f)) => b.append_option(*f),
+                (Builder::Bool(b), Val::Bool(x)) => b.append_value(*x),
+                // A mismatch is a programming error in a normalizer; keep the row shape with a null.
+                (Builder::Text(b), _) => b.append_null(),
+                (Builder::Float(b), _) => b.append_null(),
+                (Builder::Time(b), _) => b.append_value(0),
+                (Builder::Bool(b), _) => b.append_value(false),
+            }
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<RecordBatch, StageError> {
+        let columns: Vec<ArrayRef> = self
+            .builders
+            .into_iter()
+            .map(|b| -> ArrayRef {
+                match b {
+                    Builder::Text(mut b) => Arc::new(b.finish()),
+                    Builder::Time(mut b) => Arc::new(b.finish()),
+                    Builder::Float(mut b) => Arc::new(b.finish()),
+                    Builder::Bool(mut b) => Arc::new(b.finish()),
+                }
+            })
+            .collect();
+        Ok(RecordBatch::try_new(self.schema, columns)?)
+    }
+}
+
+/// The first text value over `limit` bytes, as (column, length).
+pub(crate) fn oversized<'a>(names: &[&'a str], row: &[Val<'_>], limit: usize) -> Option<(&'a str, usize)> {
+    names.iter().zip(row).find_map(|(n, v)| match v {
+        Val::Text(Some(s)) if s.len() > limit => Some((*n, s.len())),
+        _ => None,
+    })
+}
+
+/// A stable id for a record that has none: a hash of its text.
+pub(crate) fn hash_id(raw: &str) -> String {
+    format!("h{:016x}", dfp_core::hash::stable_hash(raw.as_bytes()))
+}
+
+/// Shortens a record for a dead letter.
+pub(crate) fn excerpt(raw: &str) -> String {
+    if raw.len() <= 4096 {
+        raw.to_string()
+    } else {
+        let mut end = 4096;
+        while !raw.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &raw[..end])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ips_lose_ports_and_brackets() {
+        assert_eq!(clean_ip("203.0.113.7"), "203.0.113.7");
+        assert_eq!(clean_ip("203.0.113.7:4433"), "203.0.113.7");
+        assert_eq!(clean_ip("[2001:db8::1]:443"), "2001:db8::1");
+        assert_eq!(clean_ip("[2001:db8::1]"), "2001:db8::1");
+        assert_eq!(clean_ip("2001:db8::1"), "2001:db8::1");
+    }
+
+    #[test]
+    fn locations_name_missing_parts() {
+        assert_eq!(location(Some("Seattle"), Some("US")), "Seattle, US");
+        assert_eq!(location(None, Some("US")), "missing, US");
+        assert_eq!(location(None, None), "missing");
+    }
+}
