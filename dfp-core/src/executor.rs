@@ -145,7 +145,7 @@ struct Shared {
 
 impl Shared {
     fn fail(&self, stage: &str, source: StageError) {
-        tracing::error!(stage, error = %source, "stage failed; stopping the pipeline");
+        tracing::debug!(stage, error = %source, "stage failed; stopping the pipeline");
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(RunError::Stage { stage: stage.to_string(), source });

@@ -102,7 +102,11 @@ impl Store {
                 return Err(StageError::Other(format!("{location}: no bucket in the URL")));
             }
             let mut b = if s3.from_env { AmazonS3Builder::from_env() } else { AmazonS3Builder::new() };
-            b = b.with_bucket_name(bucket).with_allow_http(s3.allow_http);
+            b = b.with_bucket_name(bucket);
+            // An unset flag leaves what the environment said (AWS_ALLOW_HTTP) in place.
+            if s3.allow_http || !s3.from_env {
+                b = b.with_allow_http(s3.allow_http);
+            }
             if let Some(v) = &s3.endpoint {
                 b = b.with_endpoint(v);
             }
