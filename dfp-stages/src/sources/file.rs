@@ -200,10 +200,34 @@ struct Queued {
     file: FileInfo,
 }
 
+/// Records of one file: their JSON text lives in `text`, each as a (line, start, end) span.
+struct Records {
+    text: String,
+    spans: Vec<(u32, usize, usize)>,
+}
+
+impl Records {
+    fn from_owned(records: Vec<(u32, String)>) -> Self {
+        let mut text = String::with_capacity(records.iter().map(|(_, r)| r.len() + 1).sum());
+        let mut spans = Vec::with_capacity(records.len());
+        for (line, r) in records {
+            let start = text.len();
+            text.push_str(&r);
+            spans.push((line, start, text.len()));
+            text.push('\n');
+        }
+        Records { text, spans }
+    }
+    fn get(&self, i: usize) -> (u32, &str) {
+        let (line, a, b) = self.spans[i];
+        (line, &self.text[a..b])
+    }
+}
+
 /// What was read from one file.
 enum Content {
-    /// Records as (line, JSON text).
-    Records(Vec<(u32, String)>),
+    /// JSON records.
+    Records(Records),
     /// Parquet batches (columns mode).
     Batches(Vec<RecordBatch>),
 }
@@ -263,7 +287,7 @@ impl FileSource {
     fn load(&self, q: Queued, out: &mut Emitter) -> Result<Loaded, StageError> {
         let Some(store) = &self.store else { return Err(StageError::Other("store not opened".into())) };
         let display = q.file.display.clone();
-        let mut bytes = store.get(&q.file)?.to_vec();
+        let mut bytes = Vec::from(store.get(&q.file)?);
         let mut name = display.to_ascii_lowercase();
         if name.ends_with(".gz") {
             let mut plain = Vec::with_capacity(bytes.len() * 4);
@@ -283,17 +307,25 @@ impl FileSource {
             InputFormat::Parquet => {
                 let batches = read_parquet(bytes, &display, self.config.batch_size)?;
                 if self.config.raw {
-                    Content::Records(batches_to_json_records(&batches)?)
+                    Content::Records(Records::from_owned(batches_to_json_records(&batches)?))
                 } else {
                     Content::Batches(batches)
                 }
             }
             InputFormat::Csv => {
                 let text = String::from_utf8_lossy(&bytes);
-                Content::Records(read_csv(&text, self.config.delimiter as u8, &display, out))
+                Content::Records(Records::from_owned(read_csv(&text, self.config.delimiter as u8, &display, out)))
             }
-            InputFormat::Jsonl => Content::Records(json_lines(&String::from_utf8_lossy(&bytes))),
-            _ => Content::Records(json_records(&String::from_utf8_lossy(&bytes), &display, out)),
+            InputFormat::Jsonl => {
+                let text = into_text(bytes);
+                let spans = json_lines(&text);
+                Content::Records(Records { text, spans })
+            }
+            _ => {
+                let text = into_text(bytes);
+                let spans = json_records(&text, &display, out);
+                Content::Records(Records { text, spans })
+            }
         };
         Ok(Loaded { rank: q.rank, display, content, pos: 0 })
     }
@@ -312,7 +344,7 @@ impl Source for FileSource {
         let finished = match &self.current {
             None => true,
             Some(c) => match &c.content {
-                Content::Records(r) => c.pos >= r.len(),
+                Content::Records(r) => c.pos >= r.spans.len(),
                 Content::Batches(b) => c.pos >= b.len(),
             },
         };
@@ -336,10 +368,10 @@ impl Source for FileSource {
                 batches[cur.pos - 1].clone()
             }
             Content::Records(records) => {
-                let end = (cur.pos + self.config.batch_size).min(records.len());
-                let chunk = &records[cur.pos..end];
+                let end = (cur.pos + self.config.batch_size).min(records.spans.len());
+                let range = cur.pos..end;
                 cur.pos = end;
-                chunk_to_batch(chunk, self.config.raw, self.config.max_record_bytes, &cur.display, out)?
+                chunk_to_batch(records, range, self.config.raw, self.config.max_record_bytes, &cur.display, out)?
             }
         };
         let mut batch = Batch::new(data, ctx.stage_id.clone());
@@ -350,9 +382,31 @@ impl Source for FileSource {
     }
 }
 
-/// Turns (line, text) records into a batch: raw rows, or parsed columns.
+/// At most 4 KiB of a record, for a dead letter.
+fn excerpt_of(text: &str) -> String {
+    let mut end = text.len().min(4096);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut s = text[..end].to_string();
+    if end < text.len() {
+        s.push('…');
+    }
+    s
+}
+
+/// Bytes as text; invalid UTF-8 sequences become U+FFFD (the record then fails to parse where it matters).
+fn into_text(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+/// Turns a range of records into a batch: raw rows, or parsed columns.
 fn chunk_to_batch(
-    chunk: &[(u32, String)],
+    records: &Records,
+    range: std::ops::Range<usize>,
     raw: bool,
     max_bytes: usize,
     display: &str,
@@ -366,10 +420,11 @@ fn chunk_to_batch(
             format!("{display}:{line}"),
         ));
     };
+    let chunk: Vec<(u32, &str)> = range.map(|i| records.get(i)).collect();
     if raw {
         let mut texts = StringBuilder::with_capacity(chunk.len(), chunk.iter().map(|(_, t)| t.len()).sum());
         let mut lines = UInt32Builder::with_capacity(chunk.len());
-        for (line, text) in chunk {
+        for (line, text) in &chunk {
             if text.len() > max_bytes {
                 too_big(*line, text, out);
                 continue;
@@ -381,19 +436,19 @@ fn chunk_to_batch(
     }
     let mut values = Vec::with_capacity(chunk.len());
     let mut value_lines = Vec::with_capacity(chunk.len());
-    for (line, text) in chunk {
+    for &(line, text) in &chunk {
         if text.len() > max_bytes {
-            too_big(*line, text, out);
+            too_big(line, text, out);
             continue;
         }
         match serde_json::from_str::<Value>(text) {
             Ok(v) => {
                 values.push(v);
-                value_lines.push(*line);
+                value_lines.push(line);
             }
             Err(e) => out.dead_letter(DeadLetter::new(
                 format!("line {line}: invalid JSON: {e}"),
-                text.as_str(),
+                text,
                 format!("{display}:{line}"),
             )),
         }
@@ -412,16 +467,92 @@ fn chunk_to_batch(
 
 /// The 1-based line of byte `offset`, counting from a known (offset, line) position.
 fn advance_line(text: &str, from: &mut (usize, u32), offset: usize) -> u32 {
-    from.1 += text.as_bytes()[from.0..offset].iter().filter(|b| **b == b'\n').count() as u32;
+    from.1 += memchr::memchr_iter(b'\n', &text.as_bytes()[from.0..offset]).count() as u32;
     from.0 = offset;
     from.1
 }
 
-fn json_lines(text: &str) -> Vec<(u32, String)> {
+/// Splits a JSON array into the byte spans of its elements without parsing them (each element is parsed
+/// once, later, by whoever reads it). Returns the spans and, for a file that ends inside the array, the span
+/// of the unfinished element with the reason.
+fn split_array(text: &str) -> (Vec<(usize, usize)>, Option<(usize, usize, String)>) {
+    let b = text.as_bytes();
+    let mut spans = Vec::new();
+    let Some(open) = b.iter().position(|c| !c.is_ascii_whitespace()).filter(|&i| b[i] == b'[') else {
+        return (spans, Some((0, b.len().min(1), "not a JSON array".into())));
+    };
+    let mut i = open + 1;
+    loop {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= b.len() {
+            return (spans, Some((i, i, "truncated JSON array: the file ends before `]`".into())));
+        }
+        if b[i] == b']' && spans.is_empty() {
+            return (spans, None);
+        }
+        let start = i;
+        let mut depth = 0usize;
+        let mut end = None;
+        while i < b.len() {
+            match b[i] {
+                b'"' => {
+                    // Jump to the closing quote, skipping escaped characters.
+                    i += 1;
+                    loop {
+                        match memchr::memchr2(b'"', b'\\', &b[i..]) {
+                            Some(k) if b[i + k] == b'\\' => i += k + 2,
+                            Some(k) => {
+                                i += k + 1;
+                                break;
+                            }
+                            None => {
+                                i = b.len();
+                                break;
+                            }
+                        }
+                    }
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth > 0 => depth -= 1,
+                b']' | b',' if depth == 0 => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        let Some(stop) = end else {
+            return (spans, Some((start, b.len(), "truncated JSON array: the file ends inside this record".into())));
+        };
+        let mut e = stop;
+        while e > start && b[e - 1].is_ascii_whitespace() {
+            e -= 1;
+        }
+        if e == start {
+            return (spans, Some((start, stop, "empty element in the JSON array".into())));
+        }
+        spans.push((start, e));
+        i = stop + 1;
+        if b[stop] == b']' {
+            return (spans, None);
+        }
+    }
+}
+
+/// Spans of the non-blank lines, trimmed.
+fn json_lines(text: &str) -> Vec<(u32, usize, usize)> {
+    let base = text.as_ptr() as usize;
     text.lines()
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| ((i + 1) as u32, l.trim().to_string()))
+        .filter_map(|(i, l)| {
+            let t = l.trim();
+            let start = t.as_ptr() as usize - base;
+            (!t.is_empty()).then_some(((i + 1) as u32, start, start + t.len()))
+        })
         .collect()
 }
 
@@ -431,21 +562,33 @@ struct GraphPage<'a> {
     value: Vec<&'a RawValue>,
 }
 
-/// Splits a JSON file into records: an array, a Graph page, or JSON lines.
-fn json_records(text: &str, display: &str, out: &mut Emitter) -> Vec<(u32, String)> {
+/// Splits a JSON file into record spans: an array, a Graph page, or JSON lines.
+fn json_records(text: &str, display: &str, out: &mut Emitter) -> Vec<(u32, usize, usize)> {
     let trimmed = text.trim_start();
-    let elements: Option<Result<Vec<&RawValue>, serde_json::Error>> = if trimmed.starts_with('[') {
-        Some(serde_json::from_str::<Vec<&RawValue>>(text))
-    } else if trimmed.starts_with('{') && text.contains("\"@odata.context\"") {
-        match serde_json::from_str::<GraphPage>(text) {
-            Ok(page) => Some(Ok(page.value)),
-            Err(e) if !text.trim_end().contains('\n') => Some(Err(e)),
-            // Several lines, not one page: JSON lines of records that mention OData.
-            Err(_) => None,
+    if trimmed.starts_with('[') {
+        let (spans, error) = split_array(text);
+        let mut pos = (0usize, 1u32);
+        let mut out_spans: Vec<(u32, usize, usize)> =
+            spans.into_iter().map(|(a, b)| (advance_line(text, &mut pos, a), a, b)).collect();
+        if let Some((a, b, reason)) = error {
+            let line = advance_line(text, &mut pos, a.min(text.len()));
+            let record = excerpt_of(&text[a.min(text.len())..b.min(text.len())]);
+            out.dead_letter(DeadLetter::new(format!("line {line}: {reason}"), record, format!("{display}:{line}")));
+            out_spans.shrink_to_fit();
         }
-    } else {
-        None
-    };
+        return out_spans;
+    }
+    let elements: Option<Result<Vec<&RawValue>, serde_json::Error>> =
+        if trimmed.starts_with('{') && text.contains("\"@odata.context\"") {
+            match serde_json::from_str::<GraphPage>(text) {
+                Ok(page) => Some(Ok(page.value)),
+                Err(e) if !text.trim_end().contains('\n') => Some(Err(e)),
+                // Several lines, not one page: JSON lines of records that mention OData.
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
     match elements {
         None => json_lines(text),
         Some(Ok(items)) => {
@@ -454,8 +597,9 @@ fn json_records(text: &str, display: &str, out: &mut Emitter) -> Vec<(u32, Strin
             items
                 .into_iter()
                 .map(|raw| {
-                    let line = advance_line(text, &mut pos, raw.get().as_ptr() as usize - base);
-                    (line, raw.get().to_string())
+                    let start = raw.get().as_ptr() as usize - base;
+                    let line = advance_line(text, &mut pos, start);
+                    (line, start, start + raw.get().len())
                 })
                 .collect()
         }
@@ -625,14 +769,16 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_array_file_is_one_dead_letter_with_its_line() {
+    fn a_truncated_array_file_keeps_its_complete_records() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.json");
         std::fs::write(&p, "[\n {\"n\": 1},\n {\"n\": \n").unwrap();
         let (workers, dead) = read_all(p.to_str().unwrap(), 1);
-        assert!(workers[0].1.is_empty());
+        // The complete record still flows; the unfinished one is a dead letter with its line.
+        assert_eq!(workers[0].1.iter().map(Batch::num_rows).sum::<usize>(), 1);
         assert_eq!(dead.len(), 1);
-        assert!(dead[0].reason.starts_with("not a valid JSON array"), "{}", dead[0].reason);
+        assert!(dead[0].reason.starts_with("line 3: truncated JSON array"), "{}", dead[0].reason);
+        assert_eq!(dead[0].record, "{\"n\": \n");
     }
 
     #[test]
@@ -747,5 +893,23 @@ mod tests {
         assert_eq!(batches.iter().map(Batch::num_rows).sum::<usize>(), 2);
         assert_eq!(dead.len(), 1);
         assert!(dead[0].reason.contains("line 2: record is 5009 bytes"), "{}", dead[0].reason);
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_array;
+
+    #[test]
+    fn splits_nested_values_strings_and_escapes() {
+        let text = r#" [ {"a": [1, {"b": "x]}"}]}, "s\"t,r" ,3,[4,5] ]  "#;
+        let (spans, err) = split_array(text);
+        assert!(err.is_none());
+        let parts: Vec<&str> = spans.iter().map(|(a, b)| &text[*a..*b]).collect();
+        assert_eq!(parts, [r#"{"a": [1, {"b": "x]}"}]}"#, r#""s\"t,r""#, "3", "[4,5]"]);
+        assert_eq!(split_array("[]").0.len(), 0);
+        assert_eq!(split_array("[\n]\n").1, None);
+        assert!(split_array("{}").1.is_some());
+        assert!(split_array("[1,").1.unwrap().2.contains("truncated"));
     }
 }

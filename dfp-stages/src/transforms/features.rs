@@ -172,17 +172,24 @@ struct Features {
 
 /// The /24 of an IPv4 address, the /48 of an IPv6 one, or the text itself.
 pub fn ip_prefix(ip: &str) -> String {
-    match ip.parse::<std::net::IpAddr>() {
+    let mut out = String::new();
+    write_ip_prefix(ip, &mut out);
+    out
+}
+
+fn write_ip_prefix(ip: &str, out: &mut String) {
+    use std::fmt::Write;
+    let _ = match ip.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(v4)) => {
             let o = v4.octets();
-            format!("{}.{}.{}", o[0], o[1], o[2])
+            write!(out, "{}.{}.{}", o[0], o[1], o[2])
         }
         Ok(std::net::IpAddr::V6(v6)) => {
             let s = v6.segments();
-            format!("{:x}:{:x}:{:x}", s[0], s[1], s[2])
+            write!(out, "{:x}:{:x}:{:x}", s[0], s[1], s[2])
         }
-        Err(_) => ip.to_string(),
-    }
+        Err(_) => out.write_str(ip),
+    };
 }
 
 fn strings<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, StageError> {
@@ -240,6 +247,7 @@ impl Features {
         let window = self.window;
         let max_values = self.max_values;
 
+        let mut prefix = String::with_capacity(48);
         let mut i = 0;
         while i < n {
             let user = users.value(i);
@@ -267,19 +275,27 @@ impl Features {
                     state.days.pop_first();
                 }
                 for (k, col) in novelty.iter().enumerate() {
-                    let value = opt(col, i).map(|v| if k == IP { ip_prefix(v) } else { v.to_string() });
+                    let value = match opt(col, i) {
+                        Some(v) if k == IP => {
+                            prefix.clear();
+                            write_ip_prefix(v, &mut prefix);
+                            Some(prefix.as_str())
+                        }
+                        other => other,
+                    };
                     let is_new = match value {
                         None => false,
                         Some(v) => {
                             let seen = &mut state.seen[k];
-                            match seen.get_mut(&v) {
+                            // Look up by &str; allocate only for a value never seen.
+                            match seen.get_mut(v) {
                                 Some(last) => {
                                     let new = t - *last > window;
                                     *last = (*last).max(t);
                                     new
                                 }
                                 None => {
-                                    seen.insert(v, t);
+                                    seen.insert(v.to_string(), t);
                                     true
                                 }
                             }
