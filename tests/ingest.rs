@@ -153,7 +153,7 @@ fn bad_input_is_dead_lettered_and_nothing_is_lost() {
         "no user",
         "no time",
         "field appDisplayName is 20000 bytes",
-        "not a valid JSON array",
+        "truncated JSON array",
     ] {
         assert!(reasons.iter().any(|r| r.contains(needle)), "{needle} not in {reasons:?}");
     }
@@ -258,4 +258,36 @@ fn reads_from_an_s3_compatible_server() {
         let ts = v["timestamp"].as_str().unwrap();
         assert!(("2022-08-01T03".."2022-08-01T09").contains(&&ts[..13]), "{ts}");
     }
+}
+
+#[test]
+fn watch_mode_picks_up_new_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let staging = dir.path().join("staging");
+    let first = write_azure(&logs, 1, 3);
+    let second = write_azure(&staging, 2, 3) - first; // the generator is deterministic: the second file's events
+    let pipeline = dir.path().join("watch.yaml");
+    let yaml = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/azure-features.yaml"))
+        .unwrap()
+        .replace("    raw: true\n", "    raw: true\n    watch: true\n    poll_interval_secs: 0.2\n");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let output = dir.path().join("out.jsonl");
+    let child = dfp()
+        .args(["run", pipeline.to_str().unwrap(), "--var", &format!("input={}", logs.display())])
+        .args(["--var", &format!("output={}", output.display())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // A new export appears while the pipeline runs.
+    let name =
+        std::fs::read_dir(&staging).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).max().unwrap();
+    std::fs::copy(staging.join(&name), logs.join(&name)).unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sorted_lines(&output).len(), first + second, "{}", text(&out));
 }
