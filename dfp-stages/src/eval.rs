@@ -64,7 +64,10 @@ pub fn read_labels(path: &Path) -> Result<Vec<LabelRow>, EvalError> {
     let headers = reader.headers().map_err(|e| parse(1, e.to_string()))?.clone();
     let column = |name: &str| headers.iter().position(|h| h.trim() == name);
     let (Some(id_col), Some(label_col)) = (column("id"), column("label")) else {
-        return Err(parse(1, format!("the header must name the columns id and label, found {:?}", headers.iter().collect::<Vec<_>>())));
+        return Err(parse(
+            1,
+            format!("the header must name the columns id and label, found {:?}", headers.iter().collect::<Vec<_>>()),
+        ));
     };
     let kind_col = column("kind");
     let mut rows = Vec::new();
@@ -451,15 +454,7 @@ impl fmt::Display for EvalReport {
         writeln!(f)?;
         write!(f, "{:<20} {:>5} {:>9} / {:<9} {:>8}", "kind", "label", "flagged", "total", "rate")?;
         for k in &self.kinds {
-            write!(
-                f,
-                "\n{:<20} {:>5} {:>9} / {:<9} {:>7.2}%",
-                k.kind,
-                k.label,
-                k.flagged,
-                k.total,
-                100.0 * k.rate
-            )?;
+            write!(f, "\n{:<20} {:>5} {:>9} / {:<9} {:>7.2}%", k.kind, k.label, k.flagged, k.total, 100.0 * k.rate)?;
         }
         Ok(())
     }
@@ -559,10 +554,7 @@ mod tests {
         assert!(close(r.average_precision, 0.5 + 0.5 * 0.4));
         let kinds: Vec<(&str, u8, u64, u64)> =
             r.kinds.iter().map(|k| (k.kind.as_str(), k.label, k.flagged, k.total)).collect();
-        assert_eq!(
-            kinds,
-            [("account_takeover", 1, 1, 2), ("business_trip", 0, 1, 1), ("normal", 0, 0, 2)]
-        );
+        assert_eq!(kinds, [("account_takeover", 1, 1, 2), ("business_trip", 0, 1, 1), ("normal", 0, 0, 2)]);
         let text = r.to_string();
         assert!(text.contains("ROC-AUC            0.5833"), "{text}");
         assert!(text.contains("account_takeover"), "{text}");
@@ -582,8 +574,11 @@ mod tests {
     fn reads_json_lines_csv_arrays_directories_and_globs() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        fs::write(p.join("a.jsonl"), "{\"id\":\"x\",\"mean_abs_z\":1.5,\"other\":true}\n\n{\"id\":7,\"mean_abs_z\":2}\n")
-            .unwrap();
+        fs::write(
+            p.join("a.jsonl"),
+            "{\"id\":\"x\",\"mean_abs_z\":1.5,\"other\":true}\n\n{\"id\":7,\"mean_abs_z\":2}\n",
+        )
+        .unwrap();
         fs::write(p.join("b.csv"), "user,id,mean_abs_z\nu,x,3.5\nu,y,0.25\n").unwrap();
         fs::write(p.join("c.json"), "[{\"id\":\"z\",\"mean_abs_z\":4}]").unwrap();
         let all = read_scores(p.to_str().unwrap(), "mean_abs_z").unwrap();

@@ -130,7 +130,11 @@ pub(crate) fn write_event<W: Write>(out: &mut W, population: &Population, e: &Ev
         },
         alias: "",
         application: Application { key: &population.app_keys[usize::from(e.app)], name: APPS[usize::from(e.app)].name },
-        auth_device: AuthDevice { ip: &auth_ip, location: location(usize::from(e.auth_city), known), name: &user.phone_name },
+        auth_device: AuthDevice {
+            ip: &auth_ip,
+            location: location(usize::from(e.auth_city), known),
+            name: &user.phone_name,
+        },
         email: &user.upn,
         event_type,
         factor,

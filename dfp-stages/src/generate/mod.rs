@@ -127,7 +127,11 @@ impl Kind {
     pub fn is_attack(self) -> bool {
         matches!(
             self,
-            Kind::AccountTakeover | Kind::QuietTakeover | Kind::PasswordSpray | Kind::TokenTheft | Kind::ImpossibleTravel
+            Kind::AccountTakeover
+                | Kind::QuietTakeover
+                | Kind::PasswordSpray
+                | Kind::TokenTheft
+                | Kind::ImpossibleTravel
         )
     }
 
@@ -335,7 +339,14 @@ impl fmt::Display for GenerateReport {
         )?;
         writeln!(f, "  {:<18} {:>5} {:>6} {:>8}", "kind", "label", "users", "events")?;
         for k in &self.kinds {
-            writeln!(f, "  {:<18} {:>5} {:>6} {:>8}", k.kind.as_str(), u8::from(k.kind.is_attack()), k.instances, k.events)?;
+            writeln!(
+                f,
+                "  {:<18} {:>5} {:>6} {:>8}",
+                k.kind.as_str(),
+                u8::from(k.kind.is_attack()),
+                k.instances,
+                k.events
+            )?;
         }
         write!(
             f,
@@ -362,7 +373,10 @@ fn validate(options: &GenerateOptions) -> Result<Timeline, GenerateError> {
             options.days
         ));
     }
-    let start = options.start.checked_mul(TICKS_PER_SEC).filter(|s| s.checked_add(i64::from(options.days) * 86_400 * TICKS_PER_SEC).is_some());
+    let start = options
+        .start
+        .checked_mul(TICKS_PER_SEC)
+        .filter(|s| s.checked_add(i64::from(options.days) * 86_400 * TICKS_PER_SEC).is_some());
     match start {
         Some(start) if (0..253_402_300_800 * TICKS_PER_SEC).contains(&start) => {
             Ok(Timeline { start, days: options.days, train_days })

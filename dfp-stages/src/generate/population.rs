@@ -174,7 +174,8 @@ impl Population {
             .filter(|(_, c)| c.office)
             .map(|(i, c)| (i, if c.country_code == "US" { 6 } else { 3 }))
             .collect();
-        let mut population = Population { tenant, users: Vec::with_capacity(n), devices: Vec::new(), app_ids, app_keys };
+        let mut population =
+            Population { tenant, users: Vec::with_capacity(n), devices: Vec::new(), app_ids, app_keys };
         let mut taken = HashSet::new();
         for _ in 0..n {
             let (first, last) = unique_name(rng, &mut taken);

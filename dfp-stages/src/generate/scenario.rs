@@ -122,7 +122,11 @@ impl Timeline {
     fn place(&self, day: u32, local_secs: i64, offset_min: i32, span: i64) -> i64 {
         let mut t = self.at(day, local_secs, offset_min);
         if t + span >= self.end() {
-            t = if day > self.train_days { t - DAY } else { (self.end() - span - TICKS_PER_SEC).max(self.day_start(day)) };
+            t = if day > self.train_days {
+                t - DAY
+            } else {
+                (self.end() - span - TICKS_PER_SEC).max(self.day_start(day))
+            };
         }
         t
     }
@@ -327,8 +331,9 @@ impl Builder {
         for day in 0..self.timeline.days {
             let trip = plan.trips.iter().find(|t| t.user == user && (t.first..=t.last).contains(&day));
             let laptop = plan.laptops.iter().find(|l| l.user == user && day >= l.day);
+            let new_laptop_day = plan.laptops.iter().any(|l| l.user == user && l.day == day);
             let must_sign_in = trip.is_some()
-                || plan.laptops.iter().any(|l| l.user == user && l.day == day)
+                || new_laptop_day
                 || plan.attacks.iter().any(|&(k, u, d)| k == Kind::ImpossibleTravel && u == user && d == day)
                 || day == plan.rollout_day;
             let u = &self.population.users[user];
@@ -353,11 +358,15 @@ impl Builder {
                 let session = rng.random_range(1..=4).min(n - emitted);
                 emitted += session;
                 let local = session_start(rng, u.work_start, u.work_end, weekday);
-                let mut device = if u.devices.len() == 1 || rng.random_bool(u.primary_share) {
-                    u.devices[0]
-                } else {
-                    u.devices[1]
-                };
+                // The first sign-in of a day that must have one is a success, on the new laptop if that is
+                // what the day is about.
+                let first_of_day = emitted == session;
+                let mut device =
+                    if u.devices.len() == 1 || rng.random_bool(u.primary_share) || (first_of_day && new_laptop_day) {
+                        u.devices[0]
+                    } else {
+                        u.devices[1]
+                    };
                 if let Some(l) = laptop.filter(|l| l.old == device) {
                     device = l.new;
                 }
@@ -415,7 +424,7 @@ impl Builder {
                             Client::Browser
                         };
                     }
-                    if rng.random_bool(failure_rate) {
+                    if rng.random_bool(failure_rate) && !(must_sign_in && first_of_day && j == 0) {
                         let (failure, f) = Self::ordinary_failure(rng);
                         e.failure = Some(failure);
                         e.factor = f;
@@ -434,8 +443,7 @@ impl Builder {
 
     fn foreign_attack_city(&self, rng: &mut ChaCha8Rng, user: usize) -> usize {
         let home = CITIES[self.population.users[user].home].country_code;
-        let choices: Vec<usize> =
-            ATTACK_CITIES.iter().copied().filter(|&c| CITIES[c].country_code != home).collect();
+        let choices: Vec<usize> = ATTACK_CITIES.iter().copied().filter(|&c| CITIES[c].country_code != home).collect();
         *choices.choose(rng).unwrap_or(&ATTACK_CITIES[0])
     }
 
@@ -454,7 +462,8 @@ impl Builder {
         let step = span / n;
         for i in 0..n {
             let t = t0 + i * step + rng.random_range(0..step);
-            let mut e = self.event(rng, t, user, apps[i as usize % apps.len()], city, device, ip, Kind::AccountTakeover);
+            let mut e =
+                self.event(rng, t, user, apps[i as usize % apps.len()], city, device, ip, Kind::AccountTakeover);
             e.factor = Factor::DuoPush;
             if i < 2 && rng.random_bool(0.5) {
                 e.failure = Some(Failure::InvalidCredentials);
@@ -534,9 +543,8 @@ impl Builder {
     /// A replayed token: an unknown device in the user's country using admin portals at night.
     fn token_theft(&mut self, rng: &mut ChaCha8Rng, user: usize, day: u32) {
         let home = self.population.users[user].home;
-        let same_country: Vec<usize> = (0..CITIES.len())
-            .filter(|&c| c != home && CITIES[c].country_code == CITIES[home].country_code)
-            .collect();
+        let same_country: Vec<usize> =
+            (0..CITIES.len()).filter(|&c| c != home && CITIES[c].country_code == CITIES[home].country_code).collect();
         let city = *same_country.choose(rng).unwrap_or(&home);
         let ip = hosting_ip(rng);
         let device = self.population.add_device(unknown_device(rng, P_WIN10_CHROME, true));
@@ -563,10 +571,7 @@ impl Builder {
             .events
             .iter()
             .filter(|e| {
-                e.user as usize == user
-                    && (from..to).contains(&e.ticks)
-                    && e.failure.is_none()
-                    && !e.kind.is_attack()
+                e.user as usize == user && (from..to).contains(&e.ticks) && e.failure.is_none() && !e.kind.is_attack()
             })
             .map(|e| (e.ticks, e.device))
             .collect();
