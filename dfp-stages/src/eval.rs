@@ -155,9 +155,9 @@ fn score_files(spec: &str) -> Result<Vec<PathBuf>, EvalError> {
     Ok(files)
 }
 
-/// Reads scores from `spec` (see [`score_files`]): `.csv` files are CSV with a header naming `id` and
-/// `field`; other files are JSON lines (or one JSON array) of objects with `id` and `field`. Ids may be
-/// strings or numbers; scores must be numbers.
+/// Reads scores from `spec`: a file, every non-hidden file of a directory, or a glob. `.csv` files are CSV
+/// with a header naming `id` and `field`; other files are JSON lines (or one JSON array) of objects with
+/// `id` and `field`. Ids may be strings or numbers; scores must be numbers.
 pub fn read_scores(spec: &str, field: &str) -> Result<Scores, EvalError> {
     let mut scores = Scores::default();
     for path in score_files(spec)? {
