@@ -108,8 +108,11 @@ pub(crate) fn write_event<W: Write>(out: &mut W, population: &Population, e: &Ev
     } else {
         let (result, reason) = match e.failure {
             Some(f) => failure_result(f),
-            None if e.factor == Factor::RememberedDevice => ("success", "trusted_network"),
-            None => ("success", "user_approved"),
+            None => match e.factor {
+                Factor::RememberedDevice => ("success", "remembered_device"),
+                Factor::Passcode | Factor::SmsPasscode => ("success", "valid_passcode"),
+                _ => ("success", "user_approved"),
+            },
         };
         ("authentication", e.factor.as_str(), result, reason)
     };

@@ -196,8 +196,9 @@ impl Population {
         let (apps, app_cumulative) = favourite_apps(rng, department);
         let computer = weighted(rng, &COMPUTER_PLATFORMS);
         let mut devices = vec![self.add_device(computer_device(rng, first, computer))];
+        // Everyone has a phone for the second factor; 60% also sign in with it.
+        let phone = if rng.random_bool(0.65) { P_IOS } else { P_ANDROID };
         if rng.random_bool(0.6) {
-            let phone = if rng.random_bool(0.65) { P_IOS } else { P_ANDROID };
             devices.push(self.add_device(phone_device(rng, first, phone)));
         }
         let mut home_ips = Vec::new();
@@ -205,7 +206,7 @@ impl Population {
         for _ in 0..rng.random_range(1..=2) {
             home_ips.push(if ipv6 { home_ipv6(rng, home) } else { residential_ip(rng, home) });
         }
-        let phone_name = if rng.random_bool(0.65) { "iPhone" } else { "Pixel 8" };
+        let phone_name = if phone == P_IOS { "iPhone" } else { "Pixel 8" };
         let factor = weighted(
             rng,
             &[(Factor::DuoPush, 70), (Factor::PhoneCall, 8), (Factor::Passcode, 12), (Factor::SmsPasscode, 10)],
