@@ -35,6 +35,10 @@ enum Command {
     Schema,
     /// Measure the runtime: rows/s through generator → filter → blackhole.
     Bench(BenchArgs),
+    /// Write labelled synthetic sign-in logs (train/, infer/, labels.csv) with injected attacks.
+    Generate(GenerateArgs),
+    /// Measure detection quality of scores against labels: ROC-AUC, average precision, precision/recall/F1.
+    Eval(EvalArgs),
 }
 
 #[derive(Args)]
@@ -93,6 +97,61 @@ struct BenchArgs {
     users: u64,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    /// Azure AD sign-in logs (Azure Monitor export shape).
+    Azure,
+    /// Duo authentication logs (Admin API v2).
+    Duo,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Log format to write.
+    #[arg(value_enum)]
+    format: FormatArg,
+    /// Output directory: gets train/, infer/ and labels.csv.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Number of users.
+    #[arg(long, default_value_t = 60)]
+    users: usize,
+    /// Days in all.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Days of the training period [default: days - 7, at least half of the days].
+    #[arg(long)]
+    train_days: Option<u32>,
+    /// Seed: the same seed and options write the same bytes.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// First instant (UTC): a date or an RFC 3339 time.
+    #[arg(long, default_value = "2026-10-01T00:00:00Z")]
+    start: String,
+    /// Replace log files an earlier run left in the output directory.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Scored events: a JSON-lines or CSV (.csv) file, a directory of them, or a glob.
+    #[arg(long, value_name = "PATH")]
+    scores: String,
+    /// The labels.csv written by `dfp generate` (columns id, label, and optionally kind).
+    #[arg(long, value_name = "FILE")]
+    labels: PathBuf,
+    /// The score field in the scored events.
+    #[arg(long, default_value = "mean_abs_z")]
+    field: String,
+    /// Events scoring strictly above this are flagged.
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
+    threshold: f64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
@@ -122,6 +181,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench(args),
+        Command::Generate(args) => generate(args),
+        Command::Eval(args) => eval(args),
     }
 }
 
@@ -260,6 +321,37 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     }
     if let Some(mib) = peak_rss_mib() {
         println!("peak RSS: {mib:.1} MiB");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn generate(args: GenerateArgs) -> Result<ExitCode> {
+    use dfp_stages::generate::{parse_start, GenerateOptions, LogFormat};
+    let format = match args.format {
+        FormatArg::Azure => LogFormat::Azure,
+        FormatArg::Duo => LogFormat::Duo,
+    };
+    let mut options = GenerateOptions::new(format, args.out);
+    options.users = args.users;
+    options.days = args.days;
+    options.train_days = args.train_days;
+    options.seed = args.seed;
+    options.start = parse_start(&args.start)?;
+    options.force = args.force;
+    let report = dfp_stages::generate::generate(&options)?;
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(args: EvalArgs) -> Result<ExitCode> {
+    use dfp_stages::eval::{evaluate, read_labels, read_scores};
+    let labels = read_labels(&args.labels)?;
+    let scores = read_scores(&args.scores, &args.field)?;
+    let report = evaluate(&labels, &scores, &args.field, args.threshold);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,12 +12,17 @@
 //! | `stdout-sink` | sink | [`sinks::stdout`] |
 //! | `blackhole` | sink | [`sinks::blackhole`] |
 //!
+//! Besides the stages: [`generate`] writes labelled synthetic sign-in logs (`dfp generate`) and [`eval`]
+//! measures detection quality against those labels (`dfp eval`).
+//!
 //! Stages register themselves through `inventory`. A program must link this crate for them to be
 //! available; calling [`link`] once (the `dfp` binary does) guarantees the linker keeps it.
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
 pub mod encode;
+pub mod eval;
+pub mod generate;
 pub mod normalize;
 pub mod sinks;
 pub mod sources;
