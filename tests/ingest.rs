@@ -107,7 +107,9 @@ fn features_are_identical_with_1_and_3_workers_and_any_batch_size() {
     assert!(max_count > 3);
     assert!(rows.iter().any(|r| r["new_city"] == true) && rows.iter().any(|r| r["new_city"] == false));
     // Per user and day, logcount runs 0..n in timestamp order.
-    let mut by_user_day: BTreeMap<(String, String), Vec<(String, String, i64)>> = BTreeMap::new();
+    // (user, day) → [(timestamp, id, logcount)]
+    type Events = Vec<(String, String, i64)>;
+    let mut by_user_day: BTreeMap<(String, String), Events> = BTreeMap::new();
     for r in &rows {
         let ts = r["timestamp"].as_str().unwrap().to_string();
         by_user_day.entry((r["username"].as_str().unwrap().to_string(), ts[..10].to_string())).or_default().push((

@@ -172,6 +172,9 @@ fn azure_rows(rows: &[(&str, &str, &str, &str, &str)]) -> Batch {
     b.remove(0)
 }
 
+/// (id, logcount, locincrement, appincrement, new_app, new_city, hours_since_prev)
+type Row = (String, i64, i64, i64, bool, bool, Option<f64>);
+
 #[test]
 fn morpheus_counters_by_hand() {
     // Given out of order; two events of alice in the same second (ids break the tie).
@@ -187,7 +190,7 @@ fn morpheus_counters_by_hand() {
     let mut t = transform("features", json!({"preset": "azure"}));
     let (out, dead, _) = run(&mut t, batch);
     assert!(dead.is_empty());
-    let got: Vec<(String, i64, i64, i64, bool, bool, Option<f64>)> = out
+    let got: Vec<Row> = out
         .iter()
         .map(|r| {
             (
@@ -201,7 +204,7 @@ fn morpheus_counters_by_hand() {
             )
         })
         .collect();
-    let expected: Vec<(String, i64, i64, i64, bool, bool, Option<f64>)> = vec![
+    let expected: Vec<Row> = vec![
         // alice, 2022-08-01: a1 Outlook/Seattle, a2a Teams/Seattle, a2b Outlook/Portland, a3 Teams/Seattle
         ("a1".into(), 0, 1, 1, true, true, None),
         ("a2a".into(), 1, 1, 2, true, false, Some(1.0)),

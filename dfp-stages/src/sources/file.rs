@@ -163,7 +163,7 @@ impl StageConfig for FileSourceConfig {
         if !self.delimiter.is_ascii() {
             return Err(ConfigError::field("delimiter", "must be one ASCII character"));
         }
-        if !(self.poll_interval_secs > 0.0) {
+        if !self.poll_interval_secs.is_finite() || self.poll_interval_secs <= 0.0 {
             return Err(ConfigError::field("poll_interval_secs", "must be positive"));
         }
         if let Err(e) = glob::Pattern::new(&self.path) {
@@ -472,10 +472,13 @@ fn advance_line(text: &str, from: &mut (usize, u32), offset: usize) -> u32 {
     from.1
 }
 
+/// The span of an element a JSON array file could not finish, and why.
+type Unfinished = (usize, usize, String);
+
 /// Splits a JSON array into the byte spans of its elements without parsing them (each element is parsed
 /// once, later, by whoever reads it). Returns the spans and, for a file that ends inside the array, the span
 /// of the unfinished element with the reason.
-fn split_array(text: &str) -> (Vec<(usize, usize)>, Option<(usize, usize, String)>) {
+fn split_array(text: &str) -> (Vec<(usize, usize)>, Option<Unfinished>) {
     let b = text.as_bytes();
     let mut spans = Vec::new();
     let Some(open) = b.iter().position(|c| !c.is_ascii_whitespace()).filter(|&i| b[i] == b'[') else {
