@@ -293,3 +293,31 @@ fn watch_mode_picks_up_new_files() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(sorted_lines(&output).len(), first + second, "{}", text(&out));
 }
+
+#[test]
+fn features_do_not_depend_on_file_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let total = write_azure(&dir.path().join("a"), 12, 5);
+    // The same events, re-cut into 5 files at different points (still in time order).
+    let mut records: Vec<(String, String)> = Vec::new();
+    for entry in std::fs::read_dir(dir.path().join("a")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for v in serde_json::from_str::<Vec<serde_json::Value>>(&text).unwrap() {
+            records.push((v["time"].as_str().unwrap().to_string(), v.to_string()));
+        }
+    }
+    records.sort();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    for chunk in records.chunks(total.div_ceil(5)) {
+        let first = &chunk[0].0; // e.g. 2022-08-01T03:12:45.1234567Z
+        let name = format!("AZUREAD_{}.json", first[..19].replace(':', "_"));
+        let body: Vec<&str> = chunk.iter().map(|(_, r)| r.as_str()).collect();
+        std::fs::write(dir.path().join("b").join(name), format!("[{}]", body.join(","))).unwrap();
+    }
+    let out_a = dir.path().join("a.jsonl");
+    let out_b = dir.path().join("b.jsonl");
+    run_features(&dir.path().join("a").display().to_string(), &out_a, &["--workers", "2"], &[]);
+    run_features(&dir.path().join("b").display().to_string(), &out_b, &["--workers", "3"], &[]);
+    assert_eq!(sorted_lines(&out_a).len(), total);
+    assert_eq!(sorted_lines(&out_a), sorted_lines(&out_b));
+}
