@@ -41,6 +41,7 @@ pub mod error;
 pub mod executor;
 pub mod hash;
 pub mod json;
+pub mod models;
 pub mod partition;
 pub mod pipeline;
 pub mod registry;

@@ -23,7 +23,9 @@
 pub mod encode;
 pub mod eval;
 pub mod generate;
+pub mod model;
 pub mod normalize;
+pub mod registry;
 pub mod sinks;
 pub mod sources;
 pub mod store;

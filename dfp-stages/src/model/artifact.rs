@@ -1,0 +1,286 @@
+//! A trained model as an artifact: `model.safetensors` (weights) plus `manifest.json` (feature schema,
+//! vocabularies, scalers, loss statistics, hyper-parameters, training window and rows, dfp version).
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device};
+
+use super::encode::{EncodedFeature, FeatureEncoder};
+use super::net::{Architecture, Net};
+use super::train::{row_losses, TrainConfig};
+use super::FeatureDef;
+
+/// The artifact's file names.
+pub const MANIFEST: &str = "manifest.json";
+/// The weights' file name.
+pub const WEIGHTS: &str = "model.safetensors";
+
+/// Where the z-score statistics come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatsMode {
+    /// Mean and standard deviation of the training rows' losses (Morpheus).
+    #[default]
+    Training,
+    /// Mean and standard deviation on the held-out (most recent) slice.
+    Validation,
+    /// Median and MAD·1.4826 of the training rows' losses (robust to outliers in training data).
+    Robust,
+}
+
+/// Per-feature loss statistics, in model order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossStats {
+    /// How they were computed.
+    pub mode: StatsMode,
+    /// Centre (mean or median) per feature.
+    pub center: Vec<f64>,
+    /// Scale (standard deviation or scaled MAD) per feature; never below 1e-6.
+    pub scale: Vec<f64>,
+}
+
+impl LossStats {
+    /// Statistics of `rows × features` losses.
+    pub fn compute(rows: &[Vec<f32>], features: usize, mode: StatsMode) -> Self {
+        let mut center = vec![0.0; features];
+        let mut scale = vec![1.0; features];
+        if !rows.is_empty() {
+            for j in 0..features {
+                let mut col: Vec<f64> = rows.iter().map(|r| f64::from(r[j])).collect();
+                let (c, s) = match mode {
+                    StatsMode::Robust => {
+                        let med = median(&mut col);
+                        let mut dev: Vec<f64> = col.iter().map(|v| (v - med).abs()).collect();
+                        (med, median(&mut dev) * 1.4826)
+                    }
+                    _ => {
+                        let mean = col.iter().sum::<f64>() / col.len() as f64;
+                        let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / col.len() as f64;
+                        (mean, var.sqrt())
+                    }
+                };
+                center[j] = c;
+                scale[j] = s.max(1e-6);
+            }
+        }
+        LossStats { mode, center, scale }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// What training saw and did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingInfo {
+    /// First event time (µs since the epoch, UTC).
+    pub start_micros: i64,
+    /// Last event time.
+    pub end_micros: i64,
+    /// Rows used (training + validation).
+    pub rows: usize,
+    /// Rows held out for validation.
+    pub validation_rows: usize,
+    /// Epochs actually run.
+    pub epochs_run: usize,
+    /// Last training loss.
+    pub train_loss: f64,
+    /// Best validation loss.
+    pub validation_loss: f64,
+    /// (training, validation) loss per epoch.
+    pub loss_history: Vec<(f64, f64)>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// The manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub format: u32,
+    /// The dfp version that trained the model.
+    pub dfp_version: String,
+    /// The registry name (`DFP-azure-alice%40contoso.com`).
+    pub name: String,
+    /// Model inputs with their encodings, in model order.
+    pub features: Vec<EncodedFeature>,
+    /// Layer sizes.
+    pub architecture: Architecture,
+    /// z-score statistics.
+    pub loss_stats: LossStats,
+    /// Hyper-parameters.
+    pub hyper_parameters: TrainConfig,
+    /// The training run.
+    pub training: TrainingInfo,
+}
+
+impl Manifest {
+    pub(crate) fn new(
+        name: &str,
+        encoder: &FeatureEncoder,
+        architecture: Architecture,
+        loss_stats: LossStats,
+        hyper_parameters: TrainConfig,
+        training: TrainingInfo,
+    ) -> Self {
+        Manifest {
+            format: 1,
+            dfp_version: env!("CARGO_PKG_VERSION").to_string(),
+            name: name.to_string(),
+            features: encoder.features.clone(),
+            architecture,
+            loss_stats,
+            hyper_parameters,
+            training,
+        }
+    }
+}
+
+/// Why an artifact cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// A file is missing from the artifact.
+    #[error("artifact {name}: file {file} is missing")]
+    MissingFile {
+        /// Model name.
+        name: String,
+        /// File name.
+        file: &'static str,
+    },
+    /// The manifest is not readable.
+    #[error("artifact {name}: manifest.json: {source}")]
+    Manifest {
+        /// Model name.
+        name: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// The model was trained on other features than the pipeline produces.
+    #[error("model {name} does not fit this pipeline: {detail}")]
+    Mismatch {
+        /// Model name.
+        name: String,
+        /// What differs.
+        detail: String,
+    },
+    /// libtorch failed (weights unreadable or of the wrong shape).
+    #[error("model {name}: weights: {source}")]
+    Weights {
+        /// Model name.
+        name: String,
+        /// The libtorch error.
+        source: tch::TchError,
+    },
+    /// A temporary file could not be written.
+    #[error("temporary file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A trained model, ready to score.
+pub struct Model {
+    /// Its manifest.
+    pub manifest: Manifest,
+    pub(crate) encoder: FeatureEncoder,
+    pub(crate) net: Net,
+    pub(crate) vs: nn::VarStore,
+}
+
+/// Scores of a set of rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    /// Feature names in model order.
+    pub features: Vec<String>,
+    /// Per row, per feature: z-score of the reconstruction loss.
+    pub z: Vec<Vec<f32>>,
+    /// Per row: mean of |z| over features.
+    pub mean_abs_z: Vec<f64>,
+    /// Per row: max of |z| over features.
+    pub max_abs_z: Vec<f64>,
+}
+
+impl Model {
+    /// The artifact's files: the manifest and the weights.
+    pub fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, ArtifactError> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(WEIGHTS);
+        self.vs.save(&path).map_err(|source| ArtifactError::Weights { name: self.manifest.name.clone(), source })?;
+        let weights = std::fs::read(&path)?;
+        let manifest = serde_json::to_vec_pretty(&self.manifest)
+            .map_err(|source| ArtifactError::Manifest { name: self.manifest.name.clone(), source })?;
+        Ok(vec![(WEIGHTS, weights), (MANIFEST, manifest)])
+    }
+
+    /// Loads an artifact from its files.
+    pub fn from_files(name: &str, manifest: &[u8], weights: &[u8], device: Device) -> Result<Model, ArtifactError> {
+        let manifest: Manifest =
+            serde_json::from_slice(manifest).map_err(|source| ArtifactError::Manifest { name: name.into(), source })?;
+        let encoder = FeatureEncoder::with_features(manifest.features.clone());
+        let mut vs = nn::VarStore::new(device);
+        // Shapes come from the manifest; the values are overwritten by the stored weights.
+        let net = Net::new(&vs, &manifest.architecture, &mut ChaCha8Rng::seed_from_u64(0));
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(WEIGHTS);
+        std::fs::write(&path, weights)?;
+        vs.load(&path).map_err(|source| ArtifactError::Weights { name: name.into(), source })?;
+        Ok(Model { manifest, encoder, net, vs })
+    }
+
+    /// Checks that the model reads exactly the features the pipeline produces.
+    pub fn check_features(&self, expected: &[FeatureDef]) -> Result<(), ArtifactError> {
+        let mut have: Vec<&FeatureDef> = self.manifest.features.iter().map(|f| &f.def).collect();
+        let mut want: Vec<&FeatureDef> = expected.iter().collect();
+        have.sort_by(|a, b| a.name.cmp(&b.name));
+        want.sort_by(|a, b| a.name.cmp(&b.name));
+        if have == want {
+            return Ok(());
+        }
+        let show = |v: &[&FeatureDef]| {
+            v.iter()
+                .map(|f| format!("{}:{:?}{}", f.name, f.kind, if f.log { "(log)" } else { "" }))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(ArtifactError::Mismatch {
+            name: self.manifest.name.clone(),
+            detail: format!("it was trained on [{}] but the pipeline provides [{}]", show(&have), show(&want)),
+        })
+    }
+
+    /// The model's feature names in order.
+    pub fn feature_names(&self) -> Vec<String> {
+        self.encoder.names().into_iter().map(str::to_string).collect()
+    }
+
+    /// Scores rows: per-feature loss → z-score → mean and max of |z|.
+    pub fn score(&self, rows: &arrow::array::RecordBatch) -> Result<Scores, super::encode::EncodeError> {
+        let encoded = self.encoder.encode(rows)?;
+        let losses = row_losses(&self.net, &encoded);
+        let stats = &self.manifest.loss_stats;
+        let mut z = Vec::with_capacity(losses.len());
+        let mut mean_abs_z = Vec::with_capacity(losses.len());
+        let mut max_abs_z = Vec::with_capacity(losses.len());
+        for row in losses {
+            let zs: Vec<f32> = row
+                .iter()
+                .enumerate()
+                .map(|(j, l)| ((f64::from(*l) - stats.center[j]) / stats.scale[j]) as f32)
+                .collect();
+            let abs: Vec<f64> = zs.iter().map(|v| f64::from(v.abs())).collect();
+            mean_abs_z.push(abs.iter().sum::<f64>() / abs.len().max(1) as f64);
+            max_abs_z.push(abs.iter().copied().fold(0.0, f64::max));
+            z.push(zs);
+        }
+        Ok(Scores { features: self.feature_names(), z, mean_abs_z, max_abs_z })
+    }
+}

@@ -1,0 +1,152 @@
+//! The autoencoder: embeddings + MLP + one head per feature, on a tch `VarStore`.
+
+use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
+use tch::{nn, Device, Kind, Reduction, Tensor};
+
+use super::embedding_dim;
+use super::encode::Encoded;
+
+/// Layer sizes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Architecture {
+    /// Numeric features.
+    pub numeric: usize,
+    /// Binary features.
+    pub binary: usize,
+    /// Category counts (with "other") of the categorical features.
+    pub cardinalities: Vec<usize>,
+    /// Encoder hidden sizes (Morpheus: 512, 500).
+    pub encoder: Vec<usize>,
+    /// Decoder hidden sizes (Morpheus: 512).
+    pub decoder: Vec<usize>,
+}
+
+struct Layer {
+    w: Tensor,
+    b: Tensor,
+}
+
+/// The network's parameters, registered in a `VarStore` under stable names.
+pub struct Net {
+    embeddings: Vec<Tensor>,
+    hidden: Vec<Layer>,
+    numeric_head: Option<Layer>,
+    binary_head: Option<Layer>,
+    categorical_heads: Vec<Layer>,
+    arch: Architecture,
+    device: Device,
+}
+
+/// Network outputs for a batch.
+pub struct Output {
+    /// Predicted scaled numerics, `[n, numeric]`.
+    pub numeric: Option<Tensor>,
+    /// Binary logits, `[n, binary]`.
+    pub binary: Option<Tensor>,
+    /// Logits per categorical feature, each `[n, cardinality]`.
+    pub categorical: Vec<Tensor>,
+}
+
+/// PyTorch's default initialisation, drawn from our own generator: U(−1/√fan_in, 1/√fan_in).
+fn uniform(rng: &mut ChaCha8Rng, shape: &[i64], fan_in: usize) -> Tensor {
+    let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+    let n: i64 = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+    Tensor::from_slice(&data).view(shape)
+}
+
+/// Standard normal values (Box–Muller), for embeddings (PyTorch: N(0, 1)).
+fn normal(rng: &mut ChaCha8Rng, shape: &[i64]) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+            let u2: f64 = rng.random();
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        })
+        .collect();
+    Tensor::from_slice(&data).view(shape)
+}
+
+impl Net {
+    /// Creates the parameters in `vs`, initialised from `rng`.
+    pub fn new(vs: &nn::VarStore, arch: &Architecture, rng: &mut ChaCha8Rng) -> Net {
+        let root = vs.root();
+        let device = vs.device();
+        let layer = |name: &str, fan_in: usize, out: usize, rng: &mut ChaCha8Rng| Layer {
+            w: root.var_copy(
+                &format!("{name}.weight"),
+                &uniform(rng, &[out as i64, fan_in as i64], fan_in).to_device(device),
+            ),
+            b: root.var_copy(&format!("{name}.bias"), &uniform(rng, &[out as i64], fan_in).to_device(device)),
+        };
+        let mut embeddings = Vec::new();
+        let mut input = arch.numeric + arch.binary;
+        for (i, n) in arch.cardinalities.iter().enumerate() {
+            let dim = embedding_dim(*n);
+            embeddings.push(
+                root.var_copy(&format!("embedding{i}.weight"), &normal(rng, &[*n as i64, dim]).to_device(device)),
+            );
+            input += dim as usize;
+        }
+        let mut hidden = Vec::new();
+        let mut fan_in = input;
+        for (i, h) in arch.encoder.iter().chain(arch.decoder.iter()).enumerate() {
+            hidden.push(layer(&format!("hidden{i}"), fan_in, *h, rng));
+            fan_in = *h;
+        }
+        let numeric_head = (arch.numeric > 0).then(|| layer("numeric_head", fan_in, arch.numeric, rng));
+        let binary_head = (arch.binary > 0).then(|| layer("binary_head", fan_in, arch.binary, rng));
+        let categorical_heads = arch
+            .cardinalities
+            .iter()
+            .enumerate()
+            .map(|(i, n)| layer(&format!("categorical_head{i}"), fan_in, *n, rng))
+            .collect();
+        Net { embeddings, hidden, numeric_head, binary_head, categorical_heads, arch: arch.clone(), device }
+    }
+
+    /// The inputs of a batch as tensors on the model's device.
+    pub fn inputs(&self, e: &Encoded) -> (Tensor, Tensor, Tensor) {
+        let n = e.rows as i64;
+        let num = Tensor::from_slice(&e.numeric).view([n, self.arch.numeric as i64]).to_device(self.device);
+        let bin = Tensor::from_slice(&e.binary).view([n, self.arch.binary as i64]).to_device(self.device);
+        let cat =
+            Tensor::from_slice(&e.categorical).view([n, self.arch.cardinalities.len() as i64]).to_device(self.device);
+        (num, bin, cat)
+    }
+
+    /// Forward pass.
+    pub fn forward(&self, num: &Tensor, bin: &Tensor, cat: &Tensor) -> Output {
+        let mut parts = vec![num.shallow_clone(), bin.shallow_clone()];
+        for (i, emb) in self.embeddings.iter().enumerate() {
+            parts.push(Tensor::embedding(emb, &cat.select(1, i as i64), -1, false, false));
+        }
+        let mut x = Tensor::cat(&parts, 1);
+        for l in &self.hidden {
+            x = x.linear(&l.w, Some(&l.b)).relu();
+        }
+        Output {
+            numeric: self.numeric_head.as_ref().map(|l| x.linear(&l.w, Some(&l.b))),
+            binary: self.binary_head.as_ref().map(|l| x.linear(&l.w, Some(&l.b))),
+            categorical: self.categorical_heads.iter().map(|l| x.linear(&l.w, Some(&l.b))).collect(),
+        }
+    }
+
+    /// Per-row, per-feature losses `[n, features]` in model order (numeric, binary, categorical).
+    pub fn losses(&self, out: &Output, num: &Tensor, bin: &Tensor, cat: &Tensor) -> Tensor {
+        let mut cols: Vec<Tensor> = Vec::new();
+        if let Some(p) = &out.numeric {
+            cols.push((p - num).square());
+        }
+        if let Some(p) = &out.binary {
+            cols.push(p.binary_cross_entropy_with_logits::<Tensor>(bin, None, None, Reduction::None));
+        }
+        for (i, logits) in out.categorical.iter().enumerate() {
+            let target = cat.select(1, i as i64);
+            cols.push(logits.cross_entropy_loss::<Tensor>(&target, None, Reduction::None, -100, 0.0).unsqueeze(1));
+        }
+        Tensor::cat(&cols, 1).to_kind(Kind::Float)
+    }
+}
