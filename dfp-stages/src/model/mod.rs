@@ -26,6 +26,30 @@ pub use artifact::{Manifest, Model};
 pub use encode::{Encoded, FeatureEncoder};
 pub use train::{train, TrainConfig};
 
+/// Where models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a GPU, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The first CUDA device.
+    Cuda,
+}
+
+impl DeviceChoice {
+    /// The libtorch device.
+    pub fn device(self) -> tch::Device {
+        match self {
+            DeviceChoice::Auto => tch::Device::cuda_if_available(),
+            DeviceChoice::Cpu => tch::Device::Cpu,
+            DeviceChoice::Cuda => tch::Device::Cuda(0),
+        }
+    }
+}
+
 /// How a feature is fed to the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]

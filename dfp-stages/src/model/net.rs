@@ -76,17 +76,17 @@ impl Net {
         let device = vs.device();
         let layer = |name: &str, fan_in: usize, out: usize, rng: &mut ChaCha8Rng| Layer {
             w: root.var_copy(
-                &format!("{name}.weight"),
+                &format!("{name}_weight"),
                 &uniform(rng, &[out as i64, fan_in as i64], fan_in).to_device(device),
             ),
-            b: root.var_copy(&format!("{name}.bias"), &uniform(rng, &[out as i64], fan_in).to_device(device)),
+            b: root.var_copy(&format!("{name}_bias"), &uniform(rng, &[out as i64], fan_in).to_device(device)),
         };
         let mut embeddings = Vec::new();
         let mut input = arch.numeric + arch.binary;
         for (i, n) in arch.cardinalities.iter().enumerate() {
             let dim = embedding_dim(*n);
             embeddings.push(
-                root.var_copy(&format!("embedding{i}.weight"), &normal(rng, &[*n as i64, dim]).to_device(device)),
+                root.var_copy(&format!("embedding{i}_weight"), &normal(rng, &[*n as i64, dim]).to_device(device)),
             );
             input += dim as usize;
         }

@@ -1,4 +1,7 @@
 //! Transforms: batch in, batches out.
 pub mod features;
 pub mod filter;
+pub mod score;
 pub mod select;
+pub mod threshold;
+pub mod train;

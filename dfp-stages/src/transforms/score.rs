@@ -1,0 +1,282 @@
+//! `type: score` — scores every event with its user's model (or the generic model).
+//!
+//! ```yaml
+//! scored: { type: score, inputs: [features], registry: "${models}", source: azure }
+//! ```
+//!
+//! Input is partitioned by `username`, so each worker keeps the models of its own users in a cache
+//! (`cache_capacity` models, least recently used evicted first). A cached model is re-checked against the
+//! registry after `cache_ttl_secs`: a newer version is loaded without a restart. A user without a model is
+//! scored with the generic model. Scoring runs without autograd; each input row is scored exactly once.
+//!
+//! Added columns: `model_name`, `model_version`, `model_kind` (`user` or `generic`), one `<feature>_z_loss`
+//! per model input, `mean_abs_z`, `max_abs_z`, and `top_features` (the `top_features` inputs with the
+//! largest |z|, comma-separated, largest first).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float32Builder, Float64Builder, RecordBatch, StringBuilder, UInt32Array, UInt64Builder,
+};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::{DataType, Field, Schema};
+use dfp_core::models::ModelRegistry;
+use dfp_core::{
+    register_stage, Batch, ConfigError, Emitter, Partitioning, StageConfig, StageContext, StageError, StageInstance,
+    StageKind, Transform,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::model::artifact::{MANIFEST, WEIGHTS};
+use crate::model::{feature_set, model_name, DeviceChoice, FeatureDef, FeatureOptions, Model, Source};
+use crate::registry::LocalRegistry;
+use crate::store::S3Options;
+
+/// Configuration of `score`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreConfig {
+    /// Model registry: a directory or an `s3://bucket/prefix`.
+    pub registry: String,
+    /// The log family (names the models and picks the feature set).
+    pub source: Source,
+    /// Model inputs beyond Morpheus's (must match what the models were trained with).
+    #[serde(default)]
+    pub features: FeatureOptions,
+    /// Seconds before a cached model is checked for a newer version.
+    #[serde(default = "d_ttl")]
+    pub cache_ttl_secs: f64,
+    /// Most models cached per worker.
+    #[serde(default = "d_capacity")]
+    pub cache_capacity: usize,
+    /// How many feature names `top_features` lists.
+    #[serde(default = "d_top")]
+    pub top_features: usize,
+    /// `auto` (CUDA when available), `cpu` or `cuda`.
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// S3 settings for an `s3://` registry.
+    #[serde(default)]
+    pub s3: S3Options,
+}
+
+fn d_ttl() -> f64 {
+    60.0
+}
+fn d_capacity() -> usize {
+    10_000
+}
+fn d_top() -> usize {
+    3
+}
+
+impl StageConfig for ScoreConfig {
+    const TYPE: &'static str = "score";
+    const KIND: StageKind = StageKind::Transform;
+    const DESCRIPTION: &'static str = "scores events with the user's model (or the generic one): z-scores per feature";
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.cache_ttl_secs.is_finite() || self.cache_ttl_secs < 0.0 {
+            return Err(ConfigError::field("cache_ttl_secs", "must be zero or more"));
+        }
+        if self.cache_capacity == 0 {
+            return Err(ConfigError::field("cache_capacity", "must be at least 1"));
+        }
+        Ok(())
+    }
+    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+        Ok(StageInstance::Transform(Box::new(Score {
+            defs: feature_set(self.source, self.features),
+            config: self.clone(),
+            registry: None,
+            cache: HashMap::new(),
+            tick: 0,
+        })))
+    }
+}
+register_stage!(ScoreConfig);
+
+struct Cached {
+    model: Option<Model>,
+    version: u64,
+    checked: Instant,
+    used: u64,
+}
+
+struct Score {
+    config: ScoreConfig,
+    defs: Vec<FeatureDef>,
+    registry: Option<LocalRegistry>,
+    cache: HashMap<String, Cached>,
+    tick: u64,
+}
+
+impl Score {
+    /// Makes sure the cache holds the latest model under `name` (re-checking after the TTL); returns its
+    /// version, or `None` when the registry has no such model.
+    fn resolve(&mut self, name: &str) -> Result<Option<u64>, StageError> {
+        self.tick += 1;
+        let ttl = Duration::from_secs_f64(self.config.cache_ttl_secs);
+        if let Some(c) = self.cache.get_mut(name) {
+            if c.checked.elapsed() <= ttl {
+                c.used = self.tick;
+                return Ok(c.model.as_ref().map(|_| c.version));
+            }
+        }
+        let registry = self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))?;
+        let latest = registry.latest(name).map_err(|e| StageError::Other(e.to_string()))?;
+        let cached_version = self.cache.get(name).filter(|c| c.model.is_some()).map(|c| c.version);
+        match latest {
+            Some(v) if Some(v) == cached_version => {
+                if let Some(c) = self.cache.get_mut(name) {
+                    c.checked = Instant::now();
+                    c.used = self.tick;
+                }
+                return Ok(Some(v));
+            }
+            _ => {}
+        }
+        let model = match latest {
+            None => None,
+            Some(v) => {
+                let manifest = registry.fetch(name, v, MANIFEST).map_err(|e| StageError::Other(e.to_string()))?;
+                let weights = registry.fetch(name, v, WEIGHTS).map_err(|e| StageError::Other(e.to_string()))?;
+                let model = Model::from_files(name, &manifest, &weights, self.config.device.device())
+                    .map_err(|e| StageError::Other(e.to_string()))?;
+                model.check_features(&self.defs).map_err(|e| StageError::Other(e.to_string()))?;
+                if cached_version.is_some() {
+                    tracing::info!(model = name, version = v, "newer model version loaded");
+                }
+                Some(model)
+            }
+        };
+        if self.cache.len() >= self.config.cache_capacity && !self.cache.contains_key(name) {
+            if let Some(oldest) = self.cache.iter().min_by_key(|(_, c)| c.used).map(|(k, _)| k.clone()) {
+                self.cache.remove(&oldest);
+            }
+        }
+        let version = latest.unwrap_or(0);
+        let found = model.is_some();
+        self.cache.insert(name.to_string(), Cached { model, version, checked: Instant::now(), used: self.tick });
+        Ok(found.then_some(version))
+    }
+}
+
+impl Transform for Score {
+    fn input_partitioning(&self) -> Partitioning {
+        Partitioning::By("username".into())
+    }
+
+    fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tch::set_num_threads((cores / ctx.workers.max(1)).max(1) as i32);
+        self.registry = Some(
+            LocalRegistry::open(&self.config.registry, &self.config.s3)
+                .map_err(|e| StageError::Other(e.to_string()))?,
+        );
+        Ok(())
+    }
+
+    fn process(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError> {
+        let data = &batch.data;
+        let n = data.num_rows();
+        let users = data
+            .column_by_name("username")
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| StageError::Data("score: input needs a text `username` column".into()))?
+            .clone();
+        let mut groups: HashMap<&str, Vec<u32>> = HashMap::new();
+        for i in 0..n {
+            groups.entry(if users.is_null(i) { "" } else { users.value(i) }).or_default().push(i as u32);
+        }
+        let names: Vec<String> = self.defs.iter().map(|d| d.name.clone()).collect();
+        let mut z: Vec<Vec<f32>> = vec![vec![0.0; names.len()]; n];
+        let mut mean = vec![0.0; n];
+        let mut max = vec![0.0; n];
+        let mut model_names: Vec<String> = vec![String::new(); n];
+        let mut versions = vec![0u64; n];
+        let mut kinds: Vec<&'static str> = vec![""; n];
+        let mut groups: Vec<(&str, Vec<u32>)> = groups.into_iter().collect();
+        groups.sort_by(|a, b| a.0.cmp(b.0));
+        for (user, idx) in groups {
+            let user_name = model_name(self.config.source, Some(user));
+            let (version, kind, name) = match self.resolve(&user_name)? {
+                Some(v) => (v, "user", user_name),
+                None => {
+                    let generic = model_name(self.config.source, None);
+                    match self.resolve(&generic)? {
+                        Some(v) => (v, "generic", generic),
+                        None => {
+                            return Err(StageError::Other(format!(
+                                "no model for user \"{user}\" and no generic model {generic} in {}: run the training pipeline first",
+                                self.config.registry
+                            )))
+                        }
+                    }
+                }
+            };
+            let model = self
+                .cache
+                .get(&name)
+                .and_then(|c| c.model.as_ref())
+                .ok_or_else(|| StageError::Other(format!("model {name} vanished from the cache")))?;
+            let rows = take_record_batch(data, &UInt32Array::from(idx.clone()))?;
+            let scores = model.score(&rows).map_err(|e| StageError::Data(format!("scoring with {name}: {e}")))?;
+            let position: Vec<usize> =
+                names.iter().map(|f| scores.features.iter().position(|g| g == f).unwrap_or(usize::MAX)).collect();
+            for (k, &row) in idx.iter().enumerate() {
+                let row = row as usize;
+                for (j, &p) in position.iter().enumerate() {
+                    if p != usize::MAX {
+                        z[row][j] = scores.z[k][p];
+                    }
+                }
+                mean[row] = scores.mean_abs_z[k];
+                max[row] = scores.max_abs_z[k];
+                model_names[row] = name.clone();
+                versions[row] = version;
+                kinds[row] = kind;
+            }
+        }
+        let mut fields: Vec<Field> = data.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut cols: Vec<ArrayRef> = data.columns().to_vec();
+        fields.push(Field::new("model_name", DataType::Utf8, false));
+        cols.push(Arc::new(arrow::array::StringArray::from(model_names)));
+        let mut vb = UInt64Builder::with_capacity(n);
+        vb.append_slice(&versions);
+        fields.push(Field::new("model_version", DataType::UInt64, false));
+        cols.push(Arc::new(vb.finish()));
+        fields.push(Field::new("model_kind", DataType::Utf8, false));
+        cols.push(Arc::new(arrow::array::StringArray::from(kinds)));
+        for (j, f) in names.iter().enumerate() {
+            let mut b = Float32Builder::with_capacity(n);
+            for row in &z {
+                b.append_value(row[j]);
+            }
+            fields.push(Field::new(format!("{f}_z_loss"), DataType::Float32, false));
+            cols.push(Arc::new(b.finish()));
+        }
+        let mut mb = Float64Builder::with_capacity(n);
+        mb.append_slice(&mean);
+        let mut xb = Float64Builder::with_capacity(n);
+        xb.append_slice(&max);
+        fields.push(Field::new("mean_abs_z", DataType::Float64, false));
+        cols.push(Arc::new(mb.finish()));
+        fields.push(Field::new("max_abs_z", DataType::Float64, false));
+        cols.push(Arc::new(xb.finish()));
+        let mut top = StringBuilder::with_capacity(n, n * 48);
+        for row in &z {
+            let mut order: Vec<usize> = (0..names.len()).collect();
+            order.sort_by(|a, b| row[*b].abs().total_cmp(&row[*a].abs()).then(a.cmp(b)));
+            let list: Vec<&str> = order.iter().take(self.config.top_features).map(|j| names[*j].as_str()).collect();
+            top.append_value(list.join(","));
+        }
+        fields.push(Field::new("top_features", DataType::Utf8, false));
+        cols.push(Arc::new(top.finish()));
+        let scored = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
+        out.emit(batch.with_data(scored));
+        Ok(())
+    }
+}

@@ -1,0 +1,316 @@
+//! `type: train` — trains per-user models (or the generic model) and publishes them to a registry.
+//!
+//! ```yaml
+//! users:   { type: train, inputs: [features], registry: "${models}", source: azure }
+//! generic: { type: train, inputs: [features], registry: "${models}", source: azure, scope: generic }
+//! report:  { type: file-sink, inputs: [users, generic], path: out/training-report.jsonl }
+//! ```
+//!
+//! `scope: users` (the default) takes its input partitioned by `username`, so users are trained in
+//! parallel across workers; every user with at least `min_history` events in the `max_history_days` before
+//! their latest event gets a model `DFP-{source}-{user}` (user escaped, see `model::escape_user`).
+//! `scope: generic` gathers every row on one worker and trains `DFP-{source}-=generic` on the window before
+//! the latest event. Each model is trained once per run, when the input ends. The stage emits one report
+//! row per user or model: `model`, `kind`, `status` (`trained` or `skipped`), `version`, `rows`,
+//! `epochs_run`, `train_loss`, `validation_loss`, `seconds`, `reason`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, AsArray, Float64Builder, RecordBatch, StringBuilder, UInt64Builder};
+use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
+use dfp_core::models::ModelRegistry;
+use dfp_core::{
+    register_stage, Batch, ConfigError, Emitter, Partitioning, StageConfig, StageContext, StageError, StageInstance,
+    StageKind, Transform,
+};
+use rand::seq::index::sample;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::model::{feature_set, model_name, train, DeviceChoice, FeatureOptions, Source, TrainConfig};
+use crate::registry::LocalRegistry;
+use crate::store::S3Options;
+use crate::time::DAY_MICROS;
+
+/// Which models a `train` stage trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// One model per user with enough history.
+    #[default]
+    Users,
+    /// One model on everybody's events.
+    Generic,
+}
+
+/// Configuration of `train`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainStageConfig {
+    /// Model registry: a directory or an `s3://bucket/prefix`.
+    pub registry: String,
+    /// The log family (names the models and picks the feature set).
+    pub source: Source,
+    /// `users` or `generic`.
+    #[serde(default)]
+    pub scope: Scope,
+    /// Fewest events a user needs in the window to get a model.
+    #[serde(default = "d_min_history")]
+    pub min_history: usize,
+    /// Days of history before the latest event that training uses.
+    #[serde(default = "d_max_history")]
+    pub max_history_days: u32,
+    /// Train on at most this many rows of the window (a random sample), per model.
+    #[serde(default)]
+    pub sample: Option<usize>,
+    /// Model inputs beyond Morpheus's.
+    #[serde(default)]
+    pub features: FeatureOptions,
+    /// Hyper-parameters.
+    #[serde(default)]
+    pub training: TrainConfig,
+    /// `auto` (CUDA when available), `cpu` or `cuda`.
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// S3 settings for an `s3://` registry.
+    #[serde(default)]
+    pub s3: S3Options,
+}
+
+fn d_min_history() -> usize {
+    300
+}
+fn d_max_history() -> u32 {
+    60
+}
+
+impl StageConfig for TrainStageConfig {
+    const TYPE: &'static str = "train";
+    const KIND: StageKind = StageKind::Transform;
+    const DESCRIPTION: &'static str = "trains per-user (or generic) autoencoders and publishes them to a registry";
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.registry.trim().is_empty() {
+            return Err(ConfigError::field("registry", "must not be empty"));
+        }
+        if self.training.epochs == 0 {
+            return Err(ConfigError::field("training.epochs", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.training.swap_noise) {
+            return Err(ConfigError::field("training.swap_noise", "must be in [0, 1)"));
+        }
+        if !(0.0..0.9).contains(&self.training.validation_fraction) {
+            return Err(ConfigError::field("training.validation_fraction", "must be in [0, 0.9)"));
+        }
+        Ok(())
+    }
+    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+        Ok(StageInstance::Transform(Box::new(Train {
+            config: self.clone(),
+            rows: Vec::new(),
+            registry: None,
+            stage: String::new(),
+        })))
+    }
+}
+register_stage!(TrainStageConfig);
+
+struct Train {
+    config: TrainStageConfig,
+    rows: Vec<RecordBatch>,
+    registry: Option<Arc<LocalRegistry>>,
+    stage: String,
+}
+
+#[derive(Default)]
+struct Report {
+    model: StringBuilder,
+    kind: StringBuilder,
+    status: StringBuilder,
+    version: UInt64Builder,
+    rows: UInt64Builder,
+    epochs: UInt64Builder,
+    train_loss: Float64Builder,
+    val_loss: Float64Builder,
+    seconds: Float64Builder,
+    reason: StringBuilder,
+}
+
+impl Report {
+    fn skipped(&mut self, model: &str, kind: &str, rows: usize, reason: String) {
+        self.model.append_value(model);
+        self.kind.append_value(kind);
+        self.status.append_value("skipped");
+        self.version.append_null();
+        self.rows.append_value(rows as u64);
+        self.epochs.append_null();
+        self.train_loss.append_null();
+        self.val_loss.append_null();
+        self.seconds.append_null();
+        self.reason.append_value(reason);
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, StageError> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("model", DataType::Utf8, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("status", DataType::Utf8, false),
+            Field::new("version", DataType::UInt64, true),
+            Field::new("rows", DataType::UInt64, false),
+            Field::new("epochs_run", DataType::UInt64, true),
+            Field::new("train_loss", DataType::Float64, true),
+            Field::new("validation_loss", DataType::Float64, true),
+            Field::new("seconds", DataType::Float64, true),
+            Field::new("reason", DataType::Utf8, true),
+        ]));
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(self.model.finish()),
+                Arc::new(self.kind.finish()),
+                Arc::new(self.status.finish()),
+                Arc::new(self.version.finish()),
+                Arc::new(self.rows.finish()),
+                Arc::new(self.epochs.finish()),
+                Arc::new(self.train_loss.finish()),
+                Arc::new(self.val_loss.finish()),
+                Arc::new(self.seconds.finish()),
+                Arc::new(self.reason.finish()),
+            ],
+        )?)
+    }
+}
+
+fn timestamps(batch: &RecordBatch) -> Result<&arrow::array::PrimitiveArray<TimestampMicrosecondType>, StageError> {
+    batch
+        .column_by_name("timestamp")
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        .ok_or_else(|| StageError::Data("train: input needs a microsecond `timestamp` column".into()))
+}
+
+impl Train {
+    /// Rows of `batch` within the window before its latest event, sampled when asked.
+    fn window(&self, batch: &RecordBatch, seed_name: &str) -> Result<RecordBatch, StageError> {
+        let ts = timestamps(batch)?;
+        let last = ts.iter().flatten().max().unwrap_or(0);
+        let from = last - i64::from(self.config.max_history_days) * DAY_MICROS;
+        let keep: arrow::array::BooleanArray = ts.iter().map(|t| Some(t.is_some_and(|t| t >= from))).collect();
+        let mut rows = filter_record_batch(batch, &keep)?;
+        if let Some(n) = self.config.sample.filter(|n| *n < rows.num_rows()) {
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                self.config.training.seed ^ dfp_core::hash::stable_hash(seed_name.as_bytes()),
+            );
+            let mut idx: Vec<u32> = sample(&mut rng, rows.num_rows(), n).into_iter().map(|i| i as u32).collect();
+            idx.sort_unstable();
+            rows = take_record_batch(&rows, &arrow::array::UInt32Array::from(idx))?;
+        }
+        Ok(rows)
+    }
+
+    fn train_one(&self, name: &str, kind: &str, rows: &RecordBatch, report: &mut Report) -> Result<(), StageError> {
+        let defs = feature_set(self.config.source, self.config.features);
+        let model = train(name, &defs, rows, &self.config.training, self.config.device.device())
+            .map_err(|e| StageError::Other(format!("training {name}: {e}")))?;
+        let files = model.to_files().map_err(|e| StageError::Other(e.to_string()))?;
+        let registry = self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))?;
+        let version = registry.publish(name, &files).map_err(|e| StageError::Other(e.to_string()))?;
+        let t = &model.manifest.training;
+        tracing::info!(stage = %self.stage, model = name, version, rows = t.rows, epochs = t.epochs_run, seconds = t.seconds, "model trained");
+        report.model.append_value(name);
+        report.kind.append_value(kind);
+        report.status.append_value("trained");
+        report.version.append_value(version);
+        report.rows.append_value(t.rows as u64);
+        report.epochs.append_value(t.epochs_run as u64);
+        report.train_loss.append_value(t.train_loss);
+        report.val_loss.append_value(t.validation_loss);
+        report.seconds.append_value(t.seconds);
+        report.reason.append_null();
+        Ok(())
+    }
+}
+
+impl Transform for Train {
+    fn input_partitioning(&self) -> Partitioning {
+        match self.config.scope {
+            Scope::Users => Partitioning::By("username".into()),
+            Scope::Generic => Partitioning::Single,
+        }
+    }
+
+    fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.stage = ctx.stage_id.clone();
+        // Workers train in parallel; libtorch's own threads would only compete with them.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tch::set_num_threads((cores / ctx.workers.max(1)).max(1) as i32);
+        self.registry = Some(Arc::new(
+            LocalRegistry::open(&self.config.registry, &self.config.s3)
+                .map_err(|e| StageError::Other(e.to_string()))?,
+        ));
+        Ok(())
+    }
+
+    fn process(&mut self, batch: Batch, _out: &mut Emitter) -> Result<(), StageError> {
+        if batch.num_rows() > 0 {
+            self.rows.push(batch.data);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Emitter) -> Result<(), StageError> {
+        let Some(first) = self.rows.first() else { return Ok(()) };
+        let all = concat_batches(&first.schema(), &self.rows)
+            .map_err(|e| StageError::Data(format!("train: input batches disagree on columns: {e}")))?;
+        self.rows.clear();
+        let mut report = Report::default();
+        let started = Instant::now();
+        match self.config.scope {
+            Scope::Generic => {
+                let name = model_name(self.config.source, None);
+                let rows = self.window(&all, &name)?;
+                self.train_one(&name, "generic", &rows, &mut report)?;
+            }
+            Scope::Users => {
+                let users = all
+                    .column_by_name("username")
+                    .and_then(|c| c.as_string_opt::<i32>())
+                    .ok_or_else(|| StageError::Data("train: input needs a text `username` column".into()))?;
+                let mut by_user: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+                for i in 0..users.len() {
+                    if !users.is_null(i) {
+                        by_user.entry(users.value(i)).or_default().push(i as u32);
+                    }
+                }
+                let total = by_user.len();
+                for (done, (user, idx)) in by_user.iter().enumerate() {
+                    let name = model_name(self.config.source, Some(user));
+                    let rows = take_record_batch(&all, &arrow::array::UInt32Array::from(idx.clone()))?;
+                    let rows = self.window(&rows, &name)?;
+                    if rows.num_rows() < self.config.min_history {
+                        report.skipped(
+                            &name,
+                            "user",
+                            rows.num_rows(),
+                            format!(
+                                "{} events in the last {} days, fewer than min_history {}",
+                                rows.num_rows(),
+                                self.config.max_history_days,
+                                self.config.min_history
+                            ),
+                        );
+                        continue;
+                    }
+                    self.train_one(&name, "user", &rows, &mut report)?;
+                    tracing::info!(stage = %self.stage, done = done + 1, total, elapsed_s = started.elapsed().as_secs(), "users trained");
+                }
+            }
+        }
+        let data = report.finish()?;
+        out.emit(Batch::new(data, self.stage.clone()));
+        Ok(())
+    }
+}
