@@ -39,6 +39,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Measure detection quality of scores against labels: ROC-AUC, average precision, precision/recall/F1.
     Eval(EvalArgs),
+    /// Inspect a model registry.
+    Models(ModelsArgs),
 }
 
 #[derive(Args)]
@@ -72,6 +74,25 @@ struct ValidateArgs {
     pipelines: Vec<PathBuf>,
     #[command(flatten)]
     vars: VarArgs,
+}
+
+#[derive(Args)]
+struct ModelsArgs {
+    #[command(subcommand)]
+    command: ModelsCommand,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List the models of a registry: name, latest version, kind, rows, trained window.
+    List {
+        /// The registry: a directory or an s3:// prefix (S3 settings from the AWS_* variables).
+        #[arg(long, value_name = "LOCATION")]
+        registry: String,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -183,6 +204,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Bench(args) => bench(args),
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
+        Command::Models(args) => models(args),
     }
 }
 
@@ -352,6 +374,39 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn models(args: ModelsArgs) -> Result<ExitCode> {
+    use dfp_core::models::ModelRegistry;
+    use dfp_stages::model::Manifest;
+    let ModelsCommand::List { registry, json } = args.command;
+    let s3 = dfp_stages::store::S3Options { from_env: true, ..Default::default() };
+    let reg = dfp_stages::registry::LocalRegistry::open(&registry, &s3)?;
+    let list = reg.list()?;
+    if !json {
+        println!("{:<48} {:>7} {:>8} {:>8}  {:<24} {:<24}", "MODEL", "VERSION", "KIND", "ROWS", "TRAINED FROM", "TO");
+    }
+    for m in &list {
+        let manifest: Manifest = serde_json::from_slice(&reg.fetch(&m.name, m.version, "manifest.json")?)
+            .with_context(|| format!("{}: unreadable manifest", m.name))?;
+        let kind = if m.name.ends_with(dfp_stages::model::GENERIC) { "generic" } else { "user" };
+        let t = &manifest.training;
+        let from = dfp_stages::time::format_micros(t.start_micros);
+        let to = dfp_stages::time::format_micros(t.end_micros);
+        if json {
+            println!(
+                "{}",
+                json!({"model": m.name, "version": m.version, "kind": kind, "rows": t.rows, "start": from, "end": to,
+                       "epochs_run": t.epochs_run, "dfp_version": manifest.dfp_version})
+            );
+        } else {
+            println!("{:<48} {:>7} {:>8} {:>8}  {:<24} {:<24}", m.name, m.version, kind, t.rows, &from[..19], &to[..19]);
+        }
+    }
+    if !json {
+        eprintln!("{} model(s) in {registry}", list.len());
     }
     Ok(ExitCode::SUCCESS)
 }
