@@ -402,7 +402,15 @@ fn models(args: ModelsArgs) -> Result<ExitCode> {
                        "epochs_run": t.epochs_run, "dfp_version": manifest.dfp_version})
             );
         } else {
-            println!("{:<48} {:>7} {:>8} {:>8}  {:<24} {:<24}", m.name, m.version, kind, t.rows, &from[..19], &to[..19]);
+            println!(
+                "{:<48} {:>7} {:>8} {:>8}  {:<24} {:<24}",
+                m.name,
+                m.version,
+                kind,
+                t.rows,
+                &from[..19],
+                &to[..19]
+            );
         }
     }
     if !json {
