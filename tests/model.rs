@@ -1,0 +1,106 @@
+//! Training and inference pipelines through the real binary on the shipped sample data.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+
+fn dfp() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfp"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.env_remove("DFP_LOG");
+    cmd
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn ids(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn train_then_score_every_event_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let report = dir.path().join("report.jsonl");
+    let out = dfp()
+        .args(["run", "pipelines/azure-training.yaml", "--var", &format!("models={}", models.display())])
+        .args(["--var", &format!("report={}", report.display()), "--var", "epochs=2", "--var", "min_history=100"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let trained: Vec<&serde_json::Value> = rows.iter().filter(|r| r["status"] == "trained").collect();
+    let skipped: Vec<&serde_json::Value> = rows.iter().filter(|r| r["status"] == "skipped").collect();
+    assert!(trained.iter().any(|r| r["kind"] == "generic"));
+    assert!(trained.iter().filter(|r| r["kind"] == "user").count() >= 2, "{rows:?}");
+    assert!(!skipped.is_empty() && skipped.iter().all(|r| r["reason"].as_str().unwrap().contains("min_history 100")));
+
+    // The registry lists the models under their escaped names.
+    let list = dfp().args(["models", "list", "--registry", models.to_str().unwrap()]).output().unwrap();
+    assert!(list.status.success(), "{}", text(&list));
+    let listing = text(&list);
+    assert!(listing.contains("DFP-azure-kenji.lopez@contoso.com") && listing.contains("DFP-azure-=generic"), "{listing}");
+
+    // Threshold -1 keeps every scored event: each input id comes out exactly once.
+    let scored = dir.path().join("scored.jsonl");
+    let out = dfp()
+        .args(["run", "pipelines/azure-inference.yaml", "--var", &format!("models={}", models.display())])
+        .args(["--var", &format!("output={}", scored.display()), "--var", "threshold=-1", "--workers", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let features = dir.path().join("features.jsonl");
+    let out = dfp()
+        .args(["run", "pipelines/azure-features.yaml", "--var", "input=examples/data/azure/infer"])
+        .args(["--var", &format!("output={}", features.display())])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut got = ids(&scored);
+    let expected: BTreeSet<String> = ids(&features).into_iter().collect();
+    let n = got.len();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), n, "an event was scored twice");
+    assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), expected);
+    // Users without a model are scored by the generic one; every row names its model and top features.
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(&scored).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(rows.iter().any(|r| r["model_kind"] == "generic") && rows.iter().any(|r| r["model_kind"] == "user"));
+    for r in &rows {
+        assert!(r["mean_abs_z"].as_f64().unwrap() >= 0.0 && r["max_abs_z"].as_f64().unwrap() >= r["mean_abs_z"].as_f64().unwrap());
+        assert_eq!(r["top_features"].as_str().unwrap().split(',').count(), 3);
+        assert!(r["appDisplayName_z_loss"].is_number() && r["username"].is_string() && r["timestamp"].is_string());
+    }
+    // A higher threshold keeps a subset.
+    let alerts = dir.path().join("alerts.jsonl");
+    let out = dfp()
+        .args(["run", "pipelines/azure-inference.yaml", "--var", &format!("models={}", models.display())])
+        .args(["--var", &format!("output={}", alerts.display()), "--var", "threshold=1.5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let kept = ids(&alerts).len();
+    let above = rows.iter().filter(|r| r["mean_abs_z"].as_f64().unwrap() > 1.5).count();
+    assert_eq!(kept, above);
+    assert!(kept < rows.len());
+}
+
+#[test]
+fn scoring_without_models_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dfp()
+        .args(["run", "pipelines/azure-inference.yaml", "--var", &format!("models={}", dir.path().join("empty").display())])
+        .args(["--var", &format!("output={}", dir.path().join("x.jsonl").display())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("stage \"scored\" failed") && t.contains("run the training pipeline first"), "{t}");
+}
