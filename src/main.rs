@@ -41,6 +41,8 @@ enum Command {
     Eval(EvalArgs),
     /// Inspect a model registry.
     Models(ModelsArgs),
+    /// Summarise scored events: alerts per user and the features behind them.
+    Summary(SummaryArgs),
 }
 
 #[derive(Args)]
@@ -74,6 +76,21 @@ struct ValidateArgs {
     pipelines: Vec<PathBuf>,
     #[command(flatten)]
     vars: VarArgs,
+}
+
+#[derive(Args)]
+struct SummaryArgs {
+    /// Scored events (JSON lines, as written by an inference pipeline).
+    scores: PathBuf,
+    /// The score column.
+    #[arg(long, default_value = "mean_abs_z")]
+    field: String,
+    /// Alerts are rows with the field strictly above this.
+    #[arg(long, default_value_t = 2.0)]
+    threshold: f64,
+    /// How many users and features to list.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
 }
 
 #[derive(Args)]
@@ -205,6 +222,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
         Command::Models(args) => models(args),
+        Command::Summary(args) => summary(args),
     }
 }
 
@@ -416,5 +434,59 @@ fn models(args: ModelsArgs) -> Result<ExitCode> {
     if !json {
         eprintln!("{} model(s) in {registry}", list.len());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn summary(args: SummaryArgs) -> Result<ExitCode> {
+    use std::collections::HashMap;
+    use std::io::BufRead;
+    let file = std::fs::File::open(&args.scores).with_context(|| format!("cannot open {}", args.scores.display()))?;
+    let (mut total, mut alerts) = (0usize, 0usize);
+    let mut per_user: HashMap<String, (usize, f64)> = HashMap::new();
+    let mut features: HashMap<String, usize> = HashMap::new();
+    let mut kinds: HashMap<String, usize> = HashMap::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}: line {}", args.scores.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("{}: line {}", args.scores.display(), i + 1))?;
+        total += 1;
+        let score = row[&args.field]
+            .as_f64()
+            .with_context(|| format!("{}: line {}: no numeric `{}`", args.scores.display(), i + 1, args.field))?;
+        if score <= args.threshold {
+            continue;
+        }
+        alerts += 1;
+        let user = row["username"].as_str().unwrap_or("?").to_string();
+        let entry = per_user.entry(user).or_insert((0, 0.0));
+        entry.0 += 1;
+        entry.1 = entry.1.max(score);
+        if let Some(top) = row["top_features"].as_str().and_then(|t| t.split(',').next()) {
+            *features.entry(top.to_string()).or_default() += 1;
+        }
+        *kinds.entry(row["model_kind"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+    }
+    println!("{alerts} alert(s) ({} > {}) among {total} scored events", args.field, args.threshold);
+    let mut users: Vec<(String, (usize, f64))> = per_user.into_iter().collect();
+    users.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+    println!("\n{:<40} {:>7} {:>10}", "user", "alerts", "max score");
+    for (u, (n, max)) in users.iter().take(args.top) {
+        println!("{u:<40} {n:>7} {max:>10.2}");
+    }
+    if users.len() > args.top {
+        println!("… and {} more user(s)", users.len() - args.top);
+    }
+    let mut features: Vec<(String, usize)> = features.into_iter().collect();
+    features.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    println!("\n{:<40} {:>7}", "strongest feature of the alert", "alerts");
+    for (f, n) in features.iter().take(args.top) {
+        println!("{f:<40} {n:>7}");
+    }
+    let mut kinds: Vec<(String, usize)> = kinds.into_iter().collect();
+    kinds.sort();
+    println!("\nscored by: {}", kinds.iter().map(|(k, n)| format!("{k} model {n}")).collect::<Vec<_>>().join(", "));
     Ok(ExitCode::SUCCESS)
 }
