@@ -1,8 +1,6 @@
 //! A trained model as an artifact: `model.safetensors` (weights) plus `manifest.json` (feature schema,
 //! vocabularies, scalers, loss statistics, hyper-parameters, training window and rows, dfp version).
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
@@ -228,7 +226,7 @@ impl Model {
         let encoder = FeatureEncoder::with_features(manifest.features.clone());
         let mut vs = nn::VarStore::new(device);
         // Shapes come from the manifest; the values are overwritten by the stored weights.
-        let net = Net::new(&vs, &manifest.architecture, &mut ChaCha8Rng::seed_from_u64(0));
+        let net = Net::zeroed(&vs, &manifest.architecture);
         let dir = tempfile::tempdir()?;
         let path = dir.path().join(WEIGHTS);
         std::fs::write(&path, weights)?;

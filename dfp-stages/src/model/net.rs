@@ -72,37 +72,57 @@ fn normal(rng: &mut ChaCha8Rng, shape: &[i64]) -> Tensor {
 impl Net {
     /// Creates the parameters in `vs`, initialised from `rng`.
     pub fn new(vs: &nn::VarStore, arch: &Architecture, rng: &mut ChaCha8Rng) -> Net {
+        Self::build(vs, arch, Some(rng))
+    }
+
+    /// Creates zeroed parameters in `vs`, to be overwritten by stored weights (no random draws).
+    pub fn zeroed(vs: &nn::VarStore, arch: &Architecture) -> Net {
+        Self::build(vs, arch, None)
+    }
+
+    fn build(vs: &nn::VarStore, arch: &Architecture, mut rng: Option<&mut ChaCha8Rng>) -> Net {
+        let mut uniform = |shape: &[i64], fan_in: usize| match rng.as_deref_mut() {
+            Some(r) => uniform(r, shape, fan_in),
+            None => Tensor::zeros(shape, (Kind::Float, Device::Cpu)),
+        };
         let root = vs.root();
         let device = vs.device();
-        let layer = |name: &str, fan_in: usize, out: usize, rng: &mut ChaCha8Rng| Layer {
-            w: root.var_copy(
-                &format!("{name}_weight"),
-                &uniform(rng, &[out as i64, fan_in as i64], fan_in).to_device(device),
-            ),
-            b: root.var_copy(&format!("{name}_bias"), &uniform(rng, &[out as i64], fan_in).to_device(device)),
+        let mut layer = |name: &str, fan_in: usize, out: usize| Layer {
+            w: root.var_copy(&format!("{name}_weight"), &uniform(&[out as i64, fan_in as i64], fan_in).to_device(device)),
+            b: root.var_copy(&format!("{name}_bias"), &uniform(&[out as i64], fan_in).to_device(device)),
         };
-        let mut embeddings = Vec::new();
         let mut input = arch.numeric + arch.binary;
-        for (i, n) in arch.cardinalities.iter().enumerate() {
+        let mut dims = Vec::new();
+        for n in &arch.cardinalities {
             let dim = embedding_dim(*n);
-            embeddings.push(
-                root.var_copy(&format!("embedding{i}_weight"), &normal(rng, &[*n as i64, dim]).to_device(device)),
-            );
+            dims.push((*n as i64, dim));
             input += dim as usize;
         }
         let mut hidden = Vec::new();
         let mut fan_in = input;
         for (i, h) in arch.encoder.iter().chain(arch.decoder.iter()).enumerate() {
-            hidden.push(layer(&format!("hidden{i}"), fan_in, *h, rng));
+            hidden.push(layer(&format!("hidden{i}"), fan_in, *h));
             fan_in = *h;
         }
-        let numeric_head = (arch.numeric > 0).then(|| layer("numeric_head", fan_in, arch.numeric, rng));
-        let binary_head = (arch.binary > 0).then(|| layer("binary_head", fan_in, arch.binary, rng));
-        let categorical_heads = arch
+        let numeric_head = (arch.numeric > 0).then(|| layer("numeric_head", fan_in, arch.numeric));
+        let binary_head = (arch.binary > 0).then(|| layer("binary_head", fan_in, arch.binary));
+        let categorical_heads: Vec<Layer> = arch
             .cardinalities
             .iter()
             .enumerate()
-            .map(|(i, n)| layer(&format!("categorical_head{i}"), fan_in, *n, rng))
+            .map(|(i, n)| layer(&format!("categorical_head{i}"), fan_in, *n))
+            .collect();
+        drop(layer);
+        let embeddings = dims
+            .iter()
+            .enumerate()
+            .map(|(i, (n, dim))| {
+                let init = match rng.as_deref_mut() {
+                    Some(r) => normal(r, &[*n, *dim]),
+                    None => Tensor::zeros([*n, *dim], (Kind::Float, Device::Cpu)),
+                };
+                root.var_copy(&format!("embedding{i}_weight"), &init.to_device(device))
+            })
             .collect();
         Net { embeddings, hidden, numeric_head, binary_head, categorical_heads, arch: arch.clone(), device }
     }

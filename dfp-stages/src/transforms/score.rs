@@ -55,6 +55,13 @@ pub struct ScoreConfig {
     /// How many feature names `top_features` lists.
     #[serde(default = "d_top")]
     pub top_features: usize,
+    /// Rows gathered (across batches and files) before scoring, so that each user's model runs once on many
+    /// rows: a forward pass costs about the same for 1 row as for 100.
+    #[serde(default = "d_gather_rows")]
+    pub gather_rows: usize,
+    /// Longest wall-clock time rows wait to be gathered (checked whenever the input advances).
+    #[serde(default = "d_gather_ms")]
+    pub gather_ms: u64,
     /// `auto` (CUDA when available), `cpu` or `cuda`.
     #[serde(default)]
     pub device: DeviceChoice,
@@ -71,6 +78,12 @@ fn d_capacity() -> usize {
 }
 fn d_top() -> usize {
     3
+}
+fn d_gather_rows() -> usize {
+    65_536
+}
+fn d_gather_ms() -> u64 {
+    1000
 }
 
 impl StageConfig for ScoreConfig {
@@ -93,6 +106,9 @@ impl StageConfig for ScoreConfig {
             registry: None,
             cache: HashMap::new(),
             tick: 0,
+            pending: Vec::new(),
+            pending_rows: 0,
+            oldest: None,
         })))
     }
 }
@@ -111,6 +127,9 @@ struct Score {
     registry: Option<LocalRegistry>,
     cache: HashMap<String, Cached>,
     tick: u64,
+    pending: Vec<Batch>,
+    pending_rows: usize,
+    oldest: Option<Instant>,
 }
 
 impl Score {
@@ -170,8 +189,9 @@ impl Transform for Score {
     }
 
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tch::set_num_threads((cores / ctx.workers.max(1)).max(1) as i32);
+        // Per-user batches are small: libtorch's thread pool would cost more (spinning) than it gains.
+        let _ = ctx;
+        tch::set_num_threads(1);
         self.registry = Some(
             LocalRegistry::open(&self.config.registry, &self.config.s3)
                 .map_err(|e| StageError::Other(e.to_string()))?,
@@ -180,6 +200,42 @@ impl Transform for Score {
     }
 
     fn process(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError> {
+        self.pending_rows += batch.num_rows();
+        self.pending.push(batch);
+        self.oldest.get_or_insert_with(Instant::now);
+        if self.pending_rows >= self.config.gather_rows {
+            self.flush(out)?;
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, _frontier: u64, out: &mut Emitter) -> Result<(), StageError> {
+        if self.oldest.is_some_and(|t| t.elapsed() >= Duration::from_millis(self.config.gather_ms)) {
+            self.flush(out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Emitter) -> Result<(), StageError> {
+        self.flush(out)
+    }
+}
+
+impl Score {
+    /// Scores everything gathered as one batch.
+    fn flush(&mut self, out: &mut Emitter) -> Result<(), StageError> {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_rows = 0;
+        self.oldest = None;
+        let Some(first) = pending.first() else { return Ok(()) };
+        let envelope = first.envelope.clone();
+        let parts: Vec<&RecordBatch> = pending.iter().map(|b| &b.data).collect();
+        let gathered = arrow::compute::concat_batches(&first.data.schema(), parts)
+            .map_err(|e| StageError::Data(format!("score: input batches disagree on columns: {e}")))?;
+        self.score_batch(Batch { data: gathered, envelope }, out)
+    }
+
+    fn score_batch(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError> {
         let data = &batch.data;
         let n = data.num_rows();
         let users = data
