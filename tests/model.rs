@@ -45,7 +45,10 @@ fn train_then_score_every_event_exactly_once() {
     let list = dfp().args(["models", "list", "--registry", models.to_str().unwrap()]).output().unwrap();
     assert!(list.status.success(), "{}", text(&list));
     let listing = text(&list);
-    assert!(listing.contains("DFP-azure-kenji.lopez@contoso.com") && listing.contains("DFP-azure-=generic"), "{listing}");
+    assert!(
+        listing.contains("DFP-azure-kenji.lopez@contoso.com") && listing.contains("DFP-azure-=generic"),
+        "{listing}"
+    );
 
     // Threshold -1 keeps every scored event: each input id comes out exactly once.
     let scored = dir.path().join("scored.jsonl");
@@ -74,7 +77,10 @@ fn train_then_score_every_event_exactly_once() {
         std::fs::read_to_string(&scored).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(rows.iter().any(|r| r["model_kind"] == "generic") && rows.iter().any(|r| r["model_kind"] == "user"));
     for r in &rows {
-        assert!(r["mean_abs_z"].as_f64().unwrap() >= 0.0 && r["max_abs_z"].as_f64().unwrap() >= r["mean_abs_z"].as_f64().unwrap());
+        assert!(
+            r["mean_abs_z"].as_f64().unwrap() >= 0.0
+                && r["max_abs_z"].as_f64().unwrap() >= r["mean_abs_z"].as_f64().unwrap()
+        );
         assert_eq!(r["top_features"].as_str().unwrap().split(',').count(), 3);
         assert!(r["appDisplayName_z_loss"].is_number() && r["username"].is_string() && r["timestamp"].is_string());
     }
@@ -96,7 +102,12 @@ fn train_then_score_every_event_exactly_once() {
 fn scoring_without_models_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let out = dfp()
-        .args(["run", "pipelines/azure-inference.yaml", "--var", &format!("models={}", dir.path().join("empty").display())])
+        .args([
+            "run",
+            "pipelines/azure-inference.yaml",
+            "--var",
+            &format!("models={}", dir.path().join("empty").display()),
+        ])
         .args(["--var", &format!("output={}", dir.path().join("x.jsonl").display())])
         .output()
         .unwrap();

@@ -88,7 +88,8 @@ impl Net {
         let root = vs.root();
         let device = vs.device();
         let mut layer = |name: &str, fan_in: usize, out: usize| Layer {
-            w: root.var_copy(&format!("{name}_weight"), &uniform(&[out as i64, fan_in as i64], fan_in).to_device(device)),
+            w: root
+                .var_copy(&format!("{name}_weight"), &uniform(&[out as i64, fan_in as i64], fan_in).to_device(device)),
             b: root.var_copy(&format!("{name}_bias"), &uniform(&[out as i64], fan_in).to_device(device)),
         };
         let mut input = arch.numeric + arch.binary;
@@ -137,9 +138,10 @@ impl Net {
         (num, bin, cat)
     }
 
-    /// Forward pass.
+    /// Forward pass (in the weights' precision; outputs are f32).
     pub fn forward(&self, num: &Tensor, bin: &Tensor, cat: &Tensor) -> Output {
-        let mut parts = vec![num.shallow_clone(), bin.shallow_clone()];
+        let kind = self.hidden.first().map_or(Kind::Float, |l| l.w.kind());
+        let mut parts = vec![num.to_kind(kind), bin.to_kind(kind)];
         for (i, emb) in self.embeddings.iter().enumerate() {
             parts.push(Tensor::embedding(emb, &cat.select(1, i as i64), -1, false, false));
         }
@@ -147,10 +149,11 @@ impl Net {
         for l in &self.hidden {
             x = x.linear(&l.w, Some(&l.b)).relu();
         }
+        let head = |l: &Layer| x.linear(&l.w, Some(&l.b)).to_kind(Kind::Float);
         Output {
-            numeric: self.numeric_head.as_ref().map(|l| x.linear(&l.w, Some(&l.b))),
-            binary: self.binary_head.as_ref().map(|l| x.linear(&l.w, Some(&l.b))),
-            categorical: self.categorical_heads.iter().map(|l| x.linear(&l.w, Some(&l.b))).collect(),
+            numeric: self.numeric_head.as_ref().map(head),
+            binary: self.binary_head.as_ref().map(head),
+            categorical: self.categorical_heads.iter().map(head).collect(),
         }
     }
 

@@ -65,9 +65,23 @@ pub struct ScoreConfig {
     /// `auto` (CUDA when available), `cpu` or `cuda`.
     #[serde(default)]
     pub device: DeviceChoice,
+    /// `f32` (as trained) or `bf16` (faster on CPUs with AVX-512/AMX and on GPUs; scores move slightly).
+    #[serde(default)]
+    pub precision: Precision,
     /// S3 settings for an `s3://` registry.
     #[serde(default)]
     pub s3: S3Options,
+}
+
+/// Arithmetic used for scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats, as trained.
+    #[default]
+    F32,
+    /// bfloat16 weights and activations.
+    Bf16,
 }
 
 fn d_ttl() -> f64 {
@@ -162,8 +176,11 @@ impl Score {
             Some(v) => {
                 let manifest = registry.fetch(name, v, MANIFEST).map_err(|e| StageError::Other(e.to_string()))?;
                 let weights = registry.fetch(name, v, WEIGHTS).map_err(|e| StageError::Other(e.to_string()))?;
-                let model = Model::from_files(name, &manifest, &weights, self.config.device.device())
+                let mut model = Model::from_files(name, &manifest, &weights, self.config.device.device())
                     .map_err(|e| StageError::Other(e.to_string()))?;
+                if self.config.precision == Precision::Bf16 {
+                    model.to_bf16();
+                }
                 model.check_features(&self.defs).map_err(|e| StageError::Other(e.to_string()))?;
                 if cached_version.is_some() {
                     tracing::info!(model = name, version = v, "newer model version loaded");
