@@ -514,7 +514,9 @@ where
     let name = format!("stage:{}", env.id());
     let mut op = op;
     let mut opened = false;
-    input.unary_frontier::<ItemBuilder, _, _, P>(pact, &name, move |default_cap, _info| {
+    let scope = input.scope();
+    input.unary_frontier::<ItemBuilder, _, _, P>(pact, &name, move |default_cap, info| {
+        let activator = scope.activator_for(info.address);
         let mut held = Some(default_cap);
         let mut em = Emitter::new();
         let mut buf: Vec<Item> = Vec::new();
@@ -554,6 +556,19 @@ where
                     output.session(&cap).give_iterator(buf.drain(..));
                 }
             });
+            if let (Some(c), Op::Transform(tr)) = (held.as_ref(), &mut op) {
+                if !env.shared.aborted() {
+                    match guard(|| tr.poll_timer(&mut em)) {
+                        Ok(Some(delay)) => activator.activate_after(delay),
+                        Ok(None) => {}
+                        Err(e) => env.shared.fail(env.id(), e),
+                    }
+                    env.flush(&mut em, &mut buf);
+                    if !buf.is_empty() {
+                        output.session(c).give_iterator(buf.drain(..));
+                    }
+                }
+            }
             if let Some(c) = held.as_mut() {
                 let f = frontier.frontier();
                 if f.is_empty() {

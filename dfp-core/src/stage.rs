@@ -226,6 +226,12 @@ pub trait Transform: Send {
     fn advance(&mut self, _frontier: u64, _out: &mut Emitter) -> Result<(), StageError> {
         Ok(())
     }
+    /// Called on every activation after the input was handled, for stages that hold rows back for a while
+    /// (gathering, windows): emit what is due and return how long until the next call is wanted. The
+    /// runtime wakes the stage up then even when no input arrives.
+    fn poll_timer(&mut self, _out: &mut Emitter) -> Result<Option<std::time::Duration>, StageError> {
+        Ok(None)
+    }
     /// Called once when the input is exhausted; may emit what it held back.
     fn finish(&mut self, _out: &mut Emitter) -> Result<(), StageError> {
         Ok(())

@@ -113,7 +113,6 @@ impl Net {
             .enumerate()
             .map(|(i, n)| layer(&format!("categorical_head{i}"), fan_in, *n))
             .collect();
-        drop(layer);
         let embeddings = dims
             .iter()
             .enumerate()

@@ -59,7 +59,7 @@ pub struct ScoreConfig {
     /// rows: a forward pass costs about the same for 1 row as for 100.
     #[serde(default = "d_gather_rows")]
     pub gather_rows: usize,
-    /// Longest wall-clock time rows wait to be gathered (checked whenever the input advances).
+    /// Longest wall-clock time rows wait to be gathered before they are scored.
     #[serde(default = "d_gather_ms")]
     pub gather_ms: u64,
     /// `auto` (CUDA when available), `cpu` or `cuda`.
@@ -226,11 +226,16 @@ impl Transform for Score {
         Ok(())
     }
 
-    fn advance(&mut self, _frontier: u64, out: &mut Emitter) -> Result<(), StageError> {
-        if self.oldest.is_some_and(|t| t.elapsed() >= Duration::from_millis(self.config.gather_ms)) {
-            self.flush(out)?;
+    fn poll_timer(&mut self, out: &mut Emitter) -> Result<Option<Duration>, StageError> {
+        let wait = Duration::from_millis(self.config.gather_ms);
+        match self.oldest {
+            Some(t) if t.elapsed() >= wait => {
+                self.flush(out)?;
+                Ok(None)
+            }
+            Some(t) => Ok(Some(wait - t.elapsed())),
+            None => Ok(None),
         }
-        Ok(())
     }
 
     fn finish(&mut self, out: &mut Emitter) -> Result<(), StageError> {
