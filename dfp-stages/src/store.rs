@@ -42,6 +42,39 @@ pub struct S3Options {
     pub anonymous: bool,
 }
 
+impl S3Options {
+    /// An S3 client for `bucket` with these settings; explicit fields win over the environment.
+    pub fn build(&self, bucket: &str) -> Result<object_store::aws::AmazonS3, object_store::Error> {
+        let mut b = if self.from_env { AmazonS3Builder::from_env() } else { AmazonS3Builder::new() };
+        b = b.with_bucket_name(bucket);
+        // An unset flag leaves what the environment said (AWS_ALLOW_HTTP) in place.
+        if self.allow_http || !self.from_env {
+            b = b.with_allow_http(self.allow_http);
+        }
+        if let Some(v) = &self.endpoint {
+            b = b.with_endpoint(v);
+        }
+        if let Some(v) = &self.region {
+            b = b.with_region(v);
+        } else if !self.from_env {
+            b = b.with_region("us-east-1");
+        }
+        if let Some(v) = &self.access_key_id {
+            b = b.with_access_key_id(v);
+        }
+        if let Some(v) = &self.secret_access_key {
+            b = b.with_secret_access_key(v);
+        }
+        if let Some(v) = &self.session_token {
+            b = b.with_token(v);
+        }
+        if self.anonymous {
+            b = b.with_skip_signature(true);
+        }
+        b.build()
+    }
+}
+
 /// One listed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileInfo {
@@ -101,33 +134,7 @@ impl Store {
             if bucket.is_empty() {
                 return Err(StageError::Other(format!("{location}: no bucket in the URL")));
             }
-            let mut b = if s3.from_env { AmazonS3Builder::from_env() } else { AmazonS3Builder::new() };
-            b = b.with_bucket_name(bucket);
-            // An unset flag leaves what the environment said (AWS_ALLOW_HTTP) in place.
-            if s3.allow_http || !s3.from_env {
-                b = b.with_allow_http(s3.allow_http);
-            }
-            if let Some(v) = &s3.endpoint {
-                b = b.with_endpoint(v);
-            }
-            if let Some(v) = &s3.region {
-                b = b.with_region(v);
-            } else if !s3.from_env {
-                b = b.with_region("us-east-1");
-            }
-            if let Some(v) = &s3.access_key_id {
-                b = b.with_access_key_id(v);
-            }
-            if let Some(v) = &s3.secret_access_key {
-                b = b.with_secret_access_key(v);
-            }
-            if let Some(v) = &s3.session_token {
-                b = b.with_token(v);
-            }
-            if s3.anonymous {
-                b = b.with_skip_signature(true);
-            }
-            let store: Arc<dyn ObjectStore> = Arc::new(b.build().map_err(|e| io_err(location, e))?);
+            let store: Arc<dyn ObjectStore> = Arc::new(s3.build(bucket).map_err(|e| io_err(location, e))?);
             let scope = if has_glob(key) {
                 let (prefix, _) = split_glob(key);
                 let pattern = glob::Pattern::new(key).map_err(|e| io_err(location, e))?;

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use dfp_core::models::{ModelRegistry, ModelVersion, RegistryError};
-use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -43,29 +42,7 @@ impl LocalRegistry {
             .map_err(|e| err(format!("cannot start the I/O runtime: {e}")))?;
         let (store, prefix): (Arc<dyn ObjectStore>, ObjPath) = if let Some(rest) = location.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-            let mut b = if s3.from_env { AmazonS3Builder::from_env() } else { AmazonS3Builder::new() };
-            b = b.with_bucket_name(bucket);
-            if s3.allow_http || !s3.from_env {
-                b = b.with_allow_http(s3.allow_http);
-            }
-            if let Some(v) = &s3.endpoint {
-                b = b.with_endpoint(v);
-            }
-            if let Some(v) = &s3.region {
-                b = b.with_region(v);
-            } else if !s3.from_env {
-                b = b.with_region("us-east-1");
-            }
-            if let Some(v) = &s3.access_key_id {
-                b = b.with_access_key_id(v);
-            }
-            if let Some(v) = &s3.secret_access_key {
-                b = b.with_secret_access_key(v);
-            }
-            if let Some(v) = &s3.session_token {
-                b = b.with_token(v);
-            }
-            (Arc::new(b.build().map_err(|e| err(e.to_string()))?), ObjPath::from(key.trim_end_matches('/')))
+            (Arc::new(s3.build(bucket).map_err(|e| err(e.to_string()))?), ObjPath::from(key.trim_end_matches('/')))
         } else {
             std::fs::create_dir_all(location).map_err(|e| err(format!("cannot create the directory: {e}")))?;
             let store = LocalFileSystem::new_with_prefix(location).map_err(|e| err(e.to_string()))?;
