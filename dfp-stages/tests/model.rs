@@ -127,6 +127,14 @@ fn scores_are_z_scores_of_the_per_feature_losses() {
         assert!((scores.mean_abs_z[i] - abs.iter().sum::<f64>() / abs.len() as f64).abs() < 1e-9);
         assert!((scores.max_abs_z[i] - abs.iter().cloned().fold(0.0, f64::max)).abs() < 1e-9);
     }
+    // `positive`: the same z-scores, only the part above normal is summarised.
+    let pos = model.score_with(&rows, dfp_stages::model::artifact::ZMode::Positive).unwrap();
+    assert_eq!(pos.z, scores.z);
+    for (i, z) in pos.z.iter().enumerate() {
+        let above: Vec<f64> = z.iter().map(|v| f64::from(v.max(0.0))).collect();
+        assert!((pos.mean_abs_z[i] - above.iter().sum::<f64>() / above.len() as f64).abs() < 1e-9);
+        assert!(pos.mean_abs_z[i] <= scores.mean_abs_z[i] + 1e-12);
+    }
 }
 
 #[test]

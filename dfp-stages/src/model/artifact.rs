@@ -194,6 +194,18 @@ pub struct Model {
     pub(crate) vs: nn::VarStore,
 }
 
+/// How per-feature z-scores are summarised into `mean_abs_z` / `max_abs_z`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ZMode {
+    /// |z| (Morpheus): a loss far below normal counts like one far above.
+    #[default]
+    Abs,
+    /// max(z, 0): only losses above normal count (a row that is reconstructed unusually well is not
+    /// suspicious).
+    Positive,
+}
+
 /// Scores of a set of rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scores {
@@ -266,8 +278,17 @@ impl Model {
         self.encoder.names().into_iter().map(str::to_string).collect()
     }
 
-    /// Scores rows: per-feature loss → z-score → mean and max of |z|.
+    /// Scores rows: per-feature loss → z-score → mean and max of |z| (Morpheus).
     pub fn score(&self, rows: &arrow::array::RecordBatch) -> Result<Scores, super::encode::EncodeError> {
+        self.score_with(rows, ZMode::Abs)
+    }
+
+    /// Scores rows, summarising the z-scores as `mode` says.
+    pub fn score_with(
+        &self,
+        rows: &arrow::array::RecordBatch,
+        mode: ZMode,
+    ) -> Result<Scores, super::encode::EncodeError> {
         let encoded = self.encoder.encode(rows)?;
         let losses = row_losses(&self.net, &encoded);
         let stats = &self.manifest.loss_stats;
@@ -280,7 +301,13 @@ impl Model {
                 .enumerate()
                 .map(|(j, l)| ((f64::from(*l) - stats.center[j]) / stats.scale[j]) as f32)
                 .collect();
-            let abs: Vec<f64> = zs.iter().map(|v| f64::from(v.abs())).collect();
+            let abs: Vec<f64> = zs
+                .iter()
+                .map(|v| match mode {
+                    ZMode::Abs => f64::from(v.abs()),
+                    ZMode::Positive => f64::from(v.max(0.0)),
+                })
+                .collect();
             mean_abs_z.push(abs.iter().sum::<f64>() / abs.len().max(1) as f64);
             max_abs_z.push(abs.iter().copied().fold(0.0, f64::max));
             z.push(zs);

@@ -30,6 +30,7 @@ use dfp_core::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::model::artifact::ZMode;
 use crate::model::artifact::{MANIFEST, WEIGHTS};
 use crate::model::{feature_set, model_name, DeviceChoice, FeatureDef, FeatureOptions, Model, Source};
 use crate::registry::LocalRegistry;
@@ -65,6 +66,10 @@ pub struct ScoreConfig {
     /// `auto` (CUDA when available), `cpu` or `cuda`.
     #[serde(default)]
     pub device: DeviceChoice,
+    /// `abs` (Morpheus: `mean_abs_z` averages |z|) or `positive` (only losses above normal count: z below 0
+    /// becomes 0 in `mean_abs_z` and `max_abs_z`).
+    #[serde(default)]
+    pub z: ZMode,
     /// `f32` (as trained) or `bf16` (faster on CPUs with AVX-512/AMX and on GPUs; scores move slightly).
     #[serde(default)]
     pub precision: Precision,
@@ -301,7 +306,9 @@ impl Score {
                 .and_then(|c| c.model.as_ref())
                 .ok_or_else(|| StageError::Other(format!("model {name} vanished from the cache")))?;
             let rows = take_record_batch(data, &UInt32Array::from(idx.clone()))?;
-            let scores = model.score(&rows).map_err(|e| StageError::Data(format!("scoring with {name}: {e}")))?;
+            let scores = model
+                .score_with(&rows, self.config.z)
+                .map_err(|e| StageError::Data(format!("scoring with {name}: {e}")))?;
             let position: Vec<usize> =
                 names.iter().map(|f| scores.features.iter().position(|g| g == f).unwrap_or(usize::MAX)).collect();
             for (k, &row) in idx.iter().enumerate() {
