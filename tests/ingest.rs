@@ -245,6 +245,33 @@ fn reads_from_an_s3_compatible_server() {
     let summary = run_features("s3://logs/azure/2022/*.json", &remote, &["--workers", "2"], &env);
     assert!(summary.contains(&format!("{total} records read")), "{summary}");
     assert_eq!(sorted_lines(&local), sorted_lines(&remote));
+    // Output to S3 as Parquet: uploaded when the run ends, readable with the same rows.
+    let out = dfp()
+        .args([
+            "run",
+            "pipelines/azure-features.yaml",
+            "--var",
+            &format!("input={}", dir.path().join("logs").display()),
+        ])
+        .args([
+            "--var",
+            "output=s3://logs/out/features.parquet",
+            "--dead-letter",
+            &format!("{}/dl", dir.path().display()),
+        ])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    use object_store::ObjectStoreExt;
+    let bytes = rt
+        .block_on(async {
+            store.get(&object_store::path::Path::from("out/features.parquet")).await.unwrap().bytes().await
+        })
+        .unwrap();
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
+    assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), total);
     // A time window drops the files outside it.
     let windowed = dir.path().join("win.jsonl");
     run_features(

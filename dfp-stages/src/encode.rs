@@ -21,6 +21,8 @@ pub enum OutputFormat {
     Jsonl,
     /// Comma-separated values with a header line; the first batch fixes the columns.
     Csv,
+    /// Apache Parquet (`file-sink` only); the first batch fixes the columns.
+    Parquet,
 }
 
 impl OutputFormat {
@@ -28,6 +30,7 @@ impl OutputFormat {
     pub fn resolve(self, path: &str) -> OutputFormat {
         match self {
             OutputFormat::Auto if path.to_ascii_lowercase().ends_with(".csv") => OutputFormat::Csv,
+            OutputFormat::Auto if path.to_ascii_lowercase().ends_with(".parquet") => OutputFormat::Parquet,
             OutputFormat::Auto => OutputFormat::Jsonl,
             other => other,
         }
@@ -51,6 +54,7 @@ impl Encoder {
     pub fn write(&mut self, out: &mut dyn Write, batch: &RecordBatch) -> Result<(), StageError> {
         match self.format {
             OutputFormat::Csv => self.write_csv(out, batch),
+            OutputFormat::Parquet => Err(StageError::Unsupported("Parquet is written by file-sink only".into())),
             _ => {
                 let mut w = arrow::json::LineDelimitedWriter::new(out);
                 w.write(batch)?;
@@ -60,23 +64,13 @@ impl Encoder {
         }
     }
 
-    fn write_csv(&mut self, out: &mut dyn Write, batch: &RecordBatch) -> Result<(), StageError> {
-        let first = self.csv_schema.is_none();
+    /// Projects `batch` onto the first batch's columns (by name; missing columns become nulls).
+    pub fn project(&mut self, batch: &RecordBatch) -> Result<RecordBatch, StageError> {
         let schema = Arc::clone(self.csv_schema.get_or_insert_with(|| {
             let fields: Vec<Field> =
                 batch.schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
             Arc::new(Schema::new(fields))
         }));
-        if first {
-            if let Some(f) = schema.fields().iter().find(|f| nested(f.data_type())) {
-                return Err(StageError::Data(format!(
-                    "CSV cannot hold the nested column \"{}\" ({}); use format: jsonl or a select stage",
-                    f.name(),
-                    f.data_type()
-                )));
-            }
-        }
-        // Later batches are projected onto the first batch's columns, by name.
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
         for f in schema.fields() {
             match batch.column_by_name(f.name()) {
@@ -87,9 +81,23 @@ impl Encoder {
         }
         if !self.warned_extra && batch.schema().fields().iter().any(|f| schema.field_with_name(f.name()).is_err()) {
             self.warned_extra = true;
-            tracing::warn!("CSV output keeps the first batch's columns; later columns are left out");
+            tracing::warn!("the output keeps the first batch's columns; later columns are left out");
         }
-        let projected = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
+    fn write_csv(&mut self, out: &mut dyn Write, batch: &RecordBatch) -> Result<(), StageError> {
+        let first = self.csv_schema.is_none();
+        if first {
+            if let Some(f) = batch.schema().fields().iter().find(|f| nested(f.data_type())) {
+                return Err(StageError::Data(format!(
+                    "CSV cannot hold the nested column \"{}\" ({}); use format: jsonl or a select stage",
+                    f.name(),
+                    f.data_type()
+                )));
+            }
+        }
+        let projected = self.project(batch)?;
         let mut w = arrow::csv::WriterBuilder::new().with_header(first).build(out);
         w.write(&projected)?;
         Ok(())

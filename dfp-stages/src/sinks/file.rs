@@ -1,64 +1,110 @@
-//! `type: file-sink` — writes rows to one file as JSON lines or CSV.
+//! `type: file-sink` — writes rows to one file as JSON lines, CSV or Parquet, locally or to `s3://`.
 //!
 //! ```yaml
-//! out: { type: file-sink, inputs: [alerts], path: ./alerts.jsonl }
+//! out:     { type: file-sink, inputs: [alerts], path: ./alerts.jsonl }
+//! archive: { type: file-sink, inputs: [scored], path: "s3://dfp/scored/day.parquet", s3: { from_env: true } }
 //! ```
 //!
 //! All rows are routed to worker 0, which writes the file (so a run with several workers still produces
-//! one file). The parent directory is created if needed; an existing file is replaced. The file is
-//! written through a buffer and flushed when the input ends. With `csv`, the first batch fixes the
-//! columns (see [`crate::encode`]).
+//! one file). A local file's directory is created if needed and an existing file is replaced. An `s3://`
+//! object is written to a local temporary file first and uploaded when the input ends, so readers never see
+//! half a file. With `csv` and `parquet` the first batch fixes the columns (later batches are projected
+//! onto them by name).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use dfp_core::{
     register_stage, Batch, ConfigError, Partitioning, Sink, StageConfig, StageContext, StageError, StageInstance,
     StageKind,
 };
+use object_store::ObjectStoreExt;
+use parquet::arrow::ArrowWriter;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::encode::{Encoder, OutputFormat};
+use crate::store::S3Options;
 
 /// Configuration of `file-sink`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
-    /// The output file.
+    /// The output file, or an `s3://bucket/key` URL.
     pub path: String,
-    /// `auto` (by extension: `.csv` → CSV, else JSON lines), `jsonl` or `csv`.
+    /// `auto` (by extension: `.csv` → CSV, `.parquet` → Parquet, else JSON lines), `jsonl`, `csv`, `parquet`.
     #[serde(default)]
     pub format: OutputFormat,
+    /// S3 settings for an `s3://` path.
+    #[serde(default)]
+    pub s3: S3Options,
 }
 
 impl StageConfig for FileSinkConfig {
     const TYPE: &'static str = "file-sink";
     const KIND: StageKind = StageKind::Sink;
-    const DESCRIPTION: &'static str = "writes rows to one JSON-lines or CSV file";
+    const DESCRIPTION: &'static str = "writes rows to one JSON-lines, CSV or Parquet file (local or s3://)";
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.path.trim().is_empty() {
             return Err(ConfigError::field("path", "must not be empty"));
+        }
+        if let Some(rest) = self.path.strip_prefix("s3://") {
+            if !rest.split_once('/').is_some_and(|(b, k)| !b.is_empty() && !k.is_empty()) {
+                return Err(ConfigError::field("path", "an s3:// path needs a bucket and a key: s3://bucket/key"));
+            }
         }
         Ok(())
     }
 
     fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
         Ok(StageInstance::Sink(Box::new(FileSink {
-            path: PathBuf::from(&self.path),
+            config: self.clone(),
+            format: self.format.resolve(&self.path),
             encoder: Encoder::new(self.format.resolve(&self.path)),
             out: None,
+            local: PathBuf::new(),
+            temp: None,
         })))
     }
 }
 register_stage!(FileSinkConfig);
 
+enum Writer {
+    Text(BufWriter<File>),
+    /// The writer is created with the first batch's schema; until then the file waits.
+    Parquet(Option<Box<ArrowWriter<BufWriter<File>>>>, Option<File>),
+}
+
 struct FileSink {
-    path: PathBuf,
+    config: FileSinkConfig,
+    format: OutputFormat,
     encoder: Encoder,
-    out: Option<BufWriter<File>>,
+    out: Option<Writer>,
+    /// Where the bytes go on this machine (the target, or the temporary file of an upload).
+    local: PathBuf,
+    temp: Option<tempfile::NamedTempFile>,
+}
+
+impl FileSink {
+    fn upload(&self) -> Result<(), StageError> {
+        let Some(rest) = self.config.path.strip_prefix("s3://") else { return Ok(()) };
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        let store =
+            self.config.s3.build(bucket).map_err(|e| StageError::Other(format!("{}: {e}", self.config.path)))?;
+        let bytes = std::fs::read(&self.local).map_err(|e| StageError::io(&self.local, e))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StageError::Other(format!("cannot start the I/O runtime: {e}")))?;
+        let store = Arc::new(store);
+        runtime
+            .block_on(store.put(&object_store::path::Path::from(key), bytes.into()))
+            .map_err(|e| StageError::Other(format!("uploading {}: {e}", self.config.path)))?;
+        Ok(())
+    }
 }
 
 impl Sink for FileSink {
@@ -70,11 +116,21 @@ impl Sink for FileSink {
         if ctx.worker_index != 0 {
             return Ok(());
         }
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+        if self.config.path.starts_with("s3://") {
+            let temp = tempfile::NamedTempFile::new().map_err(|e| StageError::io(std::env::temp_dir(), e))?;
+            self.local = temp.path().to_path_buf();
+            self.temp = Some(temp);
+        } else {
+            self.local = PathBuf::from(&self.config.path);
+            if let Some(dir) = self.local.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+            }
         }
-        let file = File::create(&self.path).map_err(|e| StageError::io(&self.path, e))?;
-        self.out = Some(BufWriter::with_capacity(1 << 20, file));
+        let file = File::create(&self.local).map_err(|e| StageError::io(&self.local, e))?;
+        self.out = Some(match self.format {
+            OutputFormat::Parquet => Writer::Parquet(None, Some(file)),
+            _ => Writer::Text(BufWriter::with_capacity(1 << 20, file)),
+        });
         Ok(())
     }
 
@@ -83,13 +139,64 @@ impl Sink for FileSink {
             .out
             .as_mut()
             .ok_or_else(|| StageError::Other("file-sink received rows on a worker other than 0".into()))?;
-        self.encoder.write(out, &batch.data)
+        match out {
+            Writer::Text(w) => self.encoder.write(w, &batch.data),
+            Writer::Parquet(writer, file) => {
+                let projected = self.encoder.project(&batch.data)?;
+                if let Some(target) = file.take() {
+                    let w = ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, target), projected.schema(), None)
+                        .map_err(|e| StageError::Other(format!("{}: {e}", self.config.path)))?;
+                    *writer = Some(Box::new(w));
+                }
+                if let Some(w) = writer.as_mut() {
+                    w.write(&projected).map_err(|e| StageError::Other(format!("{}: {e}", self.config.path)))?;
+                }
+                Ok(())
+            }
+        }
     }
 
     fn finish(&mut self) -> Result<(), StageError> {
-        if let Some(mut out) = self.out.take() {
-            out.flush().map_err(|e| StageError::io(&self.path, e))?;
+        match self.out.take() {
+            Some(Writer::Text(mut w)) => w.flush().map_err(|e| StageError::io(&self.local, e))?,
+            Some(Writer::Parquet(writer, _)) => {
+                if let Some(w) = writer {
+                    w.close().map_err(|e| StageError::Other(format!("{}: {e}", self.config.path)))?;
+                }
+            }
+            None => return Ok(()),
         }
-        Ok(())
+        self.upload()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfp_core::json::records_to_batch;
+
+    #[test]
+    fn parquet_output_reads_back_with_the_first_batchs_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.parquet");
+        let config: FileSinkConfig =
+            serde_json::from_value(serde_json::json!({"path": path.to_str().unwrap()})).unwrap();
+        let ctx = StageContext::standalone("out", 0, 1);
+        let StageInstance::Sink(mut sink) = StageConfig::build(&config, &ctx).unwrap() else { panic!() };
+        sink.open(&ctx).unwrap();
+        let a = records_to_batch(&[serde_json::json!({"id": "1", "n": 1}), serde_json::json!({"id": "2", "n": 2})])
+            .unwrap();
+        let b = records_to_batch(&[serde_json::json!({"id": "3", "extra": true})]).unwrap();
+        sink.write(Batch::new(a.batch, "t")).unwrap();
+        sink.write(Batch::new(b.batch, "t")).unwrap();
+        sink.finish().unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        let batches: Vec<_> = reader.map(Result::unwrap).collect();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 3);
+        let names: Vec<String> = batches[0].schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["id", "n"]);
     }
 }
