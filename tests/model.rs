@@ -50,6 +50,20 @@ fn train_then_score_every_event_exactly_once() {
         "{listing}"
     );
 
+    // A second run with warm_start fine-tunes version 1 into version 2.
+    let out = dfp()
+        .args(["run", "pipelines/azure-training.yaml", "--var", &format!("models={}", models.display())])
+        .args(["--var", &format!("report={}", report.display()), "--var", "epochs=1", "--var", "min_history=100"])
+        .args(["--var", "warm_start=true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(models.join("DFP-azure-kenji.lopez@contoso.com/v000002/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["training"]["warm_start_from"], 1);
+
     // Threshold -1 keeps every scored event: each input id comes out exactly once.
     let scored = dir.path().join("scored.jsonl");
     let out = dfp()

@@ -234,3 +234,21 @@ stages:
     assert!(second.iter().all(|(_, kind, version, _)| kind == "user" && *version == 2), "{:?}", &second[..1]);
     running.finish().unwrap();
 }
+
+#[test]
+fn warm_start_continues_from_the_previous_version() {
+    let rows = user_rows("kenji.lopez@contoso.com");
+    let defs = feature_set(Source::Azure, FeatureOptions::default());
+    let cfg = |epochs: usize| -> TrainConfig {
+        serde_json::from_value(json!({"epochs": epochs, "seed": 3, "optimizer": "adam", "lr": 0.003})).unwrap()
+    };
+    let v1 = train("m", &defs, &rows, &cfg(6), Device::Cpu).unwrap();
+    let fresh = train("m", &defs, &rows, &cfg(1), Device::Cpu).unwrap();
+    let warm = dfp_stages::model::train_from("m", &defs, &rows, &cfg(1), Device::Cpu, Some(&v1)).unwrap();
+    // The previous encoding is kept, and training starts where version 1 ended.
+    assert_eq!(warm.manifest.features, v1.manifest.features);
+    let first = |m: &Model| m.manifest.training.loss_history[0].0;
+    let last_v1 = v1.manifest.training.loss_history.last().unwrap().0;
+    assert!(first(&warm) < first(&fresh), "warm {} vs fresh {}", first(&warm), first(&fresh));
+    assert!((first(&warm) - last_v1).abs() < (first(&fresh) - last_v1).abs());
+}

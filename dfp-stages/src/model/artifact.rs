@@ -100,6 +100,9 @@ pub struct TrainingInfo {
     pub loss_history: Vec<(f64, f64)>,
     /// Wall time.
     pub seconds: f64,
+    /// The version this model was fine-tuned from (`warm_start`), if any.
+    #[serde(default)]
+    pub warm_start_from: Option<u64>,
 }
 
 /// The manifest.

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use artifact::{Manifest, Model};
 pub use encode::{Encoded, FeatureEncoder};
-pub use train::{train, TrainConfig};
+pub use train::{train, train_from, TrainConfig};
 
 /// Where models run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -190,6 +190,20 @@ pub fn train(
     config: &TrainConfig,
     device: Device,
 ) -> Result<Model, TrainError> {
+    train_from(name, features, rows, config, device, None)
+}
+
+/// Trains a model, optionally fine-tuning `previous` (a version of the same model): its encoding
+/// (vocabularies, scalers) and weights are the starting point, so values new since then fall into the
+/// "other" category until a full retraining.
+pub fn train_from(
+    name: &str,
+    features: &[FeatureDef],
+    rows: &RecordBatch,
+    config: &TrainConfig,
+    device: Device,
+    previous: Option<&Model>,
+) -> Result<Model, TrainError> {
     if rows.num_rows() == 0 {
         return Err(TrainError::Empty);
     }
@@ -207,7 +221,10 @@ pub fn train(
         .map(|t| (t.iter().flatten().min().unwrap_or(0), t.iter().flatten().max().unwrap_or(0)))
         .unwrap_or((0, 0));
 
-    let encoder = FeatureEncoder::fit(features, &rows)?;
+    let encoder = match previous {
+        Some(p) => FeatureEncoder::with_features(p.manifest.features.clone()),
+        None => FeatureEncoder::fit(features, &rows)?,
+    };
     let encoded = encoder.encode(&rows)?;
     let n = encoded.rows;
     let n_val = if n >= 20 { ((n as f64) * config.validation_fraction).round() as usize } else { 0 };
@@ -223,7 +240,19 @@ pub fn train(
     let seed = config.seed ^ dfp_core::hash::stable_hash(name.as_bytes());
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let vs = nn::VarStore::new(device);
+    let arch = previous.map_or(arch, |p| p.manifest.architecture.clone());
     let net = Net::new(&vs, &arch, &mut rng);
+    if let Some(p) = previous {
+        // Start from the previous version's weights.
+        let old = p.vs.variables();
+        tch::no_grad(|| {
+            for (k, mut v) in vs.variables() {
+                if let Some(w) = old.get(&k) {
+                    v.copy_(&w.to_device(device));
+                }
+            }
+        });
+    }
     let mut opt = match config.optimizer {
         Optimizer::Sgd => nn::Sgd::default().build(&vs, config.lr)?,
         Optimizer::Adam => nn::Adam::default().build(&vs, config.lr)?,
@@ -300,6 +329,7 @@ pub fn train(
             validation_loss: best.as_ref().map_or(0.0, |b| b.0),
             loss_history: history,
             seconds: started.elapsed().as_secs_f64(),
+            warm_start_from: None,
         },
     );
     Ok(Model { manifest, encoder, net, vs })

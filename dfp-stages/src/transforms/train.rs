@@ -32,7 +32,8 @@ use rand_chacha::ChaCha8Rng;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::model::{feature_set, model_name, train, DeviceChoice, FeatureOptions, Source, TrainConfig};
+use crate::model::artifact::{MANIFEST, WEIGHTS};
+use crate::model::{feature_set, model_name, train_from, DeviceChoice, FeatureOptions, Model, Source, TrainConfig};
 use crate::registry::LocalRegistry;
 use crate::store::S3Options;
 use crate::time::DAY_MICROS;
@@ -68,6 +69,10 @@ pub struct TrainStageConfig {
     /// Train on at most this many rows of the window (a random sample), per model.
     #[serde(default)]
     pub sample: Option<usize>,
+    /// Fine-tune each model from its latest version in the registry (when there is one) instead of
+    /// training from scratch; the previous encoding is kept.
+    #[serde(default)]
+    pub warm_start: bool,
     /// Model inputs beyond Morpheus's.
     #[serde(default)]
     pub features: FeatureOptions,
@@ -213,10 +218,27 @@ impl Train {
 
     fn train_one(&self, name: &str, kind: &str, rows: &RecordBatch, report: &mut Report) -> Result<(), StageError> {
         let defs = feature_set(self.config.source, self.config.features);
-        let model = train(name, &defs, rows, &self.config.training, self.config.device.device())
-            .map_err(|e| StageError::Other(format!("training {name}: {e}")))?;
-        let files = model.to_files().map_err(|e| StageError::Other(e.to_string()))?;
         let registry = self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))?;
+        let device = self.config.device.device();
+        let previous = if self.config.warm_start {
+            match registry.latest(name).map_err(|e| StageError::Other(e.to_string()))? {
+                Some(v) => {
+                    let manifest = registry.fetch(name, v, MANIFEST).map_err(|e| StageError::Other(e.to_string()))?;
+                    let weights = registry.fetch(name, v, WEIGHTS).map_err(|e| StageError::Other(e.to_string()))?;
+                    let model = Model::from_files(name, &manifest, &weights, device)
+                        .map_err(|e| StageError::Other(e.to_string()))?;
+                    model.check_features(&defs).map_err(|e| StageError::Other(e.to_string()))?;
+                    Some((v, model))
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        let mut model = train_from(name, &defs, rows, &self.config.training, device, previous.as_ref().map(|p| &p.1))
+            .map_err(|e| StageError::Other(format!("training {name}: {e}")))?;
+        model.manifest.training.warm_start_from = previous.map(|p| p.0);
+        let files = model.to_files().map_err(|e| StageError::Other(e.to_string()))?;
         let version = registry.publish(name, &files).map_err(|e| StageError::Other(e.to_string()))?;
         let t = &model.manifest.training;
         tracing::info!(stage = %self.stage, model = name, version, rows = t.rows, epochs = t.epochs_run, seconds = t.seconds, "model trained");
