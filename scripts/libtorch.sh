@@ -17,7 +17,9 @@ py=${PYTHON:-python3}
 dest="$root/torch-$version-$flavor"
 log() { echo "[libtorch] $*" >&2; }
 pip_install() {
-  "$py" -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore "$@" >&2
+  local opts=(--quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore)
+  # Debian marks its Python as externally managed; a --target install touches nothing of it.
+  "$py" -m pip install "${opts[@]}" "$@" >&2 || "$py" -m pip install "${opts[@]}" --break-system-packages "$@" >&2
 }
 
 if [ ! -f "$dest/.complete" ]; then
