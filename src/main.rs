@@ -17,7 +17,7 @@ use serde_json::json;
 struct Cli {
     /// Log filter for diagnostics on stderr (error, warn, info, debug, trace, or a tracing filter such as
     /// `dfp_core=debug`). Also read from DFP_LOG.
-    #[arg(long, global = true, env = "DFP_LOG", default_value = "warn")]
+    #[arg(long, global = true, env = "DFP_LOG", default_value = "warn,dfp_stages::transforms::train=info")]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -206,7 +206,13 @@ fn main() -> ExitCode {
 fn init_logging(filter: &str) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 fn dispatch(command: Command) -> Result<ExitCode> {

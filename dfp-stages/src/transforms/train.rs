@@ -241,7 +241,7 @@ impl Train {
         let files = model.to_files().map_err(|e| StageError::Other(e.to_string()))?;
         let version = registry.publish(name, &files).map_err(|e| StageError::Other(e.to_string()))?;
         let t = &model.manifest.training;
-        tracing::info!(stage = %self.stage, model = name, version, rows = t.rows, epochs = t.epochs_run, seconds = t.seconds, "model trained");
+        tracing::debug!(stage = %self.stage, model = name, version, rows = t.rows, epochs = t.epochs_run, seconds = t.seconds, "model trained");
         report.model.append_value(name);
         report.kind.append_value(kind);
         report.status.append_value("trained");
@@ -294,6 +294,7 @@ impl Transform for Train {
             Scope::Generic => {
                 let name = model_name(self.config.source, None);
                 let rows = self.window(&all, &name)?;
+                tracing::info!(stage = %self.stage, rows = rows.num_rows(), "training the generic model");
                 self.train_one(&name, "generic", &rows, &mut report)?;
             }
             Scope::Users => {
@@ -308,6 +309,8 @@ impl Transform for Train {
                     }
                 }
                 let total = by_user.len();
+                let mut last_progress = Instant::now();
+                tracing::info!(stage = %self.stage, users = total, "training per-user models");
                 for (done, (user, idx)) in by_user.iter().enumerate() {
                     let name = model_name(self.config.source, Some(user));
                     let rows = take_record_batch(&all, &arrow::array::UInt32Array::from(idx.clone()))?;
@@ -327,8 +330,23 @@ impl Transform for Train {
                         continue;
                     }
                     self.train_one(&name, "user", &rows, &mut report)?;
-                    tracing::info!(stage = %self.stage, done = done + 1, total, elapsed_s = started.elapsed().as_secs(), "users trained");
+                    if last_progress.elapsed().as_secs() >= 5 {
+                        last_progress = Instant::now();
+                        tracing::info!(
+                            stage = %self.stage,
+                            worker_users_done = done + 1,
+                            worker_users = total,
+                            elapsed_s = started.elapsed().as_secs(),
+                            "training progress"
+                        );
+                    }
                 }
+                tracing::info!(
+                    stage = %self.stage,
+                    users = total,
+                    elapsed_s = started.elapsed().as_secs(),
+                    "per-user training done on this worker"
+                );
             }
         }
         let data = report.finish()?;
