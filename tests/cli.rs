@@ -1,23 +1,15 @@
 //! End-to-end tests of the `dfp` binary: validation diagnostics on broken copies of a shipped pipeline,
 //! variables, determinism across worker counts, dead letters, failures, and the listing commands.
 
+mod common;
+use common::{dfp, text};
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn dfp() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfp"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd.env_remove("DFP_LOG");
-    cmd
-}
-
 fn run(args: &[&str]) -> Output {
     dfp().args(args).output().expect("dfp runs")
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 const SHIPPED: &str = "pipelines/failed-signins.yaml";

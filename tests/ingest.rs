@@ -2,23 +2,15 @@
 //! an S3-compatible server (moto) started on 127.0.0.1; determinism across workers and batch sizes; bad input
 //! accounted for.
 
+mod common;
+use common::{dfp, text};
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn dfp() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfp"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd.env_remove("DFP_LOG");
-    cmd
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
 
 /// A tiny deterministic generator of Azure Monitor exports: `files` 3-hour files for `users` users.
 fn write_azure(dir: &Path, files: usize, users: usize) -> usize {

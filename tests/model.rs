@@ -1,18 +1,9 @@
 //! Training and inference pipelines through the real binary on the shipped sample data.
 
+mod common;
+use common::{dfp, text};
+
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
-
-fn dfp() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfp"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd.env_remove("DFP_LOG");
-    cmd
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
 
 fn ids(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
