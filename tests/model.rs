@@ -120,3 +120,23 @@ fn scoring_without_models_says_what_to_do() {
     let t = text(&out);
     assert!(t.contains("stage \"scored\" failed") && t.contains("run the training pipeline first"), "{t}");
 }
+
+#[test]
+fn models_do_not_depend_on_the_number_of_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut weights = Vec::new();
+    for workers in ["1", "2"] {
+        let models = dir.path().join(format!("models-{workers}"));
+        let out = dfp()
+            .args(["run", "pipelines/azure-training.yaml", "--workers", workers])
+            .args(["--var", &format!("models={}", models.display()), "--var", "epochs=2", "--var", "min_history=100"])
+            .args(["--var", &format!("report={}/report-{workers}.jsonl", dir.path().display())])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let read = |name: &str| std::fs::read(models.join(name).join("v000001/model.safetensors")).unwrap();
+        weights.push((read("DFP-azure-kenji.lopez@contoso.com"), read("DFP-azure-=generic")));
+    }
+    assert!(weights[0].0 == weights[1].0, "the user model differs between 1 and 2 workers");
+    assert!(weights[0].1 == weights[1].1, "the generic model differs between 1 and 2 workers");
+}

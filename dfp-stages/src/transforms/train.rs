@@ -266,9 +266,10 @@ impl Transform for Train {
 
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         self.stage = ctx.stage_id.clone();
-        // Workers train in parallel; libtorch's own threads would only compete with them.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tch::set_num_threads((cores / ctx.workers.max(1)).max(1) as i32);
+        // One libtorch thread: models then come out bit-identical whatever the number of workers (a
+        // multi-threaded matmul sums in another order), and parallelism comes from the workers anyway.
+        let _ = ctx;
+        tch::set_num_threads(1);
         self.registry = Some(Arc::new(
             LocalRegistry::open(&self.config.registry, &self.config.s3)
                 .map_err(|e| StageError::Other(e.to_string()))?,
