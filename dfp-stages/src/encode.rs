@@ -50,6 +50,11 @@ impl Encoder {
         Encoder { format, csv_schema: None, warned_extra: false }
     }
 
+    /// The (resolved) output format.
+    pub fn format(&self) -> OutputFormat {
+        self.format
+    }
+
     /// Writes one batch.
     pub fn write(&mut self, out: &mut dyn Write, batch: &RecordBatch) -> Result<(), StageError> {
         match self.format {

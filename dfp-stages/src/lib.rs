@@ -6,11 +6,20 @@
 //! | --- | --- | --- |
 //! | `file-source` | source | [`sources::file`] |
 //! | `generator` | source | [`sources::generator`] |
+//! | `normalize-azure` | transform | [`normalize::azure`] |
+//! | `normalize-duo` | transform | [`normalize::duo`] |
+//! | `features` | transform | [`transforms::features`] |
+//! | `train` | transform | [`transforms::train`] |
+//! | `score` | transform | [`transforms::score`] |
+//! | `threshold` | transform | [`transforms::threshold`] |
 //! | `filter` | transform | [`transforms::filter`] |
 //! | `select` | transform | [`transforms::select`] |
 //! | `file-sink` | sink | [`sinks::file`] |
 //! | `stdout-sink` | sink | [`sinks::stdout`] |
 //! | `blackhole` | sink | [`sinks::blackhole`] |
+//!
+//! The model itself (encoding, network, training, artifacts) is in [`model`], the model registry in
+//! [`registry`].
 //!
 //! Besides the stages: [`generate`] writes labelled synthetic sign-in logs (`dfp generate`) and [`eval`]
 //! measures detection quality against those labels (`dfp eval`).

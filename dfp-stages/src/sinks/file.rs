@@ -62,7 +62,6 @@ impl StageConfig for FileSinkConfig {
     fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
         Ok(StageInstance::Sink(Box::new(FileSink {
             config: self.clone(),
-            format: self.format.resolve(&self.path),
             encoder: Encoder::new(self.format.resolve(&self.path)),
             out: None,
             local: PathBuf::new(),
@@ -80,7 +79,6 @@ enum Writer {
 
 struct FileSink {
     config: FileSinkConfig,
-    format: OutputFormat,
     encoder: Encoder,
     out: Option<Writer>,
     /// Where the bytes go on this machine (the target, or the temporary file of an upload).
@@ -127,7 +125,7 @@ impl Sink for FileSink {
             }
         }
         let file = File::create(&self.local).map_err(|e| StageError::io(&self.local, e))?;
-        self.out = Some(match self.format {
+        self.out = Some(match self.encoder.format() {
             OutputFormat::Parquet => Writer::Parquet(None, Some(file)),
             _ => Writer::Text(BufWriter::with_capacity(1 << 20, file)),
         });

@@ -275,10 +275,13 @@ impl Score {
             groups.entry(if users.is_null(i) { "" } else { users.value(i) }).or_default().push(i as u32);
         }
         let names: Vec<String> = self.defs.iter().map(|d| d.name.clone()).collect();
-        let mut z: Vec<Vec<f32>> = vec![vec![0.0; names.len()]; n];
+        // Row-major z-scores (`n × features`) and, per row, an index into `models` — no per-row allocation.
+        let width = names.len();
+        let mut z = vec![0f32; n * width];
         let mut mean = vec![0.0; n];
         let mut max = vec![0.0; n];
-        let mut model_names: Vec<String> = vec![String::new(); n];
+        let mut models: Vec<String> = Vec::new();
+        let mut model_of = vec![0u32; n];
         let mut versions = vec![0u64; n];
         let mut kinds: Vec<&'static str> = vec![""; n];
         let mut groups: Vec<(&str, Vec<u32>)> = groups.into_iter().collect();
@@ -309,18 +312,20 @@ impl Score {
             let scores = model
                 .score_with(&rows, self.config.z)
                 .map_err(|e| StageError::Data(format!("scoring with {name}: {e}")))?;
+            models.push(name.clone());
+            let model_index = (models.len() - 1) as u32;
             let position: Vec<usize> =
                 names.iter().map(|f| scores.features.iter().position(|g| g == f).unwrap_or(usize::MAX)).collect();
             for (k, &row) in idx.iter().enumerate() {
                 let row = row as usize;
                 for (j, &p) in position.iter().enumerate() {
                     if p != usize::MAX {
-                        z[row][j] = scores.z[k][p];
+                        z[row * width + j] = scores.z[k][p];
                     }
                 }
                 mean[row] = scores.mean_abs_z[k];
                 max[row] = scores.max_abs_z[k];
-                model_names[row] = name.clone();
+                model_of[row] = model_index;
                 versions[row] = version;
                 kinds[row] = kind;
             }
@@ -328,7 +333,9 @@ impl Score {
         let mut fields: Vec<Field> = data.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
         let mut cols: Vec<ArrayRef> = data.columns().to_vec();
         fields.push(Field::new("model_name", DataType::Utf8, false));
-        cols.push(Arc::new(arrow::array::StringArray::from(model_names)));
+        cols.push(Arc::new(arrow::array::StringArray::from_iter_values(
+            model_of.iter().map(|m| models[*m as usize].as_str()),
+        )));
         let mut vb = UInt64Builder::with_capacity(n);
         vb.append_slice(&versions);
         fields.push(Field::new("model_version", DataType::UInt64, false));
@@ -337,7 +344,7 @@ impl Score {
         cols.push(Arc::new(arrow::array::StringArray::from(kinds)));
         for (j, f) in names.iter().enumerate() {
             let mut b = Float32Builder::with_capacity(n);
-            for row in &z {
+            for row in z.chunks_exact(width.max(1)) {
                 b.append_value(row[j]);
             }
             fields.push(Field::new(format!("{f}_z_loss"), DataType::Float32, false));
@@ -352,11 +359,20 @@ impl Score {
         fields.push(Field::new("max_abs_z", DataType::Float64, false));
         cols.push(Arc::new(xb.finish()));
         let mut top = StringBuilder::with_capacity(n, n * 48);
-        for row in &z {
-            let mut order: Vec<usize> = (0..names.len()).collect();
+        let mut order: Vec<usize> = Vec::with_capacity(width);
+        let mut text = String::with_capacity(96);
+        for row in z.chunks_exact(width.max(1)) {
+            order.clear();
+            order.extend(0..width);
             order.sort_by(|a, b| row[*b].abs().total_cmp(&row[*a].abs()).then(a.cmp(b)));
-            let list: Vec<&str> = order.iter().take(self.config.top_features).map(|j| names[*j].as_str()).collect();
-            top.append_value(list.join(","));
+            text.clear();
+            for (i, j) in order.iter().take(self.config.top_features).enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(&names[*j]);
+            }
+            top.append_value(&text);
         }
         fields.push(Field::new("top_features", DataType::Utf8, false));
         cols.push(Arc::new(top.finish()));
