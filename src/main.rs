@@ -133,6 +133,18 @@ struct BenchArgs {
     /// Distinct users (keys of the keyed variant).
     #[arg(long, default_value_t = 1000)]
     users: u64,
+    /// Instead of the runtime: time a model's forward pass + losses (one libtorch thread) from this registry.
+    #[arg(long, value_name = "REGISTRY")]
+    model: Option<String>,
+    /// With --model: the model to load (default: the first user model in the registry).
+    #[arg(long, value_name = "NAME", requires = "model")]
+    model_name: Option<String>,
+    /// With --model: rows per forward pass, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![64usize, 256, 1024, 4096], requires = "model")]
+    model_batches: Vec<usize>,
+    /// With --model: where the model runs (auto, cpu, cuda).
+    #[arg(long, default_value = "cpu", requires = "model")]
+    device: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -339,6 +351,9 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn bench(args: BenchArgs) -> Result<ExitCode> {
+    if let Some(registry) = &args.model {
+        return bench_model(registry, &args);
+    }
     println!("dfp runtime benchmark: generator → filter → blackhole, {} rows, batch {}", args.rows, args.batch_size);
     println!("{:<8} {:<22} {:>10} {:>14}", "workers", "sink partitioning", "seconds", "rows/s");
     for &workers in &args.workers {
@@ -367,6 +382,47 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
     }
     if let Some(mib) = peak_rss_mib() {
         println!("peak RSS: {mib:.1} MiB");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dfp bench --model`: forward pass + losses rows/s of one model, f32 and bf16, per batch size.
+fn bench_model(registry: &str, args: &BenchArgs) -> Result<ExitCode> {
+    use dfp_core::models::ModelRegistry;
+    use dfp_stages::model::{DeviceChoice, Model};
+    let s3 = dfp_stages::store::S3Options { from_env: true, ..Default::default() };
+    let reg = dfp_stages::registry::LocalRegistry::open(registry, &s3)?;
+    let name = match &args.model_name {
+        Some(n) => n.clone(),
+        None => reg
+            .list()?
+            .into_iter()
+            .map(|m| m.name)
+            .find(|n| !n.ends_with(dfp_stages::model::GENERIC))
+            .with_context(|| format!("no user model in {registry}"))?,
+    };
+    let version = reg.latest(&name)?.with_context(|| format!("no model {name} in {registry}"))?;
+    let device: DeviceChoice = serde_json::from_value(json!(args.device))
+        .map_err(|_| anyhow::anyhow!("--device must be auto, cpu or cuda, not {:?}", args.device))?;
+    let device = device.device().map_err(|e| anyhow::anyhow!(e))?;
+    let manifest = reg.fetch(&name, version, dfp_stages::model::artifact::MANIFEST)?;
+    let weights = reg.fetch(&name, version, dfp_stages::model::artifact::WEIGHTS)?;
+    dfp_stages::model::set_torch_threads(1);
+    let a = serde_json::from_slice::<dfp_stages::model::Manifest>(&manifest)?.architecture;
+    println!(
+        "dfp model benchmark: {name} v{version} on {device:?}, one thread; inputs {} numeric + {} binary + categories {:?}, layers {:?}-{:?}",
+        a.numeric, a.binary, a.cardinalities, a.encoder, a.decoder
+    );
+    println!("{:<8} {:<10} {:>14}", "batch", "precision", "rows/s");
+    for bf16 in [false, true] {
+        let mut model = Model::from_files(&name, &manifest, &weights, device)?;
+        if bf16 {
+            model.to_bf16();
+        }
+        for &batch in &args.model_batches {
+            let rate = model.forward_rate(batch.max(1), std::time::Duration::from_millis(1500));
+            println!("{:<8} {:<10} {:>14.0}", batch, if bf16 { "bf16" } else { "f32" }, rate);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -68,13 +68,12 @@ impl StageError {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// A stage failed; the pipeline was stopped.
-    #[error("stage \"{stage}\" failed: {source}")]
+    #[error("stage \"{stage}\" failed: {error}")]
     Stage {
         /// The stage id from the YAML.
         stage: String,
-        /// What went wrong.
-        #[source]
-        source: StageError,
+        /// What went wrong (part of the message, so not also a `source()`: printed once in error chains).
+        error: StageError,
     },
     /// The timely runtime could not start or a worker died.
     #[error("runtime: {0}")]

@@ -148,7 +148,7 @@ impl Shared {
         tracing::debug!(stage, error = %source, "stage failed; stopping the pipeline");
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(RunError::Stage { stage: stage.to_string(), source });
+            *slot = Some(RunError::Stage { stage: stage.to_string(), error: source });
         }
         self.abort.store(true, Ordering::SeqCst);
     }

@@ -157,6 +157,35 @@ fn training_is_deterministic_and_artifacts_round_trip() {
     let loaded = Model::from_files("DFP-azure-quinn", manifest, weights, Device::Cpu).unwrap();
     assert_eq!(loaded.score(&rows).unwrap(), a.score(&rows).unwrap());
     assert_eq!(loaded.manifest, a.manifest);
+    // A damaged weights file is refused, naming the model and the file.
+    for damaged in [&weights[..weights.len() / 2], &weights[..4]] {
+        let err = Model::from_files("DFP-azure-quinn", manifest, damaged, Device::Cpu).err().expect("refused");
+        let text = err.to_string();
+        assert!(text.contains("DFP-azure-quinn") && text.contains(WEIGHTS), "{text}");
+    }
+}
+
+#[test]
+fn bf16_scoring_stays_close_to_f32_for_every_batch_size() {
+    let rows = user_rows("quinn.johnson@contoso.com");
+    let defs = feature_set(Source::Azure, FeatureOptions::default());
+    let f32_model = train("DFP-azure-quinn", &defs, &rows, &quick(), Device::Cpu).unwrap();
+    let files = f32_model.to_files().unwrap();
+    let weights = &files.iter().find(|f| f.0 == WEIGHTS).unwrap().1;
+    let manifest = &files.iter().find(|f| f.0 == MANIFEST).unwrap().1;
+    let mut bf16 = Model::from_files("DFP-azure-quinn", manifest, weights, Device::Cpu).unwrap();
+    bf16.to_bf16();
+    // 1 and 16 rows need no padding; 17, 45 and all rows are padded to a bucket size and cut back.
+    for n in [1, 16, 17, 45, rows.num_rows()] {
+        let part = rows.slice(0, n.min(rows.num_rows()));
+        let a = f32_model.score(&part).unwrap();
+        let b = bf16.score(&part).unwrap();
+        assert_eq!(b.mean_abs_z.len(), part.num_rows());
+        assert_ne!(a, b, "bf16 really ran ({n} rows)");
+        for (x, y) in a.mean_abs_z.iter().zip(&b.mean_abs_z) {
+            assert!((x - y).abs() <= 0.05 * x.abs().max(1.0), "{n} rows: f32 {x} vs bf16 {y}");
+        }
+    }
 }
 
 #[test]

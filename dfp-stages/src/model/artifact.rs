@@ -3,7 +3,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device};
+use tch::{nn, Device, Kind, Tensor};
 
 use super::encode::{EncodedFeature, FeatureEncoder};
 use super::net::{Architecture, Net};
@@ -197,6 +197,43 @@ pub struct Model {
     pub(crate) vs: nn::VarStore,
 }
 
+/// Tensors read from a safetensors file: name → (shape, little-endian f32 bytes).
+type StoredTensors<'a> = std::collections::HashMap<String, (Vec<i64>, &'a [u8])>;
+
+/// The f32 tensors of a safetensors file (8-byte little-endian header length, JSON header, data): name →
+/// (shape, bytes). Read from memory, without a temporary file.
+fn read_safetensors(bytes: &[u8]) -> Result<StoredTensors<'_>, String> {
+    #[derive(Deserialize)]
+    struct Entry {
+        dtype: String,
+        shape: Vec<i64>,
+        data_offsets: [usize; 2],
+    }
+    let len = bytes.get(..8).ok_or("shorter than its header")?;
+    let len = usize::try_from(u64::from_le_bytes(len.try_into().map_err(|_| "bad header")?))
+        .map_err(|_| "header length too large")?;
+    let header = bytes.get(8..8usize.saturating_add(len)).ok_or("truncated header")?;
+    let data = &bytes[8 + len..];
+    let entries: std::collections::HashMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| format!("header: {e}"))?;
+    let mut out = std::collections::HashMap::new();
+    for (name, value) in entries {
+        if name == "__metadata__" {
+            continue;
+        }
+        let e: Entry = serde_json::from_value(value).map_err(|e| format!("{name}: {e}"))?;
+        if e.dtype != "F32" {
+            return Err(format!("{name} is {}, expected F32", e.dtype));
+        }
+        let [start, end] = e.data_offsets;
+        let elements: i64 = e.shape.iter().product();
+        let slice = data.get(start..end).filter(|s| s.len() as i64 == elements * 4);
+        let slice = slice.ok_or_else(|| format!("{name}: data offsets {start}..{end} do not fit its shape"))?;
+        out.insert(name, (e.shape, slice));
+    }
+    Ok(out)
+}
+
 /// How per-feature z-scores are summarised into `mean_abs_z` / `max_abs_z`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -239,20 +276,57 @@ impl Model {
         let manifest: Manifest =
             serde_json::from_slice(manifest).map_err(|source| ArtifactError::Manifest { name: name.into(), source })?;
         let encoder = FeatureEncoder::with_features(manifest.features.clone());
-        let mut vs = nn::VarStore::new(device);
-        // Shapes come from the manifest; the values are overwritten by the stored weights.
-        let net = Net::zeroed(&vs, &manifest.architecture);
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join(WEIGHTS);
-        std::fs::write(&path, weights)?;
-        vs.load(&path).map_err(|source| ArtifactError::Weights { name: name.into(), source })?;
+        let vs = nn::VarStore::new(device);
+        // Shapes come from the manifest; the values are then copied from the stored weights.
+        let mut net = Net::zeroed(&vs, &manifest.architecture);
+        let bad = |detail: String| ArtifactError::Weights { name: name.into(), source: tch::TchError::Convert(detail) };
+        let stored = read_safetensors(weights).map_err(|e| bad(format!("{WEIGHTS}: {e}")))?;
+        tch::no_grad(|| -> Result<(), ArtifactError> {
+            for (var_name, mut var) in vs.variables() {
+                let (shape, data) =
+                    stored.get(&var_name).ok_or_else(|| bad(format!("{WEIGHTS} has no tensor {var_name}")))?;
+                if *shape != var.size() {
+                    return Err(bad(format!(
+                        "{var_name} is {shape:?} in {WEIGHTS}, the manifest says {:?}",
+                        var.size()
+                    )));
+                }
+                let src = Tensor::f_from_data_size(data, shape, Kind::Float)
+                    .map_err(|source| ArtifactError::Weights { name: name.into(), source })?;
+                var.copy_(&src);
+            }
+            Ok(())
+        })?;
+        net.merge_heads();
         Ok(Model { manifest, encoder, net, vs })
     }
 
-    /// Switches the weights to bfloat16 for scoring (AVX-512/AMX CPUs and GPUs run it faster; the loss
-    /// statistics stay those measured in f32, so scores move slightly).
+    /// Switches the hidden layers (the bulk of the work) to bfloat16 for scoring (CPUs with AVX-512 BF16 or
+    /// AMX and GPUs run them about twice as fast); embeddings and output heads stay f32. The loss statistics
+    /// stay those measured in f32, so scores move slightly.
     pub fn to_bf16(&mut self) {
-        self.vs.bfloat16();
+        self.net.hidden_to_bf16();
+    }
+
+    /// Forward pass plus per-feature losses (what scoring costs besides encoding) on `batch` synthetic rows,
+    /// repeated for at least `min_time`: rows per second. For benchmarks (`dfp bench --model`).
+    pub fn forward_rate(&self, batch: usize, min_time: std::time::Duration) -> f64 {
+        let (nn, nb, nc) = self.encoder.shape();
+        let cards = &self.manifest.architecture.cardinalities;
+        let encoded = super::encode::Encoded {
+            rows: batch,
+            numeric: (0..batch * nn).map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0).collect(),
+            binary: (0..batch * nb).map(|i| (i % 2) as f32).collect(),
+            categorical: (0..batch * nc).map(|i| ((i / nc.max(1)) % cards[i % nc.max(1)].max(1)) as i64).collect(),
+        };
+        let _ = super::train::row_losses(&self.net, &encoded);
+        let started = std::time::Instant::now();
+        let mut rows = 0usize;
+        while started.elapsed() < min_time {
+            let _ = super::train::row_losses(&self.net, &encoded);
+            rows += batch;
+        }
+        rows as f64 / started.elapsed().as_secs_f64()
     }
 
     /// Checks that the model reads exactly the features the pipeline produces.

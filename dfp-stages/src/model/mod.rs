@@ -40,14 +40,81 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    /// The libtorch device.
-    pub fn device(self) -> tch::Device {
+    /// The libtorch device: `auto` is CUDA when [`cuda_available`], else the CPU; `cuda` without a usable
+    /// GPU is an error saying why.
+    pub fn device(self) -> Result<tch::Device, String> {
         match self {
-            DeviceChoice::Auto => tch::Device::cuda_if_available(),
-            DeviceChoice::Cpu => tch::Device::Cpu,
-            DeviceChoice::Cuda => tch::Device::Cuda(0),
+            DeviceChoice::Auto => Ok(if cuda_available() { tch::Device::Cuda(0) } else { tch::Device::Cpu }),
+            DeviceChoice::Cpu => Ok(tch::Device::Cpu),
+            DeviceChoice::Cuda => match cuda_status() {
+                Ok(()) => Ok(tch::Device::Cuda(0)),
+                Err(why) => Err(format!("device: cuda was asked for but {why}")),
+            },
         }
     }
+}
+
+/// Sets libtorch's intra-op thread count for this process (the stages use one thread per worker).
+pub fn set_torch_threads(n: i32) {
+    tch::set_num_threads(n);
+}
+
+/// Whether models can run on a GPU: dfp was built with the `cuda` feature, libtorch's CUDA backend
+/// (`libtorch_cuda.so` and the NVIDIA libraries) loads, and libtorch sees a device.
+pub fn cuda_available() -> bool {
+    cuda_status().is_ok()
+}
+
+/// [`cuda_available`], with the reason when not.
+pub fn cuda_status() -> Result<(), String> {
+    static STATUS: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    STATUS
+        .get_or_init(|| {
+            load_cuda_backend()?;
+            if tch::Cuda::is_available() {
+                tracing::debug!(devices = tch::Cuda::device_count(), "libtorch sees CUDA");
+                Ok(())
+            } else {
+                Err("libtorch's CUDA backend loaded but it sees no GPU".to_string())
+            }
+        })
+        .clone()
+}
+
+/// Loads `libtorch_cuda.so` once so that its CUDA kernels register with libtorch. The binary links only
+/// libtorch's CPU library, so the same build runs on machines without the NVIDIA libraries.
+#[cfg(feature = "cuda")]
+fn load_cuda_backend() -> Result<(), String> {
+    let mut tried = Vec::new();
+    let mut candidates = vec![std::path::PathBuf::from("libtorch_cuda.so")];
+    if let Ok(dir) = std::env::var("LIBTORCH") {
+        candidates.push(std::path::Path::new(&dir).join("lib").join("libtorch_cuda.so"));
+    }
+    if let Some(dir) = option_env!("DFP_LIBTORCH_LIB") {
+        candidates.push(std::path::Path::new(dir).join("libtorch_cuda.so"));
+    }
+    candidates.dedup();
+    for path in candidates {
+        // SAFETY: libtorch_cuda.so is libtorch's own library of the same version as the linked CPU
+        // library; loading it only runs its registration constructors. It stays loaded for good.
+        match unsafe { libloading::Library::new(&path) } {
+            Ok(lib) => {
+                std::mem::forget(lib);
+                tracing::debug!(path = %path.display(), "loaded libtorch's CUDA backend");
+                return Ok(());
+            }
+            Err(e) => {
+                let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+                tried.push(format!("{}: {why}", path.display()))
+            }
+        }
+    }
+    Err(format!("libtorch's CUDA backend could not be loaded ({})", tried.join("; ")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn load_cuda_backend() -> Result<(), String> {
+    Err("dfp was built without the `cuda` feature (cargo build --release --features cuda)".to_string())
 }
 
 /// How a feature is fed to the network.
@@ -192,6 +259,24 @@ mod tests {
         assert_eq!(model_name(Source::Azure, None), "DFP-azure-=generic");
         for tricky in ["=generic", "generic", "@generic"] {
             assert_ne!(model_name(Source::Azure, Some(tricky)), model_name(Source::Azure, None));
+        }
+    }
+
+    #[test]
+    fn device_choice_follows_cuda_availability() {
+        assert_eq!(DeviceChoice::Cpu.device(), Ok(tch::Device::Cpu));
+        match cuda_status() {
+            Ok(()) => {
+                assert_eq!(DeviceChoice::Auto.device(), Ok(tch::Device::Cuda(0)));
+                assert_eq!(DeviceChoice::Cuda.device(), Ok(tch::Device::Cuda(0)));
+            }
+            Err(why) => {
+                assert!(!why.is_empty());
+                assert_eq!(DeviceChoice::Auto.device(), Ok(tch::Device::Cpu));
+                let err = DeviceChoice::Cuda.device().expect_err("cuda without a GPU is an error");
+                assert!(err.starts_with("device: cuda was asked for but "), "{err}");
+                assert!(err.ends_with(&why), "{err}");
+            }
         }
     }
 }

@@ -34,6 +34,9 @@ pub struct Net {
     numeric_head: Option<Layer>,
     binary_head: Option<Layer>,
     categorical_heads: Vec<Layer>,
+    /// Every head stacked into one layer (`[numeric | binary | categorical…]` outputs) for scoring: one
+    /// matrix product instead of one per feature. Built by [`Net::merge_heads`] once training is over.
+    merged_head: Option<Layer>,
     arch: Architecture,
     device: Device,
 }
@@ -46,6 +49,15 @@ pub struct Output {
     pub binary: Option<Tensor>,
     /// Logits per categorical feature, each `[n, cardinality]`.
     pub categorical: Vec<Tensor>,
+}
+
+/// `rows` rounded up to 8 steps per power of two (at least 16): few distinct shapes, at most 1/8 padding.
+fn padded_rows(rows: i64) -> i64 {
+    if rows <= 16 {
+        return 16;
+    }
+    let step = 1i64 << (63 - rows.leading_zeros() as i64 - 3).max(0);
+    (rows + step - 1) / step * step
 }
 
 /// PyTorch's default initialisation, drawn from our own generator: U(−1/√fan_in, 1/√fan_in).
@@ -75,7 +87,7 @@ impl Net {
         Self::build(vs, arch, Some(rng))
     }
 
-    /// Creates zeroed parameters in `vs`, to be overwritten by stored weights (no random draws).
+    /// Creates uninitialised parameters in `vs`, to be overwritten by stored weights (no random draws).
     pub fn zeroed(vs: &nn::VarStore, arch: &Architecture) -> Net {
         Self::build(vs, arch, None)
     }
@@ -83,7 +95,7 @@ impl Net {
     fn build(vs: &nn::VarStore, arch: &Architecture, mut rng: Option<&mut ChaCha8Rng>) -> Net {
         let mut uniform = |shape: &[i64], fan_in: usize| match rng.as_deref_mut() {
             Some(r) => uniform(r, shape, fan_in),
-            None => Tensor::zeros(shape, (Kind::Float, Device::Cpu)),
+            None => Tensor::empty(shape, (Kind::Float, Device::Cpu)),
         };
         let root = vs.root();
         let device = vs.device();
@@ -124,7 +136,16 @@ impl Net {
                 root.var_copy(&format!("embedding{i}_weight"), &init.to_device(device))
             })
             .collect();
-        Net { embeddings, hidden, numeric_head, binary_head, categorical_heads, arch: arch.clone(), device }
+        Net {
+            embeddings,
+            hidden,
+            numeric_head,
+            binary_head,
+            categorical_heads,
+            merged_head: None,
+            arch: arch.clone(),
+            device,
+        }
     }
 
     /// The inputs of a batch as tensors on the model's device.
@@ -137,18 +158,70 @@ impl Net {
         (num, bin, cat)
     }
 
-    /// Forward pass (in the weights' precision; outputs are f32).
+    /// Stacks the output heads into one layer for scoring. Call once the weights are final: later changes
+    /// to the heads are not seen by the stacked copy.
+    pub fn merge_heads(&mut self) {
+        let heads: Vec<&Layer> =
+            self.numeric_head.iter().chain(self.binary_head.iter()).chain(self.categorical_heads.iter()).collect();
+        if heads.is_empty() {
+            return;
+        }
+        self.merged_head = tch::no_grad(|| {
+            let w: Vec<&Tensor> = heads.iter().map(|l| &l.w).collect();
+            let b: Vec<&Tensor> = heads.iter().map(|l| &l.b).collect();
+            Some(Layer { w: Tensor::cat(&w, 0), b: Tensor::cat(&b, 0) })
+        });
+    }
+
+    /// Converts the hidden layers' weights to bfloat16 in place (scoring only: the optimiser is not told).
+    pub fn hidden_to_bf16(&mut self) {
+        tch::no_grad(|| {
+            for l in &mut self.hidden {
+                l.w.set_data(&l.w.to_kind(Kind::BFloat16));
+                l.b.set_data(&l.b.to_kind(Kind::BFloat16));
+            }
+        });
+    }
+
+    /// Forward pass. Hidden layers run in their weights' precision; the heads and outputs are f32.
     pub fn forward(&self, num: &Tensor, bin: &Tensor, cat: &Tensor) -> Output {
         let kind = self.hidden.first().map_or(Kind::Float, |l| l.w.kind());
-        let mut parts = vec![num.to_kind(kind), bin.to_kind(kind)];
+        let mut parts = vec![num.shallow_clone(), bin.shallow_clone()];
         for (i, emb) in self.embeddings.iter().enumerate() {
             parts.push(Tensor::embedding(emb, &cat.select(1, i as i64), -1, false, false));
         }
         let mut x = Tensor::cat(&parts, 1);
+        let rows = x.size()[0];
+        if kind != Kind::Float {
+            // oneDNN compiles a kernel per matrix shape: rounding the row count up to one of a few sizes
+            // (at most 1/8 padding) lets per-user batches of every size reuse them.
+            let padded = padded_rows(rows);
+            if padded > rows {
+                x = x.constant_pad_nd([0, 0, 0, padded - rows]);
+            }
+            x = x.to_kind(kind);
+        }
         for l in &self.hidden {
             x = x.linear(&l.w, Some(&l.b)).relu();
         }
-        let head = |l: &Layer| x.linear(&l.w, Some(&l.b)).to_kind(Kind::Float);
+        if kind != Kind::Float {
+            x = x.narrow(0, 0, rows).to_kind(Kind::Float);
+        }
+        if let Some(m) = &self.merged_head {
+            let all = x.linear(&m.w, Some(&m.b));
+            let mut at = 0;
+            let mut take = |width: usize| {
+                let part = all.narrow(1, at, width as i64);
+                at += width as i64;
+                part
+            };
+            return Output {
+                numeric: self.numeric_head.as_ref().map(|_| take(self.arch.numeric)),
+                binary: self.binary_head.as_ref().map(|_| take(self.arch.binary)),
+                categorical: self.arch.cardinalities.iter().map(|n| take(*n)).collect(),
+            };
+        }
+        let head = |l: &Layer| x.linear(&l.w, Some(&l.b));
         Output {
             numeric: self.numeric_head.as_ref().map(head),
             binary: self.binary_head.as_ref().map(head),
@@ -170,5 +243,27 @@ impl Net {
             cols.push(logits.cross_entropy_loss::<Tensor>(&target, None, Reduction::None, -100, 0.0).unsqueeze(1));
         }
         Tensor::cat(&cols, 1).to_kind(Kind::Float)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded_rows;
+
+    #[test]
+    fn padded_rows_are_few_sizes_with_little_padding() {
+        assert_eq!(padded_rows(1), 16);
+        assert_eq!(padded_rows(16), 16);
+        assert_eq!(padded_rows(17), 18);
+        assert_eq!(padded_rows(300), 320);
+        assert_eq!(padded_rows(1024), 1024);
+        assert_eq!(padded_rows(1025), 1152);
+        let mut sizes = std::collections::BTreeSet::new();
+        for n in 1..=4096 {
+            let p = padded_rows(n);
+            assert!(p >= n && (p <= 16 || (p - n) * 8 <= n), "{n} → {p}");
+            sizes.insert(p);
+        }
+        assert!(sizes.len() <= 80, "{} sizes", sizes.len());
     }
 }

@@ -241,7 +241,7 @@ pub fn train_from(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let vs = nn::VarStore::new(device);
     let arch = previous.map_or(arch, |p| p.manifest.architecture.clone());
-    let net = Net::new(&vs, &arch, &mut rng);
+    let mut net = Net::new(&vs, &arch, &mut rng);
     if let Some(p) = previous {
         // Start from the previous version's weights.
         let old = p.vs.variables();
@@ -307,6 +307,8 @@ pub fn train_from(
             }
         });
     }
+    // From here on the weights are final: score as the artifact will.
+    net.merge_heads();
     let (_, train_set) = gather(&encoded, &train_idx, 0.0, &mut rng);
     let stats_rows = match config.stats {
         StatsMode::Validation if n_val >= 10 => row_losses(&net, &val_set),

@@ -70,7 +70,8 @@ pub struct ScoreConfig {
     /// becomes 0 in `mean_abs_z` and `max_abs_z`).
     #[serde(default)]
     pub z: ZMode,
-    /// `f32` (as trained) or `bf16` (faster on CPUs with AVX-512/AMX and on GPUs; scores move slightly).
+    /// `f32` (as trained) or `bf16` (hidden layers in bfloat16: faster on CPUs with AVX-512 BF16/AMX; scores
+    /// move slightly).
     #[serde(default)]
     pub precision: Precision,
     /// S3 settings for an `s3://` registry.
@@ -181,8 +182,13 @@ impl Score {
             Some(v) => {
                 let manifest = registry.fetch(name, v, MANIFEST).map_err(|e| StageError::Other(e.to_string()))?;
                 let weights = registry.fetch(name, v, WEIGHTS).map_err(|e| StageError::Other(e.to_string()))?;
-                let mut model = Model::from_files(name, &manifest, &weights, self.config.device.device())
-                    .map_err(|e| StageError::Other(e.to_string()))?;
+                let mut model = Model::from_files(
+                    name,
+                    &manifest,
+                    &weights,
+                    self.config.device.device().map_err(StageError::Other)?,
+                )
+                .map_err(|e| StageError::Other(e.to_string()))?;
                 if self.config.precision == Precision::Bf16 {
                     model.to_bf16();
                 }
@@ -212,8 +218,11 @@ impl Transform for Score {
 
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         // Per-user batches are small: libtorch's thread pool would cost more (spinning) than it gains.
-        let _ = ctx;
         tch::set_num_threads(1);
+        let device = self.config.device.device().map_err(StageError::Other)?;
+        if ctx.worker_index == 0 {
+            tracing::info!(stage = %ctx.stage_id, device = ?device, "scoring device");
+        }
         self.registry = Some(
             LocalRegistry::open(&self.config.registry, &self.config.s3)
                 .map_err(|e| StageError::Other(e.to_string()))?,
@@ -275,6 +284,9 @@ impl Score {
             groups.entry(if users.is_null(i) { "" } else { users.value(i) }).or_default().push(i as u32);
         }
         let names: Vec<String> = self.defs.iter().map(|d| d.name.clone()).collect();
+        // Only the model inputs are copied per user (a missing one is reported by the encoder).
+        let present: Vec<usize> = names.iter().filter_map(|f| data.schema().index_of(f).ok()).collect();
+        let inputs = data.project(&present)?;
         // Row-major z-scores (`n × features`) and, per row, an index into `models` — no per-row allocation.
         let width = names.len();
         let mut z = vec![0f32; n * width];
@@ -308,7 +320,7 @@ impl Score {
                 .get(&name)
                 .and_then(|c| c.model.as_ref())
                 .ok_or_else(|| StageError::Other(format!("model {name} vanished from the cache")))?;
-            let rows = take_record_batch(data, &UInt32Array::from(idx.clone()))?;
+            let rows = take_record_batch(&inputs, &UInt32Array::from(idx.clone()))?;
             let scores = model
                 .score_with(&rows, self.config.z)
                 .map_err(|e| StageError::Data(format!("scoring with {name}: {e}")))?;

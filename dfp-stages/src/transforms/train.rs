@@ -219,7 +219,7 @@ impl Train {
     fn train_one(&self, name: &str, kind: &str, rows: &RecordBatch, report: &mut Report) -> Result<(), StageError> {
         let defs = feature_set(self.config.source, self.config.features);
         let registry = self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))?;
-        let device = self.config.device.device();
+        let device = self.config.device.device().map_err(StageError::Other)?;
         let previous = if self.config.warm_start {
             match registry.latest(name).map_err(|e| StageError::Other(e.to_string()))? {
                 Some(v) => {
@@ -268,8 +268,11 @@ impl Transform for Train {
         self.stage = ctx.stage_id.clone();
         // One libtorch thread: models then come out bit-identical whatever the number of workers (a
         // multi-threaded matmul sums in another order), and parallelism comes from the workers anyway.
-        let _ = ctx;
         tch::set_num_threads(1);
+        let device = self.config.device.device().map_err(StageError::Other)?;
+        if ctx.worker_index == 0 {
+            tracing::info!(stage = %ctx.stage_id, device = ?device, "training device");
+        }
         self.registry = Some(Arc::new(
             LocalRegistry::open(&self.config.registry, &self.config.s3)
                 .map_err(|e| StageError::Other(e.to_string()))?,
