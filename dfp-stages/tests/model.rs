@@ -208,6 +208,56 @@ fn publish(reg: &LocalRegistry, user: Option<&str>, rows: &RecordBatch, seed: u6
     reg.publish(&name, &model.to_files().unwrap()).unwrap()
 }
 
+/// Scores `rows` through an embedded pipeline with extra `score` settings; id → (mean_abs_z, model).
+fn score_all(location: &str, rows: &RecordBatch, extra: &str) -> std::collections::BTreeMap<String, (f64, String)> {
+    let yaml = format!(
+        r#"
+version: 1
+runtime: {{ workers: 2 }}
+stages:
+  in:     {{ type: embedded-input }}
+  scored: {{ type: score, inputs: [in], registry: "{location}", source: azure{extra} }}
+  out:    {{ type: embedded-output, inputs: [scored] }}
+"#
+    );
+    let running = Pipeline::from_yaml_str(&yaml, "score.yaml", &[]).unwrap().spawn(RunOptions::default()).unwrap();
+    running.input().push_batch(rows.clone()).unwrap();
+    let out = running.output().clone();
+    running.finish().unwrap();
+    let mut scored = std::collections::BTreeMap::new();
+    let mut n = 0;
+    for b in out.try_iter() {
+        let d = &b.data;
+        let ids = d.column_by_name("id").unwrap().as_string::<i32>();
+        let z = d.column_by_name("mean_abs_z").unwrap().as_primitive::<arrow::datatypes::Float64Type>();
+        let models = d.column_by_name("model_name").unwrap().as_string::<i32>();
+        for i in 0..d.num_rows() {
+            scored.insert(ids.value(i).to_string(), (z.value(i), models.value(i).to_string()));
+            n += 1;
+        }
+    }
+    assert_eq!(n, scored.len(), "an id came out twice");
+    scored
+}
+
+#[test]
+fn scoring_in_small_pieces_gives_the_same_rows_as_one_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().to_str().unwrap().to_string();
+    let reg = LocalRegistry::open(&location, &S3Options::default()).unwrap();
+    for user in ["kenji.lopez@contoso.com", "quinn.johnson@contoso.com"] {
+        publish(&reg, Some(user), &user_rows(user), 1);
+    }
+    publish(&reg, None, features(), 1);
+    let all = features();
+    let whole = score_all(&location, all, ", piece_rows: 1000000");
+    let pieces = score_all(&location, all, ", piece_rows: 50");
+    assert_eq!(whole.len(), all.num_rows(), "every row scored once");
+    assert_eq!(pieces, whole, "same scores and models, piece by piece");
+    let users: std::collections::BTreeSet<&str> = whole.values().map(|v| v.1.as_str()).collect();
+    assert_eq!(users.len(), 3, "both users' models and the generic one were used: {users:?}");
+}
+
 #[test]
 fn scoring_uses_the_users_model_falls_back_to_generic_and_picks_up_new_versions() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,7 @@
 //! per model input, `mean_abs_z`, `max_abs_z`, and `top_features` (the `top_features` inputs with the
 //! largest |z|, comma-separated, largest first).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,10 @@ pub struct ScoreConfig {
     /// rows: a forward pass costs about the same for 1 row as for 100.
     #[serde(default = "d_gather_rows")]
     pub gather_rows: usize,
+    /// Gathered rows are scored in pieces of about this many rows (whole users), one piece per step, so that
+    /// the worker's other stages keep running in between.
+    #[serde(default = "d_piece_rows")]
+    pub piece_rows: usize,
     /// Longest wall-clock time rows wait to be gathered before they are scored.
     #[serde(default = "d_gather_ms")]
     pub gather_ms: u64,
@@ -100,7 +104,10 @@ fn d_top() -> usize {
     3
 }
 fn d_gather_rows() -> usize {
-    65_536
+    262_144
+}
+fn d_piece_rows() -> usize {
+    4096
 }
 fn d_gather_ms() -> u64 {
     1000
@@ -113,6 +120,9 @@ impl StageConfig for ScoreConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if !self.cache_ttl_secs.is_finite() || self.cache_ttl_secs < 0.0 {
             return Err(ConfigError::field("cache_ttl_secs", "must be zero or more"));
+        }
+        if self.piece_rows == 0 {
+            return Err(ConfigError::field("piece_rows", "must be at least 1"));
         }
         if self.cache_capacity == 0 {
             return Err(ConfigError::field("cache_capacity", "must be at least 1"));
@@ -129,6 +139,7 @@ impl StageConfig for ScoreConfig {
             pending: Vec::new(),
             pending_rows: 0,
             oldest: None,
+            queue: VecDeque::new(),
         })))
     }
 }
@@ -150,6 +161,10 @@ struct Score {
     pending: Vec<Batch>,
     pending_rows: usize,
     oldest: Option<Instant>,
+    /// Gathered rows cut into pieces of whole users, scored one piece per activation: the worker's other
+    /// stages (and, through the exchange, the other workers) keep running between pieces instead of
+    /// waiting for a whole gather to be scored.
+    queue: VecDeque<Batch>,
 }
 
 impl Score {
@@ -220,7 +235,7 @@ impl Transform for Score {
         // Per-user batches are small: libtorch's thread pool would cost more (spinning) than it gains.
         tch::set_num_threads(1);
         let device = self.config.device.device().map_err(StageError::Other)?;
-        if ctx.worker_index == 0 {
+        if ctx.worker_index == 0 && device.is_cuda() {
             tracing::info!(stage = %ctx.stage_id, device = ?device, "scoring device");
         }
         self.registry = Some(
@@ -235,31 +250,35 @@ impl Transform for Score {
         self.pending.push(batch);
         self.oldest.get_or_insert_with(Instant::now);
         if self.pending_rows >= self.config.gather_rows {
-            self.flush(out)?;
+            self.enqueue()?;
         }
-        Ok(())
+        self.score_piece(out)
     }
 
     fn poll_timer(&mut self, out: &mut Emitter) -> Result<Option<Duration>, StageError> {
         let wait = Duration::from_millis(self.config.gather_ms);
-        match self.oldest {
-            Some(t) if t.elapsed() >= wait => {
-                self.flush(out)?;
-                Ok(None)
-            }
-            Some(t) => Ok(Some(wait - t.elapsed())),
-            None => Ok(None),
+        if self.oldest.is_some_and(|t| t.elapsed() >= wait) {
+            self.enqueue()?;
         }
+        self.score_piece(out)?;
+        if !self.queue.is_empty() {
+            return Ok(Some(Duration::ZERO));
+        }
+        Ok(self.oldest.map(|t| wait.saturating_sub(t.elapsed())))
     }
 
     fn finish(&mut self, out: &mut Emitter) -> Result<(), StageError> {
-        self.flush(out)
+        self.enqueue()?;
+        while !self.queue.is_empty() {
+            self.score_piece(out)?;
+        }
+        Ok(())
     }
 }
 
 impl Score {
-    /// Scores everything gathered as one batch.
-    fn flush(&mut self, out: &mut Emitter) -> Result<(), StageError> {
+    /// Moves everything gathered into the queue, cut into pieces of whole users.
+    fn enqueue(&mut self) -> Result<(), StageError> {
         let pending = std::mem::take(&mut self.pending);
         self.pending_rows = 0;
         self.oldest = None;
@@ -268,7 +287,43 @@ impl Score {
         let parts: Vec<&RecordBatch> = pending.iter().map(|b| &b.data).collect();
         let gathered = arrow::compute::concat_batches(&first.data.schema(), parts)
             .map_err(|e| StageError::Data(format!("score: input batches disagree on columns: {e}")))?;
-        self.score_batch(Batch { data: gathered, envelope }, out)
+        if gathered.num_rows() <= self.config.piece_rows {
+            self.queue.push_back(Batch { data: gathered, envelope });
+            return Ok(());
+        }
+        let users = gathered
+            .column_by_name("username")
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| StageError::Data("score: input needs a text `username` column".into()))?;
+        let mut groups: HashMap<&str, Vec<u32>> = HashMap::new();
+        for i in 0..gathered.num_rows() {
+            groups.entry(if users.is_null(i) { "" } else { users.value(i) }).or_default().push(i as u32);
+        }
+        let mut groups: Vec<(&str, Vec<u32>)> = groups.into_iter().collect();
+        groups.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut piece: Vec<u32> = Vec::with_capacity(self.config.piece_rows * 2);
+        let mut pieces = Vec::new();
+        for (_, idx) in groups {
+            piece.extend_from_slice(&idx);
+            if piece.len() >= self.config.piece_rows {
+                pieces.push(take_record_batch(&gathered, &UInt32Array::from(std::mem::take(&mut piece)))?);
+            }
+        }
+        if !piece.is_empty() {
+            pieces.push(take_record_batch(&gathered, &UInt32Array::from(piece))?);
+        }
+        self.queue.extend(pieces.into_iter().map(|data| Batch { data, envelope: envelope.clone() }));
+        Ok(())
+    }
+
+    /// Scores the next queued piece, if any.
+    fn score_piece(&mut self, out: &mut Emitter) -> Result<(), StageError> {
+        let Some(piece) = self.queue.pop_front() else { return Ok(()) };
+        let started = Instant::now();
+        let rows = piece.num_rows();
+        self.score_batch(piece, out)?;
+        tracing::trace!(rows, ms = started.elapsed().as_millis() as u64, queued = self.queue.len(), "scored a piece");
+        Ok(())
     }
 
     fn score_batch(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError> {

@@ -270,7 +270,7 @@ impl Transform for Train {
         // multi-threaded matmul sums in another order), and parallelism comes from the workers anyway.
         tch::set_num_threads(1);
         let device = self.config.device.device().map_err(StageError::Other)?;
-        if ctx.worker_index == 0 {
+        if ctx.worker_index == 0 && device.is_cuda() {
             tracing::info!(stage = %ctx.stage_id, device = ?device, "training device");
         }
         self.registry = Some(Arc::new(
