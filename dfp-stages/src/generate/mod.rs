@@ -1,4 +1,4 @@
-//! `dfp generate`: labelled synthetic sign-in logs (Azure AD or Duo) for training, testing and measuring
+//! `dfp generate`: labelled synthetic sign-in logs (Azure AD, Okta or Duo) for training, testing and measuring
 //! detection quality.
 //!
 //! A seeded population of users (home city, working hours, favourite apps, devices, addresses, volume,
@@ -7,8 +7,8 @@
 //! quiet takeover, password spray, token theft, impossible travel) are injected. The output directory gets:
 //!
 //! - `train/` and `infer/`: one JSON array per 3-hour window (windows counted from the start), named for
-//!   the window start plus a few seconds, e.g. `AZUREAD_2026-10-01T00_00_03.207Z.json`; events sorted by
-//!   time; empty windows have no file;
+//!   the window start plus a few seconds, e.g. `AZUREAD_2026-10-01T00_00_03.207Z.json` (`OKTA_…`, `DUO_…`);
+//!   events sorted by time; empty windows have no file;
 //! - `labels.csv`: `id,label,kind` for every inference-period event (Duo enrollment records, which are not
 //!   authentications, have no row). `label` is 1 for attacks.
 //!
@@ -28,6 +28,7 @@
 mod azure;
 mod duo;
 mod format;
+mod okta;
 mod population;
 mod scenario;
 mod tables;
@@ -51,22 +52,29 @@ pub enum LogFormat {
     Azure,
     /// Duo Admin API v2 authentication logs (`DUO_*.json`).
     Duo,
+    /// Okta System Log sign-in events, System Log API `LogEvent` shape (`OKTA_*.json`).
+    Okta,
 }
 
 impl LogFormat {
+    /// Every format.
+    pub const ALL: [LogFormat; 3] = [LogFormat::Azure, LogFormat::Duo, LogFormat::Okta];
+
     /// The file-name prefix.
     pub fn prefix(self) -> &'static str {
         match self {
             LogFormat::Azure => "AZUREAD",
             LogFormat::Duo => "DUO",
+            LogFormat::Okta => "OKTA",
         }
     }
 
-    /// `azure` or `duo`.
+    /// `azure`, `duo` or `okta`.
     pub fn name(self) -> &'static str {
         match self {
             LogFormat::Azure => "azure",
             LogFormat::Duo => "duo",
+            LogFormat::Okta => "okta",
         }
     }
 }
@@ -394,7 +402,9 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<(), GenerateError> {
         let entry = entry.map_err(io_error(dir))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if (name.starts_with("AZUREAD_") || name.starts_with("DUO_")) && name.ends_with(".json") {
+        let generated =
+            LogFormat::ALL.iter().any(|f| name.strip_prefix(f.prefix()).is_some_and(|rest| rest.starts_with('_')));
+        if generated && name.ends_with(".json") {
             stale.push(entry.path());
         }
     }
@@ -476,6 +486,7 @@ fn is_labelled(dataset: &Dataset, format: LogFormat, e: &scenario::Event) -> boo
 fn write_logs(dataset: &Dataset, options: &GenerateOptions, report: &mut GenerateReport) -> Result<(), GenerateError> {
     let timeline = dataset.timeline;
     let azure_ctx = azure::AzureContext::new(&dataset.population);
+    let okta_ctx = okta::OktaContext::new(&dataset.population);
     let mut rest = dataset.events.as_slice();
     while let Some(first) = rest.first() {
         let window = (first.ticks - timeline.start).div_euclid(WINDOW);
@@ -501,6 +512,7 @@ fn write_logs(dataset: &Dataset, options: &GenerateOptions, report: &mut Generat
                 match options.format {
                     LogFormat::Azure => azure::write_event(&mut out, &azure_ctx, &dataset.population, e)?,
                     LogFormat::Duo => duo::write_event(&mut out, &dataset.population, e)?,
+                    LogFormat::Okta => okta::write_event(&mut out, &okta_ctx, &dataset.population, e)?,
                 }
             }
             out.write_all(b"\n]\n")?;

@@ -36,7 +36,7 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 #[test]
 fn same_seed_writes_the_same_bytes_and_another_seed_does_not() {
-    for format in [LogFormat::Azure, LogFormat::Duo] {
+    for format in LogFormat::ALL {
         let dir = tempfile::tempdir().unwrap();
         let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
         generate(&tiny(format, &a, 7)).unwrap();
@@ -51,19 +51,21 @@ fn same_seed_writes_the_same_bytes_and_another_seed_does_not() {
 
 #[test]
 fn refuses_to_mix_with_an_earlier_run_unless_forced() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut o = tiny(LogFormat::Duo, dir.path(), 1);
-    generate(&o).unwrap();
-    let err = generate(&o).unwrap_err();
-    assert!(matches!(err, GenerateError::NotEmpty(_)), "{err}");
-    o.force = true;
-    o.seed = 2;
-    generate(&o).unwrap();
-    let mut fresh = tiny(LogFormat::Duo, &dir.path().join("fresh"), 2);
-    fresh.force = false;
-    generate(&fresh).unwrap();
-    let (forced, fresh) = (tree(dir.path()), tree(&dir.path().join("fresh")));
-    assert!(forced.values().eq(fresh.values()), "--force leaves no file of the earlier run");
+    for format in [LogFormat::Duo, LogFormat::Okta] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = tiny(format, dir.path(), 1);
+        generate(&o).unwrap();
+        let err = generate(&o).unwrap_err();
+        assert!(matches!(err, GenerateError::NotEmpty(_)), "{format:?}: {err}");
+        o.force = true;
+        o.seed = 2;
+        generate(&o).unwrap();
+        let mut fresh = tiny(format, &dir.path().join("fresh"), 2);
+        fresh.force = false;
+        generate(&fresh).unwrap();
+        let (forced, fresh) = (tree(dir.path()), tree(&dir.path().join("fresh")));
+        assert!(forced.values().eq(fresh.values()), "{format:?}: --force leaves no file of the earlier run");
+    }
 }
 
 #[test]
@@ -91,6 +93,7 @@ fn ticks(format: LogFormat, v: &Value) -> i64 {
     let text = match format {
         LogFormat::Azure => v["time"].as_str().unwrap(),
         LogFormat::Duo => v["isotimestamp"].as_str().unwrap(),
+        LogFormat::Okta => v["published"].as_str().unwrap(),
     };
     let t = chrono::DateTime::parse_from_rfc3339(text).unwrap();
     t.timestamp() * TICKS_PER_SEC + i64::from(t.timestamp_subsec_nanos()) / 100
@@ -100,6 +103,7 @@ fn record_id(format: LogFormat, v: &Value) -> String {
     match format {
         LogFormat::Azure => v["properties"]["id"].as_str().unwrap().to_string(),
         LogFormat::Duo => v["txid"].as_str().unwrap().to_string(),
+        LogFormat::Okta => v["uuid"].as_str().unwrap().to_string(),
     }
 }
 
@@ -125,7 +129,7 @@ fn read_period(dir: &Path, format: LogFormat) -> Vec<(String, i64, Vec<Value>)> 
 
 #[test]
 fn files_are_sorted_json_arrays_inside_their_window() {
-    for format in [LogFormat::Azure, LogFormat::Duo] {
+    for format in LogFormat::ALL {
         let dir = tempfile::tempdir().unwrap();
         let report = generate(&tiny(format, dir.path(), 3)).unwrap();
         let start = DEFAULT_START * TICKS_PER_SEC;
@@ -170,11 +174,11 @@ fn read_labels(path: &Path) -> Vec<(String, String, String)> {
 
 #[test]
 fn labels_cover_every_inference_event_once_and_every_kind() {
-    for format in [LogFormat::Azure, LogFormat::Duo] {
+    for format in LogFormat::ALL {
         let dir = tempfile::tempdir().unwrap();
         let report = generate(&tiny(format, dir.path(), 5)).unwrap();
         let labels = read_labels(&dir.path().join("labels.csv"));
-        let authentication = |v: &Value| format == LogFormat::Azure || v["event_type"] == "authentication";
+        let authentication = |v: &Value| format != LogFormat::Duo || v["event_type"] == "authentication";
         let ids = |sub: &str| -> Vec<String> {
             read_period(&dir.path().join(sub), format)
                 .into_iter()
@@ -337,6 +341,140 @@ fn duo_records_have_the_documented_fields() {
     }
     assert!(enrollments > 0 && sparse > 0 && denied > 0, "{enrollments} {sparse} {denied}");
     assert_eq!(report.enrollments, enrollments);
+}
+
+#[test]
+fn okta_records_have_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = tiny(LogFormat::Okta, dir.path(), 11);
+    o.users = 30;
+    o.days = 8;
+    o.train_days = None;
+    generate(&o).unwrap();
+    let records = all_records(dir.path(), LogFormat::Okta);
+    let mut event_types = HashSet::new();
+    let (mut invalid_credentials, mut attack_browsers) = (0, 0);
+    let mut actor_ids: HashMap<String, String> = HashMap::new();
+    let app_names: HashSet<&str> = APPS.iter().map(|a| a.name).collect();
+    for r in &records {
+        let keys: HashSet<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        let expected = [
+            "uuid",
+            "published",
+            "eventType",
+            "version",
+            "severity",
+            "displayMessage",
+            "actor",
+            "client",
+            "outcome",
+            "target",
+            "authenticationContext",
+            "securityContext",
+            "transaction",
+            "debugContext",
+        ];
+        assert_eq!(keys, expected.into_iter().collect::<HashSet<_>>());
+        assert!(is_uuid(r["uuid"].as_str().unwrap()));
+        let published = r["published"].as_str().unwrap();
+        assert!(published.len() == 24 && published.ends_with('Z') && published.as_bytes()[19] == b'.', "{published}");
+        assert!(chrono::DateTime::parse_from_rfc3339(published).is_ok());
+        let event_type = r["eventType"].as_str().unwrap();
+        let message = r["displayMessage"].as_str().unwrap();
+        match event_type {
+            "user.session.start" => assert_eq!(message, "User login to Okta"),
+            "user.authentication.sso" => assert_eq!(message, "User single sign on to app"),
+            other => panic!("eventType {other}"),
+        }
+        event_types.insert(event_type.to_string());
+        assert_eq!(r["version"], "0");
+
+        let actor = &r["actor"];
+        let id = actor["id"].as_str().unwrap();
+        assert!(id.len() == 20 && id.starts_with("00u") && id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        assert_eq!(actor["type"], "User");
+        let email = actor["alternateId"].as_str().unwrap();
+        assert!(email.ends_with("@contoso.com") && email.contains('.'), "{email}");
+        assert!(actor["displayName"].as_str().unwrap().contains(' '));
+        let previous = actor_ids.entry(email.to_string()).or_insert_with(|| id.to_string());
+        assert_eq!(previous, id, "one actor id per user");
+
+        let c = &r["client"];
+        let ua = &c["userAgent"];
+        assert!(ua["rawUserAgent"].as_str().unwrap().len() > 10);
+        let os = ua["os"].as_str().unwrap();
+        assert!(["Windows 10", "Windows 11", "Mac OS X", "iOS", "Android", "Linux"].contains(&os), "{os}");
+        let browser = ua["browser"].as_str().unwrap();
+        assert!(["CHROME", "EDGE", "FIREFOX", "SAFARI", "UNKNOWN"].contains(&browser), "{browser}");
+        attack_browsers += usize::from(browser == "FIREFOX" || browser == "UNKNOWN");
+        assert_eq!(c["zone"], "null");
+        assert!(["Computer", "Mobile", "Unknown"].contains(&c["device"].as_str().unwrap()));
+        assert!(c["id"].is_null());
+        assert!(c["ipAddress"].as_str().unwrap().parse::<std::net::IpAddr>().is_ok());
+        let g = &c["geographicalContext"];
+        let city = CITIES.iter().find(|x| g["city"] == x.name).unwrap();
+        assert_eq!(g["state"], city.state);
+        assert_eq!(g["country"], city.country);
+        assert!(g["postalCode"].is_string() || g["postalCode"].is_null());
+        assert_eq!(g["geolocation"]["lat"].as_f64(), Some(city.latitude));
+        assert_eq!(g["geolocation"]["lon"].as_f64(), Some(city.longitude));
+
+        let outcome = &r["outcome"];
+        match outcome["result"].as_str().unwrap() {
+            "SUCCESS" => {
+                assert!(outcome["reason"].is_null());
+                assert_eq!(r["severity"], "INFO");
+            }
+            "FAILURE" => {
+                let reason = outcome["reason"].as_str().unwrap();
+                assert!(
+                    ["INVALID_CREDENTIALS", "VERIFICATION_ERROR", "GENERAL_NONSUCCESS", "LOCKED_OUT"].contains(&reason),
+                    "{reason}"
+                );
+                invalid_credentials += usize::from(reason == "INVALID_CREDENTIALS");
+                assert_eq!(r["severity"], "WARN");
+            }
+            other => panic!("outcome.result {other}"),
+        }
+
+        let targets = r["target"].as_array().unwrap();
+        assert_eq!(targets.len(), 1);
+        let t = &targets[0];
+        let tid = t["id"].as_str().unwrap();
+        assert!(tid.len() == 20 && tid.starts_with("0oa"), "{tid}");
+        assert_eq!(t["type"], "AppInstance");
+        assert!(app_names.contains(t["displayName"].as_str().unwrap()));
+        assert_eq!(t["alternateId"], t["displayName"]);
+
+        let a = &r["authenticationContext"];
+        assert_eq!(a["authenticationStep"].as_u64(), Some(0));
+        assert!(a["externalSessionId"].as_str().unwrap().starts_with("102"));
+        let s = &r["securityContext"];
+        for key in ["asNumber", "asOrg", "isp", "domain"] {
+            assert!(s[key].is_null(), "securityContext.{key}");
+        }
+        assert_eq!(s["isProxy"], false);
+        let tx = &r["transaction"];
+        assert_eq!(tx["type"], "WEB");
+        assert!(!tx["id"].as_str().unwrap().is_empty());
+        assert!(tx["detail"].as_object().unwrap().is_empty());
+        assert_eq!(r["debugContext"]["debugData"]["requestUri"], "/api/v1/authn");
+    }
+    assert!(invalid_credentials > 0, "some wrong passwords");
+    assert!(attack_browsers > 0, "attackers' browsers");
+    assert_eq!(event_types.len(), 2, "sign-ins and single sign-ons");
+    let ids: HashSet<&String> = actor_ids.values().collect();
+    assert_eq!(ids.len(), actor_ids.len(), "actor ids differ between users");
+}
+
+#[test]
+fn okta_user_agents_name_every_platform() {
+    for p in &PLATFORMS {
+        let (os, browser, device) = okta::user_agent(p);
+        assert!(!os.is_empty() && !os.contains("MacOs"), "{}", p.azure_os);
+        assert_eq!(browser == "UNKNOWN", p.azure_browser.starts_with("Python"), "{}", p.azure_browser);
+        assert_eq!(device == "Mobile", p.mobile);
+    }
 }
 
 fn default_dataset(seed: u64) -> Dataset {
