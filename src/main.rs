@@ -32,7 +32,9 @@ enum Command {
     /// List the stage types this dfp knows.
     Stages(StagesArgs),
     /// Print the JSON Schema of the pipeline YAML format (for editors and CI checks).
-    Schema,
+    Schema(SchemaArgs),
+    /// Work with dynamic stage plugins (.so libraries built with dfp-plugin-sdk).
+    Plugin(PluginArgs),
     /// Measure the runtime: rows/s through generator → filter → blackhole.
     Bench(BenchArgs),
     /// Write labelled synthetic sign-in logs (train/, infer/, labels.csv) with injected attacks.
@@ -117,6 +119,35 @@ struct StagesArgs {
     /// Print JSON (type, kind, description, config schema) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also list the stages of this plugin library (repeatable).
+    #[arg(long = "plugin", value_name = "PATH.so")]
+    plugins: Vec<String>,
+}
+
+#[derive(Args)]
+struct SchemaArgs {
+    /// Include the stages of this plugin library (repeatable).
+    #[arg(long = "plugin", value_name = "PATH.so")]
+    plugins: Vec<String>,
+}
+
+#[derive(Args)]
+struct PluginArgs {
+    #[command(subcommand)]
+    command: PluginCommand,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Print a plugin's descriptor table (ABI and SDK versions, stages, their config schemas) without
+    /// running anything.
+    Inspect {
+        /// The plugin library.
+        path: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -142,6 +173,10 @@ struct BenchArgs {
     /// With --model: rows per forward pass, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![64usize, 256, 1024, 4096], requires = "model")]
     model_batches: Vec<usize>,
+    /// Instead of the runtime: compare a no-op transform across the plugin boundary (`plugin-passthrough` of
+    /// this library, e.g. libdfp_plugin_testkit.so) with the built-in `passthrough`.
+    #[arg(long, value_name = "PATH.so", conflicts_with = "model")]
+    plugin: Option<String>,
     /// With --model: where the model runs (auto, cpu, cuda).
     #[arg(long, default_value = "cpu", requires = "model")]
     device: String,
@@ -153,6 +188,8 @@ enum FormatArg {
     Azure,
     /// Duo authentication logs (Admin API v2).
     Duo,
+    /// Okta System Log sign-in events (System Log API LogEvent shape).
+    Okta,
 }
 
 #[derive(Args)]
@@ -232,10 +269,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Run(args) => run(args),
         Command::Validate(args) => Ok(validate(args)),
         Command::Stages(args) => stages(args),
-        Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&pipeline_schema(Registry::global()))?);
+        Command::Schema(args) => {
+            println!("{}", serde_json::to_string_pretty(&pipeline_schema(&registry_with(&args.plugins)?))?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plugin(args) => plugin(args),
         Command::Bench(args) => bench(args),
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
@@ -326,19 +364,85 @@ fn validate(args: ValidateArgs) -> ExitCode {
     }
 }
 
+/// The built-in stages plus those of the given plugin libraries.
+fn registry_with(plugins: &[String]) -> Result<Registry> {
+    let mut registry = Registry::global().clone();
+    let mut seen = Vec::new();
+    for entry in plugins {
+        let path = dfp_core::plugin::resolve(entry).map_err(|tried| {
+            let tried: Vec<String> = tried.iter().map(|t| t.display().to_string()).collect();
+            anyhow::anyhow!("plugin \"{entry}\": no such file (looked for {})", tried.join(", "))
+        })?;
+        let plugin = dfp_core::plugin::load(&path)?;
+        if seen.contains(&plugin.path) {
+            anyhow::bail!("plugin {} is listed twice", plugin.path.display());
+        }
+        seen.push(plugin.path.clone());
+        registry.extend(plugin.stage_types()).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    Ok(registry)
+}
+
 fn stages(args: StagesArgs) -> Result<ExitCode> {
-    let registry = Registry::global();
+    let registry = registry_with(&args.plugins)?;
     if args.json {
         let list: Vec<_> = registry
             .iter()
-            .map(|r| json!({"type": r.type_name, "kind": r.kind, "description": r.description, "config": (r.schema)()}))
+            .map(|r| {
+                json!({"type": r.type_name, "kind": r.kind, "description": r.description, "config": (r.schema)(),
+                       "origin": r.origin()})
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
         println!("{:<18} {:<10} DESCRIPTION", "TYPE", "KIND");
         for r in registry.iter() {
-            println!("{:<18} {:<10} {}", r.type_name, r.kind.to_string(), r.description);
+            let from = r.plugin.as_ref().map(|p| format!(" (plugin {})", p.display())).unwrap_or_default();
+            println!("{:<18} {:<10} {}{from}", r.type_name, r.kind.to_string(), r.description);
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plugin(args: PluginArgs) -> Result<ExitCode> {
+    let PluginCommand::Inspect { path, json } = args.command;
+    let resolved = dfp_core::plugin::resolve(&path).map_err(|tried| {
+        let tried: Vec<String> = tried.iter().map(|t| t.display().to_string()).collect();
+        anyhow::anyhow!("plugin \"{path}\": no such file (looked for {})", tried.join(", "))
+    })?;
+    let p = dfp_core::plugin::load(&resolved)?;
+    let stages: Vec<_> = p
+        .stages
+        .iter()
+        .map(|s| {
+            let partitioning = match &s.partitioning {
+                dfp_core::Partitioning::By(c) => json!({"by": c}),
+                other => json!(format!("{other:?}").to_lowercase()),
+            };
+            json!({"type": s.type_name, "kind": s.kind, "description": s.description, "partitioning": partitioning,
+                   "config": s.schema})
+        })
+        .collect();
+    if json {
+        let doc = json!({"path": p.path, "name": p.name, "version": p.version, "abi_version": p.abi_version,
+                         "sdk_version": p.sdk_version, "stages": stages});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("plugin       {} {}", p.name, p.version);
+    println!("file         {}", p.path.display());
+    println!("ABI version  {} (this dfp: {})", p.abi_version, dfp_plugin_sdk::ABI_VERSION);
+    println!("SDK version  {} (this dfp: {})", p.sdk_version, dfp_plugin_sdk::SDK_VERSION);
+    for s in &stages {
+        println!();
+        println!(
+            "stage {} ({}): {}",
+            s["type"].as_str().unwrap_or(""),
+            s["kind"].as_str().unwrap_or(""),
+            s["description"].as_str().unwrap_or("")
+        );
+        println!("  partitioning: {}", s["partitioning"]);
+        println!("  config schema: {}", serde_json::to_string_pretty(&s["config"])?.replace('\n', "\n  "));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -353,6 +457,9 @@ fn peak_rss_mib() -> Option<f64> {
 fn bench(args: BenchArgs) -> Result<ExitCode> {
     if let Some(registry) = &args.model {
         return bench_model(registry, &args);
+    }
+    if let Some(plugin) = &args.plugin {
+        return bench_plugin(plugin, &args);
     }
     println!("dfp runtime benchmark: generator → filter → blackhole, {} rows, batch {}", args.rows, args.batch_size);
     println!("{:<8} {:<22} {:>10} {:>14}", "workers", "sink partitioning", "seconds", "rows/s");
@@ -378,6 +485,54 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
             anyhow::ensure!(rows == args.rows, "benchmark lost rows: {rows} of {}", args.rows);
             let label = if keyed { "by username (exchange)" } else { "any" };
             println!("{:<8} {:<22} {:>10.3} {:>14.0}", workers, label, secs, rows as f64 / secs);
+        }
+    }
+    if let Some(mib) = peak_rss_mib() {
+        println!("peak RSS: {mib:.1} MiB");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dfp bench --plugin`: generator → (built-in passthrough | plugin-passthrough) → blackhole; the median
+/// of three runs each.
+fn bench_plugin(plugin: &str, args: &BenchArgs) -> Result<ExitCode> {
+    let plugin_path = dfp_core::plugin::resolve(plugin).map_err(|tried| {
+        let tried: Vec<String> = tried.iter().map(|t| t.display().to_string()).collect();
+        anyhow::anyhow!("plugin \"{plugin}\": no such file (looked for {})", tried.join(", "))
+    })?;
+    let plugin_path = plugin_path.canonicalize()?;
+    println!(
+        "dfp plugin-boundary benchmark: generator → no-op transform → blackhole, {} rows, batch {}",
+        args.rows, args.batch_size
+    );
+    println!("{:<8} {:<20} {:>10} {:>14} {:>10}", "workers", "transform", "seconds", "rows/s", "overhead");
+    for &workers in &args.workers {
+        let mut base = 0.0;
+        for (label, stage) in [("built-in passthrough", "passthrough"), ("plugin-passthrough", "plugin-passthrough")] {
+            let yaml = format!(
+                "version: 1\nplugins: [{:?}]\nruntime: {{ workers: {workers} }}\nstages:\n  rows: {{ type: generator, rows: {}, \
+                 users: {}, batch_size: {} }}\n  pass: {{ type: {stage}, inputs: [rows] }}\n  sink: {{ type: blackhole, inputs: [pass] }}\n",
+                plugin_path.display().to_string(),
+                args.rows,
+                args.users,
+                args.batch_size
+            );
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                let pipeline = Pipeline::from_yaml_str(&yaml, "bench.yaml", &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let started = Instant::now();
+                let report = pipeline.run(RunOptions::default())?;
+                times.push(started.elapsed().as_secs_f64());
+                let rows = report.stage("sink").map(|s| s.rows_in).unwrap_or(0);
+                anyhow::ensure!(rows == args.rows, "benchmark lost rows: {rows} of {}", args.rows);
+            }
+            times.sort_by(f64::total_cmp);
+            let secs = times[1];
+            let overhead = if base > 0.0 { format!("{:+.1} %", (secs / base - 1.0) * 100.0) } else { String::new() };
+            if base == 0.0 {
+                base = secs;
+            }
+            println!("{:<8} {:<20} {:>10.3} {:>14.0} {:>10}", workers, label, secs, args.rows as f64 / secs, overhead);
         }
     }
     if let Some(mib) = peak_rss_mib() {
@@ -432,6 +587,7 @@ fn generate(args: GenerateArgs) -> Result<ExitCode> {
     let format = match args.format {
         FormatArg::Azure => LogFormat::Azure,
         FormatArg::Duo => LogFormat::Duo,
+        FormatArg::Okta => LogFormat::Okta,
     };
     let mut options = GenerateOptions::new(format, args.out);
     options.users = args.users;

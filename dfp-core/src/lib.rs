@@ -44,6 +44,7 @@ pub mod json;
 pub mod models;
 pub mod partition;
 pub mod pipeline;
+pub mod plugin;
 pub mod registry;
 pub mod spec;
 pub mod stage;
@@ -52,7 +53,7 @@ pub use batch::{Batch, Envelope};
 pub use error::{ConfigError, RunError, StageError};
 pub use executor::{RunOptions, RunReport, StageReport, StopHandle};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineInput, RunningPipeline};
-pub use registry::{Registry, StageConfig, StageRegistration};
+pub use registry::{Registry, StageConfig, StageRegistration, StageType};
 pub use spec::{Diagnostic, Plan, SpecError};
 pub use stage::{
     DeadLetter, Emitter, Partitioning, Sink, Source, SourceStatus, StageContext, StageInstance, StageKind, Transform,

@@ -138,10 +138,55 @@ macro_rules! register_stage {
     };
 }
 
+/// Parses and validates a stage configuration into a factory.
+pub type FactoryFn = dyn Fn(serde_json::Value) -> Result<Arc<dyn StageFactory>, ConfigError> + Send + Sync;
+
+/// A stage type a pipeline may use: a built-in (from [`StageRegistration`]) or one from a plugin.
+#[derive(Clone)]
+pub struct StageType {
+    /// The YAML `type` name.
+    pub type_name: &'static str,
+    /// Source, transform or sink.
+    pub kind: StageKind,
+    /// One line for `dfp stages`.
+    pub description: &'static str,
+    /// The JSON Schema of the configuration.
+    pub schema: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Parses and validates a configuration into a factory.
+    pub factory: Arc<FactoryFn>,
+    /// The plugin library it comes from; `None` for built-ins.
+    pub plugin: Option<std::path::PathBuf>,
+}
+
+impl From<&StageRegistration> for StageType {
+    fn from(r: &StageRegistration) -> Self {
+        let schema = r.schema;
+        let factory = r.factory;
+        StageType {
+            type_name: r.type_name,
+            kind: r.kind,
+            description: r.description,
+            schema: Arc::new(schema),
+            factory: Arc::new(factory),
+            plugin: None,
+        }
+    }
+}
+
+impl StageType {
+    /// Where the stage type comes from: `built-in` or the plugin's path.
+    pub fn origin(&self) -> String {
+        match &self.plugin {
+            None => "built-in".to_string(),
+            Some(p) => format!("plugin {}", p.display()),
+        }
+    }
+}
+
 /// The set of stage types a pipeline may use.
 #[derive(Clone)]
 pub struct Registry {
-    stages: BTreeMap<&'static str, StageRegistration>,
+    stages: BTreeMap<&'static str, StageType>,
 }
 
 impl Registry {
@@ -151,7 +196,7 @@ impl Registry {
         GLOBAL.get_or_init(|| {
             let mut stages = BTreeMap::new();
             for reg in inventory::iter::<StageRegistration> {
-                if let Some(prev) = stages.insert(reg.type_name, *reg) {
+                if let Some(prev) = stages.insert(reg.type_name, StageType::from(reg)) {
                     tracing::warn!(type_name = prev.type_name, "stage type registered twice; the last one wins");
                 }
             }
@@ -159,13 +204,38 @@ impl Registry {
         })
     }
 
+    /// Adds stage types (from a plugin). A name already taken is an error naming both origins; nothing
+    /// is added then.
+    pub fn extend(&mut self, types: Vec<StageType>) -> Result<(), String> {
+        for t in &types {
+            if let Some(prev) = self.stages.get(t.type_name) {
+                return Err(format!(
+                    "stage type \"{}\" of {} clashes with the one of {}",
+                    t.type_name,
+                    t.origin(),
+                    prev.origin()
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &types {
+            if !seen.insert(t.type_name) {
+                return Err(format!("stage type \"{}\" is declared twice by {}", t.type_name, t.origin()));
+            }
+        }
+        for t in types {
+            self.stages.insert(t.type_name, t);
+        }
+        Ok(())
+    }
+
     /// Looks a stage type up by name.
-    pub fn get(&self, type_name: &str) -> Option<&StageRegistration> {
+    pub fn get(&self, type_name: &str) -> Option<&StageType> {
         self.stages.get(type_name)
     }
 
     /// All stage types, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = &StageRegistration> {
+    pub fn iter(&self) -> impl Iterator<Item = &StageType> {
         self.stages.values()
     }
 

@@ -14,6 +14,7 @@
 //! | `threshold` | transform | [`transforms::threshold`] |
 //! | `filter` | transform | [`transforms::filter`] |
 //! | `select` | transform | [`transforms::select`] |
+//! | `passthrough` | transform | [`transforms::passthrough`] |
 //! | `file-sink` | sink | [`sinks::file`] |
 //! | `stdout-sink` | sink | [`sinks::stdout`] |
 //! | `blackhole` | sink | [`sinks::blackhole`] |

@@ -193,7 +193,7 @@ fn a_model_for_other_features_is_refused_clearly() {
     let rows = user_rows("quinn.johnson@contoso.com");
     let defs = feature_set(Source::Azure, FeatureOptions::default());
     let model = train("DFP-azure-quinn", &defs, &rows, &quick(), Device::Cpu).unwrap();
-    let with_novelty = feature_set(Source::Azure, FeatureOptions { novelty: true, log_counters: false });
+    let with_novelty = feature_set(Source::Azure, FeatureOptions { novelty: true, ..FeatureOptions::default() });
     let err = model.check_features(&with_novelty).unwrap_err().to_string();
     assert!(err.contains("DFP-azure-quinn does not fit this pipeline") && err.contains("new_app"), "{err}");
     assert!(model.check_features(&defs).is_ok());

@@ -115,16 +115,48 @@ pub fn validate(
         }
     };
 
+    // Plugins: loaded before the stages are checked, so their stage types count like built-ins.
+    let mut extended: Option<Registry> = None;
+    let mut loaded_paths: Vec<std::path::PathBuf> = Vec::new();
     for p in &raw.plugins {
-        diag.push(
-            Some(line_of(p)),
-            None,
-            format!(
-                "plugin \"{}\": this dfp has static stages only; dynamic .so plugins are not supported yet",
-                p.value
-            ),
-        );
+        let entry = match vars::interpolate(&Value::String(p.value.clone()), &vars, env) {
+            Ok(Value::String(s)) => s,
+            Ok(other) => other.to_string(),
+            Err(e) => {
+                diag.push(Some(line_of(p)), None, format!("plugin \"{}\": {e}", p.value));
+                continue;
+            }
+        };
+        let path = match crate::plugin::resolve(&entry) {
+            Ok(path) => path,
+            Err(tried) => {
+                let tried: Vec<String> = tried.iter().map(|t| t.display().to_string()).collect();
+                diag.push(
+                    Some(line_of(p)),
+                    None,
+                    format!("plugin \"{entry}\": no such file (looked for {})", tried.join(", ")),
+                );
+                continue;
+            }
+        };
+        let loaded = match crate::plugin::load(&path) {
+            Ok(plugin) => plugin,
+            Err(e) => {
+                diag.push(Some(line_of(p)), None, e.to_string());
+                continue;
+            }
+        };
+        if loaded_paths.contains(&loaded.path) {
+            diag.push(Some(line_of(p)), None, format!("plugin {} is listed twice", loaded.path.display()));
+            continue;
+        }
+        loaded_paths.push(loaded.path.clone());
+        let reg = extended.get_or_insert_with(|| registry.clone());
+        if let Err(e) = reg.extend(loaded.stage_types()) {
+            diag.push(Some(line_of(p)), None, e);
+        }
     }
+    let registry = extended.as_ref().unwrap_or(registry);
 
     // Stages.
     let mut stages: Vec<PlannedStage> = Vec::new();

@@ -149,6 +149,9 @@ pub enum Source {
     Azure,
     /// Duo authentications (`normalize-duo` + `features`).
     Duo,
+    /// Okta System Log sign-ins (the `normalize-okta` plugin + `features` preset `azure`): the Azure
+    /// feature set, models named `DFP-okta-…`.
+    Okta,
 }
 
 impl Source {
@@ -157,12 +160,13 @@ impl Source {
         match self {
             Source::Azure => "azure",
             Source::Duo => "duo",
+            Source::Okta => "okta",
         }
     }
 }
 
 /// Options beyond Morpheus's feature set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FeatureOptions {
     /// Feed `ln(1 + x)` of the counters instead of the raw counts.
     #[serde(default)]
@@ -170,6 +174,11 @@ pub struct FeatureOptions {
     /// Add the cross-day novelty features (`new_*`, `hours_since_prev`) as model inputs.
     #[serde(default)]
     pub novelty: bool,
+    /// More numeric input columns, made by your own stages (for example the `geo_velocity_kmh` of the
+    /// geo-velocity plugin); `ln(1 + x)`-scaled when `log_counters` is on. Training and scoring must list
+    /// the same ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_numeric: Vec<String>,
 }
 
 /// The model inputs of a source: Morpheus's list, plus the options.
@@ -178,7 +187,7 @@ pub fn feature_set(source: Source, options: FeatureOptions) -> Vec<FeatureDef> {
     let num = |n: &str| FeatureDef { name: n.into(), kind: FeatureKind::Numeric, log: options.log_counters };
     let bin = |n: &str| FeatureDef { name: n.into(), kind: FeatureKind::Binary, log: false };
     let mut features = match source {
-        Source::Azure => vec![
+        Source::Azure | Source::Okta => vec![
             cat("appDisplayName"),
             cat("clientAppUsed"),
             cat("deviceDetailbrowser"),
@@ -204,6 +213,11 @@ pub fn feature_set(source: Source, options: FeatureOptions) -> Vec<FeatureDef> {
             features.push(bin(n));
         }
         features.push(FeatureDef { name: "hours_since_prev".into(), kind: FeatureKind::Numeric, log: true });
+    }
+    for n in &options.extra_numeric {
+        if !features.iter().any(|f| &f.name == n) {
+            features.push(num(n));
+        }
     }
     features
 }

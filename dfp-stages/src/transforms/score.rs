@@ -131,7 +131,7 @@ impl StageConfig for ScoreConfig {
     }
     fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
         Ok(StageInstance::Transform(Box::new(Score {
-            defs: feature_set(self.source, self.features),
+            defs: feature_set(self.source, self.features.clone()),
             config: self.clone(),
             registry: None,
             cache: HashMap::new(),

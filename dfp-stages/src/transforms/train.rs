@@ -217,7 +217,7 @@ impl Train {
     }
 
     fn train_one(&self, name: &str, kind: &str, rows: &RecordBatch, report: &mut Report) -> Result<(), StageError> {
-        let defs = feature_set(self.config.source, self.config.features);
+        let defs = feature_set(self.config.source, self.config.features.clone());
         let registry = self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))?;
         let device = self.config.device.device().map_err(StageError::Other)?;
         let previous = if self.config.warm_start {
