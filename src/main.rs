@@ -240,6 +240,12 @@ struct EvalArgs {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools: `dfp models list | head` ends quietly when the reader goes away, instead of
+    // panicking on a broken pipe.
+    // SAFETY: setting a signal disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(&cli.log);
     dfp_stages::link();

@@ -51,6 +51,8 @@ fn expect_error(yaml: &str, extra: &[&str], line: Option<usize>, stage: Option<&
 
 #[test]
 fn shipped_pipelines_validate() {
+    // The Okta pipelines load the example plugins (found next to the binary).
+    common::plugin_dir();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

@@ -260,6 +260,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_type_name_clash_names_both_origins_and_adds_nothing() {
+        let mut registry = Registry { stages: BTreeMap::new() };
+        let make = |name: &'static str, plugin: Option<&str>| StageType {
+            type_name: name,
+            kind: StageKind::Transform,
+            description: "test",
+            schema: Arc::new(|| serde_json::json!({})),
+            factory: Arc::new(|_| Err(ConfigError { field: None, message: "not built in this test".into() })),
+            plugin: plugin.map(std::path::PathBuf::from),
+        };
+        registry.extend(vec![make("filter", None)]).unwrap();
+        let err = registry.extend(vec![make("mine", Some("/p/a.so")), make("filter", Some("/p/a.so"))]).unwrap_err();
+        assert!(err.contains("\"filter\"") && err.contains("plugin /p/a.so") && err.contains("built-in"), "{err}");
+        assert!(registry.get("mine").is_none(), "nothing of the refused plugin is added");
+        let err = registry.extend(vec![make("x", Some("/p/b.so")), make("x", Some("/p/b.so"))]).unwrap_err();
+        assert!(err.contains("declared twice"), "{err}");
+        registry.extend(vec![make("x", Some("/p/b.so"))]).unwrap();
+        let err = registry.extend(vec![make("x", Some("/p/c.so"))]).unwrap_err();
+        assert!(err.contains("plugin /p/c.so") && err.contains("plugin /p/b.so"), "{err}");
+    }
+
+    #[test]
     fn closest_finds_typos_not_strangers() {
         let names = ["file-source", "file-sink", "filter", "select"];
         assert_eq!(closest("fiter", names), Some("filter"));
