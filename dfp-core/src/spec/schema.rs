@@ -49,7 +49,7 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
                 "description": "variables and their defaults; referenced as ${name}, overridden with --var name=value",
                 "additionalProperties": { "type": ["string", "number", "boolean", "null"] }
             },
-            "plugins": { "type": "array", "items": { "type": "string" }, "description": "paths of .so plugins" },
+            "plugins": { "type": "array", "items": { "type": "string" }, "description": "plugin libraries (.so) whose stage types the pipeline uses: a path, or a file name looked up in $DFP_PLUGIN_PATH and next to dfp" },
             "runtime": schema_of::<RuntimeConfig>(),
             "stages": {
                 "type": "object",

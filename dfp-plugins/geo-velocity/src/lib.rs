@@ -135,3 +135,51 @@ mod tests {
         assert!(distance_km(10.0, 10.0, 10.0, 10.0).abs() < 1e-9);
     }
 }
+
+#[cfg(test)]
+mod stage_tests {
+    use std::sync::Arc;
+
+    use dfp_plugin_sdk::arrow::array::{Float64Array, StringArray, TimestampMicrosecondArray};
+    use dfp_plugin_sdk::prelude::*;
+    use dfp_plugin_sdk::testing;
+
+    use super::GeoVelocity;
+
+    #[test]
+    fn speed_is_per_user_and_uses_the_previous_sign_in() {
+        let config: GeoVelocity = dfp_plugin_sdk::serde_json::from_str("{}").unwrap();
+        let Instance::Transform(mut t) = config.build(&testing::context("travel", 0, 1)).unwrap() else {
+            panic!("a transform")
+        };
+        let hour = 3_600_000_000i64;
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("username", DataType::Utf8, false),
+                Field::new(
+                    "timestamp",
+                    DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("+00:00".into())),
+                    false,
+                ),
+                Field::new("latitude", DataType::Float64, true),
+                Field::new("longitude", DataType::Float64, true),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "a", "a"])),
+                Arc::new(TimestampMicrosecondArray::from(vec![0, 0, hour, hour + 1]).with_timezone("+00:00")),
+                // a: Paris, then New York one hour later, then New York again a microsecond later.
+                Arc::new(Float64Array::from(vec![Some(48.8566), Some(0.0), Some(40.7128), Some(40.7128)])),
+                Arc::new(Float64Array::from(vec![Some(2.3522), Some(0.0), Some(-74.0060), Some(-74.0060)])),
+            ],
+        )
+        .unwrap();
+        let out = testing::process(t.as_mut(), batch).unwrap();
+        assert_eq!(out.rows(), 4);
+        let speed =
+            out.batches[0].column_by_name("geo_velocity_kmh").unwrap().as_primitive::<arrow::datatypes::Float64Type>();
+        assert_eq!(speed.value(0), 0.0, "a first sign-in has no speed");
+        assert_eq!(speed.value(1), 0.0, "users are apart");
+        assert!((speed.value(2) - 5837.0).abs() < 15.0, "Paris → New York in an hour: {}", speed.value(2));
+        assert_eq!(speed.value(3), 0.0, "no move");
+    }
+}

@@ -5,7 +5,10 @@
 //! ABI of [`abi`] crosses the boundary, and record batches cross as Arrow C Data Interface arrays (no
 //! copies). See docs/plugins.md for the walk-through.
 //!
-//! ```ignore
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use dfp_plugin_sdk::arrow::array::StringArray;
 //! use dfp_plugin_sdk::prelude::*;
 //!
 //! /// Upper-cases one text column.
@@ -25,7 +28,21 @@
 //!     }
 //! }
 //! stage!(Upper);
-//! export_plugin!(name: "upper", version: env!("CARGO_PKG_VERSION"));
+//! export_plugin!(name: "upper", version: "0.1.0");
+//!
+//! struct UpperStage(String);
+//!
+//! impl Transform for UpperStage {
+//!     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), Error> {
+//!         let at = batch.schema().index_of(&self.0)?;
+//!         let text = batch.column(at).as_string_opt::<i32>().ok_or("not a text column")?;
+//!         let upper: StringArray = text.iter().map(|v| v.map(str::to_uppercase)).collect();
+//!         let mut columns = batch.columns().to_vec();
+//!         columns[at] = Arc::new(upper);
+//!         out.emit(RecordBatch::try_new(batch.schema(), columns)?);
+//!         Ok(())
+//!     }
+//! }
 //! ```
 //!
 //! Every function the library exports catches panics and reports them as errors of the stage; errors and
@@ -339,4 +356,111 @@ macro_rules! export_plugin {
 
 fn c_string(s: &str) -> CString {
     CString::new(s.replace('\0', " ")).unwrap_or_default()
+}
+
+/// Helpers to unit-test stages without dfp: they drive an instance through the same C boundary the host
+/// uses (batches are exported and imported through the Arrow C Data Interface).
+pub mod testing {
+    use std::ffi::{c_void, CString};
+
+    use crate::abi::{self, EmitApi, FFI_ArrowArray, FFI_ArrowSchema, HostApi};
+    use crate::{Context, Emitter, Error, RecordBatch, Sink, Source, SourceStatus, Transform};
+
+    /// What a call emitted.
+    #[derive(Debug, Default)]
+    pub struct Collected {
+        /// Emitted batches, in order.
+        pub batches: Vec<RecordBatch>,
+        /// Dead letters: (reason, record).
+        pub dead_letters: Vec<(String, String)>,
+    }
+
+    impl Collected {
+        /// Rows over all emitted batches.
+        pub fn rows(&self) -> usize {
+            self.batches.iter().map(RecordBatch::num_rows).sum()
+        }
+    }
+
+    unsafe extern "C" fn log(_: *mut c_void, level: u32, message: *const u8, len: usize) {
+        let text = String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(message, len) }).into_owned();
+        eprintln!("[plugin log {level}] {text}");
+    }
+
+    unsafe extern "C" fn counter(_: *mut c_void, _: *const u8, _: usize, _: u64) {}
+
+    /// A context like the one dfp gives worker `worker_index` of `workers` (logs go to stderr).
+    pub fn context(stage_id: &str, worker_index: usize, workers: usize) -> Context {
+        let id = CString::new(stage_id.replace('\0', " ")).unwrap_or_default();
+        // Leaked on purpose: a test context lives until the test process ends.
+        let api = Box::leak(Box::new(HostApi {
+            ctx: std::ptr::null_mut(),
+            stage_id: id.into_raw(),
+            worker_index: worker_index as u32,
+            workers: workers as u32,
+            log,
+            counter_add: counter,
+        }));
+        // SAFETY: the API is leaked, so it outlives the context.
+        unsafe { Context::from_host(api) }
+    }
+
+    unsafe extern "C" fn take_batch(
+        ctx: *mut c_void,
+        array: *mut FFI_ArrowArray,
+        schema: *const FFI_ArrowSchema,
+    ) -> i32 {
+        let out = unsafe { &mut *(ctx as *mut Collected) };
+        let imported = unsafe { arrow::ffi::from_ffi(FFI_ArrowArray::from_raw(array), &*schema) };
+        match imported {
+            Ok(data) => {
+                out.batches.push(RecordBatch::from(arrow::array::StructArray::from(data)));
+                abi::OK
+            }
+            Err(_) => abi::ERROR,
+        }
+    }
+
+    unsafe extern "C" fn take_dead(ctx: *mut c_void, r: *const u8, rl: usize, rec: *const u8, recl: usize) {
+        let out = unsafe { &mut *(ctx as *mut Collected) };
+        let text =
+            |p: *const u8, l: usize| String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(p, l) }).into_owned();
+        out.dead_letters.push((text(r, rl), text(rec, recl)));
+    }
+
+    fn collect(f: impl FnOnce(&mut Emitter) -> Result<(), Error>) -> Result<Collected, Error> {
+        let mut out = Collected::default();
+        let api = EmitApi { ctx: (&mut out as *mut Collected).cast(), batch: take_batch, dead_letter: take_dead };
+        let mut emitter = Emitter::new(&api);
+        f(&mut emitter)?;
+        if let Some(e) = emitter.take_failure() {
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    /// Runs one batch through a transform.
+    pub fn process(t: &mut dyn Transform, batch: RecordBatch) -> Result<Collected, Error> {
+        collect(|out| t.process(batch, out))
+    }
+
+    /// Ends a transform's input.
+    pub fn finish(t: &mut dyn Transform) -> Result<Collected, Error> {
+        collect(|out| t.finish(out))
+    }
+
+    /// Polls a source once.
+    pub fn poll(s: &mut dyn Source) -> Result<(SourceStatus, Collected), Error> {
+        let mut status = SourceStatus::Exhausted;
+        let c = collect(|out| {
+            status = s.poll(out)?;
+            Ok(())
+        })?;
+        Ok((status, c))
+    }
+
+    /// Writes one batch to a sink.
+    pub fn write(s: &mut dyn Sink, batch: RecordBatch) -> Result<(), Error> {
+        s.write(batch)
+    }
 }
