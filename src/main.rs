@@ -549,10 +549,9 @@ fn bench_plugin(plugin: &str, args: &BenchArgs) -> Result<ExitCode> {
 
 /// `dfp bench --model`: forward pass + losses rows/s of one model, f32 and bf16, per batch size.
 fn bench_model(registry: &str, args: &BenchArgs) -> Result<ExitCode> {
-    use dfp_core::models::ModelRegistry;
     use dfp_stages::model::{DeviceChoice, Model};
     let s3 = dfp_stages::store::S3Options { from_env: true, ..Default::default() };
-    let reg = dfp_stages::registry::LocalRegistry::open(registry, &s3)?;
+    let reg = dfp_stages::registry::open(registry, &s3, &dfp_stages::registry::MlflowOptions::default())?;
     let name = match &args.model_name {
         Some(n) => n.clone(),
         None => reg
@@ -621,11 +620,10 @@ fn eval(args: EvalArgs) -> Result<ExitCode> {
 }
 
 fn models(args: ModelsArgs) -> Result<ExitCode> {
-    use dfp_core::models::ModelRegistry;
     use dfp_stages::model::Manifest;
     let ModelsCommand::List { registry, json } = args.command;
     let s3 = dfp_stages::store::S3Options { from_env: true, ..Default::default() };
-    let reg = dfp_stages::registry::LocalRegistry::open(&registry, &s3)?;
+    let reg = dfp_stages::registry::open(&registry, &s3, &dfp_stages::registry::MlflowOptions::default())?;
     let list = reg.list()?;
     if !json {
         println!("{:<48} {:>7} {:>8} {:>8}  {:<24} {:<24}", "MODEL", "VERSION", "KIND", "ROWS", "TRAINED FROM", "TO");

@@ -49,6 +49,9 @@ pub enum StageError {
     /// The stage cannot run in this context (for example an embedded input outside an embedding program).
     #[error("{0}")]
     Unsupported(String),
+    /// A model registry (or another remote service) could not be reached or answered with an error.
+    #[error("{0}")]
+    Registry(String),
     /// The stage panicked; the panic was caught.
     #[error("panicked: {0}")]
     Panic(String),

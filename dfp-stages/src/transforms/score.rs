@@ -33,14 +33,14 @@ use serde::Deserialize;
 use crate::model::artifact::ZMode;
 use crate::model::artifact::{MANIFEST, WEIGHTS};
 use crate::model::{feature_set, model_name, DeviceChoice, FeatureDef, FeatureOptions, Model, Source};
-use crate::registry::LocalRegistry;
+use crate::registry::MlflowOptions;
 use crate::store::S3Options;
 
 /// Configuration of `score`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreConfig {
-    /// Model registry: a directory or an `s3://bucket/prefix`.
+    /// Model registry: a directory, an `s3://bucket/prefix`, or an MLflow server (`mlflow://HOST:PORT`).
     pub registry: String,
     /// The log family (names the models and picks the feature set).
     pub source: Source,
@@ -78,9 +78,12 @@ pub struct ScoreConfig {
     /// move slightly).
     #[serde(default)]
     pub precision: Precision,
-    /// S3 settings for an `s3://` registry.
+    /// S3 settings for an `s3://` registry (or an MLflow artifact store on S3).
     #[serde(default)]
     pub s3: S3Options,
+    /// MLflow settings (alias, experiment name, credentials) for an `mlflow://` registry.
+    #[serde(default)]
+    pub mlflow: MlflowOptions,
 }
 
 /// Arithmetic used for scoring.
@@ -140,6 +143,8 @@ impl StageConfig for ScoreConfig {
             pending_rows: 0,
             oldest: None,
             queue: VecDeque::new(),
+            registry_errors: 0,
+            registry_down: None,
         })))
     }
 }
@@ -155,7 +160,7 @@ struct Cached {
 struct Score {
     config: ScoreConfig,
     defs: Vec<FeatureDef>,
-    registry: Option<LocalRegistry>,
+    registry: Option<Arc<dyn ModelRegistry>>,
     cache: HashMap<String, Cached>,
     tick: u64,
     pending: Vec<Batch>,
@@ -165,12 +170,49 @@ struct Score {
     /// stages (and, through the exchange, the other workers) keep running between pieces instead of
     /// waiting for a whole gather to be scored.
     queue: VecDeque<Batch>,
+    /// Failed registry calls so far (logged; the stage keeps scoring with cached models).
+    registry_errors: u64,
+    /// The last registry failure, while the registry is failing.
+    registry_down: Option<String>,
 }
 
 impl Score {
     /// Makes sure the cache holds the latest model under `name` (re-checking after the TTL); returns its
     /// version, or `None` when the registry has no such model.
     fn resolve(&mut self, name: &str) -> Result<Option<u64>, StageError> {
+        match self.lookup(name) {
+            Ok(found) => {
+                if self.registry_down.take().is_some() {
+                    tracing::info!(registry = %self.config.registry, "model registry reachable again");
+                }
+                Ok(found)
+            }
+            // The registry is unreachable or failing: keep scoring with what is cached (or let the caller
+            // fall back to the generic model), and ask again after the TTL.
+            Err(StageError::Registry(message)) => {
+                self.registry_errors += 1;
+                if self.registry_down.is_none() {
+                    tracing::warn!(
+                        registry = %self.config.registry,
+                        errors = self.registry_errors,
+                        "model registry failing; scoring with cached models: {message}"
+                    );
+                }
+                self.registry_down = Some(message);
+                match self.cache.get_mut(name) {
+                    Some(c) => {
+                        c.checked = Instant::now();
+                        c.used = self.tick;
+                        Ok(c.model.as_ref().map(|_| c.version))
+                    }
+                    None => Ok(None),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lookup(&mut self, name: &str) -> Result<Option<u64>, StageError> {
         self.tick += 1;
         let ttl = Duration::from_secs_f64(self.config.cache_ttl_secs);
         if let Some(c) = self.cache.get_mut(name) {
@@ -180,7 +222,7 @@ impl Score {
             }
         }
         let registry = self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))?;
-        let latest = registry.latest(name).map_err(|e| StageError::Other(e.to_string()))?;
+        let latest = registry.latest(name).map_err(|e| StageError::Registry(e.to_string()))?;
         let cached_version = self.cache.get(name).filter(|c| c.model.is_some()).map(|c| c.version);
         match latest {
             Some(v) if Some(v) == cached_version => {
@@ -195,8 +237,8 @@ impl Score {
         let model = match latest {
             None => None,
             Some(v) => {
-                let manifest = registry.fetch(name, v, MANIFEST).map_err(|e| StageError::Other(e.to_string()))?;
-                let weights = registry.fetch(name, v, WEIGHTS).map_err(|e| StageError::Other(e.to_string()))?;
+                let manifest = registry.fetch(name, v, MANIFEST).map_err(|e| StageError::Registry(e.to_string()))?;
+                let weights = registry.fetch(name, v, WEIGHTS).map_err(|e| StageError::Registry(e.to_string()))?;
                 let mut model = Model::from_files(
                     name,
                     &manifest,
@@ -239,7 +281,7 @@ impl Transform for Score {
             tracing::info!(stage = %ctx.stage_id, device = ?device, "scoring device");
         }
         self.registry = Some(
-            LocalRegistry::open(&self.config.registry, &self.config.s3)
+            crate::registry::open(&self.config.registry, &self.config.s3, &self.config.mlflow)
                 .map_err(|e| StageError::Other(e.to_string()))?,
         );
         Ok(())
@@ -271,6 +313,9 @@ impl Transform for Score {
         self.enqueue()?;
         while !self.queue.is_empty() {
             self.score_piece(out)?;
+        }
+        if self.registry_errors > 0 {
+            tracing::warn!(registry = %self.config.registry, errors = self.registry_errors, "model registry calls failed during the run");
         }
         Ok(())
     }
@@ -362,10 +407,15 @@ impl Score {
                     match self.resolve(&generic)? {
                         Some(v) => (v, "generic", generic),
                         None => {
-                            return Err(StageError::Other(format!(
-                                "no model for user \"{user}\" and no generic model {generic} in {}: run the training pipeline first",
-                                self.config.registry
-                            )))
+                            return Err(StageError::Other(match &self.registry_down {
+                                Some(why) => format!(
+                                    "no model for user \"{user}\" and the generic model {generic} is not cached while the registry fails: {why}"
+                                ),
+                                None => format!(
+                                    "no model for user \"{user}\" and no generic model {generic} in {}: run the training pipeline first",
+                                    self.config.registry
+                                ),
+                            }))
                         }
                     }
                 }

@@ -34,7 +34,7 @@ use serde::Deserialize;
 
 use crate::model::artifact::{MANIFEST, WEIGHTS};
 use crate::model::{feature_set, model_name, train_from, DeviceChoice, FeatureOptions, Model, Source, TrainConfig};
-use crate::registry::LocalRegistry;
+use crate::registry::MlflowOptions;
 use crate::store::S3Options;
 use crate::time::DAY_MICROS;
 
@@ -53,7 +53,7 @@ pub enum Scope {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainStageConfig {
-    /// Model registry: a directory or an `s3://bucket/prefix`.
+    /// Model registry: a directory, an `s3://bucket/prefix`, or an MLflow server (`mlflow://HOST:PORT`).
     pub registry: String,
     /// The log family (names the models and picks the feature set).
     pub source: Source,
@@ -82,9 +82,12 @@ pub struct TrainStageConfig {
     /// `auto` (CUDA when available), `cpu` or `cuda`.
     #[serde(default)]
     pub device: DeviceChoice,
-    /// S3 settings for an `s3://` registry.
+    /// S3 settings for an `s3://` registry (or an MLflow artifact store on S3).
     #[serde(default)]
     pub s3: S3Options,
+    /// MLflow settings (alias, experiment name, credentials) for an `mlflow://` registry.
+    #[serde(default)]
+    pub mlflow: MlflowOptions,
 }
 
 fn d_min_history() -> usize {
@@ -127,7 +130,7 @@ register_stage!(TrainStageConfig);
 struct Train {
     config: TrainStageConfig,
     rows: Vec<RecordBatch>,
-    registry: Option<Arc<LocalRegistry>>,
+    registry: Option<Arc<dyn ModelRegistry>>,
     stage: String,
 }
 
@@ -273,10 +276,10 @@ impl Transform for Train {
         if ctx.worker_index == 0 && device.is_cuda() {
             tracing::info!(stage = %ctx.stage_id, device = ?device, "training device");
         }
-        self.registry = Some(Arc::new(
-            LocalRegistry::open(&self.config.registry, &self.config.s3)
+        self.registry = Some(
+            crate::registry::open(&self.config.registry, &self.config.s3, &self.config.mlflow)
                 .map_err(|e| StageError::Other(e.to_string()))?,
-        ));
+        );
         Ok(())
     }
 
