@@ -285,24 +285,34 @@ stages:
         server.url()
     );
     let running = Pipeline::from_yaml_str(&yaml, "score.yaml", &[]).unwrap().spawn(RunOptions::default()).unwrap();
-    let collect = |want: usize| -> usize {
+    // Rows scored, and the model versions they were scored with.
+    let collect = |want: usize| -> (usize, std::collections::BTreeSet<u64>) {
         let mut got = 0;
+        let mut versions = std::collections::BTreeSet::new();
         while got < want {
             let b = running.output().recv_timeout(Duration::from_secs(60)).expect("scored rows keep coming");
             let kinds = b.data.column_by_name("model_kind").unwrap().as_string::<i32>();
             assert!(kinds.iter().all(|k| matches!(k, Some("user") | Some("generic"))));
+            let v = b.data.column_by_name("model_version").unwrap().as_primitive::<arrow::datatypes::UInt64Type>();
+            versions.extend(v.iter().flatten());
             got += b.data.num_rows();
         }
-        got
+        (got, versions)
     };
     running.input().push_batch(parts[0].clone()).unwrap();
-    assert_eq!(collect(parts[0].num_rows()), parts[0].num_rows());
+    assert_eq!(collect(parts[0].num_rows()), (parts[0].num_rows(), [1].into()));
     server.stop();
     running.input().push_batch(parts[1].clone()).unwrap();
-    assert_eq!(collect(parts[1].num_rows()), parts[1].num_rows(), "scored from the cache while MLflow is down");
+    assert_eq!(
+        collect(parts[1].num_rows()),
+        (parts[1].num_rows(), [1].into()),
+        "scored from the cache while MLflow is down"
+    );
+    // MLflow comes back and a retraining publishes version 2: the running pipeline picks it up.
     server.restart();
+    train(&server.url(), dir.path(), "examples/data/azure/train");
     running.input().push_batch(parts[2].clone()).unwrap();
-    assert_eq!(collect(parts[2].num_rows()), parts[2].num_rows(), "scored after MLflow is back");
+    assert_eq!(collect(parts[2].num_rows()), (parts[2].num_rows(), [2].into()), "MLflow picked up again");
     running.finish().unwrap();
 }
 

@@ -488,9 +488,19 @@ impl ModelRegistry for MlflowRegistry {
         let path = format!("registered-models/alias?name={}&alias={}", q(name), q(&self.options.alias));
         match self.get(&path)? {
             Ok(v) => Ok(v["model_version"]["version"].as_str().and_then(|v| v.parse().ok())),
-            Err(f) if f.code == "RESOURCE_DOES_NOT_EXIST" || f.status == 404 => Ok(None),
-            // MLflow answers INVALID_PARAMETER_VALUE for an alias that is not set on an existing model.
-            Err(f) if f.code == "INVALID_PARAMETER_VALUE" && f.message.contains("alias") => Ok(None),
+            // No such model, or a model without the alias (registered by hand, say): its newest version.
+            Err(f) if f.code == "RESOURCE_DOES_NOT_EXIST" || f.code == "INVALID_PARAMETER_VALUE" || f.status == 404 => {
+                match self.get(&format!("registered-models/get?name={}", q(name)))? {
+                    Ok(v) => Ok(v["registered_model"]["latest_versions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|m| m["version"].as_str().and_then(|v| v.parse::<u64>().ok()))
+                        .max()),
+                    Err(f) if f.code == "RESOURCE_DOES_NOT_EXIST" || f.status == 404 => Ok(None),
+                    Err(f) => Err(self.err(format!("{name}: HTTP {} {} {}", f.status, f.code, f.message))),
+                }
+            }
             Err(f) => Err(self.err(format!("{name}: HTTP {} {} {}", f.status, f.code, f.message))),
         }
     }
@@ -560,29 +570,54 @@ mod tests {
     }
 
     /// Answers one HTTP request with `status` and `body`; returns the request's head.
-    fn one_answer(status: &str, body: &'static str) -> (u16, std::thread::JoinHandle<String>) {
+    fn one_answer(status: &'static str, body: &'static str) -> (u16, std::thread::JoinHandle<String>) {
+        answers(vec![(status, body)])
+    }
+
+    /// Answers one request per `(status, body)`, in order; returns the request heads, joined.
+    fn answers(replies: Vec<(&'static str, &'static str)>) -> (u16, std::thread::JoinHandle<String>) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let status = status.to_string();
         let handle = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 8192];
-            let n = s.read(&mut buf).unwrap();
-            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            s.write_all(reply.as_bytes()).unwrap();
-            head
+            let mut heads = String::new();
+            for (status, body) in replies {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 8192];
+                let n = s.read(&mut buf).unwrap();
+                heads.push_str(&String::from_utf8_lossy(&buf[..n]));
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(reply.as_bytes()).unwrap();
+            }
+            heads
         });
         (port, handle)
     }
 
     #[test]
+    fn without_the_alias_the_newest_version_is_served() {
+        let (port, heads) = answers(vec![
+            (
+                "400 Bad Request",
+                r#"{"error_code":"INVALID_PARAMETER_VALUE","message":"Registered model alias production not found."}"#,
+            ),
+            ("200 OK", r#"{"registered_model":{"name":"m","latest_versions":[{"version":"3"},{"version":"5"}]}}"#),
+        ]);
+        let opts = MlflowOptions { attempts: 1, ..Default::default() };
+        let r = MlflowRegistry::open(&format!("mlflow://127.0.0.1:{port}"), &opts, &S3Options::default()).unwrap();
+        assert_eq!(r.latest("m").unwrap(), Some(5));
+        assert!(heads.join().unwrap().contains("registered-models/get?name=m"));
+    }
+
+    #[test]
     fn credentials_are_sent_and_a_missing_model_is_none() {
-        let (port, head) = one_answer("404 Not Found", r#"{"error_code":"RESOURCE_DOES_NOT_EXIST","message":"no"}"#);
+        let (port, head) = answers(vec![
+            ("404 Not Found", r#"{"error_code":"RESOURCE_DOES_NOT_EXIST","message":"no"}"#),
+            ("404 Not Found", r#"{"error_code":"RESOURCE_DOES_NOT_EXIST","message":"no"}"#),
+        ]);
         let opts = MlflowOptions { token: Some("t0k3n".into()), attempts: 1, ..Default::default() };
         let r = MlflowRegistry::open(&format!("mlflow://127.0.0.1:{port}"), &opts, &S3Options::default()).unwrap();
         assert_eq!(r.latest("DFP-azure-a@b.c").unwrap(), None);
