@@ -125,6 +125,7 @@ fn train(models: &str, dir: &Path, input: &str) {
 
 fn train_env(models: &str, dir: &Path, input: &str, env: &[(&str, String)]) {
     let out = dfp()
+        .env("XDG_CACHE_HOME", dir.join("cache"))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args(["run", "pipelines/azure-training.yaml", "--var", &format!("models={models}")])
         .args(["--var", "epochs=3", "--var", "min_history=100", "--var", &format!("input={input}")])
@@ -139,8 +140,10 @@ fn score(models: &str, out_file: &Path) -> BTreeMap<String, (f64, String)> {
     score_env(models, out_file, &[])
 }
 
+/// (The disk cache of MLflow downloads goes to a `cache` folder beside `out_file`.)
 fn score_env(models: &str, out_file: &Path, env: &[(&str, String)]) -> BTreeMap<String, (f64, String)> {
     let out = dfp()
+        .env("XDG_CACHE_HOME", out_file.parent().unwrap().join("cache"))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .args(["run", "pipelines/azure-inference.yaml", "--var", &format!("models={models}"), "--var", "threshold=-1"])
         .args(["--var", &format!("output={}", out_file.display())])
@@ -213,7 +216,7 @@ fn check_registered(port: u16) -> Vec<String> {
 #[test]
 fn training_and_scoring_through_mlflow_match_the_local_registry() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Mlflow::start(
+    let mut server = Mlflow::start(
         &dir.path().join("mlflow"),
         &format!("sqlite:///{}/mlflow.db", dir.path().display()),
         free_port(),
@@ -233,6 +236,11 @@ fn training_and_scoring_through_mlflow_match_the_local_registry() {
     let via_local = score(local.to_str().unwrap(), &dir.path().join("local-scored.jsonl"));
     assert!(via_mlflow.len() > 500);
     assert_eq!(via_mlflow, via_local, "MLflow and local registries serve the same models");
+    // A new scoring process while MLflow is down serves the versions it downloaded before (disk cache).
+    server.stop();
+    let offline = score(&server.url(), &dir.path().join("mlflow-scored.jsonl"));
+    assert_eq!(offline, via_local, "scored from the disk cache with MLflow down");
+    server.restart();
     // A second training moves the alias to version 2.
     train(&server.url(), dir.path(), "examples/data/azure/train");
     let alias =
@@ -279,10 +287,11 @@ fn scoring_goes_on_with_cached_models_while_mlflow_is_down() {
 version: 1
 stages:
   in:     {{ type: embedded-input }}
-  scored: {{ type: score, inputs: [in], registry: "{}", source: azure, cache_ttl_secs: 0, gather_ms: 10, mlflow: {{ attempts: 1, timeout_secs: 2 }} }}
+  scored: {{ type: score, inputs: [in], registry: "{}", source: azure, cache_ttl_secs: 0, gather_ms: 10, mlflow: {{ attempts: 1, timeout_secs: 2, cache_dir: "{}" }} }}
   out:    {{ type: embedded-output, inputs: [scored] }}
 "#,
-        server.url()
+        server.url(),
+        dir.path().join("cache").display()
     );
     let running = Pipeline::from_yaml_str(&yaml, "score.yaml", &[]).unwrap().spawn(RunOptions::default()).unwrap();
     // Rows scored, and the model versions they were scored with.

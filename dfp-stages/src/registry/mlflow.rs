@@ -48,6 +48,11 @@ pub struct MlflowOptions {
     /// Timeout of one request, seconds.
     #[serde(default = "default_timeout")]
     pub timeout_secs: f64,
+    /// Folder where downloaded model files are kept (versions never change, so a file is downloaded once),
+    /// and served from when MLflow cannot be reached at start-up. Default:
+    /// `$XDG_CACHE_HOME/dfp/mlflow/HOST_PORT` (`~/.cache/…`); `""` turns the disk cache off.
+    #[serde(default)]
+    pub cache_dir: Option<String>,
 }
 
 fn default_alias() -> String {
@@ -73,6 +78,7 @@ impl Default for MlflowOptions {
             password: None,
             attempts: default_attempts(),
             timeout_secs: default_timeout(),
+            cache_dir: None,
         }
     }
 }
@@ -86,6 +92,9 @@ pub struct MlflowRegistry {
     client: reqwest::Client,
     s3: S3Options,
     runtime: tokio::runtime::Runtime,
+    cache: Option<std::path::PathBuf>,
+    /// Set while MLflow cannot be reached and cached versions are served (logged once per outage).
+    degraded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for MlflowRegistry {
@@ -174,6 +183,23 @@ impl MlflowRegistry {
             .enable_all()
             .build()
             .map_err(|e| err(format!("cannot start the I/O runtime: {e}")))?;
+        let cache = match options.cache_dir.as_deref() {
+            Some("") => None,
+            Some(dir) => Some(std::path::PathBuf::from(dir)),
+            None => {
+                let root = std::env::var_os("XDG_CACHE_HOME")
+                    .map(std::path::PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")));
+                let server: String = base
+                    .split("://")
+                    .nth(1)
+                    .unwrap_or(&base)
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+                    .collect();
+                root.map(|r| r.join("dfp").join("mlflow").join(server))
+            }
+        };
         Ok(MlflowRegistry {
             location: location.to_string(),
             base,
@@ -182,6 +208,8 @@ impl MlflowRegistry {
             client,
             s3: s3.clone(),
             runtime,
+            cache,
+            degraded: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -347,6 +375,37 @@ impl MlflowRegistry {
         }
     }
 
+    fn cached_path(&self, name: &str, version: u64, file: &str) -> Option<std::path::PathBuf> {
+        self.cache.as_ref().map(|c| c.join(name).join(format!("v{version:06}")).join(file))
+    }
+
+    /// Keeps a downloaded file (written to a temporary name, then renamed: never half a file).
+    fn keep(&self, name: &str, version: u64, file: &str, bytes: &[u8]) {
+        let Some(path) = self.cached_path(name, version, file) else { return };
+        let Some(dir) = path.parent() else { return };
+        let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&tmp, bytes))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::debug!(registry = %self.location, "cannot cache {}: {e}", path.display());
+        }
+    }
+
+    /// The newest version of `name` in the disk cache with both model files.
+    fn newest_cached(&self, name: &str) -> Option<u64> {
+        let dir = self.cache.as_ref()?.join(name);
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter(|e| {
+                let p = e.path();
+                p.join(crate::model::artifact::MANIFEST).exists() && p.join(crate::model::artifact::WEIGHTS).exists()
+            })
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix('v')).and_then(|v| v.parse().ok()))
+            .max()
+    }
+
     /// Params and metrics of a run, from the model's manifest.
     fn log_training(&self, run_id: &str, manifest: &Manifest) -> Result<(), RegistryError> {
         let t = &manifest.training;
@@ -485,6 +544,66 @@ impl ModelRegistry for MlflowRegistry {
     }
 
     fn latest(&self, name: &str) -> Result<Option<u64>, RegistryError> {
+        use std::sync::atomic::Ordering;
+        match self.latest_online(name) {
+            Ok(found) => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!(registry = %self.location, "MLflow reachable again");
+                }
+                Ok(found)
+            }
+            Err(e) => match self.newest_cached(name) {
+                Some(v) => {
+                    if !self.degraded.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(registry = %self.location, "MLflow unreachable; serving cached model versions: {e}");
+                    }
+                    Ok(Some(v))
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    fn fetch(&self, name: &str, version: u64, file: &str) -> Result<Vec<u8>, RegistryError> {
+        let cached = self.cached_path(name, version, file);
+        let r = match self.get(&format!("model-versions/get-download-uri?name={}&version={version}", q(name))) {
+            Ok(r) => r,
+            // Offline: the cached copy, if there is one.
+            Err(e) => return cached.and_then(|p| std::fs::read(p).ok()).ok_or(e),
+        };
+        let v = self.must(&format!("{name} v{version}"), r)?;
+        let uri =
+            v["artifact_uri"].as_str().ok_or_else(|| self.err(format!("{name} v{version}: no artifact location")))?;
+        // The cached copy counts only if it came from the same artifact location (a server rebuilt at the
+        // same address numbers its versions anew).
+        let source = cached.as_ref().and_then(|p| p.parent()).map(|d| d.join(".source"));
+        let same_source = source.as_ref().and_then(|s| std::fs::read_to_string(s).ok()).is_some_and(|s| s == uri);
+        if same_source {
+            if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
+                return Ok(bytes);
+            }
+        }
+        let bytes = self.get_artifact(uri, file)?;
+        if let Some(source) = &source {
+            if !same_source {
+                if let Some(dir) = source.parent() {
+                    let _ = std::fs::remove_dir_all(dir);
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                let _ = std::fs::write(source, uri);
+            }
+        }
+        self.keep(name, version, file, &bytes);
+        Ok(bytes)
+    }
+
+    fn list(&self) -> Result<Vec<ModelVersion>, RegistryError> {
+        self.list_online()
+    }
+}
+
+impl MlflowRegistry {
+    fn latest_online(&self, name: &str) -> Result<Option<u64>, RegistryError> {
         let path = format!("registered-models/alias?name={}&alias={}", q(name), q(&self.options.alias));
         match self.get(&path)? {
             Ok(v) => Ok(v["model_version"]["version"].as_str().and_then(|v| v.parse().ok())),
@@ -505,15 +624,7 @@ impl ModelRegistry for MlflowRegistry {
         }
     }
 
-    fn fetch(&self, name: &str, version: u64, file: &str) -> Result<Vec<u8>, RegistryError> {
-        let r = self.get(&format!("model-versions/get-download-uri?name={}&version={version}", q(name)))?;
-        let v = self.must(&format!("{name} v{version}"), r)?;
-        let uri =
-            v["artifact_uri"].as_str().ok_or_else(|| self.err(format!("{name} v{version}: no artifact location")))?;
-        self.get_artifact(uri, file)
-    }
-
-    fn list(&self) -> Result<Vec<ModelVersion>, RegistryError> {
+    fn list_online(&self) -> Result<Vec<ModelVersion>, RegistryError> {
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
@@ -529,7 +640,7 @@ impl ModelRegistry for MlflowRegistry {
                     m["aliases"].as_array().into_iter().flatten().find(|a| a["alias"] == self.options.alias.as_str());
                 let version = match aliased.and_then(|a| a["version"].as_str()).and_then(|v| v.parse().ok()) {
                     Some(v) => Some(v),
-                    None => self.latest(name)?,
+                    None => self.latest_online(name)?,
                 };
                 if let Some(version) = version {
                     out.push(ModelVersion { name: name.to_string(), version });
