@@ -409,12 +409,38 @@ fn source_op<'s>(
         let mut opened = false;
         let mut em = Emitter::new();
         let mut buf: Vec<Item> = Vec::new();
+        // Logical times below `completed` have passed every sink (reported to the source once each).
+        let mut completed: Time = 0;
+        // Done producing; waiting for what is in flight to pass every sink before `finish`.
+        let mut draining = false;
         move |output| {
             let Some(c) = cap.as_mut() else { return };
             let Some(s) = src.as_mut() else {
                 cap = None;
                 return;
             };
+            if opened && !env.shared.aborted() {
+                let done = probe.with_frontier(|f| f.iter().min().copied()).unwrap_or(*c.time());
+                let done = done.min(*c.time());
+                if done > completed {
+                    completed = done;
+                    if let Err(e) = guard(|| s.completed(completed)) {
+                        env.shared.fail(env.id(), e);
+                    }
+                }
+            }
+            if draining {
+                if env.shared.aborted() || completed >= *c.time() {
+                    if let Err(e) = guard(|| s.finish(&env.ctx)) {
+                        env.shared.fail(env.id(), e);
+                    }
+                    src = None;
+                    cap = None;
+                } else {
+                    activator.activate_after(Duration::from_millis(1));
+                }
+                return;
+            }
             let mut close = env.shared.aborted() || env.ctx.stop_requested();
             if !close && !opened {
                 opened = true;
@@ -466,6 +492,13 @@ fn source_op<'s>(
                 }
             }
             if close {
+                if opened && !env.shared.aborted() && s.wants_completion() {
+                    // Keep the capability until every emitted batch has passed the sinks, so the source can
+                    // be told (and, say, commit its offsets) before it finishes.
+                    draining = true;
+                    activator.activate();
+                    return;
+                }
                 if opened {
                     if let Err(e) = guard(|| s.finish(&env.ctx)) {
                         env.shared.fail(env.id(), e);

@@ -204,6 +204,18 @@ pub trait Source: Send {
     fn finish(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
         Ok(())
     }
+    /// Every batch this source emitted at a logical time below `frontier` has passed every sink (and the
+    /// dead-letter output): at-least-once sources commit their read positions up to there. Called with
+    /// increasing frontiers.
+    fn completed(&mut self, _frontier: u64) -> Result<(), StageError> {
+        Ok(())
+    }
+    /// Whether the runtime should wait, once the source is exhausted or stopped, until everything it
+    /// emitted has passed the sinks (with a last [`completed`](Source::completed)) before calling
+    /// [`finish`](Source::finish). Off by default: most sources have nothing to commit.
+    fn wants_completion(&self) -> bool {
+        false
+    }
 }
 
 /// Turns each batch into zero or more batches; may keep state across batches (keyed by a column when

@@ -354,3 +354,80 @@ fn embedded_stages_refuse_to_run_outside_an_embedding_program() {
     let err = pipeline.run(RunOptions::default()).unwrap_err().to_string();
     assert!(err.contains("stage \"in\"") && err.contains("Pipeline::spawn"), "{err}");
 }
+
+// ---- a source told what has passed the sinks (at-least-once commits) ---------------------------------
+
+/// (frontier, batches written by the sink when the source was told) per `completed` call.
+static COMPLETIONS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+/// Whether `finish` ran after the last `completed`.
+static FINISHED_AFTER: Mutex<Option<u64>> = Mutex::new(None);
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CommittingSourceConfig {
+    batches: u64,
+}
+
+struct CommittingSource {
+    left: u64,
+    last: u64,
+}
+
+impl Source for CommittingSource {
+    fn poll(&mut self, ctx: &StageContext, out: &mut Emitter) -> Result<SourceStatus, StageError> {
+        if self.left == 0 {
+            return Ok(SourceStatus::Exhausted);
+        }
+        self.left -= 1;
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let data = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![self.left as i64]))])?;
+        out.emit(Batch::new(data, ctx.stage_id.clone()));
+        Ok(SourceStatus::Ready)
+    }
+    fn completed(&mut self, frontier: u64) -> Result<(), StageError> {
+        assert!(frontier > self.last, "frontiers increase: {} then {frontier}", self.last);
+        self.last = frontier;
+        COMPLETIONS.lock().unwrap().push((frontier, WRITTEN.load(Ordering::SeqCst)));
+        Ok(())
+    }
+    fn wants_completion(&self) -> bool {
+        true
+    }
+    fn finish(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
+        *FINISHED_AFTER.lock().unwrap() = Some(self.last);
+        Ok(())
+    }
+}
+
+impl StageConfig for CommittingSourceConfig {
+    const TYPE: &'static str = "test-committing-source";
+    const KIND: StageKind = StageKind::Source;
+    const DESCRIPTION: &'static str = "test: records what passed the sinks";
+    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+        Ok(StageInstance::Source(Box::new(CommittingSource { left: self.batches, last: 0 })))
+    }
+}
+register_stage!(CommittingSourceConfig);
+
+#[test]
+fn a_source_learns_what_passed_every_sink_before_it_finishes() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    WRITTEN.store(0, Ordering::SeqCst);
+    COMPLETIONS.lock().unwrap().clear();
+    let pipeline = Pipeline::builder("commit")
+        .workers(1)
+        .runtime("max_in_flight", json!(4))
+        .stage("src", "test-committing-source", &[], json!({"batches": 50}))
+        .stage("sink", "test-slow-sink", &["src"], json!({}))
+        .build()
+        .unwrap();
+    pipeline.run(RunOptions::default()).unwrap();
+    let calls = COMPLETIONS.lock().unwrap().clone();
+    assert!(calls.len() > 1, "told along the way, not only at the end: {calls:?}");
+    for (frontier, written) in &calls {
+        // One batch per logical time: everything below the frontier was written when the source was told.
+        assert!(*written >= *frontier, "told {frontier} had passed when only {written} batches were written");
+    }
+    assert_eq!(calls.last().unwrap().0, 50, "the last call covers every batch");
+    assert_eq!(*FINISHED_AFTER.lock().unwrap(), Some(50), "finish comes after the last completion");
+}
