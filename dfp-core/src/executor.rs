@@ -413,6 +413,8 @@ fn source_op<'s>(
         let mut completed: Time = 0;
         // Done producing; waiting for what is in flight to pass every sink before `finish`.
         let mut draining = false;
+        // The latest logical time a batch was emitted at.
+        let mut last_emitted: Option<Time> = None;
         move |output| {
             let Some(c) = cap.as_mut() else { return };
             let Some(s) = src.as_mut() else {
@@ -464,12 +466,14 @@ fn source_op<'s>(
                                     Some(hint) => {
                                         let t = hint.max(*c.time());
                                         c.downgrade(&t);
+                                        last_emitted = Some(t);
                                         batch.envelope.time = Some(t);
                                         output.session(&*c).give(Ok(batch));
                                     }
                                     // Otherwise every batch gets the next time.
                                     None => {
                                         let t = *c.time();
+                                        last_emitted = Some(t);
                                         batch.envelope.time = Some(t);
                                         output.session(&*c).give(Ok(batch));
                                         c.downgrade(&(t + 1));
@@ -494,7 +498,10 @@ fn source_op<'s>(
             if close {
                 if opened && !env.shared.aborted() && s.wants_completion() {
                     // Keep the capability until every emitted batch has passed the sinks, so the source can
-                    // be told (and, say, commit its offsets) before it finishes.
+                    // be told (and, say, commit its offsets) before it finishes. Nothing more is emitted, so
+                    // the capability moves past the last batch's time (a source-named time keeps it there).
+                    let next = last_emitted.map_or(*c.time(), |t| t + 1).max(*c.time());
+                    c.downgrade(&next);
                     draining = true;
                     activator.activate();
                     return;

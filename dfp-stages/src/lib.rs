@@ -15,6 +15,8 @@
 //! | `filter` | transform | [`transforms::filter`] |
 //! | `select` | transform | [`transforms::select`] |
 //! | `passthrough` | transform | [`transforms::passthrough`] |
+//! | `kafka-source` | source | [`kafka`] |
+//! | `kafka-sink` | sink | [`kafka`] |
 //! | `file-sink` | sink | [`sinks::file`] |
 //! | `stdout-sink` | sink | [`sinks::stdout`] |
 //! | `blackhole` | sink | [`sinks::blackhole`] |
@@ -33,6 +35,7 @@
 pub mod encode;
 pub mod eval;
 pub mod generate;
+pub mod kafka;
 pub mod model;
 pub mod normalize;
 pub mod registry;

@@ -1,0 +1,466 @@
+//! Kafka: `kafka-source` (raw sign-in records in, at-least-once) and `kafka-sink` (rows out as JSON,
+//! acknowledged by the broker), on rdkafka.
+//!
+//! ```yaml
+//! logs:   { type: kafka-source, brokers: "127.0.0.1:9092", topics: [azure-signins], group: dfp-inference }
+//! events: { type: normalize-azure, inputs: [logs] }
+//! …
+//! out:    { type: kafka-sink, inputs: [alerts], brokers: "127.0.0.1:9092", topic: dfp-alerts }
+//! ```
+//!
+//! The source emits one row per record (`raw`: the JSON text; a message holding a JSON array, or an
+//! `{"records": [...]}` envelope as Azure Event Hubs writes, gives one row per element), ready for the
+//! normalizers. Partitions are spread over the workers deterministically (sorted topic/partition pairs,
+//! round robin over the global worker index) and assigned explicitly; every batch carries a logical time,
+//! and a partition's offset is committed (in the consumer group) only once every batch up to it has passed
+//! every sink, dead letters included. A crash therefore loses nothing; what was in flight is read again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema};
+use dfp_core::{
+    register_stage, Batch, ConfigError, DeadLetter, Emitter, Sink, Source, SourceStatus, StageConfig, StageContext,
+    StageError, StageInstance, StageKind,
+};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Where a consumer group without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// The oldest message still in the topic.
+    #[default]
+    Earliest,
+    /// Only messages produced from now on.
+    Latest,
+}
+
+/// Configuration of `kafka-source`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Topics to read.
+    pub topics: Vec<String>,
+    /// Consumer group (offsets are committed there).
+    pub group: String,
+    /// Where to start when the group has no committed offset for a partition.
+    #[serde(default)]
+    pub start: StartAt,
+    /// More librdkafka properties (SASL, TLS, timeouts…), passed through; values are never logged.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Most records per emitted batch.
+    #[serde(default = "d_max_batch")]
+    pub max_batch: usize,
+    /// Stop after this many records (over this worker's partitions) — for batch use and tests.
+    #[serde(default)]
+    pub max_events: Option<u64>,
+    /// Stop once no message arrived for this many seconds — for batch use and tests.
+    #[serde(default)]
+    pub idle_stop_secs: Option<f64>,
+}
+
+fn d_max_batch() -> usize {
+    4096
+}
+
+impl StageConfig for KafkaSourceConfig {
+    const TYPE: &'static str = "kafka-source";
+    const KIND: StageKind = StageKind::Source;
+    const DESCRIPTION: &'static str = "reads records from Kafka topics, committing offsets once processed";
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::field("brokers", "must name at least one broker"));
+        }
+        if self.topics.is_empty() {
+            return Err(ConfigError::field("topics", "must name at least one topic"));
+        }
+        if self.group.trim().is_empty() {
+            return Err(ConfigError::field("group", "must not be empty"));
+        }
+        if self.max_batch == 0 {
+            return Err(ConfigError::field("max_batch", "must be at least 1"));
+        }
+        Ok(())
+    }
+    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+        Ok(StageInstance::Source(Box::new(KafkaSource {
+            config: self.clone(),
+            consumer: None,
+            next_time: 0,
+            pending: BTreeMap::new(),
+            read: 0,
+            last_message: Instant::now(),
+            stage: String::new(),
+        })))
+    }
+}
+register_stage!(KafkaSourceConfig);
+
+struct KafkaSource {
+    config: KafkaSourceConfig,
+    consumer: Option<BaseConsumer>,
+    /// Logical time of the next batch (this source's own count: every batch gets its own time).
+    next_time: u64,
+    /// Per logical time, the highest offset read per (topic, partition) in that batch.
+    pending: BTreeMap<u64, HashMap<(String, i32), i64>>,
+    read: u64,
+    last_message: Instant,
+    stage: String,
+}
+
+fn kafka_err(what: &str, e: impl std::fmt::Display) -> StageError {
+    StageError::Other(format!("kafka: {what}: {e}"))
+}
+
+/// Splits a message payload into records: a JSON array or an `{"records": [...]}` envelope gives its
+/// elements, anything else is one record (a malformed one is left to the normalizer's dead letters).
+fn records(payload: &str) -> Vec<String> {
+    let trimmed = payload.trim_start();
+    if trimmed.starts_with('[') || trimmed.starts_with("{\"records\"") {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(payload) {
+            let items = match v {
+                serde_json::Value::Array(a) => Some(a),
+                serde_json::Value::Object(mut o) => match o.remove("records") {
+                    Some(serde_json::Value::Array(a)) => Some(a),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(items) = items {
+                return items.into_iter().map(|i| i.to_string()).collect();
+            }
+        }
+    }
+    vec![payload.to_string()]
+}
+
+impl Source for KafkaSource {
+    fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.stage = ctx.stage_id.clone();
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.config.brokers)
+            .set("group.id", &self.config.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match self.config.start {
+                    StartAt::Earliest => "earliest",
+                    StartAt::Latest => "latest",
+                },
+            );
+        for (k, v) in &self.config.properties {
+            cfg.set(k, v);
+        }
+        let consumer: BaseConsumer = cfg.create().map_err(|e| kafka_err("creating the consumer", e))?;
+        // Every worker lists the same partitions and takes every `workers`-th one.
+        let mut all: Vec<(String, i32)> = Vec::new();
+        for topic in &self.config.topics {
+            let meta = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(30))
+                .map_err(|e| kafka_err(&format!("metadata of topic {topic} from {}", self.config.brokers), e))?;
+            let t = meta.topics().iter().find(|t| t.name() == topic);
+            let Some(t) = t.filter(|t| !t.partitions().is_empty()) else {
+                return Err(kafka_err(&format!("topic {topic}"), "does not exist (create it first)"));
+            };
+            all.extend(t.partitions().iter().map(|p| (topic.clone(), p.id())));
+        }
+        all.sort();
+        let mut tpl = TopicPartitionList::new();
+        for (i, (topic, p)) in all.iter().enumerate() {
+            if i % ctx.workers.max(1) == ctx.worker_index {
+                tpl.add_partition_offset(topic, *p, Offset::Stored).map_err(|e| kafka_err("assignment", e))?;
+            }
+        }
+        tracing::debug!(stage = %self.stage, worker = ctx.worker_index, partitions = tpl.count(), "kafka assignment");
+        consumer.assign(&tpl).map_err(|e| kafka_err("assigning partitions", e))?;
+        drop(tpl);
+        self.consumer = Some(consumer);
+        self.last_message = Instant::now();
+        Ok(())
+    }
+
+    fn poll(&mut self, ctx: &StageContext, out: &mut Emitter) -> Result<SourceStatus, StageError> {
+        if ctx.stop_requested() || self.config.max_events.is_some_and(|m| self.read >= m) {
+            return Ok(SourceStatus::Exhausted);
+        }
+        if self.config.idle_stop_secs.is_some_and(|s| self.last_message.elapsed().as_secs_f64() >= s) {
+            return Ok(SourceStatus::Exhausted);
+        }
+        let Some(consumer) = self.consumer.as_ref() else { return Ok(SourceStatus::Exhausted) };
+        let mut raw = StringBuilder::new();
+        let mut rows = 0usize;
+        let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
+        let mut wait = Duration::from_millis(100);
+        while rows < self.config.max_batch && self.config.max_events.is_none_or(|m| self.read < m) {
+            let Some(message) = consumer.poll(wait) else { break };
+            wait = Duration::ZERO;
+            let m = message.map_err(|e| kafka_err("consuming", e))?;
+            let key = (m.topic().to_string(), m.partition());
+            let at = offsets.entry(key).or_insert(m.offset());
+            *at = (*at).max(m.offset());
+            match m.payload_view::<str>() {
+                Some(Ok(text)) => {
+                    for r in records(text) {
+                        raw.append_value(r);
+                        rows += 1;
+                    }
+                }
+                Some(Err(_)) => out.dead_letter(DeadLetter::new(
+                    "message is not UTF-8 text",
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).chars().take(2048).collect::<String>(),
+                    format!("kafka:{}[{}]@{}", m.topic(), m.partition(), m.offset()),
+                )),
+                None => {}
+            }
+            self.read += 1;
+        }
+        if offsets.is_empty() {
+            return Ok(SourceStatus::Idle);
+        }
+        self.last_message = Instant::now();
+        let time = self.next_time;
+        self.next_time += 1;
+        self.pending.insert(time, offsets);
+        let schema = Arc::new(Schema::new(vec![Field::new("raw", DataType::Utf8, false)]));
+        let data = RecordBatch::try_new(schema, vec![Arc::new(raw.finish()) as ArrayRef])?;
+        let mut batch = Batch::new(data, &self.stage);
+        batch.envelope.origin = format!("kafka:{}", self.config.topics.join(","));
+        batch.envelope.time = Some(time);
+        out.emit(batch);
+        Ok(SourceStatus::Ready)
+    }
+
+    fn completed(&mut self, frontier: u64) -> Result<(), StageError> {
+        let mut commit: HashMap<(String, i32), i64> = HashMap::new();
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() >= frontier {
+                break;
+            }
+            for (k, o) in entry.remove() {
+                let at = commit.entry(k).or_insert(o);
+                *at = (*at).max(o);
+            }
+        }
+        if commit.is_empty() {
+            return Ok(());
+        }
+        let Some(consumer) = self.consumer.as_ref() else { return Ok(()) };
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, p), o) in &commit {
+            // The committed offset is the next one to read.
+            tpl.add_partition_offset(topic, *p, Offset::Offset(o + 1)).map_err(|e| kafka_err("commit list", e))?;
+        }
+        let r = consumer.commit(&tpl, CommitMode::Sync).map_err(|e| kafka_err("committing offsets", e));
+        drop(tpl);
+        r
+    }
+
+    fn wants_completion(&self) -> bool {
+        true
+    }
+
+    fn finish(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
+        self.consumer = None;
+        Ok(())
+    }
+}
+
+/// Compression of produced messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// None.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// LZ4.
+    Lz4,
+}
+
+/// Configuration of `kafka-sink`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Topic to write to.
+    pub topic: String,
+    /// Column whose value is the message key (rows of one key stay in order in one partition); `""` for
+    /// no key.
+    #[serde(default = "d_key")]
+    pub key: String,
+    /// Message compression.
+    #[serde(default)]
+    pub compression: Compression,
+    /// More librdkafka properties, passed through; values are never logged.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// How long a message may wait for the broker's acknowledgement (librdkafka retries meanwhile).
+    #[serde(default = "d_delivery_timeout")]
+    pub delivery_timeout_secs: f64,
+}
+
+fn d_key() -> String {
+    "username".into()
+}
+
+fn d_delivery_timeout() -> f64 {
+    30.0
+}
+
+impl StageConfig for KafkaSinkConfig {
+    const TYPE: &'static str = "kafka-sink";
+    const KIND: StageKind = StageKind::Sink;
+    const DESCRIPTION: &'static str = "writes rows to a Kafka topic as JSON, acknowledged by the broker";
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::field("brokers", "must name at least one broker"));
+        }
+        if self.topic.trim().is_empty() {
+            return Err(ConfigError::field("topic", "must not be empty"));
+        }
+        if !(self.delivery_timeout_secs.is_finite() && self.delivery_timeout_secs > 0.0) {
+            return Err(ConfigError::field("delivery_timeout_secs", "must be a positive number of seconds"));
+        }
+        Ok(())
+    }
+    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+        Ok(StageInstance::Sink(Box::new(KafkaSink { config: self.clone(), producer: None, runtime: None })))
+    }
+}
+register_stage!(KafkaSinkConfig);
+
+struct KafkaSink {
+    config: KafkaSinkConfig,
+    producer: Option<FutureProducer>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// A batch as JSON lines (one object per row).
+pub(crate) fn json_lines(batch: &RecordBatch) -> Result<Vec<String>, StageError> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+        w.write(batch)?;
+        w.finish()?;
+    }
+    let text = String::from_utf8(buf).map_err(|e| StageError::Data(format!("JSON output is not UTF-8: {e}")))?;
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+impl Sink for KafkaSink {
+    fn open(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.config.brokers)
+            .set("message.timeout.ms", ((self.config.delivery_timeout_secs * 1000.0) as u64).to_string())
+            .set(
+                "compression.codec",
+                match self.config.compression {
+                    Compression::None => "none",
+                    Compression::Gzip => "gzip",
+                    Compression::Lz4 => "lz4",
+                },
+            );
+        for (k, v) in &self.config.properties {
+            cfg.set(k, v);
+        }
+        self.producer = Some(cfg.create().map_err(|e| kafka_err("creating the producer", e))?);
+        self.runtime = Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| kafka_err("starting the delivery runtime", e))?,
+        );
+        Ok(())
+    }
+
+    /// Returns once the broker acknowledged every row of the batch (so the source may commit).
+    fn write(&mut self, batch: Batch) -> Result<(), StageError> {
+        let (Some(producer), Some(runtime)) = (self.producer.as_ref(), self.runtime.as_ref()) else {
+            return Err(kafka_err("kafka-sink", "not open"));
+        };
+        let lines = json_lines(&batch.data)?;
+        let keys: Option<Vec<Option<String>>> = if self.config.key.is_empty() {
+            None
+        } else {
+            let col = batch.data.column_by_name(&self.config.key).ok_or_else(|| {
+                StageError::Data(format!("kafka-sink: the key column `{}` is missing", self.config.key))
+            })?;
+            let text = arrow::compute::cast(col, &DataType::Utf8)?;
+            let text = text.as_any().downcast_ref::<arrow::array::StringArray>().ok_or_else(|| {
+                StageError::Data(format!("kafka-sink: the key column `{}` cannot be text", self.config.key))
+            })?;
+            Some(text.iter().map(|v| v.map(str::to_string)).collect())
+        };
+        let mut deliveries = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            let mut record = FutureRecord::<str, str>::to(&self.config.topic).payload(line.as_str());
+            if let Some(Some(k)) = keys.as_ref().and_then(|k| k.get(i)) {
+                record = record.key(k.as_str());
+            }
+            // A full local queue: let librdkafka send, then try again.
+            let mut record = record;
+            loop {
+                match producer.send_result(record) {
+                    Ok(d) => {
+                        deliveries.push(d);
+                        break;
+                    }
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        r,
+                    )) => {
+                        producer.poll(Duration::from_millis(50));
+                        record = r;
+                    }
+                    Err((e, _)) => return Err(kafka_err(&format!("producing to {}", self.config.topic), e)),
+                }
+            }
+        }
+        runtime.block_on(async {
+            for d in deliveries {
+                match d.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(kafka_err(&format!("delivery to {}", self.config.topic), e)),
+                    Err(_) => return Err(kafka_err(&format!("delivery to {}", self.config.topic), "cancelled")),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn finish(&mut self) -> Result<(), StageError> {
+        if let Some(p) = self.producer.as_ref() {
+            p.flush(Duration::from_secs_f64(self.config.delivery_timeout_secs))
+                .map_err(|e| kafka_err(&format!("flushing to {}", self.config.topic), e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::records;
+
+    #[test]
+    fn messages_split_into_records() {
+        assert_eq!(records(r#"{"a":1}"#), vec![r#"{"a":1}"#]);
+        assert_eq!(records(r#"[{"a":1},{"b":2}]"#), vec![r#"{"a":1}"#, r#"{"b":2}"#]);
+        assert_eq!(records(r#"{"records":[{"a":1}]}"#), vec![r#"{"a":1}"#]);
+        assert_eq!(records("[not json"), vec!["[not json"], "left whole for the dead letters");
+    }
+}
