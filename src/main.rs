@@ -1,5 +1,7 @@
 //! The `dfp` command line.
 
+mod produce;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +37,9 @@ enum Command {
     Schema(SchemaArgs),
     /// Work with dynamic stage plugins (.so libraries built with dfp-plugin-sdk).
     Plugin(PluginArgs),
+    /// Replay sign-in log files (Azure, Duo, Okta; a `dfp generate` folder) into a Kafka topic, one record
+    /// per message, in time order.
+    Produce(ProduceArgs),
     /// Measure the runtime: rows/s through generator → filter → blackhole.
     Bench(BenchArgs),
     /// Write labelled synthetic sign-in logs (train/, infer/, labels.csv) with injected attacks.
@@ -129,6 +134,29 @@ struct SchemaArgs {
     /// Include the stages of this plugin library (repeatable).
     #[arg(long = "plugin", value_name = "PATH.so")]
     plugins: Vec<String>,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// Kafka bootstrap servers, host:port[,host:port…].
+    #[arg(long)]
+    brokers: String,
+    /// Topic to write to (it must exist).
+    #[arg(long)]
+    topic: String,
+    /// At most this many records per second.
+    #[arg(long, value_name = "N")]
+    rate: Option<f64>,
+    /// JSON pointer of the message key (default: the user id of Azure, Duo and Okta records).
+    #[arg(long, value_name = "POINTER")]
+    key: Option<String>,
+    /// A librdkafka property (repeatable): -X security.protocol=SASL_SSL
+    #[arg(short = 'X', value_name = "NAME=VALUE")]
+    property: Vec<String>,
+    /// Log files or folders (searched recursively; files in name order, which is time order for exports
+    /// and generated data).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -280,6 +308,22 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(args) => plugin(args),
+        Command::Produce(args) => {
+            let mut properties = Vec::new();
+            for p in &args.property {
+                let (k, v) = p.split_once('=').with_context(|| format!("-X {p}: expected NAME=VALUE"))?;
+                properties.push((k.to_string(), v.to_string()));
+            }
+            let options = produce::ProduceOptions {
+                brokers: args.brokers,
+                topic: args.topic,
+                rate: args.rate,
+                key: args.key,
+                properties,
+            };
+            produce::produce(&args.inputs, &options)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(args) => bench(args),
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),

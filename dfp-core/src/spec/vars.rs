@@ -27,7 +27,8 @@ pub fn parse_override(arg: &str) -> Result<(String, Value), String> {
     Ok((name.to_string(), scalar(value)))
 }
 
-/// A command-line value as the YAML scalar it would be: integer, float, boolean or string.
+/// A command-line value as the YAML scalar it would be: integer, float, boolean, null (`null`, `~`) or
+/// string.
 pub fn scalar(text: &str) -> Value {
     if let Ok(i) = text.parse::<i64>() {
         return Value::from(i);
@@ -40,6 +41,7 @@ pub fn scalar(text: &str) -> Value {
     match text {
         "true" => Value::Bool(true),
         "false" => Value::Bool(false),
+        "null" | "~" => Value::Null,
         _ => Value::String(text.to_string()),
     }
 }
@@ -181,6 +183,8 @@ mod tests {
         assert_eq!(parse_override("t=0.5").unwrap().1, json!(0.5));
         assert_eq!(parse_override("p=./a=b").unwrap().1, json!("./a=b"));
         assert_eq!(parse_override("flag=true").unwrap().1, json!(true));
+        assert_eq!(parse_override("limit=null").unwrap().1, json!(null));
+        assert_eq!(parse_override("s=nullable").unwrap().1, json!("nullable"));
         assert!(parse_override("novalue").unwrap_err().contains("expected NAME=VALUE"));
         assert!(parse_override("=3").is_err());
         assert!(parse_override("9x=3").is_err());

@@ -138,7 +138,12 @@ impl Sink for FileSink {
             .as_mut()
             .ok_or_else(|| StageError::Other("file-sink received rows on a worker other than 0".into()))?;
         match out {
-            Writer::Text(w) => self.encoder.write(w, &batch.data),
+            // Handed to the OS per batch: once a batch counts as written (and a Kafka source commits its
+            // offsets), a crash of dfp does not lose it.
+            Writer::Text(w) => {
+                self.encoder.write(w, &batch.data)?;
+                w.flush().map_err(|e| StageError::io(&self.local, e))
+            }
             Writer::Parquet(writer, file) => {
                 let projected = self.encoder.project(&batch.data)?;
                 if let Some(target) = file.take() {
