@@ -160,7 +160,11 @@ impl Source for KafkaSource {
                     StartAt::Earliest => "earliest",
                     StartAt::Latest => "latest",
                 },
-            );
+            )
+            // Low latency, and some brokers (tansu) hold every fetch for the whole wait: 10 ms instead of
+            // librdkafka's 500 ms took consumption here from 22k to 280k records/s. `properties` override.
+            .set("fetch.wait.max.ms", "10")
+            .set("max.partition.fetch.bytes", "16777216");
         for (k, v) in &self.config.properties {
             cfg.set(k, v);
         }
