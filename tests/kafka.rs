@@ -249,9 +249,21 @@ fn a_killed_pipeline_restarts_from_its_commits_without_losing_events() {
     let before = ids(&first);
     assert!(!before.is_empty(), "the first run scored something before it was killed");
     send(&records[6 * chunk..]);
+    // The restarted pipeline runs until SIGTERM: it stops reading, drains, commits and exits 0.
     let second = dir.path().join("second.jsonl");
-    let status = pipeline(&second, "3").wait().unwrap();
-    assert!(status.success());
+    let mut child = pipeline(&second, "null");
+    let done = |before: &[String]| {
+        let seen: BTreeSet<String> = before.iter().cloned().chain(ids(&second)).collect();
+        seen == expected
+    };
+    let started = Instant::now();
+    while !done(&before) && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM ends the run cleanly: {status:?}");
     let after = ids(&second);
     let union: BTreeSet<String> = before.iter().chain(after.iter()).cloned().collect();
     assert_eq!(union, expected, "the union of both runs holds every event: none lost");

@@ -482,6 +482,11 @@ fn source_op<'s>(
                                 dead => output.session(&*c).give(dead),
                             }
                         }
+                        if let Some(t) = em.advance.take() {
+                            if t > *c.time() {
+                                c.downgrade(&t);
+                            }
+                        }
                         epoch = *c.time();
                         match status {
                             SourceStatus::Ready => activator.activate(),

@@ -133,6 +133,7 @@ pub struct Emitter {
     pub(crate) batches: Vec<Batch>,
     pub(crate) dead: Vec<DeadLetter>,
     pub(crate) skipped: u64,
+    pub(crate) advance: Option<u64>,
 }
 
 impl Emitter {
@@ -151,6 +152,13 @@ impl Emitter {
     /// Rejects one record; it goes to the dead-letter output and is counted.
     pub fn dead_letter(&mut self, dead: DeadLetter) {
         self.dead.push(dead);
+    }
+
+    /// Sources that name logical times: moves this source's time up to `time` without emitting anything,
+    /// so that stages holding rows until a time is complete (such as `features`) release what came before.
+    /// A streaming source calls it when it has nothing new to read.
+    pub fn advance_time(&mut self, time: u64) {
+        self.advance = Some(self.advance.map_or(time, |t| t.max(time)));
     }
 
     /// Counts records dropped on purpose (not errors: e.g. Duo enrollment events), so that the run report

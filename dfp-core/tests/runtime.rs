@@ -140,7 +140,7 @@ impl Source for CountingSource {
         if self.dead_every.is_some_and(|k| self.left.is_multiple_of(k)) {
             out.dead_letter(dfp_core::DeadLetter::new("test rejection", format!("record {}", self.left), "test:1"));
         }
-        let ahead = EMITTED.fetch_add(1, Ordering::SeqCst) + 1 - WRITTEN.load(Ordering::SeqCst);
+        let ahead = (EMITTED.fetch_add(1, Ordering::SeqCst) + 1).saturating_sub(WRITTEN.load(Ordering::SeqCst));
         MAX_AHEAD.fetch_max(ahead, Ordering::SeqCst);
         let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
         let data = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![self.left as i64]))])?;
@@ -430,4 +430,5 @@ fn a_source_learns_what_passed_every_sink_before_it_finishes() {
     }
     assert_eq!(calls.last().unwrap().0, 50, "the last call covers every batch");
     assert_eq!(*FINISHED_AFTER.lock().unwrap(), Some(50), "finish comes after the last completion");
+    WRITTEN.store(0, Ordering::SeqCst);
 }

@@ -69,6 +69,11 @@ pub struct KafkaSourceConfig {
     /// Stop once no message arrived for this many seconds — for batch use and tests.
     #[serde(default)]
     pub idle_stop_secs: Option<f64>,
+    /// Logical times handed out to this stage's instances (one per worker): batches of all workers share
+    /// one sequence, so a quiet worker can move its time up to the others' and not hold rows back.
+    #[serde(skip)]
+    #[schemars(skip)]
+    clock: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn d_max_batch() -> usize {
@@ -98,7 +103,8 @@ impl StageConfig for KafkaSourceConfig {
         Ok(StageInstance::Source(Box::new(KafkaSource {
             config: self.clone(),
             consumer: None,
-            next_time: 0,
+            clock: self.clock.clone(),
+            last_time: None,
             pending: BTreeMap::new(),
             read: 0,
             last_message: Instant::now(),
@@ -111,8 +117,10 @@ register_stage!(KafkaSourceConfig);
 struct KafkaSource {
     config: KafkaSourceConfig,
     consumer: Option<BaseConsumer>,
-    /// Logical time of the next batch (this source's own count: every batch gets its own time).
-    next_time: u64,
+    /// The stage's shared sequence of logical times.
+    clock: Arc<std::sync::atomic::AtomicU64>,
+    /// The logical time of this instance's latest batch.
+    last_time: Option<u64>,
     /// Per logical time, the highest offset read per (topic, partition) in that batch.
     pending: BTreeMap<u64, HashMap<(String, i32), i64>>,
     read: u64,
@@ -232,11 +240,23 @@ impl Source for KafkaSource {
             self.read += 1;
         }
         if offsets.is_empty() {
+            // Quiet here: move this worker's logical time up to the newest one handed out, so that stages
+            // releasing rows in time order (features) do not wait for this worker before scoring what the
+            // others (or this one) read last.
+            let now = self.clock.load(std::sync::atomic::Ordering::SeqCst);
+            if self.last_time.is_none_or(|t| t < now) {
+                self.last_time = Some(now);
+                out.advance_time(now);
+            }
             return Ok(SourceStatus::Idle);
         }
         self.last_message = Instant::now();
-        let time = self.next_time;
-        self.next_time += 1;
+        let time =
+            self.clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst).max(self.last_time.map_or(0, |t| t + 1));
+        // The next time handed out (and a quiet worker's target) is past this batch.
+        self.clock.fetch_max(time + 1, std::sync::atomic::Ordering::SeqCst);
+        self.last_time = Some(time);
+        tracing::debug!(stage = %self.stage, time, rows, "batch");
         self.pending.insert(time, offsets);
         let schema = Arc::new(Schema::new(vec![Field::new("raw", DataType::Utf8, false)]));
         let data = RecordBatch::try_new(schema, vec![Arc::new(raw.finish()) as ArrayRef])?;
