@@ -415,6 +415,8 @@ fn source_op<'s>(
         let mut draining = false;
         // The latest logical time a batch was emitted at.
         let mut last_emitted: Option<Time> = None;
+        // Whether the source was told to pause for backpressure.
+        let mut paused = false;
         move |output| {
             let Some(c) = cap.as_mut() else { return };
             let Some(s) = src.as_mut() else {
@@ -453,8 +455,20 @@ fn source_op<'s>(
             }
             if !close {
                 if epoch >= max_in_flight && probe.less_than(&(epoch - max_in_flight)) {
+                    if !paused {
+                        paused = true;
+                        if let Err(e) = guard(|| s.backpressure(true)) {
+                            env.shared.fail(env.id(), e);
+                        }
+                    }
                     activator.activate_after(Duration::from_millis(1));
                     return;
+                }
+                if paused {
+                    paused = false;
+                    if let Err(e) = guard(|| s.backpressure(false)) {
+                        env.shared.fail(env.id(), e);
+                    }
                 }
                 match guard(|| s.poll(&env.ctx, &mut em)) {
                     Ok(status) => {

@@ -218,6 +218,11 @@ pub trait Source: Send {
     fn completed(&mut self, _frontier: u64) -> Result<(), StageError> {
         Ok(())
     }
+    /// The runtime stops polling while too much is in flight (`true`) and starts again once the sinks caught
+    /// up (`false`). Sources that fetch in the background (Kafka) pause fetching here.
+    fn backpressure(&mut self, _paused: bool) -> Result<(), StageError> {
+        Ok(())
+    }
     /// Whether the runtime should wait, once the source is exhausted or stopped, until everything it
     /// emitted has passed the sinks (with a last [`completed`](Source::completed)) before calling
     /// [`finish`](Source::finish). Off by default: most sources have nothing to commit.

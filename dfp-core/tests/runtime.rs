@@ -116,6 +116,9 @@ fn output_multiset_does_not_depend_on_worker_count() {
 static EMITTED: AtomicU64 = AtomicU64::new(0);
 static WRITTEN: AtomicU64 = AtomicU64::new(0);
 static MAX_AHEAD: AtomicU64 = AtomicU64::new(0);
+/// Backpressure notifications the counting sources received: pauses and resumes.
+static PAUSES: AtomicU64 = AtomicU64::new(0);
+static RESUMES: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +149,10 @@ impl Source for CountingSource {
         let data = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![self.left as i64]))])?;
         out.emit(Batch::new(data, ctx.stage_id.clone()));
         Ok(SourceStatus::Ready)
+    }
+    fn backpressure(&mut self, paused: bool) -> Result<(), StageError> {
+        if paused { &PAUSES } else { &RESUMES }.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -226,6 +233,8 @@ fn a_source_pauses_while_too_much_is_in_flight() {
     EMITTED.store(0, Ordering::SeqCst);
     WRITTEN.store(0, Ordering::SeqCst);
     MAX_AHEAD.store(0, Ordering::SeqCst);
+    PAUSES.store(0, Ordering::SeqCst);
+    RESUMES.store(0, Ordering::SeqCst);
     // Two workers, each with a source; the sink runs on worker 0 only, so worker 1's source is free to run
     // ahead unless the probe holds it back.
     let pipeline = Pipeline::builder("bp")
@@ -241,6 +250,10 @@ fn a_source_pauses_while_too_much_is_in_flight() {
     // Per source: 8 epochs in flight, plus the one being polled and one the sink holds.
     assert!(ahead <= 2 * 10, "sources ran {ahead} batches ahead of the sink with max_in_flight 8");
     assert!(ahead >= 4, "sources should be allowed to run ahead a little (saw {ahead})");
+    // The sources were told when they were held back and when they could go on.
+    let (pauses, resumes) = (PAUSES.load(Ordering::SeqCst), RESUMES.load(Ordering::SeqCst));
+    assert!(pauses > 0 && resumes > 0, "pauses {pauses}, resumes {resumes}");
+    assert!(pauses - resumes <= 2, "every pause but the last ones is followed by a resume: {pauses} vs {resumes}");
 }
 
 #[test]

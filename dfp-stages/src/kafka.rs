@@ -296,6 +296,16 @@ impl Source for KafkaSource {
         true
     }
 
+    /// Pauses fetching of the assigned partitions while the pipeline has too much in flight.
+    fn backpressure(&mut self, paused: bool) -> Result<(), StageError> {
+        let Some(consumer) = self.consumer.as_ref() else { return Ok(()) };
+        let assignment = consumer.assignment().map_err(|e| kafka_err("reading the assignment", e))?;
+        let r = if paused { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+        drop(assignment);
+        tracing::debug!(stage = %self.stage, paused, "kafka fetching {}", if paused { "paused" } else { "resumed" });
+        r.map_err(|e| kafka_err(if paused { "pausing" } else { "resuming" }, e))
+    }
+
     fn finish(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
         self.consumer = None;
         Ok(())

@@ -73,7 +73,7 @@ fn records_are_read_once_and_committed_after_the_sinks() {
     let yaml = format!(
         r#"
 version: 1
-runtime: {{ workers: 2, dead_letter: "{dead}" }}
+runtime: {{ workers: 2, dead_letter: "{dead}", max_in_flight: 2 }}
 stages:
   logs:   {{ type: kafka-source, brokers: "{brokers}", topics: [signins], group: dfp-test, idle_stop_secs: 1.5, max_batch: 100 }}
   events: {{ type: normalize-azure, inputs: [logs] }}
