@@ -107,7 +107,7 @@ impl StageConfig for KafkaSourceConfig {
             last_time: None,
             pending: BTreeMap::new(),
             read: 0,
-            last_message: Instant::now(),
+            idle_for: Duration::ZERO,
             stage: String::new(),
         })))
     }
@@ -124,7 +124,9 @@ struct KafkaSource {
     /// Per logical time, the highest offset read per (topic, partition) in that batch.
     pending: BTreeMap<u64, HashMap<(String, i32), i64>>,
     read: u64,
-    last_message: Instant,
+    /// Time spent waiting in polls that found nothing, since the last message (not time spent elsewhere:
+    /// a pause for backpressure or a long scoring step is not idleness).
+    idle_for: Duration,
     stage: String,
 }
 
@@ -200,7 +202,7 @@ impl Source for KafkaSource {
         consumer.assign(&tpl).map_err(|e| kafka_err("assigning partitions", e))?;
         drop(tpl);
         self.consumer = Some(consumer);
-        self.last_message = Instant::now();
+        self.idle_for = Duration::ZERO;
         Ok(())
     }
 
@@ -208,7 +210,7 @@ impl Source for KafkaSource {
         if ctx.stop_requested() || self.config.max_events.is_some_and(|m| self.read >= m) {
             return Ok(SourceStatus::Exhausted);
         }
-        if self.config.idle_stop_secs.is_some_and(|s| self.last_message.elapsed().as_secs_f64() >= s) {
+        if self.config.idle_stop_secs.is_some_and(|s| self.idle_for.as_secs_f64() >= s) {
             return Ok(SourceStatus::Exhausted);
         }
         let Some(consumer) = self.consumer.as_ref() else { return Ok(SourceStatus::Exhausted) };
@@ -216,6 +218,7 @@ impl Source for KafkaSource {
         let mut rows = 0usize;
         let mut offsets: HashMap<(String, i32), i64> = HashMap::new();
         let mut wait = Duration::from_millis(100);
+        let polled = Instant::now();
         while rows < self.config.max_batch && self.config.max_events.is_none_or(|m| self.read < m) {
             let Some(message) = consumer.poll(wait) else { break };
             wait = Duration::ZERO;
@@ -240,6 +243,7 @@ impl Source for KafkaSource {
             self.read += 1;
         }
         if offsets.is_empty() {
+            self.idle_for += polled.elapsed();
             // Quiet here: move this worker's logical time up to the newest one handed out, so that stages
             // releasing rows in time order (features) do not wait for this worker before scoring what the
             // others (or this one) read last.
@@ -250,7 +254,7 @@ impl Source for KafkaSource {
             }
             return Ok(SourceStatus::Idle);
         }
-        self.last_message = Instant::now();
+        self.idle_for = Duration::ZERO;
         let time =
             self.clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst).max(self.last_time.map_or(0, |t| t + 1));
         // The next time handed out (and a quiet worker's target) is past this batch.
@@ -296,15 +300,10 @@ impl Source for KafkaSource {
         true
     }
 
-    /// Pauses fetching of the assigned partitions while the pipeline has too much in flight.
-    fn backpressure(&mut self, paused: bool) -> Result<(), StageError> {
-        let Some(consumer) = self.consumer.as_ref() else { return Ok(()) };
-        let assignment = consumer.assignment().map_err(|e| kafka_err("reading the assignment", e))?;
-        let r = if paused { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
-        drop(assignment);
-        tracing::debug!(stage = %self.stage, paused, "kafka fetching {}", if paused { "paused" } else { "resumed" });
-        r.map_err(|e| kafka_err(if paused { "pausing" } else { "resuming" }, e))
-    }
+    // Backpressure: while the runtime holds this source back it is not polled, and librdkafka stops
+    // fetching once its prefetch queue is full (`queued.max.messages.kbytes`). Pausing the partitions
+    // explicitly (rd_kafka_pause_partitions) was tried and lost messages against tansu: some offsets were
+    // never delivered after the resume, so that is not done.
 
     fn finish(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
         self.consumer = None;
