@@ -176,3 +176,22 @@ stages:
         second.iter().map(|r| r["properties"]["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(b.into_iter().collect::<BTreeSet<_>>(), expected);
 }
+
+#[test]
+fn undeliverable_rows_stop_the_pipeline_clearly() {
+    dfp_stages::link();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let yaml = format!(
+        r#"
+version: 1
+stages:
+  rows: {{ type: generator, rows: 10 }}
+  out:  {{ type: kafka-sink, inputs: [rows], brokers: "127.0.0.1:{port}", topic: alerts, key: "", delivery_timeout_secs: 2 }}
+"#
+    );
+    let started = std::time::Instant::now();
+    let err = Pipeline::from_yaml_str(&yaml, "sink.yaml", &[]).unwrap().run(RunOptions::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("stage \"out\" failed") && text.contains("delivery to alerts"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(30), "librdkafka retried for the delivery timeout, then gave up");
+}
