@@ -40,6 +40,10 @@ pub struct FileSinkConfig {
     /// S3 settings for an `s3://` path.
     #[serde(default)]
     pub s3: S3Options,
+    /// Add to the file instead of replacing it (local JSON lines only): a streaming pipeline that restarts
+    /// keeps what it wrote before.
+    #[serde(default)]
+    pub append: bool,
 }
 
 impl StageConfig for FileSinkConfig {
@@ -55,6 +59,9 @@ impl StageConfig for FileSinkConfig {
             if !rest.split_once('/').is_some_and(|(b, k)| !b.is_empty() && !k.is_empty()) {
                 return Err(ConfigError::field("path", "an s3:// path needs a bucket and a key: s3://bucket/key"));
             }
+        }
+        if self.append && (self.path.starts_with("s3://") || self.format.resolve(&self.path) != OutputFormat::Jsonl) {
+            return Err(ConfigError::field("append", "works only for a local JSON-lines file"));
         }
         Ok(())
     }
@@ -105,6 +112,37 @@ impl FileSink {
     }
 }
 
+/// A process killed while writing can leave half a line at the end of the file. That line's batch never
+/// counted as written (a Kafka source reads it again), so it is cut off before appending.
+fn drop_partial_last_line(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::OpenOptions::new().read(true).write(true).open(path) else { return Ok(()) };
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Look back in steps for the last newline.
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut buf[..n])?;
+        if end == len && buf[n - 1] == b'\n' {
+            return Ok(());
+        }
+        if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
+            let keep = start + i as u64 + 1;
+            tracing::warn!(path = %path.display(), bytes = len - keep, "dropping an incomplete last line before appending");
+            return f.set_len(keep);
+        }
+        end = start;
+    }
+    tracing::warn!(path = %path.display(), bytes = len, "dropping an incomplete line before appending");
+    f.set_len(0)
+}
+
 impl Sink for FileSink {
     fn input_partitioning(&self) -> Partitioning {
         Partitioning::Single
@@ -124,7 +162,13 @@ impl Sink for FileSink {
                 std::fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
             }
         }
-        let file = File::create(&self.local).map_err(|e| StageError::io(&self.local, e))?;
+        let file = if self.config.append {
+            drop_partial_last_line(&self.local).map_err(|e| StageError::io(&self.local, e))?;
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.local)
+        } else {
+            File::create(&self.local)
+        }
+        .map_err(|e| StageError::io(&self.local, e))?;
         self.out = Some(match self.encoder.format() {
             OutputFormat::Parquet => Writer::Parquet(None, Some(file)),
             _ => Writer::Text(BufWriter::with_capacity(1 << 20, file)),
@@ -201,5 +245,20 @@ mod tests {
         assert_eq!(rows, 3);
         let names: Vec<String> = batches[0].schema().fields().iter().map(|f| f.name().clone()).collect();
         assert_eq!(names, ["id", "n"]);
+    }
+
+    #[test]
+    fn appending_cuts_an_incomplete_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jsonl");
+        std::fs::write(&p, "{\"id\":1}\n{\"id\":2}\n{\"id\":").unwrap();
+        drop_partial_last_line(&p).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"id\":1}\n{\"id\":2}\n");
+        drop_partial_last_line(&p).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"id\":1}\n{\"id\":2}\n", "complete files stay");
+        std::fs::write(&p, "{\"id\":").unwrap();
+        drop_partial_last_line(&p).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "");
+        drop_partial_last_line(&dir.path().join("missing.jsonl")).unwrap();
     }
 }
