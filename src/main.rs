@@ -417,18 +417,9 @@ fn validate(args: ValidateArgs) -> ExitCode {
 /// The built-in stages plus those of the given plugin libraries.
 fn registry_with(plugins: &[String]) -> Result<Registry> {
     let mut registry = Registry::global().clone();
-    let mut seen = Vec::new();
     for entry in plugins {
-        let path = dfp_core::plugin::resolve(entry).map_err(|tried| {
-            let tried: Vec<String> = tried.iter().map(|t| t.display().to_string()).collect();
-            anyhow::anyhow!("plugin \"{entry}\": no such file (looked for {})", tried.join(", "))
-        })?;
-        let plugin = dfp_core::plugin::load(&path)?;
-        if seen.contains(&plugin.path) {
-            anyhow::bail!("plugin {} is listed twice", plugin.path.display());
-        }
-        seen.push(plugin.path.clone());
-        registry.extend(plugin.stage_types()).map_err(|e| anyhow::anyhow!(e))?;
+        let plugin = dfp_core::plugin::load_entry(entry)?;
+        dfp_core::plugin::add_to(&mut registry, &plugin).map_err(|e| anyhow::anyhow!(e))?;
     }
     Ok(registry)
 }
@@ -456,11 +447,7 @@ fn stages(args: StagesArgs) -> Result<ExitCode> {
 
 fn plugin(args: PluginArgs) -> Result<ExitCode> {
     let PluginCommand::Inspect { path, json } = args.command;
-    let resolved = dfp_core::plugin::resolve(&path).map_err(|tried| {
-        let tried: Vec<String> = tried.iter().map(|t| t.display().to_string()).collect();
-        anyhow::anyhow!("plugin \"{path}\": no such file (looked for {})", tried.join(", "))
-    })?;
-    let p = dfp_core::plugin::load(&resolved)?;
+    let p = dfp_core::plugin::load_entry(&path)?;
     let stages: Vec<_> = p
         .stages
         .iter()
@@ -546,11 +533,8 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
 /// `dfp bench --plugin`: generator → (built-in passthrough | plugin-passthrough) → blackhole; the median
 /// of three runs each.
 fn bench_plugin(plugin: &str, args: &BenchArgs) -> Result<ExitCode> {
-    let plugin_path = dfp_core::plugin::resolve(plugin).map_err(|tried| {
-        let tried: Vec<String> = tried.iter().map(|t| t.display().to_string()).collect();
-        anyhow::anyhow!("plugin \"{plugin}\": no such file (looked for {})", tried.join(", "))
-    })?;
-    let plugin_path = plugin_path.canonicalize()?;
+    // Loaded here for the message on a bad path; the pipelines below load it again from the cache.
+    let plugin_path = dfp_core::plugin::load_entry(plugin)?.path.clone();
     println!(
         "dfp plugin-boundary benchmark: generator → no-op transform → blackhole, {} rows, batch {}",
         args.rows, args.batch_size

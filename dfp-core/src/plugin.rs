@@ -25,6 +25,14 @@ use crate::stage::{
 /// Why a plugin cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
+    /// No file for a `plugins:` entry.
+    #[error("plugin \"{entry}\": no such file (looked for {tried})")]
+    NotFound {
+        /// The entry as written.
+        entry: String,
+        /// The places looked in, comma-separated.
+        tried: String,
+    },
     /// The file is missing or not a loadable library.
     #[error("plugin {path}: cannot load: {reason}")]
     Open {
@@ -513,29 +521,37 @@ impl Sink for PluginSink {
 
 /// Where a `plugins:` entry points: a path with a `/` as written (relative to the working directory); a
 /// bare file name is looked up in `$DFP_PLUGIN_PATH` (colon-separated folders), then next to the running
-/// executable. The candidates tried are returned when none exists.
-pub fn resolve(entry: &str) -> Result<PathBuf, Vec<PathBuf>> {
+/// executable. The error lists the places looked in.
+pub fn resolve(entry: &str) -> Result<PathBuf, PluginError> {
     let p = Path::new(entry);
-    if entry.contains('/') {
-        return if p.exists() { Ok(p.to_path_buf()) } else { Err(vec![p.to_path_buf()]) };
-    }
-    let mut tried = Vec::new();
-    if let Ok(dirs) = std::env::var("DFP_PLUGIN_PATH") {
-        for d in dirs.split(':').filter(|d| !d.is_empty()) {
-            tried.push(Path::new(d).join(entry));
+    let mut tried = vec![p.to_path_buf()];
+    if !entry.contains('/') {
+        if let Ok(dirs) = std::env::var("DFP_PLUGIN_PATH") {
+            tried.extend(dirs.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(entry)));
         }
-    }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-        tried.push(dir.join(entry));
-    }
-    if p.exists() {
-        return Ok(p.to_path_buf());
+        if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+            tried.push(dir.join(entry));
+        }
     }
     match tried.iter().find(|c| c.exists()) {
         Some(found) => Ok(found.clone()),
-        None => {
-            tried.insert(0, p.to_path_buf());
-            Err(tried)
-        }
+        None => Err(PluginError::NotFound {
+            entry: entry.to_string(),
+            tried: tried.iter().map(|t| t.display().to_string()).collect::<Vec<_>>().join(", "),
+        }),
     }
+}
+
+/// [`resolve`] then [`load`].
+pub fn load_entry(entry: &str) -> Result<Arc<Plugin>, PluginError> {
+    load(&resolve(entry)?)
+}
+
+/// Adds a plugin's stage types to `registry`; a plugin already there (listed twice) or a name clash is an
+/// error, and nothing is added then.
+pub fn add_to(registry: &mut crate::Registry, plugin: &Arc<Plugin>) -> Result<(), String> {
+    if registry.iter().any(|t| t.plugin.as_ref() == Some(&plugin.path)) {
+        return Err(format!("plugin {} is listed twice", plugin.path.display()));
+    }
+    registry.extend(plugin.stage_types())
 }

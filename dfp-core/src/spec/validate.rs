@@ -117,7 +117,6 @@ pub fn validate(
 
     // Plugins: loaded before the stages are checked, so their stage types count like built-ins.
     let mut extended: Option<Registry> = None;
-    let mut loaded_paths: Vec<std::path::PathBuf> = Vec::new();
     for p in &raw.plugins {
         let entry = match vars::interpolate(&Value::String(p.value.clone()), &vars, env) {
             Ok(Value::String(s)) => s,
@@ -127,32 +126,10 @@ pub fn validate(
                 continue;
             }
         };
-        let path = match crate::plugin::resolve(&entry) {
-            Ok(path) => path,
-            Err(tried) => {
-                let tried: Vec<String> = tried.iter().map(|t| t.display().to_string()).collect();
-                diag.push(
-                    Some(line_of(p)),
-                    None,
-                    format!("plugin \"{entry}\": no such file (looked for {})", tried.join(", ")),
-                );
-                continue;
-            }
-        };
-        let loaded = match crate::plugin::load(&path) {
-            Ok(plugin) => plugin,
-            Err(e) => {
-                diag.push(Some(line_of(p)), None, e.to_string());
-                continue;
-            }
-        };
-        if loaded_paths.contains(&loaded.path) {
-            diag.push(Some(line_of(p)), None, format!("plugin {} is listed twice", loaded.path.display()));
-            continue;
-        }
-        loaded_paths.push(loaded.path.clone());
-        let reg = extended.get_or_insert_with(|| registry.clone());
-        if let Err(e) = reg.extend(loaded.stage_types()) {
+        let added = crate::plugin::load_entry(&entry)
+            .map_err(|e| e.to_string())
+            .and_then(|plugin| crate::plugin::add_to(extended.get_or_insert_with(|| registry.clone()), &plugin));
+        if let Err(e) = added {
             diag.push(Some(line_of(p)), None, e);
         }
     }
