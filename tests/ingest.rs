@@ -3,14 +3,13 @@
 //! accounted for.
 
 mod common;
-use common::{dfp, text};
+use common::{dfp, http_put, start_moto, text};
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// A tiny deterministic generator of Azure Monitor exports: `files` 3-hour files for `users` users.
 fn write_azure(dir: &Path, files: usize, users: usize) -> usize {
@@ -152,50 +151,6 @@ fn bad_input_is_dead_lettered_and_nothing_is_lost() {
         assert!(reasons.iter().any(|r| r.contains(needle)), "{needle} not in {reasons:?}");
     }
     assert!(summary.contains("5 record(s) rejected"), "{summary}");
-}
-
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn start_moto() -> (Moto, u16) {
-    let port = free_port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start moto_server ({e}): install it with `pip install 'moto[server]'` (./dev setup does)")
-        });
-    let moto = Moto(child);
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "moto_server did not listen on 127.0.0.1:{port} within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (moto, port)
-}
-
-fn http_put(port: u16, path: &str) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "PUT {path}: {resp}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{dfp, text};
+use common::{dfp, free_port, text};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -32,7 +32,7 @@ impl Tansu {
             PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/dfp/tansu/bin/tansu")
         });
         assert!(bin.exists(), "tansu is not installed at {} (run ./dev setup, or set DFP_TANSU)", bin.display());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(bin)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
@@ -71,6 +71,19 @@ impl Drop for Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A broker with the `signins` (4 partitions) and `alerts` (2) topics, and models trained on the sample in
+/// a fresh folder: (broker, its address, the folder, the registry).
+fn set_up() -> (Tansu, String, tempfile::TempDir, PathBuf) {
+    let broker = Tansu::start();
+    broker.create_topic("signins", 4);
+    broker.create_topic("alerts", 2);
+    let brokers = broker.brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    train(&models, dir.path());
+    (broker, brokers, dir, models)
 }
 
 fn train(models: &Path, dir: &Path) {
@@ -134,13 +147,7 @@ fn committed_everything(brokers: &str, group: &str, topic: &str, partitions: i32
 
 #[test]
 fn produce_then_score_from_kafka_to_a_topic_and_a_file() {
-    let broker = Tansu::start();
-    broker.create_topic("signins", 4);
-    broker.create_topic("alerts", 2);
-    let brokers = broker.brokers();
-    let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
-    train(&models, dir.path());
+    let (_broker, brokers, dir, models) = set_up();
 
     let out = dfp()
         .args(["produce", "--brokers", &brokers, "--topic", "signins", "examples/data/azure/infer"])
@@ -190,13 +197,7 @@ fn produce_then_score_from_kafka_to_a_topic_and_a_file() {
 
 #[test]
 fn a_killed_pipeline_restarts_from_its_commits_without_losing_events() {
-    let broker = Tansu::start();
-    broker.create_topic("signins", 4);
-    broker.create_topic("alerts", 2);
-    let brokers = broker.brokers();
-    let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
-    train(&models, dir.path());
+    let (_broker, brokers, dir, models) = set_up();
     let out = dfp()
         .args(["generate", "azure", "--users", "30", "--days", "12", "--seed", "9", "--out"])
         .arg(dir.path().join("data"))

@@ -5,14 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
-use common::{dfp, text};
+use common::{dfp, free_port, http_put, start_moto, text};
 use dfp_core::{Pipeline, RunOptions};
 use serde_json::Value;
 
@@ -22,10 +21,6 @@ fn mlflow_bin() -> PathBuf {
     });
     assert!(bin.exists(), "mlflow is not installed at {} (run ./dev setup, or set DFP_MLFLOW)", bin.display());
     bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running `mlflow server`; stopped (its whole process group) when dropped.
@@ -70,6 +65,12 @@ impl Mlflow {
 
     fn start(dir: &Path, backend: &str, port: u16) -> Mlflow {
         Mlflow::start_with(dir, backend, port, None)
+    }
+
+    /// A server with a SQLite store in `dir` on a free port (artifacts: see [`Mlflow::spawn`]).
+    fn sqlite(dir: &Path, artifacts: Option<&str>) -> Mlflow {
+        let backend = format!("sqlite:///{}/mlflow.db", dir.display());
+        Mlflow::start_with(&dir.join("mlflow"), &backend, free_port(), artifacts)
     }
 
     fn start_with(dir: &Path, backend: &str, port: u16, artifacts: Option<&str>) -> Mlflow {
@@ -216,11 +217,7 @@ fn check_registered(port: u16) -> Vec<String> {
 #[test]
 fn training_and_scoring_through_mlflow_match_the_local_registry() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Mlflow::start(
-        &dir.path().join("mlflow"),
-        &format!("sqlite:///{}/mlflow.db", dir.path().display()),
-        free_port(),
-    );
+    let mut server = Mlflow::sqlite(dir.path(), None);
     train(&server.url(), dir.path(), "examples/data/azure/train");
     let names = check_registered(server.port);
     // `dfp models list` reads the same registry.
@@ -271,11 +268,7 @@ stages:
 #[test]
 fn scoring_goes_on_with_cached_models_while_mlflow_is_down() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Mlflow::start(
-        &dir.path().join("mlflow"),
-        &format!("sqlite:///{}/mlflow.db", dir.path().display()),
-        free_port(),
-    );
+    let mut server = Mlflow::sqlite(dir.path(), None);
     train(&server.url(), dir.path(), "examples/data/azure/train");
     let batches = inference_features();
     let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
@@ -398,40 +391,13 @@ impl Drop for Postgres {
     }
 }
 
-/// moto (an S3-compatible server) on a free loopback port; killed when dropped.
-struct Moto(Child, u16);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_moto() -> Moto {
-    let port = free_port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start moto_server ({e}): ./dev setup installs it"));
-    let moto = Moto(child, port);
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "moto_server did not listen on 127.0.0.1:{port}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    moto
-}
-
 #[test]
 fn training_data_from_s3_and_an_mlflow_artifact_store_on_s3() {
     use object_store::{ObjectStore, ObjectStoreExt};
-    let moto = start_moto();
-    let endpoint = format!("http://127.0.0.1:{}", moto.1);
+    let (_moto, port) = start_moto();
+    http_put(port, "/dfp");
+    let endpoint = format!("http://127.0.0.1:{port}");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(reqwest::Client::new().put(format!("{endpoint}/dfp")).send()).unwrap().error_for_status().unwrap();
     let store = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name("dfp")
         .with_endpoint(&endpoint)
@@ -455,12 +421,7 @@ fn training_data_from_s3_and_an_mlflow_artifact_store_on_s3() {
         ("AWS_REGION", "us-east-1".to_string()),
     ];
     let dir = tempfile::tempdir().unwrap();
-    let server = Mlflow::start_with(
-        &dir.path().join("mlflow"),
-        &format!("sqlite:///{}/mlflow.db", dir.path().display()),
-        free_port(),
-        Some("s3://dfp/mlflow"),
-    );
+    let server = Mlflow::sqlite(dir.path(), Some("s3://dfp/mlflow"));
     train_env(&server.url(), dir.path(), "s3://dfp/logs/train", &env);
     check_registered(server.port);
     // The artifacts are in the bucket, written by dfp itself.

@@ -1,8 +1,11 @@
 //! Helpers shared by the end-to-end tests: the real `dfp` binary, run from the repository root.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// `dfp` with the repository root as working directory and no inherited log filter.
 pub fn dfp() -> Command {
@@ -36,4 +39,56 @@ pub fn plugin_dir() -> &'static Path {
         assert!(out.status.success(), "building the example plugins failed:\n{}", text(&out));
         dir
     })
+}
+
+/// A free TCP port on the loopback interface.
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// moto (an S3-compatible server, installed by `./dev setup`) on a free loopback port; killed when dropped.
+#[allow(dead_code)]
+pub struct Moto(Child);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts moto and waits until it listens; returns it with its port.
+#[allow(dead_code)]
+pub fn start_moto() -> (Moto, u16) {
+    let port = free_port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start moto_server ({e}): install it with `pip install 'moto[server]'` (./dev setup does)")
+        });
+    let moto = Moto(child);
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "moto_server did not listen on 127.0.0.1:{port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (moto, port)
+}
+
+/// An empty-bodied PUT (creates an S3 bucket on moto); panics unless the answer is 200.
+#[allow(dead_code)]
+pub fn http_put(port: u16, path: &str) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "PUT {path}: {resp}");
 }
