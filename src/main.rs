@@ -1,6 +1,8 @@
 //! The `dfp` command line.
 
+mod admin;
 mod produce;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +52,14 @@ enum Command {
     Models(ModelsArgs),
     /// Summarise scored events: alerts per user and the features behind them.
     Summary(SummaryArgs),
+    /// Print the rows leaving a stage of a running pipeline (started with --metrics-addr or
+    /// runtime.metrics), as JSON lines, without stopping it.
+    Tap(admin::TapArgs),
+    /// Show per-stage rates, lag and readiness of a running pipeline, refreshed.
+    Top(admin::TopArgs),
+    /// Write a self-contained HTML report of scored events for analysts (alerts over time, top users,
+    /// per-alert feature z-scores, filters).
+    Report(report::ReportArgs),
 }
 
 #[derive(Args)]
@@ -74,6 +84,14 @@ struct RunArgs {
     /// Do not print the per-stage summary.
     #[arg(long, short)]
     quiet: bool,
+    /// Serve Prometheus /metrics, /healthz, /readyz and the `dfp tap` / `dfp top` endpoint on HOST:PORT
+    /// (overrides runtime.metrics; 127.0.0.1:9464 is the usual choice).
+    #[arg(long, value_name = "HOST:PORT", env = "DFP_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    /// Keep the metrics endpoint up for this many seconds after the run ends (so that a last scrape sees
+    /// the final figures of a batch job).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    metrics_linger: f64,
 }
 
 #[derive(Args)]
@@ -329,6 +347,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Eval(args) => eval(args),
         Command::Models(args) => models(args),
         Command::Summary(args) => summary(args),
+        Command::Report(args) => report::run(args),
+        Command::Tap(args) => admin::tap(args),
+        Command::Top(args) => admin::top(args),
     }
 }
 
@@ -351,6 +372,19 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     options.workers = args.workers.map(usize::from);
     options.dead_letter = args.dead_letter;
     options.stop = Some(stop);
+    if !(args.metrics_linger.is_finite() && args.metrics_linger >= 0.0) {
+        anyhow::bail!("--metrics-linger must be zero or more seconds");
+    }
+    options.metrics_linger = Some(std::time::Duration::from_secs_f64(args.metrics_linger));
+    if let Some(addr) = &args.metrics_addr {
+        dfp_core::observe::check_addr(addr).map_err(|e| anyhow::anyhow!("--metrics-addr: {e}"))?;
+    }
+    options.metrics = args.metrics_addr.clone();
+    if let Some(addr) = args.metrics_addr.as_ref().or(pipeline.plan().runtime.metrics.as_ref()) {
+        if !args.quiet {
+            eprintln!("metrics on http://{addr}/metrics (also /healthz /readyz; dfp tap --addr {addr} STAGE; dfp top --addr {addr})");
+        }
+    }
     let report = pipeline.run(options).with_context(|| format!("pipeline {} failed", args.pipeline.display()))?;
     if !args.quiet {
         print_report(&report);

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use opentelemetry::KeyValue;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, ParallelizationContract, Pipeline};
 use timely::dataflow::operators::core::{Concatenate, OkErr};
@@ -37,6 +38,7 @@ use timely::dataflow::{Scope, Stream};
 use crate::batch::Batch;
 use crate::embedded::EmbeddedIo;
 use crate::error::{RunError, StageError};
+use crate::observe::{self, AdminServer, RunStats, StageStats};
 use crate::partition::split_by_key;
 use crate::spec::{Plan, PlannedStage, DEAD_LETTERS};
 use crate::stage::{
@@ -79,6 +81,12 @@ pub struct RunOptions {
     pub dead_letter: Option<String>,
     /// A handle to stop the run from another thread.
     pub stop: Option<StopHandle>,
+    /// Serve the admin endpoint (`/metrics`, `/healthz`, `/readyz`, `/stats`, `/tap`) on this
+    /// `HOST:PORT` (overrides `runtime.metrics`).
+    pub metrics: Option<String>,
+    /// Keep the admin endpoint up this long after the run ends, so that a last scrape sees the final
+    /// figures (batch jobs).
+    pub metrics_linger: Option<Duration>,
     pub(crate) io: Option<Arc<EmbeddedIo>>,
 }
 
@@ -125,19 +133,10 @@ impl RunReport {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    rows_in: AtomicU64,
-    rows_out: AtomicU64,
-    batches_out: AtomicU64,
-    dead: AtomicU64,
-    skipped: AtomicU64,
-}
-
 struct Shared {
     error: Mutex<Option<RunError>>,
     abort: AtomicBool,
-    counters: Vec<Counters>,
+    stats: Arc<RunStats>,
     dead_written: AtomicU64,
     dead_letter_path: String,
     dead_letter_file: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
@@ -177,10 +176,23 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
     let workers = options.workers.unwrap_or(plan.runtime.workers).max(1);
     let stop = options.stop.unwrap_or_default();
     let io = options.io.unwrap_or_default();
+    let stats = Arc::new(RunStats::new(
+        &plan.file,
+        workers,
+        plan.stages.iter().map(|s| (s.id.clone(), s.type_name.clone(), s.kind)),
+    ));
+    let admin = match options.metrics.as_deref().or(plan.runtime.metrics.as_deref()) {
+        Some(addr) => {
+            let server = AdminServer::start(addr, Arc::clone(&stats)).map_err(|e| RunError::Runtime(e.to_string()))?;
+            observe::register_run(&stats);
+            Some(server)
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
         error: Mutex::new(None),
         abort: AtomicBool::new(false),
-        counters: plan.stages.iter().map(|_| Counters::default()).collect(),
+        stats: Arc::clone(&stats),
         dead_written: AtomicU64::new(0),
         dead_letter_path: options.dead_letter.unwrap_or_else(|| plan.runtime.dead_letter.clone()),
         dead_letter_file: Mutex::new(None),
@@ -196,9 +208,11 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
         let shared = Arc::clone(&worker_shared);
         let stop = stop.0.clone();
         let io = Arc::clone(&io);
+        let built = Arc::clone(&shared);
         worker.dataflow::<Time, _, _>(move |scope| {
             build_dataflow(scope, &plan, &shared, &stop, &io, index, peers);
         });
+        built.stats.workers_built.fetch_add(1, Ordering::Relaxed);
     })
     .map_err(RunError::Runtime)?;
     let mut worker_failures = Vec::new();
@@ -206,6 +220,17 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
         if let Err(e) = result {
             worker_failures.push(e);
         }
+    }
+    let elapsed = started.elapsed();
+    stats.finished.store(true, Ordering::SeqCst);
+    stats.taps.close();
+    if let Some(server) = admin {
+        if let Some(linger) = options.metrics_linger.filter(|d| !d.is_zero()) {
+            tracing::info!(seconds = linger.as_secs_f64(), addr = %server.local_addr(), "run ended; keeping the metrics endpoint up");
+            std::thread::sleep(linger);
+        }
+        server.shutdown();
+        observe::unregister_run(&stats);
     }
     if let Some(file) = shared.dead_letter_file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
         if let Err(e) = file.flush() {
@@ -221,7 +246,7 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
     let stages: Vec<StageReport> = plan
         .stages
         .iter()
-        .zip(&shared.counters)
+        .zip(&shared.stats.stages)
         .map(|(s, c)| StageReport {
             id: s.id.clone(),
             type_name: s.type_name.clone(),
@@ -238,7 +263,7 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
     let report = RunReport {
         stages,
         workers,
-        elapsed: started.elapsed(),
+        elapsed,
         dead_letter_file: written.then(|| shared.dead_letter_path.clone()),
         dead_letters,
     };
@@ -251,23 +276,49 @@ struct OpEnv {
     stage_index: usize,
     ctx: StageContext,
     shared: Arc<Shared>,
+    /// Metric labels of this stage.
+    attrs: [KeyValue; 2],
 }
 
 impl OpEnv {
-    fn counters(&self) -> &Counters {
-        &self.shared.counters[self.stage_index]
+    fn counters(&self) -> &StageStats {
+        &self.shared.stats.stages[self.stage_index]
     }
     fn id(&self) -> &str {
         &self.ctx.stage_id
+    }
+    /// Runs one stage call, adding its time to the worker's busy time and the stage's histogram.
+    #[inline]
+    fn timed<R>(&self, f: impl FnOnce() -> R) -> R {
+        let started = Instant::now();
+        let r = f();
+        let took = started.elapsed();
+        self.shared.stats.busy_ns[self.ctx.worker_index].fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        if let Some(m) = observe::metrics() {
+            m.stage_seconds.record(took.as_secs_f64(), &self.attrs);
+        }
+        r
+    }
+    /// Offers a batch to the stage's taps (`dfp tap`), when any are attached.
+    #[inline]
+    fn tap(&self, batch: &Batch) {
+        let taps = &self.shared.stats.taps;
+        if taps.active(self.stage_index) {
+            taps.offer(self.stage_index, batch);
+        }
     }
     /// Moves what a stage emitted into the output, counting it.
     fn flush(&self, em: &mut Emitter, out: &mut Vec<Item>) {
         let (batches, dead) = em.take();
         let c = self.counters();
         c.skipped.fetch_add(std::mem::take(&mut em.skipped), Ordering::Relaxed);
+        if let Some(t) = em.event_time.take() {
+            c.newest_event_us.fetch_max(t, Ordering::Relaxed);
+        }
         for b in batches {
             c.rows_out.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
             c.batches_out.fetch_add(1, Ordering::Relaxed);
+            self.tap(&b);
             out.push(Ok(b));
         }
         for mut d in dead {
@@ -309,8 +360,10 @@ fn build_dataflow<'s>(
                 workers: peers,
                 io: Arc::clone(io),
                 stop: stop.clone(),
+                stats: Some(Arc::clone(&shared.stats)),
             },
             shared: Arc::clone(shared),
+            attrs: [KeyValue::new("pipeline", plan.file.clone()), KeyValue::new("stage", stage.id.clone())],
         };
         let instance = match guard(|| stage.factory.build(&env.ctx)) {
             Ok(inst) if inst.kind() == stage.kind => Some(inst),
@@ -438,6 +491,7 @@ fn source_op<'s>(
                     if let Err(e) = guard(|| s.finish(&env.ctx)) {
                         env.shared.fail(env.id(), e);
                     }
+                    env.counters().in_flight[env.ctx.worker_index].store(0, Ordering::Relaxed);
                     src = None;
                     cap = None;
                 } else {
@@ -448,12 +502,19 @@ fn source_op<'s>(
             let mut close = env.shared.aborted() || env.ctx.stop_requested();
             if !close && !opened {
                 opened = true;
-                if let Err(e) = guard(|| s.open(&env.ctx)) {
-                    env.shared.fail(env.id(), e);
-                    close = true;
+                match guard(|| s.open(&env.ctx)) {
+                    Ok(()) => {
+                        env.counters().opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        env.shared.fail(env.id(), e);
+                        close = true;
+                    }
                 }
             }
             if !close {
+                let done = probe.with_frontier(|f| f.iter().min().copied()).unwrap_or(epoch);
+                env.counters().in_flight[env.ctx.worker_index].store(epoch.saturating_sub(done), Ordering::Relaxed);
                 if epoch >= max_in_flight && probe.less_than(&(epoch - max_in_flight)) {
                     if !paused {
                         paused = true;
@@ -470,7 +531,7 @@ fn source_op<'s>(
                         env.shared.fail(env.id(), e);
                     }
                 }
-                match guard(|| s.poll(&env.ctx, &mut em)) {
+                match env.timed(|| guard(|| s.poll(&env.ctx, &mut em))) {
                     Ok(status) => {
                         env.flush(&mut em, &mut buf);
                         for item in buf.drain(..) {
@@ -530,6 +591,7 @@ fn source_op<'s>(
                         env.shared.fail(env.id(), e);
                     }
                 }
+                env.counters().in_flight[env.ctx.worker_index].store(0, Ordering::Relaxed);
                 src = None;
                 cap = None;
             }
@@ -601,8 +663,11 @@ where
                     batch.envelope.time = cap.least().copied();
                     env.counters().rows_in.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                     let r = match &mut op {
-                        Op::Transform(t) => guard(|| t.process(batch, &mut em)),
-                        Op::Sink(s) => guard(|| s.write(batch)),
+                        Op::Transform(t) => env.timed(|| guard(|| t.process(batch, &mut em))),
+                        Op::Sink(s) => {
+                            env.tap(&batch);
+                            env.timed(|| guard(|| s.write(batch)))
+                        }
                         Op::Failed => Ok(()),
                     };
                     if let Err(e) = r {
@@ -617,7 +682,7 @@ where
             });
             if let (Some(c), Op::Transform(tr)) = (held.as_ref(), &mut op) {
                 if !env.shared.aborted() {
-                    match guard(|| tr.poll_timer(&mut em)) {
+                    match env.timed(|| guard(|| tr.poll_timer(&mut em))) {
                         Ok(Some(delay)) => activator.activate_after(delay),
                         Ok(None) => {}
                         Err(e) => env.shared.fail(env.id(), e),

@@ -42,6 +42,7 @@ pub mod executor;
 pub mod hash;
 pub mod json;
 pub mod models;
+pub mod observe;
 pub mod partition;
 pub mod pipeline;
 pub mod plugin;

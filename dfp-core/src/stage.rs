@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::Batch;
 use crate::embedded::EmbeddedIo;
 use crate::error::StageError;
+use crate::observe::RunStats;
 
 /// The three kinds of stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,6 +67,7 @@ pub struct StageContext {
     pub workers: usize,
     pub(crate) io: Arc<EmbeddedIo>,
     pub(crate) stop: StopFlag,
+    pub(crate) stats: Option<Arc<RunStats>>,
 }
 
 impl StageContext {
@@ -77,6 +79,7 @@ impl StageContext {
             workers,
             io: Arc::new(EmbeddedIo::default()),
             stop: StopFlag::default(),
+            stats: None,
         }
     }
 
@@ -89,6 +92,15 @@ impl StageContext {
     /// Long-running sources check it between reads.
     pub fn stop_requested(&self) -> bool {
         self.stop.is_set()
+    }
+
+    /// Tells the runtime whether this stage can do its work (`/readyz`): `Err(reason)` while it cannot
+    /// (say, its model registry is unreachable), `Ok(())` once it can. Stages that never call it count as
+    /// ready.
+    pub fn set_readiness(&self, ready: Result<(), String>) {
+        if let Some(stats) = &self.stats {
+            stats.set_readiness(&self.stage_id, ready);
+        }
     }
 }
 
@@ -134,6 +146,7 @@ pub struct Emitter {
     pub(crate) dead: Vec<DeadLetter>,
     pub(crate) skipped: u64,
     pub(crate) advance: Option<u64>,
+    pub(crate) event_time: Option<i64>,
 }
 
 impl Emitter {
@@ -165,6 +178,13 @@ impl Emitter {
     /// still adds up: rows in = rows out + dead letters + skipped.
     pub fn skip(&mut self, records: u64) {
         self.skipped += records;
+    }
+
+    /// Reports the event time (microseconds since the Unix epoch) of the newest event in what this stage
+    /// handled: the runtime publishes now − the newest time as the stage's input lag. Normalizers and
+    /// streaming sources call it.
+    pub fn observe_event_time(&mut self, unix_micros: i64) {
+        self.event_time = Some(self.event_time.map_or(unix_micros, |t| t.max(unix_micros)));
     }
 
     /// Records skipped so far.

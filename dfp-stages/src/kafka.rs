@@ -223,6 +223,10 @@ impl Source for KafkaSource {
             let Some(message) = consumer.poll(wait) else { break };
             wait = Duration::ZERO;
             let m = message.map_err(|e| kafka_err("consuming", e))?;
+            // Message time (producer or broker): the source's lag is how far behind the topic it reads.
+            if let Some(ms) = m.timestamp().to_millis() {
+                out.observe_event_time(ms.saturating_mul(1000));
+            }
             let key = (m.topic().to_string(), m.partition());
             let at = offsets.entry(key).or_insert(m.offset());
             *at = (*at).max(m.offset());

@@ -92,3 +92,32 @@ pub fn http_put(port: u16, path: &str) {
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "PUT {path}: {resp}");
 }
+
+/// `GET path` on a loopback port (HTTP/1.0, so no chunked answers): the status code and the body.
+#[allow(dead_code)]
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Waits until `GET path` on `port` answers 200; panics naming `what` after `secs` seconds.
+#[allow(dead_code)]
+pub fn wait_http_ok(port: u16, path: &str, what: &str, secs: u64) -> String {
+    let started = Instant::now();
+    loop {
+        if let Ok((200, body)) = http_get(port, path) {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(secs),
+            "{what} did not answer 200 on 127.0.0.1:{port}{path} within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

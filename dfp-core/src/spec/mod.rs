@@ -110,6 +110,11 @@ pub struct RuntimeConfig {
     /// only when there is something to write.
     #[serde(default = "default_dead_letter")]
     pub dead_letter: String,
+    /// Address (`HOST:PORT`) of the admin endpoint: Prometheus `/metrics`, `/healthz`, `/readyz`,
+    /// `/stats` (for `dfp top`) and `/tap` (for `dfp tap`). Off when unset; `127.0.0.1:9464` is the usual
+    /// choice.
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 fn default_workers() -> usize {
@@ -128,6 +133,7 @@ impl Default for RuntimeConfig {
             workers: default_workers(),
             max_in_flight: default_max_in_flight(),
             dead_letter: default_dead_letter(),
+            metrics: None,
         }
     }
 }

@@ -106,10 +106,16 @@ pub fn validate(
             if r.max_in_flight == 0 {
                 diag.push(line_for(&raw.runtime, "max_in_flight"), None, "runtime.max_in_flight must be at least 1");
             }
+            if let Some(addr) = &r.metrics {
+                if let Err(e) = crate::observe::check_addr(addr) {
+                    diag.push(line_for(&raw.runtime, "metrics"), None, format!("runtime.metrics: {e}"));
+                }
+            }
             r
         }
         Err(e) => {
-            let (line, msg) = locate(&raw.runtime, &e.field, &e.message, &["workers", "max_in_flight", "dead_letter"]);
+            let (line, msg) =
+                locate(&raw.runtime, &e.field, &e.message, &["workers", "max_in_flight", "dead_letter", "metrics"]);
             diag.push(line.or_else(|| raw.runtime.0.first().map(|(k, _)| line_of(k))), None, format!("runtime: {msg}"));
             RuntimeConfig::default()
         }

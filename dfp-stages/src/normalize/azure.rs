@@ -321,7 +321,9 @@ impl Transform for NormalizeAzure {
             }
             cols.push(&row);
         }
-        out.emit(batch.with_data(cols.finish()?));
+        let data = cols.finish()?;
+        super::observe_event_time(&data, out);
+        out.emit(batch.with_data(data));
         Ok(())
     }
 }

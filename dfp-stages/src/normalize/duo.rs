@@ -249,7 +249,9 @@ impl Transform for NormalizeDuo {
             }
             cols.push(&row);
         }
-        out.emit(batch.with_data(cols.finish()?));
+        let data = cols.finish()?;
+        super::observe_event_time(&data, out);
+        out.emit(batch.with_data(data));
         Ok(())
     }
 }

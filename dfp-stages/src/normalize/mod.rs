@@ -295,6 +295,19 @@ pub(crate) fn excerpt(raw: &str) -> String {
     }
 }
 
+/// Reports the newest `timestamp` of a normalized batch as the stage's event time (input lag metric).
+pub(crate) fn observe_event_time(data: &arrow::array::RecordBatch, out: &mut dfp_core::Emitter) {
+    use arrow::array::AsArray;
+    use arrow::datatypes::TimestampMicrosecondType;
+    if let Some(col) = data.column_by_name("timestamp") {
+        if let Some(ts) = col.as_primitive_opt::<TimestampMicrosecondType>() {
+            if let Some(newest) = arrow::compute::max(ts) {
+                out.observe_event_time(newest);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

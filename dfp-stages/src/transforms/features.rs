@@ -344,6 +344,7 @@ impl Features {
         fields.push(Field::new("hours_since_prev", DataType::Float64, true));
         cols.push(Arc::new(since.finish()));
         let data = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
+        crate::normalize::observe_event_time(&data, out);
         out.emit(Batch { data, envelope });
         Ok(())
     }

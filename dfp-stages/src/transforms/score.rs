@@ -23,6 +23,7 @@ use arrow::array::{
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Schema};
 use dfp_core::models::ModelRegistry;
+use dfp_core::observe::{metrics, KeyValue};
 use dfp_core::{
     register_stage, Batch, ConfigError, Emitter, Partitioning, StageConfig, StageContext, StageError, StageInstance,
     StageKind, Transform,
@@ -145,6 +146,8 @@ impl StageConfig for ScoreConfig {
             queue: VecDeque::new(),
             registry_errors: 0,
             registry_down: None,
+            ctx: None,
+            labels: Vec::new(),
         })))
     }
 }
@@ -174,6 +177,10 @@ struct Score {
     registry_errors: u64,
     /// The last registry failure, while the registry is failing.
     registry_down: Option<String>,
+    /// Where the stage runs (readiness reports), once open.
+    ctx: Option<StageContext>,
+    /// Metric labels (`stage`).
+    labels: Vec<KeyValue>,
 }
 
 impl Score {
@@ -184,6 +191,9 @@ impl Score {
             Ok(found) => {
                 if self.registry_down.take().is_some() {
                     tracing::info!(registry = %self.config.registry, "model registry reachable again");
+                    if let Some(ctx) = &self.ctx {
+                        ctx.set_readiness(Ok(()));
+                    }
                 }
                 Ok(found)
             }
@@ -191,6 +201,14 @@ impl Score {
             // fall back to the generic model), and ask again after the TTL.
             Err(StageError::Registry(message)) => {
                 self.registry_errors += 1;
+                if let Some(m) = metrics() {
+                    let mut labels = self.labels.clone();
+                    labels.push(KeyValue::new("operation", "load"));
+                    m.registry_errors.add(1, &labels);
+                }
+                if let Some(ctx) = &self.ctx {
+                    ctx.set_readiness(Err(format!("model registry {} failing: {message}", self.config.registry)));
+                }
                 if self.registry_down.is_none() {
                     tracing::warn!(
                         registry = %self.config.registry,
@@ -218,9 +236,13 @@ impl Score {
         if let Some(c) = self.cache.get_mut(name) {
             if c.checked.elapsed() <= ttl {
                 c.used = self.tick;
+                if let Some(m) = metrics() {
+                    m.model_cache_hits.add(1, &self.labels);
+                }
                 return Ok(c.model.as_ref().map(|_| c.version));
             }
         }
+        let started = Instant::now();
         let registry = self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))?;
         let latest = registry.latest(name).map_err(|e| StageError::Registry(e.to_string()))?;
         let cached_version = self.cache.get(name).filter(|c| c.model.is_some()).map(|c| c.version);
@@ -229,6 +251,10 @@ impl Score {
                 if let Some(c) = self.cache.get_mut(name) {
                     c.checked = Instant::now();
                     c.used = self.tick;
+                }
+                // Re-checked, still current: served from the cache.
+                if let Some(m) = metrics() {
+                    m.model_cache_hits.add(1, &self.labels);
                 }
                 return Ok(Some(v));
             }
@@ -263,6 +289,14 @@ impl Score {
         }
         let version = latest.unwrap_or(0);
         let found = model.is_some();
+        if let Some(m) = metrics() {
+            let mut labels = self.labels.clone();
+            labels.push(KeyValue::new("result", if found { "loaded" } else { "absent" }));
+            m.model_cache_misses.add(1, &labels);
+            if found {
+                m.model_load_seconds.record(started.elapsed().as_secs_f64(), &self.labels);
+            }
+        }
         self.cache.insert(name.to_string(), Cached { model, version, checked: Instant::now(), used: self.tick });
         Ok(found.then_some(version))
     }
@@ -280,10 +314,24 @@ impl Transform for Score {
         if ctx.worker_index == 0 && device.is_cuda() {
             tracing::info!(stage = %ctx.stage_id, device = ?device, "scoring device");
         }
-        self.registry = Some(
-            crate::registry::open(&self.config.registry, &self.config.s3, &self.config.mlflow)
-                .map_err(|e| StageError::Other(e.to_string()))?,
-        );
+        let registry = crate::registry::open(&self.config.registry, &self.config.s3, &self.config.mlflow)
+            .map_err(|e| StageError::Other(e.to_string()))?;
+        self.labels = vec![KeyValue::new("stage", ctx.stage_id.clone())];
+        // Readiness: models are loadable when the registry answers (whether or not a model exists yet).
+        // Worker 0 asks, so that a cluster does not hit the registry once per worker.
+        if ctx.worker_index == 0 {
+            let generic = model_name(self.config.source, None);
+            match registry.latest(&generic) {
+                Ok(_) => ctx.set_readiness(Ok(())),
+                Err(e) => {
+                    tracing::warn!(registry = %self.config.registry, error = %e, "model registry not reachable yet; scoring will retry");
+                    self.registry_down = Some(e.to_string());
+                    ctx.set_readiness(Err(format!("model registry {} not reachable: {e}", self.config.registry)));
+                }
+            }
+        }
+        self.registry = Some(registry);
+        self.ctx = Some(ctx.clone());
         Ok(())
     }
 

@@ -22,6 +22,7 @@ use arrow::array::{Array, AsArray, Float64Builder, RecordBatch, StringBuilder, U
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
 use dfp_core::models::ModelRegistry;
+use dfp_core::observe::{metrics, KeyValue};
 use dfp_core::{
     register_stage, Batch, ConfigError, Emitter, Partitioning, StageConfig, StageContext, StageError, StageInstance,
     StageKind, Transform,
@@ -242,7 +243,18 @@ impl Train {
             .map_err(|e| StageError::Other(format!("training {name}: {e}")))?;
         model.manifest.training.warm_start_from = previous.map(|p| p.0);
         let files = model.to_files().map_err(|e| StageError::Other(e.to_string()))?;
-        let version = registry.publish(name, &files).map_err(|e| StageError::Other(e.to_string()))?;
+        let labels = [KeyValue::new("stage", self.stage.clone()), KeyValue::new("kind", kind.to_string())];
+        let version = registry.publish(name, &files).map_err(|e| {
+            if let Some(m) = metrics() {
+                m.registry_errors
+                    .add(1, &[KeyValue::new("stage", self.stage.clone()), KeyValue::new("operation", "publish")]);
+            }
+            StageError::Other(e.to_string())
+        })?;
+        if let Some(m) = metrics() {
+            m.models_trained.add(1, &labels);
+            m.training_seconds.record(model.manifest.training.seconds, &labels);
+        }
         let t = &model.manifest.training;
         tracing::debug!(stage = %self.stage, model = name, version, rows = t.rows, epochs = t.epochs_run, seconds = t.seconds, "model trained");
         report.model.append_value(name);

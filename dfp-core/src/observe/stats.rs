@@ -1,0 +1,223 @@
+//! Live figures of one run, shared by the executor (which writes them) and the admin endpoint, the
+//! metrics callbacks and the final [`RunReport`](crate::RunReport) (which read them).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::tap::Taps;
+use crate::stage::StageKind;
+
+/// Live counters of one stage, summed over workers.
+#[derive(Debug)]
+pub struct StageStats {
+    /// Stage id.
+    pub id: String,
+    /// Stage type.
+    pub type_name: String,
+    /// Source, transform or sink.
+    pub kind: StageKind,
+    pub(crate) rows_in: AtomicU64,
+    pub(crate) rows_out: AtomicU64,
+    pub(crate) batches_out: AtomicU64,
+    pub(crate) dead: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    /// Per worker: batches emitted by this source and not yet through every sink.
+    pub(crate) in_flight: Vec<AtomicU64>,
+    /// Event time (µs since the Unix epoch) of the newest event seen; `i64::MIN` when none.
+    pub(crate) newest_event_us: AtomicI64,
+    /// Instances opened successfully (sources: connected).
+    pub(crate) opened: AtomicUsize,
+}
+
+/// Live state of one run: per-stage counters, per-worker busy time, readiness, and the taps.
+#[derive(Debug)]
+pub struct RunStats {
+    /// The pipeline file.
+    pub pipeline: String,
+    /// Worker threads.
+    pub workers: usize,
+    pub(crate) started: Instant,
+    pub(crate) stages: Vec<StageStats>,
+    pub(crate) busy_ns: Vec<AtomicU64>,
+    pub(crate) workers_built: AtomicUsize,
+    pub(crate) not_ready: Mutex<BTreeMap<String, String>>,
+    pub(crate) finished: AtomicBool,
+    pub(crate) taps: Taps,
+}
+
+/// One stage in a [`StatsSnapshot`].
+#[derive(Debug, Clone, Serialize)]
+pub struct StageSnapshot {
+    /// Stage id.
+    pub id: String,
+    /// Stage type.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Source, transform or sink.
+    pub kind: StageKind,
+    /// Rows received.
+    pub rows_in: u64,
+    /// Rows sent downstream.
+    pub rows_out: u64,
+    /// Batches sent downstream.
+    pub batches_out: u64,
+    /// Records dead-lettered.
+    pub dead_letters: u64,
+    /// Records skipped on purpose.
+    pub skipped: u64,
+    /// Sources: batches in flight (all workers).
+    pub in_flight: u64,
+    /// Now minus the newest event time seen, when the stage reports event times.
+    pub lag_seconds: Option<f64>,
+}
+
+/// What `/stats` returns (and `dfp top` shows).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsSnapshot {
+    /// The pipeline file.
+    pub pipeline: String,
+    /// Worker threads.
+    pub workers: usize,
+    /// Seconds since the run started.
+    pub uptime_seconds: f64,
+    /// Whether the run is ready (see [`RunStats::readiness`]).
+    pub ready: bool,
+    /// Why not, when not ready.
+    pub not_ready: Vec<String>,
+    /// True once the run ended.
+    pub finished: bool,
+    /// Per-worker seconds spent in dfp operators.
+    pub busy_seconds: Vec<f64>,
+    /// One entry per stage, in dependency order.
+    pub stages: Vec<StageSnapshot>,
+}
+
+/// Microseconds since the Unix epoch, now.
+pub(crate) fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+impl RunStats {
+    /// Fresh state for a run of `stages` (id, type, kind) on `workers` workers.
+    pub fn new(pipeline: &str, workers: usize, stages: impl IntoIterator<Item = (String, String, StageKind)>) -> Self {
+        let stages: Vec<StageStats> = stages
+            .into_iter()
+            .map(|(id, type_name, kind)| StageStats {
+                id,
+                type_name,
+                kind,
+                rows_in: AtomicU64::new(0),
+                rows_out: AtomicU64::new(0),
+                batches_out: AtomicU64::new(0),
+                dead: AtomicU64::new(0),
+                skipped: AtomicU64::new(0),
+                in_flight: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+                newest_event_us: AtomicI64::new(i64::MIN),
+                opened: AtomicUsize::new(0),
+            })
+            .collect();
+        let taps = Taps::new(stages.len());
+        RunStats {
+            pipeline: pipeline.to_string(),
+            workers,
+            started: Instant::now(),
+            stages,
+            busy_ns: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            workers_built: AtomicUsize::new(0),
+            not_ready: Mutex::new(BTreeMap::new()),
+            finished: AtomicBool::new(false),
+            taps,
+        }
+    }
+
+    /// The index of a stage by id.
+    pub fn stage_index(&self, id: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.id == id)
+    }
+
+    /// Stage ids in dependency order.
+    pub fn stage_ids(&self) -> Vec<&str> {
+        self.stages.iter().map(|s| s.id.as_str()).collect()
+    }
+
+    /// `Ok` when the run is ready: every worker built the graph, every source instance opened (connected),
+    /// and no stage reported a problem (such as an unreachable model registry); else the reasons.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut why = Vec::new();
+        if self.finished.load(Ordering::Relaxed) {
+            why.push("the pipeline has finished".to_string());
+            return Err(why);
+        }
+        let built = self.workers_built.load(Ordering::Relaxed);
+        if built < self.workers {
+            why.push(format!("graph: {built} of {} workers built it", self.workers));
+        }
+        for s in self.stages.iter().filter(|s| s.kind == StageKind::Source) {
+            let open = s.opened.load(Ordering::Relaxed);
+            if open < self.workers {
+                why.push(format!("source \"{}\": {open} of {} instances open", s.id, self.workers));
+            }
+        }
+        for (stage, reason) in self.not_ready.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            why.push(format!("stage \"{stage}\": {reason}"));
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why)
+        }
+    }
+
+    pub(crate) fn set_readiness(&self, stage: &str, ready: Result<(), String>) {
+        let mut map = self.not_ready.lock().unwrap_or_else(|p| p.into_inner());
+        match ready {
+            Ok(()) => {
+                map.remove(stage);
+            }
+            Err(reason) => {
+                map.insert(stage.to_string(), reason);
+            }
+        }
+    }
+
+    /// Seconds between now and the newest event time the stage saw.
+    pub(crate) fn lag_seconds(&self, stage: usize) -> Option<f64> {
+        let newest = self.stages.get(stage)?.newest_event_us.load(Ordering::Relaxed);
+        (newest != i64::MIN).then(|| (now_us() - newest) as f64 / 1e6)
+    }
+
+    /// A consistent-enough copy of the figures (each counter read once).
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let readiness = self.readiness();
+        StatsSnapshot {
+            pipeline: self.pipeline.clone(),
+            workers: self.workers,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            ready: readiness.is_ok(),
+            not_ready: readiness.err().unwrap_or_default(),
+            finished: self.finished.load(Ordering::Relaxed),
+            busy_seconds: self.busy_ns.iter().map(|b| b.load(Ordering::Relaxed) as f64 / 1e9).collect(),
+            stages: self
+                .stages
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StageSnapshot {
+                    id: s.id.clone(),
+                    type_name: s.type_name.clone(),
+                    kind: s.kind,
+                    rows_in: s.rows_in.load(Ordering::Relaxed),
+                    rows_out: s.rows_out.load(Ordering::Relaxed),
+                    batches_out: s.batches_out.load(Ordering::Relaxed),
+                    dead_letters: s.dead.load(Ordering::Relaxed),
+                    skipped: s.skipped.load(Ordering::Relaxed),
+                    in_flight: s.in_flight.iter().map(|a| a.load(Ordering::Relaxed)).sum(),
+                    lag_seconds: self.lag_seconds(i),
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! `dfp tap` and `dfp top`: clients of a running pipeline's admin endpoint.
+
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::net::TcpStream;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::Value;
+
+/// Arguments of `dfp tap`.
+#[derive(Args)]
+pub(crate) struct TapArgs {
+    /// The stage whose output rows to print (sinks: the rows they receive).
+    stage: String,
+    /// The pipeline's admin address (its --metrics-addr or runtime.metrics).
+    #[arg(long, default_value = "127.0.0.1:9464", env = "DFP_METRICS_ADDR")]
+    addr: String,
+    /// Stop after this many rows.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Only rows whose COLUMN, as text, equals VALUE.
+    #[arg(long, value_name = "COLUMN=VALUE")]
+    filter: Option<String>,
+}
+
+/// Arguments of `dfp top`.
+#[derive(Args)]
+pub(crate) struct TopArgs {
+    /// The pipeline's admin address (its --metrics-addr or runtime.metrics).
+    #[arg(long, default_value = "127.0.0.1:9464", env = "DFP_METRICS_ADDR")]
+    addr: String,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// Stop after this many refreshes (default: until the pipeline ends or Ctrl-C).
+    #[arg(long)]
+    iterations: Option<u64>,
+}
+
+/// Percent-encodes a query component.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Sends `GET path` and returns the reader positioned at the body, with the status code.
+fn get(addr: &str, path: &str) -> Result<(u16, BufReader<TcpStream>)> {
+    let mut stream = TcpStream::connect(addr)
+        .with_context(|| format!("cannot reach dfp at {addr} (is the pipeline running with --metrics-addr {addr}?)"))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).with_context(|| format!("no answer from {addr}"))?;
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .with_context(|| format!("{addr} did not answer HTTP: {status:?}"))?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
+    Ok((code, reader))
+}
+
+fn get_body(addr: &str, path: &str) -> Result<(u16, String)> {
+    let (code, mut reader) = get(addr, path)?;
+    let mut body = String::new();
+    reader.read_to_string(&mut body)?;
+    Ok((code, body))
+}
+
+/// `dfp tap`.
+pub(crate) fn tap(args: TapArgs) -> Result<ExitCode> {
+    let mut path = format!("/tap?stage={}", encode(&args.stage));
+    if let Some(n) = args.limit {
+        if n == 0 {
+            bail!("--limit must be at least 1");
+        }
+        path.push_str(&format!("&limit={n}"));
+    }
+    if let Some(f) = &args.filter {
+        if !f.contains('=') {
+            bail!("--filter must be COLUMN=VALUE, got {f:?}");
+        }
+        path.push_str(&format!("&filter={}", encode(f)));
+    }
+    let (code, mut reader) = get(&args.addr, &path)?;
+    if code != 200 {
+        let mut body = String::new();
+        reader.read_to_string(&mut body)?;
+        bail!("{} (from {})", body.trim(), args.addr);
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        if !line.starts_with("{\"$tap\"") {
+            out.write_all(line.as_bytes())?;
+            out.flush()?;
+            continue;
+        }
+        let note: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        let note = &note["$tap"];
+        match note["event"].as_str() {
+            Some("attached") => eprintln!(
+                "tapping stage \"{}\" of {} (Ctrl-C to stop)",
+                note["stage"].as_str().unwrap_or("?"),
+                note["pipeline"].as_str().unwrap_or("?")
+            ),
+            Some("dropped") => eprintln!(
+                "dfp tap: {} row(s) dropped so far: this reader is slower than the stage (the pipeline is not slowed)",
+                note["dropped_rows"]
+            ),
+            Some("warning") => eprintln!("dfp tap: {}", note["message"].as_str().unwrap_or("")),
+            Some("end") => {
+                eprintln!(
+                    "tap ended ({}): {} row(s) printed, {} dropped",
+                    note["reason"].as_str().unwrap_or("?"),
+                    note["rows"],
+                    note["dropped_rows"]
+                );
+                break;
+            }
+            _ => {}
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats(addr: &str) -> Result<Value> {
+    let (code, body) = get_body(addr, "/stats")?;
+    if code != 200 {
+        bail!("{addr}/stats answered {code}: {}", body.trim());
+    }
+    serde_json::from_str(&body).with_context(|| format!("{addr}/stats is not JSON"))
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.2}M", r / 1e6)
+    } else if r >= 1e4 {
+        format!("{:.1}k", r / 1e3)
+    } else {
+        format!("{r:.0}")
+    }
+}
+
+/// `dfp top`.
+pub(crate) fn top(args: TopArgs) -> Result<ExitCode> {
+    if !(args.interval.is_finite() && args.interval > 0.0) {
+        bail!("--interval must be a positive number of seconds");
+    }
+    let tty = std::io::stdout().is_terminal();
+    let mut previous: Option<(Instant, Value)> = None;
+    let mut shown = 0u64;
+    loop {
+        let now = Instant::now();
+        let current = match stats(&args.addr) {
+            Ok(v) => v,
+            Err(e) if previous.is_some() => {
+                println!("pipeline gone: {e:#}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => return Err(e),
+        };
+        let dt = previous.as_ref().map(|(t, _)| now.duration_since(*t).as_secs_f64()).filter(|d| *d > 0.0);
+        let mut text = String::new();
+        let ready = if current["ready"].as_bool() == Some(true) {
+            "ready".to_string()
+        } else {
+            let why: Vec<&str> =
+                current["not_ready"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            format!("NOT READY: {}", why.join("; "))
+        };
+        let busy: Vec<String> = current["busy_seconds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(w, b)| {
+                let before = previous.as_ref().and_then(|(_, p)| p["busy_seconds"][w].as_f64());
+                match (dt, b.as_f64(), before) {
+                    (Some(dt), Some(b), Some(p)) => format!("w{w} {:.0}%", 100.0 * (b - p) / dt),
+                    _ => format!("w{w} -"),
+                }
+            })
+            .collect();
+        text.push_str(&format!(
+            "{}  workers {}  up {:.0}s  {}\nbusy: {}\n\n",
+            current["pipeline"].as_str().unwrap_or("?"),
+            current["workers"],
+            current["uptime_seconds"].as_f64().unwrap_or(0.0),
+            ready,
+            busy.join("  ")
+        ));
+        text.push_str(&format!(
+            "{:<20} {:<16} {:>10} {:>10} {:>12} {:>8} {:>9} {:>10}\n",
+            "stage", "type", "in/s", "out/s", "rows out", "dead", "in-flight", "lag"
+        ));
+        for (i, s) in current["stages"].as_array().into_iter().flatten().enumerate() {
+            let before = previous.as_ref().map(|(_, p)| &p["stages"][i]);
+            let rate = |field: &str| match (dt, s[field].as_u64(), before.and_then(|b| b[field].as_u64())) {
+                (Some(dt), Some(now), Some(then)) => fmt_rate(now.saturating_sub(then) as f64 / dt),
+                _ => "-".to_string(),
+            };
+            let lag = s["lag_seconds"].as_f64().map(|l| format!("{l:.1}s")).unwrap_or_else(|| "-".into());
+            let in_flight = if s["kind"] == "source" { s["in_flight"].to_string() } else { "-".into() };
+            text.push_str(&format!(
+                "{:<20} {:<16} {:>10} {:>10} {:>12} {:>8} {:>9} {:>10}\n",
+                s["id"].as_str().unwrap_or("?"),
+                s["type"].as_str().unwrap_or("?"),
+                rate("rows_in"),
+                rate("rows_out"),
+                s["rows_out"],
+                s["dead_letters"],
+                in_flight,
+                lag
+            ));
+        }
+        if current["finished"].as_bool() == Some(true) {
+            text.push_str("\nthe pipeline has finished\n");
+        }
+        if tty {
+            print!("\x1b[2J\x1b[H{text}");
+        } else {
+            println!("{text}");
+        }
+        std::io::stdout().flush()?;
+        shown += 1;
+        if args.iterations.is_some_and(|n| shown >= n) || current["finished"].as_bool() == Some(true) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        previous = Some((now, current));
+        std::thread::sleep(Duration::from_secs_f64(args.interval));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode;
+
+    #[test]
+    fn query_components_are_encoded() {
+        assert_eq!(encode("user_name=a b@x.com"), "user_name%3Da%20b%40x.com");
+        assert_eq!(encode("café"), "caf%C3%A9");
+    }
+}

@@ -1,0 +1,286 @@
+//! Observability through the real binary: a real Prometheus scrapes running pipelines and every query of
+//! the shipped Grafana dashboard returns data; `/healthz`, `/readyz`, `dfp tap` and `dfp top` against a
+//! running pipeline.
+
+mod common;
+use common::{dfp, free_port, http_get, text, wait_http_ok};
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// Kills the child when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Prometheus (Debian package; `DFP_PROMETHEUS` overrides the binary) scraping `target` every second,
+/// with the shipped scrape configuration.
+fn start_prometheus(dir: &Path, target: u16) -> (Killed, u16) {
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/prometheus.yml"))
+            .unwrap();
+    assert!(shipped.contains("127.0.0.1:9464"), "the shipped config scrapes the default address");
+    let config = shipped.replace("127.0.0.1:9464", &format!("127.0.0.1:{target}")).replace("5s", "1s");
+    let config_path = dir.join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let port = free_port();
+    let bin = std::env::var("DFP_PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = Command::new(&bin)
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {bin} ({e}): install Debian's prometheus (`apt-get install prometheus`; ./dev test does)"
+            )
+        });
+    let prom = Killed(child);
+    wait_http_ok(port, "/-/ready", "prometheus", 60);
+    // Prometheus applies discovered targets every few seconds: wait until it has tried the target once, so
+    // that short runs are not missed.
+    let started = Instant::now();
+    loop {
+        let body = http_get(port, "/api/v1/targets").map(|r| r.1).unwrap_or_default();
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let scraped = v["data"]["activeTargets"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["lastScrape"].as_str().is_some_and(|s| !s.starts_with("0001"))));
+        if scraped {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "prometheus did not try its target within 60 s: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (prom, port)
+}
+
+/// Series of a range query over [start, now].
+fn query_range(port: u16, query: &str, start: f64) -> Vec<Value> {
+    let end = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    let path = format!("/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step=1", encode(query));
+    let (code, body) = http_get(port, &path).unwrap();
+    assert_eq!(code, 200, "query {query}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "success", "{query}: {body}");
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// The largest value of any series of the query over the range.
+fn max_value(series: &[Value]) -> f64 {
+    series
+        .iter()
+        .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p[1].as_str().and_then(|v| v.parse::<f64>().ok()))
+        .filter(|v| v.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max)
+}
+
+#[test]
+fn prometheus_scrapes_pipelines_and_every_dashboard_query_returns_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_prom, prom_port) = start_prometheus(dir.path(), port);
+    let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - 1.0;
+    let addr = format!("127.0.0.1:{port}");
+    let models = dir.path().join("models");
+    let report = dir.path().join("report.jsonl");
+    let out = dfp()
+        .args(["run", "pipelines/azure-training.yaml", "--var", &format!("models={}", models.display())])
+        .args(["--var", &format!("report={}", report.display()), "--var", "epochs=2", "--var", "min_history=100"])
+        .args(["--metrics-addr", &addr, "--metrics-linger", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("metrics on http://{addr}/metrics")), "{}", text(&out));
+    let trained = std::fs::read_to_string(&report).unwrap().lines().filter(|l| l.contains("\"trained\"")).count();
+
+    let alerts = dir.path().join("alerts.jsonl");
+    let mut run = Killed(
+        dfp()
+            .args(["run", "pipelines/azure-inference.yaml", "--var", &format!("models={}", models.display())])
+            .args(["--var", &format!("output={}", alerts.display()), "--var", "threshold=1"])
+            .args(["--metrics-addr", &addr, "--metrics-linger", "4"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(wait_http_ok(port, "/healthz", "dfp", 60), "ok\n");
+    let status = run.0.wait().unwrap();
+    assert!(status.success(), "inference failed");
+    let alert_rows = std::fs::read_to_string(&alerts).unwrap().lines().count();
+    assert!(alert_rows > 0);
+
+    // Series read back through Prometheus match what the runs did.
+    let sent = query_range(prom_port, r#"dfp_stage_events_sent_total{stage="alerts"}"#, start);
+    assert_eq!(max_value(&sent), alert_rows as f64, "{sent:?}");
+    assert_eq!(sent[0]["metric"]["pipeline"], "pipelines/azure-inference.yaml");
+    let counted = query_range(prom_port, "sum(dfp_alerts_total)", start);
+    assert_eq!(max_value(&counted), alert_rows as f64);
+    let models_trained = query_range(prom_port, "sum(dfp_models_trained_total)", start);
+    assert_eq!(max_value(&models_trained), trained as f64);
+    let scored = query_range(prom_port, r#"dfp_stage_events_received_total{stage="scored"}"#, start);
+    let events = query_range(
+        prom_port,
+        r#"dfp_stage_events_sent_total{stage="events",pipeline="pipelines/azure-inference.yaml"}"#,
+        start,
+    );
+    assert_eq!(max_value(&scored), max_value(&events));
+    let lag = query_range(prom_port, r#"dfp_stage_input_lag_seconds{stage="events"}"#, start);
+    assert!(max_value(&lag) > 3600.0, "the sample logs are weeks old: {lag:?}");
+    for name in ["dfp_model_cache_misses_total", "dfp_model_load_seconds_count", "dfp_worker_busy_seconds_total"] {
+        assert!(max_value(&query_range(prom_port, name, start)) > 0.0, "{name}");
+    }
+
+    // Every query of the shipped dashboard returns data.
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string("deploy/grafana/dfp-dashboard.json").unwrap()).unwrap();
+    let mut failures = Vec::new();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let query = expr.replace("$__rate_interval", "5s").replace("$pipeline", ".*");
+            queries += 1;
+            if query_range(prom_port, &query, start).is_empty() {
+                failures.push(format!("{}: {expr}", panel["title"]));
+            }
+        }
+    }
+    assert!(queries >= 15, "{queries}");
+    assert!(failures.is_empty(), "dashboard queries without data:\n{}", failures.join("\n"));
+}
+
+const ENDLESS: &str = "version: 1
+runtime: { workers: 2 }
+stages:
+  gen: { type: generator, rows: 100000000000, users: 7, batch_size: 1024 }
+  sel: { type: passthrough, inputs: [gen] }
+  out: { type: blackhole, inputs: [sel] }
+";
+
+#[test]
+fn health_readiness_tap_and_top_on_a_running_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("endless.yaml");
+    std::fs::write(&pipeline, ENDLESS).unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut run = Killed(
+        dfp()
+            .args(["run", pipeline.to_str().unwrap(), "--metrics-addr", &addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(wait_http_ok(port, "/healthz", "dfp", 60), "ok\n");
+    assert_eq!(wait_http_ok(port, "/readyz", "dfp readiness", 30), "ready\n");
+
+    // A tap with a filter and a limit: exactly that many matching rows, then the pipeline goes on.
+    let tap =
+        dfp().args(["tap", "--addr", &addr, "sel", "--limit", "5", "--filter", "username=user-3"]).output().unwrap();
+    assert!(tap.status.success(), "{}", text(&tap));
+    let rows: Vec<Value> =
+        String::from_utf8_lossy(&tap.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 5, "{}", text(&tap));
+    assert!(rows.iter().all(|r| r["username"] == "user-3" && r["id"].as_str().unwrap().starts_with("evt-")));
+    let stderr = String::from_utf8_lossy(&tap.stderr);
+    assert!(stderr.contains("tapping stage \"sel\"") && stderr.contains("limit reached"), "{stderr}");
+
+    // A stage that does not exist: the message lists the stages.
+    let bad = dfp().args(["tap", "--addr", &addr, "nope"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("no stage \"nope\"") && text(&bad).contains("gen, sel, out"), "{}", text(&bad));
+
+    // A reader that does not read: the pipeline does not wait for it; drops are counted and reported.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(slow, "GET /tap?stage=gen HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let before = serde_json::from_str::<Value>(&http_get(port, "/stats").unwrap().1).unwrap()["stages"][0]["rows_out"]
+        .as_u64()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = serde_json::from_str::<Value>(&http_get(port, "/stats").unwrap().1).unwrap()["stages"][0]["rows_out"]
+        .as_u64()
+        .unwrap();
+    assert!(after > before + 100_000, "the source keeps going while the tap is not read: {before} → {after}");
+    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reader = BufReader::new(slow);
+    let started = Instant::now();
+    let mut dropped = 0u64;
+    let mut line = String::new();
+    while dropped == 0 && started.elapsed() < Duration::from_secs(20) {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if line.starts_with("{\"$tap\"") {
+            let note: Value = serde_json::from_str(&line).unwrap();
+            if note["$tap"]["event"] == "dropped" {
+                dropped = note["$tap"]["dropped_rows"].as_u64().unwrap();
+            }
+        }
+    }
+    assert!(dropped > 0, "a slow tap reports dropped rows");
+    drop(reader);
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    assert!(metrics.contains("dfp_tap_rows_dropped_total{pipeline="), "{metrics}");
+    assert!(metrics.contains("dfp_pipeline_ready{pipeline="), "{metrics}");
+    assert!(metrics.contains("dfp_stage_processing_seconds_bucket{"), "{metrics}");
+
+    // dfp top: two frames, the second with rates.
+    let top = dfp().args(["top", "--addr", &addr, "--iterations", "2", "--interval", "0.5"]).output().unwrap();
+    assert!(top.status.success(), "{}", text(&top));
+    let frames = String::from_utf8_lossy(&top.stdout).to_string();
+    assert!(frames.contains("workers 2") && frames.contains("ready"), "{frames}");
+    let last = frames.rsplit("stage ").next().unwrap();
+    let sel = last.lines().find(|l| l.starts_with("sel ")).unwrap_or_else(|| panic!("{frames}"));
+    let cols: Vec<&str> = sel.split_whitespace().collect();
+    assert_eq!(cols[1], "passthrough", "{sel}");
+    assert_ne!(cols[3], "-", "out/s is measured in the second frame: {sel}");
+
+    // SIGTERM stops it gracefully.
+    unsafe { libc::kill(run.0.id() as i32, libc::SIGTERM) };
+    let status = run.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(http_get(port, "/healthz").is_err(), "the endpoint closes with the run");
+}
+
+#[test]
+fn a_bad_metrics_address_is_refused() {
+    let out = dfp().args(["run", "pipelines/azure-inference.yaml", "--metrics-addr", "nowhere"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--metrics-addr") && text(&out).contains("nowhere"), "{}", text(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(&p, "version: 1\nruntime:\n  metrics: \"9464\"\nstages:\n  g: { type: generator, rows: 1 }\n  o: { type: blackhole, inputs: [g] }\n").unwrap();
+    let out = dfp().args(["validate", p.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("p.yaml:3") && text(&out).contains("runtime.metrics"), "{}", text(&out));
+}
