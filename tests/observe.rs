@@ -284,3 +284,11 @@ fn a_bad_metrics_address_is_refused() {
     assert!(!out.status.success());
     assert!(text(&out).contains("p.yaml:3") && text(&out).contains("runtime.metrics"), "{}", text(&out));
 }
+
+#[test]
+fn every_metric_is_documented() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/observability.md")).unwrap();
+    let missing: Vec<&str> =
+        dfp_core::observe::names::ALL.iter().copied().filter(|n| !doc.contains(&format!("`{n}`"))).collect();
+    assert!(missing.is_empty(), "not in docs/observability.md: {missing:?}");
+}

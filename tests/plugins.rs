@@ -55,8 +55,26 @@ fn plugin_stages_are_listed_inspected_and_run_like_built_ins() {
     let pipeline = write(dir.path(), "p.yaml", &yaml);
     let out = dfp().args(["validate"]).arg(&pipeline).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let out = dfp().arg("run").arg(&pipeline).output().unwrap();
+    // With metrics on, the plugin's own counters are published (read during the linger after the run).
+    let port = common::free_port();
+    let run = dfp()
+        .arg("run")
+        .arg(&pipeline)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--metrics-linger", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wanted = r#"dfp_plugin_counter_total{counter="rows",stage="rows"} 50000"#;
+    let started = std::time::Instant::now();
+    let mut metrics = String::new();
+    while !metrics.contains(wanted) && started.elapsed() < std::time::Duration::from_secs(60) {
+        metrics = common::http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = run.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    assert!(metrics.contains(wanted), "{metrics}");
     let counted: u64 = std::fs::read_to_string(&count)
         .unwrap()
         .lines()

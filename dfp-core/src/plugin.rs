@@ -335,8 +335,16 @@ unsafe extern "C" fn host_log(ctx: *mut c_void, level: u32, message: *const u8, 
 unsafe extern "C" fn host_counter_add(ctx: *mut c_void, name: *const u8, len: usize, value: u64) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         let state = unsafe { &*(ctx as *const HostState) };
+        let name = text_of(name, len);
+        if let Some(m) = crate::observe::metrics() {
+            let labels = [
+                crate::observe::KeyValue::new("stage", state.stage_id.to_string_lossy().into_owned()),
+                crate::observe::KeyValue::new("counter", m.bounded("plugin_counter", &name)),
+            ];
+            m.plugin_counters.add(value, &labels);
+        }
         let mut counters = state.counters.lock().unwrap_or_else(|p| p.into_inner());
-        *counters.entry(text_of(name, len)).or_default() += value;
+        *counters.entry(name).or_default() += value;
     }));
 }
 

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub alerts: Counter<u64>,
     /// [`names::TAP_ROWS_DROPPED`].
     pub tap_rows_dropped: Counter<u64>,
+    /// [`names::PLUGIN_COUNTER`].
+    pub plugin_counters: Counter<u64>,
     labels: Mutex<HashMap<&'static str, HashSet<String>>>,
 }
 
@@ -104,6 +106,7 @@ pub fn enable_metrics() -> Result<&'static Metrics, ObserveError> {
         ),
         alerts: counter(names::ALERTS, "Alerts raised"),
         tap_rows_dropped: counter(names::TAP_ROWS_DROPPED, "Rows dfp tap dropped for a slow reader"),
+        plugin_counters: counter(names::PLUGIN_COUNTER, "Counters added by plugin stages"),
         labels: Mutex::new(HashMap::new()),
         registry,
         _provider: provider,

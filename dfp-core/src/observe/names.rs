@@ -46,6 +46,10 @@ pub const ALERTS: &str = "dfp_alerts_total";
 /// `stage`).
 pub const TAP_ROWS_DROPPED: &str = "dfp_tap_rows_dropped_total";
 
+/// Counters a plugin stage adds through its SDK `Context` (counter; labels `stage`, `counter`: the
+/// plugin's name for it).
+pub const PLUGIN_COUNTER: &str = "dfp_plugin_counter_total";
+
 /// Every name above, for docs and tests.
 pub const ALL: &[&str] = &[
     STAGE_EVENTS_RECEIVED,
@@ -66,4 +70,5 @@ pub const ALL: &[&str] = &[
     MODEL_TRAINING_SECONDS,
     ALERTS,
     TAP_ROWS_DROPPED,
+    PLUGIN_COUNTER,
 ];
