@@ -292,3 +292,35 @@ fn every_metric_is_documented() {
         dfp_core::observe::names::ALL.iter().copied().filter(|n| !doc.contains(&format!("`{n}`"))).collect();
     assert!(missing.is_empty(), "not in docs/observability.md: {missing:?}");
 }
+
+#[test]
+fn an_unreachable_registry_makes_the_pipeline_not_ready_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let registry = format!("mlflow://127.0.0.1:{}", free_port());
+    let run = dfp()
+        .args(["run", "pipelines/azure-inference.yaml", "--var", &format!("models={registry}")])
+        .args(["--var", &format!("output={}", dir.path().join("alerts.jsonl").display())])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--metrics-linger", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let (mut readiness, mut metrics) = (String::new(), String::new());
+    let counted = r#"dfp_registry_errors_total{operation="load",stage="scored"}"#;
+    while started.elapsed() < Duration::from_secs(60) && !(readiness.contains(&registry) && metrics.contains(counted)) {
+        if let Ok((503, body)) = http_get(port, "/readyz") {
+            if body.contains(&registry) {
+                readiness = body;
+            }
+        }
+        metrics = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run.wait_with_output().unwrap();
+    assert!(readiness.starts_with("not ready\nstage \"scored\": model registry"), "{readiness}");
+    assert!(metrics.contains(counted), "{metrics}");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not cached while the registry fails"), "{}", text(&out));
+}

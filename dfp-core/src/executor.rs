@@ -649,9 +649,14 @@ where
                     Op::Sink(s) => guard(|| s.open(&env.ctx)),
                     Op::Failed => Ok(()),
                 };
-                if let Err(e) = r {
-                    env.shared.fail(env.id(), e);
-                    op = Op::Failed;
+                match r {
+                    Ok(()) => {
+                        env.counters().opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        env.shared.fail(env.id(), e);
+                        op = Op::Failed;
+                    }
                 }
             }
             input.for_each(|cap, data| {

@@ -144,8 +144,9 @@ impl RunStats {
         self.stages.iter().map(|s| s.id.as_str()).collect()
     }
 
-    /// `Ok` when the run is ready: every worker built the graph, every source instance opened (connected),
-    /// and no stage reported a problem (such as an unreachable model registry); else the reasons.
+    /// `Ok` when the run is ready: every worker built the graph, every stage instance opened (sources:
+    /// connected; the scorer: its registry checked), and no stage reported a problem (such as an
+    /// unreachable model registry); else the reasons.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let mut why = Vec::new();
         if self.finished.load(Ordering::Relaxed) {
@@ -156,10 +157,11 @@ impl RunStats {
         if built < self.workers {
             why.push(format!("graph: {built} of {} workers built it", self.workers));
         }
-        for s in self.stages.iter().filter(|s| s.kind == StageKind::Source) {
+        for s in &self.stages {
             let open = s.opened.load(Ordering::Relaxed);
             if open < self.workers {
-                why.push(format!("source \"{}\": {open} of {} instances open", s.id, self.workers));
+                let what = if s.kind == StageKind::Source { "source" } else { "stage" };
+                why.push(format!("{what} \"{}\": {open} of {} instances open", s.id, self.workers));
             }
         }
         for (stage, reason) in self.not_ready.lock().unwrap_or_else(|p| p.into_inner()).iter() {
@@ -219,5 +221,37 @@ impl RunStats {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_names_what_is_missing() {
+        let stats = RunStats::new(
+            "p.yaml",
+            2,
+            [
+                ("logs".to_string(), "file-source".to_string(), StageKind::Source),
+                ("score".into(), "score".into(), StageKind::Transform),
+            ],
+        );
+        let why = stats.readiness().unwrap_err();
+        assert!(why.contains(&"graph: 0 of 2 workers built it".to_string()), "{why:?}");
+        assert!(why.contains(&"source \"logs\": 0 of 2 instances open".to_string()), "{why:?}");
+        stats.workers_built.store(2, Ordering::Relaxed);
+        for s in &stats.stages {
+            s.opened.store(2, Ordering::Relaxed);
+        }
+        assert_eq!(stats.readiness(), Ok(()));
+        stats.set_readiness("score", Err("model registry down".into()));
+        assert_eq!(stats.readiness(), Err(vec!["stage \"score\": model registry down".to_string()]));
+        stats.set_readiness("score", Ok(()));
+        assert_eq!(stats.readiness(), Ok(()));
+        stats.finished.store(true, Ordering::Relaxed);
+        assert_eq!(stats.readiness(), Err(vec!["the pipeline has finished".to_string()]));
+        assert!(stats.snapshot().finished);
     }
 }
