@@ -92,6 +92,18 @@ struct RunArgs {
     /// the final figures of a batch job).
     #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
     metrics_linger: f64,
+    /// Run as one of N processes of a cluster (overrides runtime.processes; see docs/operations.md).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    processes: Option<u16>,
+    /// This process's index in the cluster, 0..N (overrides runtime.process).
+    #[arg(long, value_name = "I")]
+    process: Option<u16>,
+    /// The cluster's hostfile: host:port per process, in process order (overrides runtime.hostfile).
+    #[arg(long, value_name = "FILE")]
+    hostfile: Option<String>,
+    /// Seconds to wait for every process of the cluster to connect (overrides runtime.connect_timeout_secs).
+    #[arg(long, value_name = "SECONDS")]
+    connect_timeout: Option<f64>,
 }
 
 #[derive(Args)]
@@ -380,6 +392,15 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         dfp_core::observe::check_addr(addr).map_err(|e| anyhow::anyhow!("--metrics-addr: {e}"))?;
     }
     options.metrics = args.metrics_addr.clone();
+    options.processes = args.processes.map(usize::from);
+    options.process = args.process.map(usize::from);
+    options.hostfile = args.hostfile.clone();
+    if let Some(t) = args.connect_timeout {
+        if !(t.is_finite() && t > 0.0) {
+            anyhow::bail!("--connect-timeout must be a positive number of seconds");
+        }
+        options.connect_timeout = Some(std::time::Duration::from_secs_f64(t));
+    }
     if let Some(addr) = args.metrics_addr.as_ref().or(pipeline.plan().runtime.metrics.as_ref()) {
         if !args.quiet {
             eprintln!("metrics on http://{addr}/metrics (also /healthz /readyz; dfp tap --addr {addr} STAGE; dfp top --addr {addr})");

@@ -81,4 +81,7 @@ pub enum RunError {
     /// The timely runtime could not start or a worker died.
     #[error("runtime: {0}")]
     Runtime(String),
+    /// The cluster could not form, refused a process, or lost one.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }

@@ -16,9 +16,11 @@
 //! stage. A stop request ([`StopHandle`], Ctrl-C in the CLI) makes sources stop reading; what is in flight
 //! still reaches the sinks, which then finish normally.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +38,7 @@ use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::{Scope, Stream};
 
 use crate::batch::Batch;
+use crate::cluster::{ClusterSpec, Fingerprint, PeerWatch};
 use crate::embedded::EmbeddedIo;
 use crate::error::{RunError, StageError};
 use crate::observe::{self, AdminServer, RunStats, StageStats};
@@ -87,6 +90,14 @@ pub struct RunOptions {
     /// Keep the admin endpoint up this long after the run ends, so that a last scrape sees the final
     /// figures (batch jobs).
     pub metrics_linger: Option<Duration>,
+    /// Processes in the cluster (overrides `runtime.processes`; see [`crate::cluster`]).
+    pub processes: Option<usize>,
+    /// This process's index in the cluster (overrides `runtime.process`).
+    pub process: Option<usize>,
+    /// The hostfile: `host:port` per process (overrides `runtime.hostfile`).
+    pub hostfile: Option<String>,
+    /// How long to wait for the cluster's processes to connect (overrides `runtime.connect_timeout_secs`).
+    pub connect_timeout: Option<Duration>,
     pub(crate) io: Option<Arc<EmbeddedIo>>,
 }
 
@@ -143,6 +154,18 @@ struct Shared {
 }
 
 impl Shared {
+    /// Records a run-level error (the first one wins) and stops the pipeline.
+    fn set_error(&self, error: RunError) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+        self.abort.store(true, Ordering::SeqCst);
+    }
+    /// The recorded error, as text.
+    fn error_text(&self) -> String {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|e| e.to_string()).unwrap_or_default()
+    }
     fn fail(&self, stage: &str, source: StageError) {
         tracing::debug!(stage, error = %source, "stage failed; stopping the pipeline");
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
@@ -174,11 +197,15 @@ fn guard<R>(f: impl FnOnce() -> Result<R, StageError>) -> Result<R, StageError> 
 pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let workers = options.workers.unwrap_or(plan.runtime.workers).max(1);
+    let cluster = resolve_cluster(&plan, &options)?;
     let stop = options.stop.unwrap_or_default();
     let io = options.io.unwrap_or_default();
-    let stats = Arc::new(RunStats::new(
+    let (process, processes) = cluster.as_ref().map_or((0, 1), |c| (c.process, c.processes()));
+    let stats = Arc::new(RunStats::in_cluster(
         &plan.file,
         workers,
+        process,
+        processes,
         plan.stages.iter().map(|s| (s.id.clone(), s.type_name.clone(), s.kind)),
     ));
     let admin = match options.metrics.as_deref().or(plan.runtime.metrics.as_deref()) {
@@ -197,15 +224,24 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
         dead_letter_path: options.dead_letter.unwrap_or_else(|| plan.runtime.dead_letter.clone()),
         dead_letter_file: Mutex::new(None),
     });
-    tracing::info!(pipeline = %plan.file, workers, stages = plan.stages.len(), "starting pipeline");
+    tracing::info!(pipeline = %plan.file, workers, process, processes, stages = plan.stages.len(), "starting pipeline");
 
+    let fingerprint = Fingerprint::of(&plan, process, workers);
     let worker_plan = Arc::clone(&plan);
     let worker_shared = Arc::clone(&shared);
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let names = cluster.clone();
+    let body = move |worker: &mut timely::worker::Worker| {
         let index = worker.index();
         let peers = worker.peers();
         let plan = Arc::clone(&worker_plan);
         let shared = Arc::clone(&worker_shared);
+        if let Some(cluster) = &names {
+            if let Err(why) = handshake(worker, &fingerprint, cluster) {
+                shared.set_error(RunError::Cluster(why));
+                return;
+            }
+            shared.stats.cluster_connected.store(true, Ordering::Relaxed);
+        }
         let stop = stop.0.clone();
         let io = Arc::clone(&io);
         let built = Arc::clone(&shared);
@@ -213,13 +249,53 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
             build_dataflow(scope, &plan, &shared, &stop, &io, index, peers);
         });
         built.stats.workers_built.fetch_add(1, Ordering::Relaxed);
-    })
-    .map_err(RunError::Runtime)?;
-    let mut worker_failures = Vec::new();
-    for result in guards.join() {
-        if let Err(e) = result {
-            worker_failures.push(e);
+    };
+    let guards = match &cluster {
+        None => timely::execute(timely::Config::process(workers), body).map_err(RunError::Runtime)?,
+        Some(c) => {
+            PeerWatch::install(&c.addresses);
+            let config = timely::Config {
+                communication: timely::CommunicationConfig::Cluster {
+                    threads: workers,
+                    process: c.process,
+                    addresses: c.addresses.clone(),
+                    report: false,
+                    zerocopy: false,
+                },
+                worker: timely::WorkerConfig::default(),
+            };
+            // Timely waits for every peer without a limit: wait here with one, and say who we wait for.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("dfp-cluster-connect".into())
+                .spawn(move || {
+                    let _ = tx.send(timely::execute(config, body));
+                })
+                .map_err(|e| RunError::Runtime(e.to_string()))?;
+            let timeout = options
+                .connect_timeout
+                .unwrap_or_else(|| Duration::from_secs_f64(plan.runtime.connect_timeout_secs.max(0.001)));
+            match rx.recv_timeout(timeout) {
+                Ok(result) => result.map_err(RunError::Cluster)?,
+                Err(_) => {
+                    let peers: Vec<String> =
+                        (0..c.processes()).filter(|p| *p != c.process).map(|p| c.name(p)).collect();
+                    return Err(RunError::Cluster(format!(
+                        "{} waited {:.0} s for its peers and not all of them connected: {}. Start every process with the same hostfile and its own --process index, and check that the addresses are reachable",
+                        c.name(c.process),
+                        timeout.as_secs_f64(),
+                        peers.join(", ")
+                    )));
+                }
+            }
         }
+    };
+    let mut worker_failures = Vec::new();
+    // Joining also joins timely's network threads, which panic when a peer was lost.
+    match catch_unwind(AssertUnwindSafe(move || guards.join())) {
+        Ok(results) => worker_failures.extend(results.into_iter().filter_map(Result::err)),
+        Err(_) if PeerWatch::lost().is_some() => {}
+        Err(_) => worker_failures.push("timely's network threads failed".into()),
     }
     let elapsed = started.elapsed();
     stats.finished.store(true, Ordering::SeqCst);
@@ -239,6 +315,13 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
     }
     if let Some(err) = shared.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(err);
+    }
+    if cluster.is_some() {
+        if let Some(lost) = PeerWatch::lost() {
+            return Err(RunError::Cluster(format!(
+                "{lost}. Timely clusters are fail-stop: restart every process (sources that commit, such as Kafka, resume from their committed offsets)"
+            )));
+        }
     }
     if !worker_failures.is_empty() {
         return Err(RunError::Runtime(format!("worker failed: {}", worker_failures.join("; "))));
@@ -278,6 +361,8 @@ struct OpEnv {
     shared: Arc<Shared>,
     /// Metric labels of this stage.
     attrs: [KeyValue; 2],
+    /// This worker's slot in the process's per-worker figures.
+    local: usize,
 }
 
 impl OpEnv {
@@ -293,7 +378,7 @@ impl OpEnv {
         let started = Instant::now();
         let r = f();
         let took = started.elapsed();
-        self.shared.stats.busy_ns[self.ctx.worker_index].fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.shared.stats.busy_ns[self.local].fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
         if let Some(m) = observe::metrics() {
             m.stage_seconds.record(took.as_secs_f64(), &self.attrs);
         }
@@ -339,6 +424,10 @@ fn build_dataflow<'s>(
     peers: usize,
 ) {
     let probe: ProbeHandle<Time> = ProbeHandle::new();
+    let live_sources = Rc::new(Cell::new(plan.stages.iter().filter(|s| s.kind == StageKind::Source).count()));
+    if shared.stats.processes > 1 {
+        cluster_control(scope, shared, stop, Rc::clone(&live_sources), index, peers);
+    }
     // Stages fed (directly or not) by the dead-letter stream are built after it exists.
     let mut after_dead: HashSet<&str> = HashSet::new();
     for s in &plan.stages {
@@ -358,12 +447,15 @@ fn build_dataflow<'s>(
                 stage_id: stage.id.clone(),
                 worker_index: index,
                 workers: peers,
+                process: shared.stats.process,
+                processes: shared.stats.processes,
                 io: Arc::clone(io),
                 stop: stop.clone(),
                 stats: Some(Arc::clone(&shared.stats)),
             },
             shared: Arc::clone(shared),
             attrs: [KeyValue::new("pipeline", plan.file.clone()), KeyValue::new("stage", stage.id.clone())],
+            local: shared.stats.local(index),
         };
         let instance = match guard(|| stage.factory.build(&env.ctx)) {
             Ok(inst) if inst.kind() == stage.kind => Some(inst),
@@ -385,7 +477,7 @@ fn build_dataflow<'s>(
                     Some(StageInstance::Source(s)) => Some(s),
                     _ => None,
                 };
-                source_op(scope, env, src, &probe, plan.runtime.max_in_flight)
+                source_op(scope, env, src, &probe, plan.runtime.max_in_flight, Rc::clone(&live_sources))
             }
             StageKind::Transform | StageKind::Sink => {
                 let inputs: Vec<Batches<'s>> = stage.inputs.iter().filter_map(|i| outputs.get(i).cloned()).collect();
@@ -452,8 +544,11 @@ fn source_op<'s>(
     mut src: Option<Box<dyn Source>>,
     probe: &ProbeHandle<Time>,
     max_in_flight: u64,
+    live: Rc<Cell<usize>>,
 ) -> Items<'s> {
     let probe = probe.clone();
+    // Counts this worker's running sources down when this one ends (the cluster control needs it).
+    let ended = move || live.set(live.get().saturating_sub(1));
     let name = format!("source:{}", env.id());
     source::<Time, ItemBuilder, _, _>(scope, &name, move |cap, info| {
         let activator = scope.activator_for(info.address);
@@ -474,6 +569,7 @@ fn source_op<'s>(
             let Some(c) = cap.as_mut() else { return };
             let Some(s) = src.as_mut() else {
                 cap = None;
+                ended();
                 return;
             };
             if opened && !env.shared.aborted() {
@@ -491,9 +587,10 @@ fn source_op<'s>(
                     if let Err(e) = guard(|| s.finish(&env.ctx)) {
                         env.shared.fail(env.id(), e);
                     }
-                    env.counters().in_flight[env.ctx.worker_index].store(0, Ordering::Relaxed);
+                    env.counters().in_flight[env.local].store(0, Ordering::Relaxed);
                     src = None;
                     cap = None;
+                    ended();
                 } else {
                     activator.activate_after(Duration::from_millis(1));
                 }
@@ -514,7 +611,7 @@ fn source_op<'s>(
             }
             if !close {
                 let done = probe.with_frontier(|f| f.iter().min().copied()).unwrap_or(epoch);
-                env.counters().in_flight[env.ctx.worker_index].store(epoch.saturating_sub(done), Ordering::Relaxed);
+                env.counters().in_flight[env.local].store(epoch.saturating_sub(done), Ordering::Relaxed);
                 if epoch >= max_in_flight && probe.less_than(&(epoch - max_in_flight)) {
                     if !paused {
                         paused = true;
@@ -591,9 +688,10 @@ fn source_op<'s>(
                         env.shared.fail(env.id(), e);
                     }
                 }
-                env.counters().in_flight[env.ctx.worker_index].store(0, Ordering::Relaxed);
+                env.counters().in_flight[env.local].store(0, Ordering::Relaxed);
                 src = None;
                 cap = None;
+                ended();
             }
         }
     })
@@ -736,6 +834,136 @@ where
             }
         }
     })
+}
+
+/// The cluster this run joins, from the options or the plan's `runtime:`; `None` for a single process.
+fn resolve_cluster(plan: &Plan, options: &RunOptions) -> Result<Option<ClusterSpec>, RunError> {
+    let processes = options.processes.unwrap_or(plan.runtime.processes);
+    let hostfile = options.hostfile.clone().or_else(|| plan.runtime.hostfile.clone());
+    let process = options.process.or(plan.runtime.process);
+    if processes <= 1 && hostfile.is_none() {
+        return Ok(None);
+    }
+    let hostfile = hostfile.ok_or_else(|| {
+        RunError::Cluster(format!(
+            "{processes} processes need a hostfile (--hostfile FILE or runtime.hostfile): host:port per process"
+        ))
+    })?;
+    let process = process.ok_or_else(|| {
+        RunError::Cluster("this process's index is missing (--process I or runtime.process, from 0)".into())
+    })?;
+    let spec =
+        ClusterSpec::from_hostfile(std::path::Path::new(&hostfile), (processes > 1).then_some(processes), process)
+            .map_err(|e| RunError::Cluster(e.to_string()))?;
+    Ok((spec.processes() > 1).then_some(spec))
+}
+
+/// Exchanges fingerprints with every worker of the cluster through a one-record dataflow (built the same
+/// by every dfp), before the pipeline's own dataflow exists: a mismatch is an error naming the process.
+fn handshake(worker: &mut timely::worker::Worker, mine: &Fingerprint, cluster: &ClusterSpec) -> Result<(), String> {
+    use timely::dataflow::operators::vec::Broadcast;
+    use timely::dataflow::operators::Input;
+    let received: Rc<RefCell<Vec<String>>> = Rc::new(RefCell::new(Vec::new()));
+    let sink = Rc::clone(&received);
+    let probe = ProbeHandle::new();
+    let mut input = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, stream) = scope.new_input::<Vec<String>>();
+        let _ = stream.broadcast().inspect(move |x: &String| sink.borrow_mut().push(x.clone())).probe_with(&probe);
+        input
+    });
+    let threads = worker.peers() / cluster.processes().max(1);
+    if worker.index().is_multiple_of(threads.max(1)) {
+        input.send(serde_json::to_string(mine).map_err(|e| e.to_string())?);
+    }
+    drop(input);
+    while !probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(10)));
+    }
+    let mut problems = Vec::new();
+    for text in received.borrow().iter() {
+        let theirs: Fingerprint =
+            serde_json::from_str(text).map_err(|e| format!("unreadable peer fingerprint: {e}"))?;
+        if let Some(why) = mine.differences(&theirs) {
+            problems.push(format!("{} runs something else: {why}", cluster.name(theirs.process)));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        problems.sort();
+        problems.dedup();
+        Err(format!("{} refuses to start: {}", cluster.name(cluster.process), problems.join("; ")))
+    }
+}
+
+/// What the processes of a cluster tell each other while the pipeline runs.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum Control {
+    /// A stop was asked for (Ctrl-C, SIGTERM) on this process: every process stops reading and drains.
+    Stop { process: usize },
+    /// A stage failed on this process: every process stops.
+    Abort { process: usize, message: String },
+    /// This worker's sources have all ended.
+    SourcesDone { worker: usize },
+}
+
+/// Spreads stops and failures over the cluster: each worker broadcasts its process's stop request or
+/// failure once, and holds its capability until every worker's sources have ended.
+fn cluster_control<'s>(
+    scope: Scope<'s, Time>,
+    shared: &Arc<Shared>,
+    stop: &StopFlag,
+    live_sources: Rc<Cell<usize>>,
+    index: usize,
+    peers: usize,
+) {
+    use timely::dataflow::operators::vec::Broadcast;
+    let done: Rc<RefCell<HashSet<usize>>> = Rc::new(RefCell::new(HashSet::new()));
+    let process = shared.stats.process;
+    let (out_shared, out_stop, out_done) = (Arc::clone(shared), stop.clone(), Rc::clone(&done));
+    let control =
+        source::<Time, CapacityContainerBuilder<Vec<Control>>, _, _>(scope, "cluster-control", move |cap, info| {
+            let activator = scope.activator_for(info.address);
+            let mut cap = Some(cap);
+            let (mut sent_stop, mut sent_abort, mut sent_done) = (false, false, false);
+            move |output| {
+                let Some(c) = cap.as_ref() else { return };
+                if !sent_stop && out_stop.is_set() {
+                    sent_stop = true;
+                    output.session(c).give(Control::Stop { process });
+                }
+                if !sent_abort && out_shared.aborted() {
+                    sent_abort = true;
+                    output.session(c).give(Control::Abort { process, message: out_shared.error_text() });
+                }
+                if !sent_done && live_sources.get() == 0 {
+                    sent_done = true;
+                    output.session(c).give(Control::SourcesDone { worker: index });
+                }
+                if out_done.borrow().len() >= peers {
+                    cap = None;
+                    return;
+                }
+                activator.activate_after(Duration::from_millis(20));
+            }
+        });
+    let (in_shared, in_stop) = (Arc::clone(shared), stop.clone());
+    let _ = control.broadcast().inspect(move |msg: &Control| match msg {
+        Control::Stop { process: from } => {
+            if !in_stop.is_set() && *from != process {
+                tracing::info!(from, "stop requested by another process of the cluster");
+            }
+            in_stop.set();
+        }
+        Control::Abort { process: from, message } => {
+            if *from != process && !in_shared.aborted() {
+                in_shared.set_error(RunError::Cluster(format!("process {from} failed: {message}")));
+            }
+        }
+        Control::SourcesDone { worker } => {
+            done.borrow_mut().insert(*worker);
+        }
+    });
 }
 
 /// The schema of dead-letter batches.

@@ -36,6 +36,7 @@
 #![warn(unreachable_pub)]
 
 pub mod batch;
+pub mod cluster;
 pub mod embedded;
 pub mod error;
 pub mod executor;

@@ -63,8 +63,12 @@ pub struct StageContext {
     pub stage_id: String,
     /// This worker's index, `0..workers`.
     pub worker_index: usize,
-    /// The number of workers in the whole computation.
+    /// The number of workers in the whole computation (all processes of a cluster).
     pub workers: usize,
+    /// This process's index in its cluster (0 when not in a cluster).
+    pub process: usize,
+    /// Processes in the cluster (1 when not in a cluster).
+    pub processes: usize,
     pub(crate) io: Arc<EmbeddedIo>,
     pub(crate) stop: StopFlag,
     pub(crate) stats: Option<Arc<RunStats>>,
@@ -77,6 +81,8 @@ impl StageContext {
             stage_id: stage_id.into(),
             worker_index,
             workers,
+            process: 0,
+            processes: 1,
             io: Arc::new(EmbeddedIo::default()),
             stop: StopFlag::default(),
             stats: None,

@@ -156,7 +156,11 @@ fn each_stage(f: impl Fn(&RunStats, usize, &[KeyValue])) {
     let live = LIVE.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for run in &live {
         for (i, s) in run.stages.iter().enumerate() {
-            let attrs = [KeyValue::new("pipeline", run.pipeline.clone()), KeyValue::new("stage", s.id.clone())];
+            let attrs = [
+                KeyValue::new("pipeline", run.pipeline.clone()),
+                KeyValue::new("process", run.process as i64),
+                KeyValue::new("stage", s.id.clone()),
+            ];
             f(run, i, &attrs);
         }
     }
@@ -210,7 +214,11 @@ fn register_observables(meter: &Meter) {
             let live = LIVE.lock().unwrap_or_else(|p| p.into_inner()).clone();
             for run in &live {
                 for (w, ns) in run.busy_ns.iter().enumerate() {
-                    let attrs = [KeyValue::new("pipeline", run.pipeline.clone()), KeyValue::new("worker", w as i64)];
+                    let attrs = [
+                        KeyValue::new("pipeline", run.pipeline.clone()),
+                        KeyValue::new("process", run.process as i64),
+                        KeyValue::new("worker", (run.first_worker + w) as i64),
+                    ];
                     o.observe(ns.load(Ordering::Relaxed) as f64 / 1e9, &attrs);
                 }
             }
@@ -222,7 +230,9 @@ fn register_observables(meter: &Meter) {
         .with_callback(|o| {
             let live = LIVE.lock().unwrap_or_else(|p| p.into_inner()).clone();
             for run in &live {
-                o.observe(u64::from(run.readiness().is_ok()), &[KeyValue::new("pipeline", run.pipeline.clone())]);
+                let attrs =
+                    [KeyValue::new("pipeline", run.pipeline.clone()), KeyValue::new("process", run.process as i64)];
+                o.observe(u64::from(run.readiness().is_ok()), &attrs);
             }
         })
         .build();

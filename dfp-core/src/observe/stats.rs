@@ -38,8 +38,15 @@ pub struct StageStats {
 pub struct RunStats {
     /// The pipeline file.
     pub pipeline: String,
-    /// Worker threads.
+    /// Worker threads in this process.
     pub workers: usize,
+    /// This process's index in its cluster (0 alone).
+    pub process: usize,
+    /// Processes in the cluster (1 alone).
+    pub processes: usize,
+    /// Global index of this process's first worker.
+    pub(crate) first_worker: usize,
+    pub(crate) cluster_connected: AtomicBool,
     pub(crate) started: Instant,
     pub(crate) stages: Vec<StageStats>,
     pub(crate) busy_ns: Vec<AtomicU64>,
@@ -80,8 +87,12 @@ pub struct StageSnapshot {
 pub struct StatsSnapshot {
     /// The pipeline file.
     pub pipeline: String,
-    /// Worker threads.
+    /// Worker threads in this process.
     pub workers: usize,
+    /// This process's index in its cluster.
+    pub process: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
     /// Seconds since the run started.
     pub uptime_seconds: f64,
     /// Whether the run is ready (see [`RunStats::readiness`]).
@@ -102,8 +113,19 @@ pub(crate) fn now_us() -> i64 {
 }
 
 impl RunStats {
-    /// Fresh state for a run of `stages` (id, type, kind) on `workers` workers.
+    /// Fresh state for a run of `stages` (id, type, kind) on `workers` workers in a single process.
     pub fn new(pipeline: &str, workers: usize, stages: impl IntoIterator<Item = (String, String, StageKind)>) -> Self {
+        Self::in_cluster(pipeline, workers, 0, 1, stages)
+    }
+
+    /// Fresh state for process `process` of `processes`, with `workers` workers each.
+    pub fn in_cluster(
+        pipeline: &str,
+        workers: usize,
+        process: usize,
+        processes: usize,
+        stages: impl IntoIterator<Item = (String, String, StageKind)>,
+    ) -> Self {
         let stages: Vec<StageStats> = stages
             .into_iter()
             .map(|(id, type_name, kind)| StageStats {
@@ -124,6 +146,10 @@ impl RunStats {
         RunStats {
             pipeline: pipeline.to_string(),
             workers,
+            process,
+            processes,
+            first_worker: process * workers,
+            cluster_connected: AtomicBool::new(processes <= 1),
             started: Instant::now(),
             stages,
             busy_ns: (0..workers).map(|_| AtomicU64::new(0)).collect(),
@@ -132,6 +158,12 @@ impl RunStats {
             finished: AtomicBool::new(false),
             taps,
         }
+    }
+
+    /// This process's slot for global worker index `worker`.
+    #[inline]
+    pub(crate) fn local(&self, worker: usize) -> usize {
+        worker - self.first_worker
     }
 
     /// The index of a stage by id.
@@ -152,6 +184,9 @@ impl RunStats {
         if self.finished.load(Ordering::Relaxed) {
             why.push("the pipeline has finished".to_string());
             return Err(why);
+        }
+        if !self.cluster_connected.load(Ordering::Relaxed) {
+            why.push(format!("cluster: connecting process {} to its {} peers", self.process, self.processes - 1));
         }
         let built = self.workers_built.load(Ordering::Relaxed);
         if built < self.workers {
@@ -198,6 +233,8 @@ impl RunStats {
         StatsSnapshot {
             pipeline: self.pipeline.clone(),
             workers: self.workers,
+            process: self.process,
+            processes: self.processes,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             ready: readiness.is_ok(),
             not_ready: readiness.err().unwrap_or_default(),

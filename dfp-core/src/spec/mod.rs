@@ -115,6 +115,26 @@ pub struct RuntimeConfig {
     /// choice.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// Processes in the cluster (default 1: no cluster). With more, `process` and `hostfile` are needed
+    /// (or `--processes`, `--process`, `--hostfile`; see `docs/operations.md`).
+    #[serde(default = "default_processes")]
+    pub processes: usize,
+    /// This process's index, `0..processes`.
+    #[serde(default)]
+    pub process: Option<usize>,
+    /// A file listing `host:port` per process, one per line, in process order (`#` comments).
+    #[serde(default)]
+    pub hostfile: Option<String>,
+    /// Seconds to wait for every process of the cluster to connect before giving up.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: f64,
+}
+
+fn default_processes() -> usize {
+    1
+}
+fn default_connect_timeout() -> f64 {
+    60.0
 }
 
 fn default_workers() -> usize {
@@ -134,6 +154,10 @@ impl Default for RuntimeConfig {
             max_in_flight: default_max_in_flight(),
             dead_letter: default_dead_letter(),
             metrics: None,
+            processes: default_processes(),
+            process: None,
+            hostfile: None,
+            connect_timeout_secs: default_connect_timeout(),
         }
     }
 }
@@ -185,6 +209,10 @@ pub struct Plan {
     pub stages: Vec<PlannedStage>,
     /// Variable values after overrides (not shown in logs: they may hold secrets).
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// Stable digest of the pipeline text (before variables): processes of a cluster must agree on it.
+    pub digest: String,
+    /// The plugins loaded, as `name version`, in the order listed.
+    pub plugins: Vec<String>,
 }
 
 impl Plan {
@@ -192,7 +220,9 @@ impl Plan {
     /// strings as given to `--var`.
     pub fn from_yaml(yaml: &str, file: &str, overrides: &[String], registry: &Registry) -> Result<Plan, SpecError> {
         let raw = raw::RawPipeline::parse(yaml, file)?;
-        validate::validate(&raw, file, overrides, registry, &|name| std::env::var(name).ok())
+        let mut plan = validate::validate(&raw, file, overrides, registry, &|name| std::env::var(name).ok())?;
+        plan.digest = format!("{:016x}", crate::hash::stable_hash(yaml.as_bytes()));
+        Ok(plan)
     }
 
     /// Reads, parses and validates a pipeline file.

@@ -106,6 +106,23 @@ pub fn validate(
             if r.max_in_flight == 0 {
                 diag.push(line_for(&raw.runtime, "max_in_flight"), None, "runtime.max_in_flight must be at least 1");
             }
+            if r.processes == 0 {
+                diag.push(line_for(&raw.runtime, "processes"), None, "runtime.processes must be at least 1");
+            }
+            if r.process.is_some_and(|i| i >= r.processes.max(1)) {
+                diag.push(
+                    line_for(&raw.runtime, "process"),
+                    None,
+                    format!("runtime.process must be below runtime.processes ({})", r.processes),
+                );
+            }
+            if !(r.connect_timeout_secs.is_finite() && r.connect_timeout_secs > 0.0) {
+                diag.push(
+                    line_for(&raw.runtime, "connect_timeout_secs"),
+                    None,
+                    "runtime.connect_timeout_secs must be a positive number",
+                );
+            }
             if let Some(addr) = &r.metrics {
                 if let Err(e) = crate::observe::check_addr(addr) {
                     diag.push(line_for(&raw.runtime, "metrics"), None, format!("runtime.metrics: {e}"));
@@ -114,8 +131,21 @@ pub fn validate(
             r
         }
         Err(e) => {
-            let (line, msg) =
-                locate(&raw.runtime, &e.field, &e.message, &["workers", "max_in_flight", "dead_letter", "metrics"]);
+            let (line, msg) = locate(
+                &raw.runtime,
+                &e.field,
+                &e.message,
+                &[
+                    "workers",
+                    "max_in_flight",
+                    "dead_letter",
+                    "metrics",
+                    "processes",
+                    "process",
+                    "hostfile",
+                    "connect_timeout_secs",
+                ],
+            );
             diag.push(line.or_else(|| raw.runtime.0.first().map(|(k, _)| line_of(k))), None, format!("runtime: {msg}"));
             RuntimeConfig::default()
         }
@@ -123,6 +153,7 @@ pub fn validate(
 
     // Plugins: loaded before the stages are checked, so their stage types count like built-ins.
     let mut extended: Option<Registry> = None;
+    let mut loaded_plugins = Vec::new();
     for p in &raw.plugins {
         let entry = match vars::interpolate(&Value::String(p.value.clone()), &vars, env) {
             Ok(Value::String(s)) => s,
@@ -132,9 +163,10 @@ pub fn validate(
                 continue;
             }
         };
-        let added = crate::plugin::load_entry(&entry)
-            .map_err(|e| e.to_string())
-            .and_then(|plugin| crate::plugin::add_to(extended.get_or_insert_with(|| registry.clone()), &plugin));
+        let added = crate::plugin::load_entry(&entry).map_err(|e| e.to_string()).and_then(|plugin| {
+            loaded_plugins.push(format!("{} {}", plugin.name, plugin.version));
+            crate::plugin::add_to(extended.get_or_insert_with(|| registry.clone()), &plugin)
+        });
         if let Err(e) = added {
             diag.push(Some(line_of(p)), None, e);
         }
@@ -333,7 +365,7 @@ pub fn validate(
     }
     let mut by_id: HashMap<String, PlannedStage> = stages.into_iter().map(|s| (s.id.clone(), s)).collect();
     let stages = order.into_iter().filter_map(|id| by_id.remove(&id)).collect();
-    Ok(Plan { file: file.to_string(), runtime, stages, vars })
+    Ok(Plan { file: file.to_string(), runtime, stages, vars, digest: String::new(), plugins: loaded_plugins })
 }
 
 fn line_for<V>(map: &SpannedMap<V>, key: &str) -> Option<usize> {

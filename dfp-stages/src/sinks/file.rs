@@ -6,7 +6,9 @@
 //! ```
 //!
 //! All rows are routed to worker 0, which writes the file (so a run with several workers still produces
-//! one file). A local file's directory is created if needed and an existing file is replaced. An `s3://`
+//! one file). With `parts: true` — the default when the run spans several processes of a cluster — every
+//! worker writes its own rows to its own part file instead, `NAME.part-WWWW.EXT` (`alerts.jsonl` →
+//! `alerts.part-0003.jsonl` for worker 3), on the host it runs on. A local file's directory is created if needed and an existing file is replaced. An `s3://`
 //! object is written to a local temporary file first and uploaded when the input ends, so readers never see
 //! half a file. With `csv` and `parquet` the first batch fixes the columns (later batches are projected
 //! onto them by name).
@@ -44,6 +46,22 @@ pub struct FileSinkConfig {
     /// keeps what it wrote before.
     #[serde(default)]
     pub append: bool,
+    /// One part file per worker (`NAME.part-WWWW.EXT`) instead of one file written by worker 0. Default:
+    /// per worker when the run spans several processes, else one file.
+    #[serde(default)]
+    pub parts: Option<bool>,
+}
+
+/// `alerts.jsonl`, worker 3 → `alerts.part-0003.jsonl` (the extension kept last so formats still resolve).
+pub fn part_path(path: &str, worker: usize) -> String {
+    let (dir, name) = match path.rfind('/') {
+        Some(i) => path.split_at(i + 1),
+        None => ("", path),
+    };
+    match name.find('.').filter(|i| *i > 0) {
+        Some(i) => format!("{dir}{}.part-{worker:04}{}", &name[..i], &name[i..]),
+        None => format!("{dir}{name}.part-{worker:04}"),
+    }
 }
 
 impl StageConfig for FileSinkConfig {
@@ -66,9 +84,15 @@ impl StageConfig for FileSinkConfig {
         Ok(())
     }
 
-    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
+        let per_worker = self.parts.unwrap_or(ctx.processes > 1);
+        let mut config = self.clone();
+        if per_worker {
+            config.path = part_path(&self.path, ctx.worker_index);
+        }
         Ok(StageInstance::Sink(Box::new(FileSink {
-            config: self.clone(),
+            per_worker,
+            config,
             encoder: Encoder::new(self.format.resolve(&self.path)),
             out: None,
             local: PathBuf::new(),
@@ -85,6 +109,8 @@ enum Writer {
 }
 
 struct FileSink {
+    /// Every worker writes its own part file (`config.path` is already the part's path).
+    per_worker: bool,
     config: FileSinkConfig,
     encoder: Encoder,
     out: Option<Writer>,
@@ -145,11 +171,15 @@ fn drop_partial_last_line(path: &std::path::Path) -> std::io::Result<()> {
 
 impl Sink for FileSink {
     fn input_partitioning(&self) -> Partitioning {
-        Partitioning::Single
+        if self.per_worker {
+            Partitioning::Any
+        } else {
+            Partitioning::Single
+        }
     }
 
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        if ctx.worker_index != 0 {
+        if ctx.worker_index != 0 && !self.per_worker {
             return Ok(());
         }
         if self.config.path.starts_with("s3://") {
@@ -260,5 +290,18 @@ mod tests {
         drop_partial_last_line(&p).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "");
         drop_partial_last_line(&dir.path().join("missing.jsonl")).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod part_tests {
+    use super::part_path;
+
+    #[test]
+    fn part_files_keep_the_extension_last() {
+        assert_eq!(part_path("out/alerts.jsonl", 3), "out/alerts.part-0003.jsonl");
+        assert_eq!(part_path("s3://b/day/scored.csv.gz", 12), "s3://b/day/scored.part-0012.csv.gz");
+        assert_eq!(part_path("alerts", 0), "alerts.part-0000");
+        assert_eq!(part_path("./x/.hidden", 1), "./x/.hidden.part-0001");
     }
 }
