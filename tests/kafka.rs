@@ -147,6 +147,7 @@ fn committed_everything(brokers: &str, group: &str, topic: &str, partitions: i32
 
 #[test]
 fn produce_then_score_from_kafka_to_a_topic_and_a_file() {
+    let _serial = common::one_at_a_time();
     let (_broker, brokers, dir, models) = set_up();
 
     let out = dfp()
@@ -197,6 +198,7 @@ fn produce_then_score_from_kafka_to_a_topic_and_a_file() {
 
 #[test]
 fn a_killed_pipeline_restarts_from_its_commits_without_losing_events() {
+    let _serial = common::one_at_a_time();
     let (_broker, brokers, dir, models) = set_up();
     let out = dfp()
         .args(["generate", "azure", "--users", "30", "--days", "12", "--seed", "9", "--out"])
@@ -277,4 +279,111 @@ fn a_killed_pipeline_restarts_from_its_commits_without_losing_events() {
         all.len() - before.len()
     );
     committed_everything(&brokers, "dfp-azure-inference", "signins", 4, records.len());
+}
+
+/// Every id in the part files `stem.part-*.jsonl` of `dir`, in file order.
+fn part_ids(dir: &Path, stem: &str) -> Vec<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{stem}.part-")))
+        .collect();
+    files.sort();
+    files.iter().flat_map(|f| ids(f)).collect()
+}
+
+#[test]
+fn a_two_process_cluster_reads_every_event_once_and_a_restart_after_a_lost_process_loses_nothing() {
+    let _serial = common::one_at_a_time();
+    let (_broker, brokers, dir, models) = set_up();
+    let out = dfp()
+        .args(["generate", "azure", "--users", "30", "--days", "12", "--seed", "11", "--out"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let expected = azure_ids(&dir.path().join("data/infer"));
+    let mut records: Vec<String> = Vec::new();
+    let mut files: Vec<_> =
+        std::fs::read_dir(dir.path().join("data/infer")).unwrap().flatten().map(|e| e.path()).collect();
+    files.sort();
+    for f in files {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        records.extend(v.as_array().unwrap().iter().map(|r| r.to_string()));
+    }
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let send = |slice: &[String]| {
+        for r in slice {
+            while producer.send(BaseRecord::<str, str>::to("signins").payload(r)).is_err() {
+                producer.poll(Duration::from_millis(10));
+            }
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+    };
+    let hosts = dir.path().join("hosts.txt");
+    let cluster = |group: &str, stem: &str, idle: &str, process: usize| {
+        dfp()
+            .args(["run", "pipelines/azure-kafka-inference.yaml", "--var", &format!("brokers={brokers}")])
+            .args(["--var", "topic=signins", "--var", "alerts_topic=alerts", "--var", "threshold=0"])
+            .args(["--var", &format!("models={}", models.display()), "--var", &format!("group={group}")])
+            .args(["--var", &format!("output={}", dir.path().join(format!("{stem}.jsonl")).display())])
+            .args(["--var", &format!("idle_stop_secs={idle}"), "--workers", "2"])
+            .args(["--dead-letter", &dir.path().join("dead.jsonl").display().to_string()])
+            .args(["--processes", "2", "--process", &process.to_string(), "--hostfile"])
+            .arg(&hosts)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // 1. Everything produced, then a 2 × 2 cluster reads it until idle: each event exactly once, all
+    // offsets committed.
+    send(&records);
+    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    let runs = [cluster("cluster-once", "once", "3", 0), cluster("cluster-once", "once", "3", 1)];
+    for (i, run) in runs.into_iter().enumerate() {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "process {i}: {}", text(&out));
+    }
+    let once = part_ids(dir.path(), "once");
+    let union: BTreeSet<String> = once.iter().cloned().collect();
+    assert_eq!(union, expected, "every event scored (threshold 0 keeps every positive score)");
+    assert_eq!(once.len(), expected.len(), "and each exactly once");
+    committed_everything(&brokers, "cluster-once", "signins", 4, records.len());
+
+    // 2. A new consumer group reads while process 1 is killed: process 0 stops, naming it; both restart
+    // (appending to their part files) and nothing is lost.
+    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    let a = cluster("cluster-crash", "crash", "null", 0);
+    let mut b = cluster("cluster-crash", "crash", "null", 1);
+    let started = Instant::now();
+    while part_ids(dir.path(), "crash").len() < expected.len() / 4 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let out = a.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the surviving process must fail");
+    assert!(text(&out).contains("lost the connection to process 1 (127.0.0.1:"), "{}", text(&out));
+    let before = part_ids(dir.path(), "crash").len();
+    assert!(before > 0, "nothing scored before the kill: {}", text(&out));
+    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    let runs = [cluster("cluster-crash", "crash", "3", 0), cluster("cluster-crash", "crash", "3", 1)];
+    for (i, run) in runs.into_iter().enumerate() {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "restarted process {i}: {}", text(&out));
+    }
+    let all = part_ids(dir.path(), "crash");
+    let union: BTreeSet<String> = all.iter().cloned().collect();
+    assert_eq!(union, expected, "the first run and the restart together scored every event");
+    eprintln!(
+        "cluster crash test: {} events, {} scored before the kill, {} in all ({} read twice)",
+        expected.len(),
+        before,
+        all.len(),
+        all.len() - union.len()
+    );
+    committed_everything(&brokers, "cluster-crash", "signins", 4, records.len());
 }

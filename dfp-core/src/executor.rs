@@ -148,6 +148,9 @@ struct Shared {
     error: Mutex<Option<RunError>>,
     abort: AtomicBool,
     stats: Arc<RunStats>,
+    /// The newest logical time any source of the cluster emitted at, or any stage of this process
+    /// received data at, as far as this process knows.
+    max_time: AtomicU64,
     dead_written: AtomicU64,
     dead_letter_path: String,
     dead_letter_file: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
@@ -220,6 +223,7 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
         error: Mutex::new(None),
         abort: AtomicBool::new(false),
         stats: Arc::clone(&stats),
+        max_time: AtomicU64::new(0),
         dead_written: AtomicU64::new(0),
         dead_letter_path: options.dead_letter.unwrap_or_else(|| plan.runtime.dead_letter.clone()),
         dead_letter_file: Mutex::new(None),
@@ -628,6 +632,9 @@ fn source_op<'s>(
                         env.shared.fail(env.id(), e);
                     }
                 }
+                // Sources that name times stay at or above the newest time seen anywhere (in a cluster,
+                // another process's clock may run ahead; see `Emitter::time_floor`).
+                em.floor = (*c.time()).max(env.shared.max_time.load(Ordering::Relaxed));
                 match env.timed(|| guard(|| s.poll(&env.ctx, &mut em))) {
                     Ok(status) => {
                         env.flush(&mut em, &mut buf);
@@ -637,6 +644,7 @@ fn source_op<'s>(
                                     // The source names the logical time: emit there, keep the capability.
                                     Some(hint) => {
                                         let t = hint.max(*c.time());
+                                        env.shared.max_time.fetch_max(t, Ordering::Relaxed);
                                         c.downgrade(&t);
                                         last_emitted = Some(t);
                                         batch.envelope.time = Some(t);
@@ -761,6 +769,9 @@ where
                 if env.shared.aborted() {
                     data.clear();
                     return;
+                }
+                if let Some(t) = cap.least() {
+                    env.shared.max_time.fetch_max(*t, Ordering::Relaxed);
                 }
                 for (_, mut batch) in data.drain(..) {
                     batch.envelope.time = cap.least().copied();
@@ -905,6 +916,8 @@ enum Control {
     Abort { process: usize, message: String },
     /// This worker's sources have all ended.
     SourcesDone { worker: usize },
+    /// The newest logical time a source of this process emitted at (so idle sources elsewhere keep up).
+    Time { time: u64 },
 }
 
 /// Spreads stops and failures over the cluster: each worker broadcasts its process's stop request or
@@ -926,8 +939,14 @@ fn cluster_control<'s>(
             let activator = scope.activator_for(info.address);
             let mut cap = Some(cap);
             let (mut sent_stop, mut sent_abort, mut sent_done) = (false, false, false);
+            let mut sent_time = 0;
             move |output| {
                 let Some(c) = cap.as_ref() else { return };
+                let time = out_shared.max_time.load(Ordering::Relaxed);
+                if time > sent_time {
+                    sent_time = time;
+                    output.session(c).give(Control::Time { time });
+                }
                 if !sent_stop && out_stop.is_set() {
                     sent_stop = true;
                     output.session(c).give(Control::Stop { process });
@@ -962,6 +981,9 @@ fn cluster_control<'s>(
         }
         Control::SourcesDone { worker } => {
             done.borrow_mut().insert(*worker);
+        }
+        Control::Time { time } => {
+            in_shared.max_time.fetch_max(*time, Ordering::Relaxed);
         }
     });
 }

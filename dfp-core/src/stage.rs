@@ -153,6 +153,7 @@ pub struct Emitter {
     pub(crate) skipped: u64,
     pub(crate) advance: Option<u64>,
     pub(crate) event_time: Option<i64>,
+    pub(crate) floor: u64,
 }
 
 impl Emitter {
@@ -178,6 +179,14 @@ impl Emitter {
     /// A streaming source calls it when it has nothing new to read.
     pub fn advance_time(&mut self, time: u64) {
         self.advance = Some(self.advance.map_or(time, |t| t.max(time)));
+    }
+
+    /// Sources that name logical times: the lowest time they should name now — the source's current time,
+    /// raised to the newest time any source of the cluster has reached. A source whose own clock lags
+    /// (it was idle while a peer process read on) moves up to it, so that stages releasing rows in time
+    /// order do not wait for it; 0 outside the runtime.
+    pub fn time_floor(&self) -> u64 {
+        self.floor
     }
 
     /// Counts records dropped on purpose (not errors: e.g. Duo enrollment events), so that the run report

@@ -251,7 +251,7 @@ impl Source for KafkaSource {
             // Quiet here: move this worker's logical time up to the newest one handed out, so that stages
             // releasing rows in time order (features) do not wait for this worker before scoring what the
             // others (or this one) read last.
-            let now = self.clock.load(std::sync::atomic::Ordering::SeqCst);
+            let now = self.clock.load(std::sync::atomic::Ordering::SeqCst).max(out.time_floor());
             if self.last_time.is_none_or(|t| t < now) {
                 self.last_time = Some(now);
                 out.advance_time(now);
@@ -259,8 +259,11 @@ impl Source for KafkaSource {
             return Ok(SourceStatus::Idle);
         }
         self.idle_for = Duration::ZERO;
-        let time =
-            self.clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst).max(self.last_time.map_or(0, |t| t + 1));
+        let time = self
+            .clock
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .max(self.last_time.map_or(0, |t| t + 1))
+            .max(out.time_floor());
         // The next time handed out (and a quiet worker's target) is past this batch.
         self.clock.fetch_max(time + 1, std::sync::atomic::Ordering::SeqCst);
         self.last_time = Some(time);

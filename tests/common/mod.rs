@@ -121,3 +121,11 @@ pub fn wait_http_ok(port: u16, path: &str, what: &str, secs: u64) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Held by tests that start several busy processes, so that a test binary runs them one at a time on a
+/// small machine (their timeouts stay meaningful).
+#[allow(dead_code)]
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,249 @@
+//! Multi-process clusters on loopback, through the real binary: the same results as one process, the same
+//! models, a mismatched process refused, a lost process named, a stop on one process stopping all, and a
+//! missing peer timing out with a readable message.
+
+mod common;
+use common::{dfp, free_port, http_get, text};
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A hostfile of `n` free loopback ports.
+fn hostfile(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join("hosts.txt");
+    let lines: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    std::fs::write(&path, format!("# test cluster\n{}\n", lines.join("\n"))).unwrap();
+    path
+}
+
+/// Starts process `i` of the cluster with `args` after `dfp run`.
+fn start(args: &[String], hosts: &Path, n: usize, i: usize) -> Child {
+    dfp()
+        .arg("run")
+        .args(args)
+        .args(["--processes", &n.to_string(), "--process", &i.to_string(), "--hostfile"])
+        .arg(hosts)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs a whole cluster of `n` processes to the end.
+fn run_cluster(args: &[String], hosts: &Path, n: usize) -> Vec<Output> {
+    let children: Vec<Child> = (0..n).map(|i| start(args, hosts, n, i)).collect();
+    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Every line of every file matching `stem*` in `dir`, sorted.
+fn lines_of(dir: &Path, stem: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with(stem) {
+            out.extend(std::fs::read_to_string(e.path()).unwrap().lines().map(str::to_string));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Model names and training rows of a local registry.
+fn models(registry: &Path) -> BTreeSet<(String, u64)> {
+    let mut out = BTreeSet::new();
+    for e in std::fs::read_dir(registry).unwrap().flatten() {
+        let manifest = e.path().join("v000001/manifest.json");
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+        out.insert((e.file_name().to_string_lossy().to_string(), m["training"]["rows"].as_u64().unwrap()));
+    }
+    out
+}
+
+#[test]
+fn two_processes_train_the_same_models_and_score_the_same_rows_as_one_worker() {
+    let _serial = common::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let train = |models: &Path, report: &str| {
+        strings(&["pipelines/azure-training.yaml", "--var", "epochs=2", "--var", "min_history=100", "--var"])
+            .into_iter()
+            .chain([
+                format!("models={}", models.display()),
+                "--var".into(),
+                format!("report={}", dir.path().join(report).display()),
+            ])
+            .collect::<Vec<String>>()
+    };
+    // Training: one process, one worker; then two processes of one worker each.
+    let single = dir.path().join("models-1x1");
+    let out = dfp().arg("run").args(train(&single, "r1.jsonl")).args(["--workers", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let clustered = dir.path().join("models-2x1");
+    let hosts = hostfile(dir.path(), 2);
+    let mut args = train(&clustered, "r2.jsonl");
+    args.extend(strings(&["--workers", "1"]));
+    for (i, out) in run_cluster(&args, &hosts, 2).iter().enumerate() {
+        assert!(out.status.success(), "process {i}: {}", text(out));
+    }
+    let expected = models(&single);
+    assert!(expected.len() >= 3, "{expected:?}");
+    assert_eq!(models(&clustered), expected, "the same models, trained on the same rows");
+    // Each process trained its own users: the report parts of the two processes split the models.
+    let reports = lines_of(dir.path(), "r2");
+    assert_eq!(reports.len(), lines_of(dir.path(), "r1").len());
+
+    // Inference: 1 process × 1 worker against 2 processes × 2 workers, every event kept.
+    let infer = |output: &Path| {
+        strings(&["pipelines/azure-inference.yaml", "--var", "threshold=-1", "--var"])
+            .into_iter()
+            .chain([format!("models={}", single.display()), "--var".into(), format!("output={}", output.display())])
+            .collect::<Vec<String>>()
+    };
+    let one = dir.path().join("one");
+    std::fs::create_dir_all(&one).unwrap();
+    let out = dfp().arg("run").args(infer(&one.join("scored.jsonl"))).args(["--workers", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let four = dir.path().join("four");
+    std::fs::create_dir_all(&four).unwrap();
+    let mut args = infer(&four.join("scored.jsonl"));
+    args.extend(strings(&["--workers", "2"]));
+    let outs = run_cluster(&args, &hosts, 2);
+    for (i, out) in outs.iter().enumerate() {
+        assert!(out.status.success(), "process {i}: {}", text(out));
+    }
+    let parts: Vec<String> = (0..4).map(|w| format!("scored.part-{w:04}.jsonl")).collect();
+    for p in &parts {
+        assert!(four.join(p).exists(), "every worker writes its part file: {p}");
+    }
+    let expected = lines_of(&one, "scored");
+    assert!(expected.len() > 500, "{}", expected.len());
+    assert_eq!(lines_of(&four, "scored"), expected, "2 processes × 2 workers score exactly the rows of 1 × 1");
+}
+
+#[test]
+fn a_process_running_another_pipeline_file_is_refused_at_start_up() {
+    let _serial = common::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hostfile(dir.path(), 2);
+    let other = dir.path().join("other.yaml");
+    let text_of = std::fs::read_to_string("pipelines/failed-signins.yaml").unwrap();
+    std::fs::write(&other, text_of.replace("workers: 2", "workers: 2 # edited")).unwrap();
+    let out_dir = dir.path().display().to_string();
+    let a = strings(&["pipelines/failed-signins.yaml", "--var", &format!("output={out_dir}/a.jsonl")]);
+    let b = vec![other.display().to_string(), "--var".into(), format!("output={out_dir}/b.jsonl")];
+    let first = start(&a, &hosts, 2, 0);
+    let second = start(&b, &hosts, 2, 1);
+    let (first, second) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    for (i, out) in [&first, &second].iter().enumerate() {
+        assert!(!out.status.success(), "process {i} must refuse: {}", text(out));
+    }
+    let msg = text(&first);
+    assert!(msg.contains("process 0 (127.0.0.1:") && msg.contains("refuses to start"), "{msg}");
+    assert!(msg.contains("process 1 (127.0.0.1:") && msg.contains("another pipeline text"), "{msg}");
+    assert!(msg.contains("other.yaml"), "{msg}");
+    assert!(text(&second).contains("process 0 (127.0.0.1:") && text(&second).contains("runs something else"));
+    assert!(!msg.contains("panicked"), "{msg}");
+}
+
+const ENDLESS: &str = "version: 1
+runtime: { workers: 1 }
+stages:
+  gen: { type: generator, rows: 100000000000, users: 7, batch_size: 1024 }
+  sel: { type: passthrough, inputs: [gen] }
+  out: { type: blackhole, inputs: [sel] }
+";
+
+/// Starts an endless 2-process cluster and waits until both process rows.
+fn endless(dir: &Path) -> (Child, Child, u16, u16) {
+    let pipeline = dir.join("endless.yaml");
+    std::fs::write(&pipeline, ENDLESS).unwrap();
+    let hosts = hostfile(dir, 2);
+    let (m0, m1) = (free_port(), free_port());
+    let args = |m: u16| vec![pipeline.display().to_string(), "--metrics-addr".into(), format!("127.0.0.1:{m}")];
+    let a = start(&args(m0), &hosts, 2, 0);
+    let b = start(&args(m1), &hosts, 2, 1);
+    for port in [m0, m1] {
+        let started = Instant::now();
+        loop {
+            if let Ok((200, body)) = http_get(port, "/readyz") {
+                assert_eq!(body, "ready\n");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "the cluster did not become ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    (a, b, m0, m1)
+}
+
+#[test]
+fn a_lost_process_ends_the_others_with_its_name_and_a_stop_on_one_stops_all() {
+    let _serial = common::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    // kill -9 process 1: process 0 ends non-zero naming it.
+    let (a, mut b, m0, _) = endless(dir.path());
+    let metrics = http_get(m0, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains(r#"dfp_stage_events_sent_total{pipeline="#) && metrics.contains(r#"process="0""#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"dfp_worker_busy_seconds_total{pipeline="#) && metrics.contains(r#"worker="0""#));
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let out = a.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(msg.contains("lost the connection to process 1 (127.0.0.1:") && msg.contains("fail-stop"), "{msg}");
+    assert!(!msg.contains("panicked"), "{msg}");
+
+    // SIGTERM on process 1 only: both drain and exit 0.
+    let (a, b, _, _) = endless(dir.path());
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "process 0 stops too: {}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+    assert!(text(&a).contains("finished in"), "{}", text(&a));
+}
+
+#[test]
+fn a_missing_peer_times_out_with_a_readable_message() {
+    let _serial = common::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hostfile(dir.path(), 2);
+    let pipeline = dir.path().join("endless.yaml");
+    std::fs::write(&pipeline, ENDLESS).unwrap();
+    let m = free_port();
+    let args = vec![
+        pipeline.display().to_string(),
+        "--connect-timeout".into(),
+        "4".into(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{m}"),
+    ];
+    let alone = start(&args, &hosts, 2, 1);
+    let started = Instant::now();
+    let mut readiness = String::new();
+    while !readiness.contains("cluster: connecting") && started.elapsed() < Duration::from_secs(30) {
+        readiness = http_get(m, "/readyz").map(|r| r.1).unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(readiness.starts_with("not ready\ncluster: connecting process 1 to its 1 peers"), "{readiness}");
+    let out = alone.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(msg.contains("process 1 (127.0.0.1:") && msg.contains("waited 4 s"), "{msg}");
+    assert!(msg.contains("not all of them connected: process 0 (127.0.0.1:"), "{msg}");
+
+    // Hostfile problems are named with their line.
+    std::fs::write(&hosts, "127.0.0.1:2101\nnot-an-address\n").unwrap();
+    let out = dfp().arg("run").arg(&pipeline).args(["--process", "0", "--hostfile"]).arg(&hosts).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("hosts.txt:2: \"not-an-address\" is not host:port"), "{}", text(&out));
+    let out = dfp().arg("run").arg(&pipeline).args(["--processes", "2", "--process", "0"]).output().unwrap();
+    assert!(text(&out).contains("need a hostfile"), "{}", text(&out));
+}
