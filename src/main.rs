@@ -444,7 +444,15 @@ fn print_report(report: &RunReport) {
         .sum();
     let rate = if secs > 0.0 { read as f64 / secs } else { 0.0 };
     let peak = peak_rss_mib().map(|m| format!(", peak RSS {m:.0} MiB")).unwrap_or_default();
-    eprintln!("finished in {secs:.2}s on {} worker(s): {read} records read, {rate:.0} records/s{peak}", report.workers);
+    let cluster = if report.processes > 1 {
+        format!(" (process {} of {}; figures of this process)", report.process, report.processes)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "finished in {secs:.2}s on {} worker(s){cluster}: {read} records read, {rate:.0} records/s{peak}",
+        report.workers
+    );
     if let Some(path) = &report.dead_letter_file {
         eprintln!("{} record(s) rejected: see {path}", report.dead_letters);
     }

@@ -247,3 +247,28 @@ fn a_missing_peer_times_out_with_a_readable_message() {
     let out = dfp().arg("run").arg(&pipeline).args(["--processes", "2", "--process", "0"]).output().unwrap();
     assert!(text(&out).contains("need a hostfile"), "{}", text(&out));
 }
+
+#[test]
+fn the_shipped_hostfile_example_and_unit_match_the_cli() {
+    let text = std::fs::read_to_string("deploy/cluster/hostfile.example").unwrap();
+    let hosts = dfp_core::cluster::parse_hostfile(&text, "hostfile.example").unwrap();
+    assert_eq!(hosts.len(), 2);
+    let unit = std::fs::read_to_string("deploy/cluster/dfp@.service").unwrap();
+    assert!(unit.contains("--processes 2 --process %i --hostfile"), "{unit}");
+    // Every flag the unit passes is one `dfp run` knows.
+    let help = dfp().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    let flags: Vec<&str> = unit
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(str::split_whitespace)
+        .filter(|w| w.starts_with("--"))
+        .collect();
+    assert!(flags.len() >= 6, "{flags:?}");
+    for flag in flags {
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}=")),
+            "{flag} is not a dfp run flag"
+        );
+    }
+}

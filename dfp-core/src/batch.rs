@@ -1,6 +1,6 @@
 //! The unit of data in dfp: an Arrow [`RecordBatch`] plus an [`Envelope`].
 //!
-//! Stages work on columns, not rows. A batch that crosses workers (or, later, processes) is encoded with
+//! Stages work on columns, not rows. A batch that crosses workers (within a process or, in a cluster, between processes) is encoded with
 //! Arrow IPC; inside one worker it moves by pointer.
 
 use std::sync::Arc;

@@ -127,8 +127,12 @@ pub struct StageReport {
 pub struct RunReport {
     /// One entry per stage, in dependency order.
     pub stages: Vec<StageReport>,
-    /// Worker threads used.
+    /// Worker threads used (in this process).
     pub workers: usize,
+    /// This process's index in its cluster (0 alone); the figures above are this process's.
+    pub process: usize,
+    /// Processes in the cluster (1 alone).
+    pub processes: usize,
     /// Wall-clock time of the run.
     pub elapsed: Duration,
     /// The dead-letter file, when one was written.
@@ -350,6 +354,8 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
     let report = RunReport {
         stages,
         workers,
+        process,
+        processes,
         elapsed,
         dead_letter_file: written.then(|| shared.dead_letter_path.clone()),
         dead_letters,
