@@ -272,3 +272,26 @@ fn the_shipped_hostfile_example_and_unit_match_the_cli() {
         );
     }
 }
+
+#[test]
+fn a_process_with_other_plugins_is_refused_at_start_up() {
+    let _serial = common::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hostfile(dir.path(), 2);
+    let lib = |name: &str| common::plugin_dir().join(format!("lib{name}.so")).display().to_string();
+    // The same text and stages; only the plugin named by a variable differs.
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        "version: 1\nvars: { plugin: x }\nplugins: [\"${plugin}\"]\nstages:\n  g: { type: generator, rows: 1000 }\n  o: { type: blackhole, inputs: [g] }\n",
+    )
+    .unwrap();
+    let args = |plugin: String| vec![pipeline.display().to_string(), "--var".into(), format!("plugin={plugin}")];
+    let a = start(&args(lib("dfp_plugin_testkit")), &hosts, 2, 0);
+    let b = start(&args(lib("dfp_plugin_okta")), &hosts, 2, 1);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(!a.status.success() && !b.status.success());
+    let msg = text(&a);
+    assert!(msg.contains("process 1 (127.0.0.1:") && msg.contains("plugins [\"okta "), "{msg}");
+    assert!(msg.contains("there, [\"testkit "), "{msg}");
+}
