@@ -295,3 +295,25 @@ fn a_process_with_other_plugins_is_refused_at_start_up() {
     assert!(msg.contains("process 1 (127.0.0.1:") && msg.contains("plugins [\"okta "), "{msg}");
     assert!(msg.contains("there, [\"testkit "), "{msg}");
 }
+
+#[test]
+fn a_stage_failing_on_one_process_stops_the_whole_cluster() {
+    let _serial = common::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hostfile(dir.path(), 2);
+    // Same text and graph; process 1's threshold reads a column that does not exist (a variable), so only
+    // its stage fails, while process 0's endless source would run forever on its own.
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        "version: 1\nvars: { field: value }\nruntime: { workers: 1 }\nstages:\n  gen: { type: generator, rows: 100000000000, users: 7, batch_size: 1024 }\n  t: { type: threshold, inputs: [gen], field: \"${field}\", above: 5, alert_metrics: false }\n  out: { type: blackhole, inputs: [t] }\n",
+    )
+    .unwrap();
+    let a = start(&[pipeline.display().to_string()], &hosts, 2, 0);
+    let b = start(&[pipeline.display().to_string(), "--var".into(), "field=nope".into()], &hosts, 2, 1);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(!b.status.success());
+    assert!(text(&b).contains("stage \"t\" failed: threshold: no column \"nope\""), "{}", text(&b));
+    assert!(!a.status.success(), "process 0 stops too: {}", text(&a));
+    assert!(text(&a).contains("process 1 failed: stage \"t\" failed: threshold: no column \"nope\""), "{}", text(&a));
+}

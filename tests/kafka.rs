@@ -313,19 +313,20 @@ fn a_two_process_cluster_reads_every_event_once_and_a_restart_after_a_lost_proce
         records.extend(v.as_array().unwrap().iter().map(|r| r.to_string()));
     }
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
-    let send = |slice: &[String]| {
+    let send = |topic: &str, slice: &[String]| {
         for r in slice {
-            while producer.send(BaseRecord::<str, str>::to("signins").payload(r)).is_err() {
+            while producer.send(BaseRecord::<str, str>::to(topic).payload(r)).is_err() {
                 producer.poll(Duration::from_millis(10));
             }
         }
         producer.flush(Duration::from_secs(10)).unwrap();
     };
     let hosts = dir.path().join("hosts.txt");
-    let cluster = |group: &str, stem: &str, idle: &str, process: usize| {
+    let cluster = |topic: &str, stem: &str, idle: &str, process: usize| {
+        let group = format!("cluster-{topic}");
         dfp()
             .args(["run", "pipelines/azure-kafka-inference.yaml", "--var", &format!("brokers={brokers}")])
-            .args(["--var", "topic=signins", "--var", "alerts_topic=alerts", "--var", "threshold=0"])
+            .args(["--var", &format!("topic={topic}"), "--var", "alerts_topic=alerts", "--var", "threshold=0"])
             .args(["--var", &format!("models={}", models.display()), "--var", &format!("group={group}")])
             .args(["--var", &format!("output={}", dir.path().join(format!("{stem}.jsonl")).display())])
             .args(["--var", &format!("idle_stop_secs={idle}"), "--workers", "2"])
@@ -340,9 +341,9 @@ fn a_two_process_cluster_reads_every_event_once_and_a_restart_after_a_lost_proce
 
     // 1. Everything produced, then a 2 × 2 cluster reads it until idle: each event exactly once, all
     // offsets committed.
-    send(&records);
+    send("signins", &records);
     std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
-    let runs = [cluster("cluster-once", "once", "3", 0), cluster("cluster-once", "once", "3", 1)];
+    let runs = [cluster("signins", "once", "3", 0), cluster("signins", "once", "3", 1)];
     for (i, run) in runs.into_iter().enumerate() {
         let out = run.wait_with_output().unwrap();
         assert!(out.status.success(), "process {i}: {}", text(&out));
@@ -351,26 +352,36 @@ fn a_two_process_cluster_reads_every_event_once_and_a_restart_after_a_lost_proce
     let union: BTreeSet<String> = once.iter().cloned().collect();
     assert_eq!(union, expected, "every event scored (threshold 0 keeps every positive score)");
     assert_eq!(once.len(), expected.len(), "and each exactly once");
-    committed_everything(&brokers, "cluster-once", "signins", 4, records.len());
+    committed_everything(&brokers, "cluster-signins", "signins", 4, records.len());
 
-    // 2. A new consumer group reads while process 1 is killed: process 0 stops, naming it; both restart
-    // (appending to their part files) and nothing is lost.
+    // 2. A second topic fed while a cluster reads it; process 1 is killed mid-stream: process 0 stops,
+    // naming it; the rest is produced; both restart (appending to their part files) from the committed
+    // offsets, and nothing is lost.
+    _broker.create_topic("live", 4);
     std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
-    let a = cluster("cluster-crash", "crash", "null", 0);
-    let mut b = cluster("cluster-crash", "crash", "null", 1);
+    let a = cluster("live", "crash", "null", 0);
+    let mut b = cluster("live", "crash", "null", 1);
+    let chunk = records.len() / 10;
+    for i in 0..6 {
+        send("live", &records[i * chunk..(i + 1) * chunk]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let started = Instant::now();
-    while part_ids(dir.path(), "crash").len() < expected.len() / 4 && started.elapsed() < Duration::from_secs(60) {
+    while part_ids(dir.path(), "crash").len() < 3 * chunk && started.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Offsets are committed a moment after the rows reached the sinks.
+    std::thread::sleep(Duration::from_millis(500));
     b.kill().unwrap();
     b.wait().unwrap();
     let out = a.wait_with_output().unwrap();
     assert!(!out.status.success(), "the surviving process must fail");
     assert!(text(&out).contains("lost the connection to process 1 (127.0.0.1:"), "{}", text(&out));
     let before = part_ids(dir.path(), "crash").len();
-    assert!(before > 0, "nothing scored before the kill: {}", text(&out));
+    assert!(before >= 3 * chunk, "scored before the kill: {before}");
+    send("live", &records[6 * chunk..]);
     std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
-    let runs = [cluster("cluster-crash", "crash", "3", 0), cluster("cluster-crash", "crash", "3", 1)];
+    let runs = [cluster("live", "crash", "3", 0), cluster("live", "crash", "3", 1)];
     for (i, run) in runs.into_iter().enumerate() {
         let out = run.wait_with_output().unwrap();
         assert!(out.status.success(), "restarted process {i}: {}", text(&out));
@@ -378,12 +389,12 @@ fn a_two_process_cluster_reads_every_event_once_and_a_restart_after_a_lost_proce
     let all = part_ids(dir.path(), "crash");
     let union: BTreeSet<String> = all.iter().cloned().collect();
     assert_eq!(union, expected, "the first run and the restart together scored every event");
+    let twice = all.len() - union.len();
     eprintln!(
-        "cluster crash test: {} events, {} scored before the kill, {} in all ({} read twice)",
+        "cluster crash test: {} events, {before} scored before the kill, {} in all ({twice} read twice)",
         expected.len(),
-        before,
         all.len(),
-        all.len() - union.len()
     );
-    committed_everything(&brokers, "cluster-crash", "signins", 4, records.len());
+    assert!(twice < before, "the restart resumed from committed offsets, not from the start");
+    committed_everything(&brokers, "cluster-live", "live", 4, records.len());
 }

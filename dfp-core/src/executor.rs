@@ -640,7 +640,8 @@ fn source_op<'s>(
                 }
                 // Sources that name times stay at or above the newest time seen anywhere (in a cluster,
                 // another process's clock may run ahead; see `Emitter::time_floor`).
-                em.floor = (*c.time()).max(env.shared.max_time.load(Ordering::Relaxed));
+                // Past the newest time, so that what was emitted there is released once this source moves.
+                em.floor = (*c.time()).max(env.shared.max_time.load(Ordering::Relaxed) + 1);
                 match env.timed(|| guard(|| s.poll(&env.ctx, &mut em))) {
                     Ok(status) => {
                         env.flush(&mut em, &mut buf);
@@ -670,6 +671,7 @@ fn source_op<'s>(
                         }
                         if let Some(t) = em.advance.take() {
                             if t > *c.time() {
+                                tracing::trace!(stage = %env.id(), worker = env.ctx.worker_index, from = *c.time(), to = t, "source time advanced");
                                 c.downgrade(&t);
                             }
                         }
@@ -845,7 +847,7 @@ where
                         if !buf.is_empty() {
                             output.session(&*c).give_iterator(buf.drain(..));
                         }
-                        c.downgrade(&t);
+                        tracing::trace!(stage = %env.id(), worker = env.ctx.worker_index, frontier = t, "input frontier"); c.downgrade(&t);
                     }
                 }
             }

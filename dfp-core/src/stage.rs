@@ -182,9 +182,9 @@ impl Emitter {
     }
 
     /// Sources that name logical times: the lowest time they should name now — the source's current time,
-    /// raised to the newest time any source of the cluster has reached. A source whose own clock lags
-    /// (it was idle while a peer process read on) moves up to it, so that stages releasing rows in time
-    /// order do not wait for it; 0 outside the runtime.
+    /// raised past the newest time any source of the cluster has emitted at. A source whose own clock lags
+    /// (it was idle while a peer process read on) moves up to it when idle, so that stages releasing rows
+    /// in time order do not wait for it; 0 outside the runtime.
     pub fn time_floor(&self) -> u64 {
         self.floor
     }
