@@ -21,6 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
+use dfp_core::json::kind_of;
 use serde_json::{json, Map, Number, Value};
 
 /// The page; `{{TITLE}}` and `{{DATA}}` are replaced.
@@ -313,18 +314,6 @@ fn cut(s: &str) -> String {
     match s.char_indices().nth(MAX_TEXT) {
         Some((end, _)) => format!("{}…", &s[..end]),
         None => s.to_string(),
-    }
-}
-
-/// "an array", "a string", … for error messages.
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -124,6 +124,35 @@ fn azure_ids(dir: &Path) -> BTreeSet<String> {
     out
 }
 
+/// Generates 30 users × 12 days of Azure logs into `dir/data`: the ids of the inference records, and the
+/// records themselves (JSON text, in file order).
+fn generate(dir: &Path, seed: u64) -> (BTreeSet<String>, Vec<String>) {
+    let out = dfp()
+        .args(["generate", "azure", "--users", "30", "--days", "12", "--seed", &seed.to_string(), "--out"])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut records: Vec<String> = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("data/infer")).unwrap().flatten().map(|e| e.path()).collect();
+    files.sort();
+    for f in files {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        records.extend(v.as_array().unwrap().iter().map(|r| r.to_string()));
+    }
+    (azure_ids(&dir.join("data/infer")), records)
+}
+
+/// Produces `records` to `topic`, one per message, and waits for the broker's acknowledgements.
+fn send_to(producer: &BaseProducer, topic: &str, records: &[String]) {
+    for r in records {
+        while producer.send(BaseRecord::<str, str>::to(topic).payload(r)).is_err() {
+            producer.poll(Duration::from_millis(10));
+        }
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
 /// Checks that the group committed, over all partitions, exactly `messages` offsets: everything read.
 /// (tansu's high-watermarks are not reliable, so the count of produced messages is the reference.)
 fn committed_everything(brokers: &str, group: &str, topic: &str, partitions: i32, messages: usize) {
@@ -200,31 +229,10 @@ fn produce_then_score_from_kafka_to_a_topic_and_a_file() {
 fn a_killed_pipeline_restarts_from_its_commits_without_losing_events() {
     let _serial = common::one_at_a_time();
     let (_broker, brokers, dir, models) = set_up();
-    let out = dfp()
-        .args(["generate", "azure", "--users", "30", "--days", "12", "--seed", "9", "--out"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let expected = azure_ids(&dir.path().join("data/infer"));
     // The records, produced a slice at a time while the pipeline runs.
-    let mut records: Vec<String> = Vec::new();
-    let mut files: Vec<_> =
-        std::fs::read_dir(dir.path().join("data/infer")).unwrap().flatten().map(|e| e.path()).collect();
-    files.sort();
-    for f in files {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
-        records.extend(v.as_array().unwrap().iter().map(|r| r.to_string()));
-    }
+    let (expected, records) = generate(dir.path(), 9);
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
-    let send = |slice: &[String]| {
-        for r in slice {
-            while producer.send(BaseRecord::<str, str>::to("signins").payload(r)).is_err() {
-                producer.poll(Duration::from_millis(10));
-            }
-        }
-        producer.flush(Duration::from_secs(10)).unwrap();
-    };
+    let send = |slice: &[String]| send_to(&producer, "signins", slice);
     let pipeline = |output: &Path, idle: &str| {
         dfp()
             .args(["run", "pipelines/azure-kafka-inference.yaml", "--var", &format!("brokers={brokers}")])
@@ -297,30 +305,9 @@ fn part_ids(dir: &Path, stem: &str) -> Vec<String> {
 fn a_two_process_cluster_reads_every_event_once_and_a_restart_after_a_lost_process_loses_nothing() {
     let _serial = common::one_at_a_time();
     let (_broker, brokers, dir, models) = set_up();
-    let out = dfp()
-        .args(["generate", "azure", "--users", "30", "--days", "12", "--seed", "11", "--out"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let expected = azure_ids(&dir.path().join("data/infer"));
-    let mut records: Vec<String> = Vec::new();
-    let mut files: Vec<_> =
-        std::fs::read_dir(dir.path().join("data/infer")).unwrap().flatten().map(|e| e.path()).collect();
-    files.sort();
-    for f in files {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
-        records.extend(v.as_array().unwrap().iter().map(|r| r.to_string()));
-    }
+    let (expected, records) = generate(dir.path(), 11);
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
-    let send = |topic: &str, slice: &[String]| {
-        for r in slice {
-            while producer.send(BaseRecord::<str, str>::to(topic).payload(r)).is_err() {
-                producer.poll(Duration::from_millis(10));
-            }
-        }
-        producer.flush(Duration::from_secs(10)).unwrap();
-    };
+    let send = |topic: &str, slice: &[String]| send_to(&producer, topic, slice);
     let hosts = dir.path().join("hosts.txt");
     let cluster = |topic: &str, stem: &str, idle: &str, process: usize| {
         let group = format!("cluster-{topic}");
