@@ -216,6 +216,7 @@ fn check_registered(port: u16) -> Vec<String> {
 
 #[test]
 fn training_and_scoring_through_mlflow_match_the_local_registry() {
+    let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut server = Mlflow::sqlite(dir.path(), None);
     train(&server.url(), dir.path(), "examples/data/azure/train");
@@ -267,6 +268,7 @@ stages:
 
 #[test]
 fn scoring_goes_on_with_cached_models_while_mlflow_is_down() {
+    let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let mut server = Mlflow::sqlite(dir.path(), None);
     train(&server.url(), dir.path(), "examples/data/azure/train");
@@ -320,6 +322,7 @@ stages:
 
 #[test]
 fn mlflow_with_a_postgresql_backend_store() {
+    let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let pg = Postgres::start(dir.path());
     let server = Mlflow::start(&dir.path().join("mlflow"), &pg.uri(), free_port());
@@ -393,6 +396,7 @@ impl Drop for Postgres {
 
 #[test]
 fn training_data_from_s3_and_an_mlflow_artifact_store_on_s3() {
+    let _serial = common::one_at_a_time();
     use object_store::{ObjectStore, ObjectStoreExt};
     let (_moto, port) = start_moto();
     http_put(port, "/dfp");
@@ -446,6 +450,7 @@ fn training_data_from_s3_and_an_mlflow_artifact_store_on_s3() {
 
 #[test]
 fn training_fails_clearly_when_mlflow_cannot_be_reached() {
+    let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let out = dfp()
