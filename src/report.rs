@@ -353,24 +353,9 @@ fn html_escape(s: &str) -> String {
 /// `t` as RFC 3339 in UTC, to the second.
 fn rfc3339_utc(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
-}
-
-/// The proleptic Gregorian date (year, month, day) of a day number counted from 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // Shift to 0000-03-01 so that leap days end each 400-year era's years.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
-    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    // `YYYY-MM-DDTHH:MM:SS.ffffffZ` without the fraction.
+    let full = dfp_stages::time::format_micros(secs as i64 * 1_000_000);
+    format!("{}Z", &full[..19])
 }
 
 #[cfg(test)]
@@ -379,10 +364,10 @@ mod tests {
 
     #[test]
     fn dates_are_gregorian() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_752), (2026, 10, 26));
+        let day = |d: u64| rfc3339_utc(UNIX_EPOCH + std::time::Duration::from_secs(d * 86_400));
+        assert_eq!(day(0), "1970-01-01T00:00:00Z");
+        assert_eq!(day(11_016), "2000-02-29T00:00:00Z");
+        assert_eq!(day(20_752), "2026-10-26T00:00:00Z");
         let t = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400 + 3_723);
         assert_eq!(rfc3339_utc(t), "2000-02-29T01:02:03Z");
     }

@@ -3,7 +3,7 @@
 //! missing peer timing out with a readable message.
 
 mod common;
-use common::{dfp, free_port, http_get, text};
+use common::{dfp, free_port, http_get, text, wait_http_ok};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -167,15 +167,7 @@ fn endless(dir: &Path) -> (Child, Child, u16, u16) {
     let a = start(&args(m0), &hosts, 2, 0);
     let b = start(&args(m1), &hosts, 2, 1);
     for port in [m0, m1] {
-        let started = Instant::now();
-        loop {
-            if let Ok((200, body)) = http_get(port, "/readyz") {
-                assert_eq!(body, "ready\n");
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "the cluster did not become ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        assert_eq!(wait_http_ok(port, "/readyz", "the cluster's readiness", 60), "ready\n");
     }
     (a, b, m0, m1)
 }

@@ -160,15 +160,7 @@ fn reads_from_an_s3_compatible_server() {
     let dir = tempfile::tempdir().unwrap();
     let total = write_azure(&dir.path().join("logs"), 6, 4);
     let endpoint = format!("http://127.0.0.1:{port}");
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name("logs")
-        .with_endpoint(&endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
-        .build()
-        .unwrap();
+    let store = common::moto_store(port, "logs");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     for entry in std::fs::read_dir(dir.path().join("logs")).unwrap() {
         let path = entry.unwrap().path();

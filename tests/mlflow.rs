@@ -402,15 +402,7 @@ fn training_data_from_s3_and_an_mlflow_artifact_store_on_s3() {
     http_put(port, "/dfp");
     let endpoint = format!("http://127.0.0.1:{port}");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name("dfp")
-        .with_endpoint(&endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
-        .build()
-        .unwrap();
+    let store = common::moto_store(port, "dfp");
     let train_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/azure/train");
     for entry in std::fs::read_dir(&train_dir).unwrap() {
         let path = entry.unwrap().path();

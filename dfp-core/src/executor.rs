@@ -101,12 +101,13 @@ pub struct RunOptions {
     pub(crate) io: Option<Arc<EmbeddedIo>>,
 }
 
-/// Per-stage figures of a finished run, summed over workers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Per-stage figures of a run, summed over this process's workers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StageReport {
     /// Stage id.
     pub id: String,
     /// Stage type.
+    #[serde(rename = "type")]
     pub type_name: String,
     /// Source, transform or sink.
     pub kind: StageKind,
@@ -334,21 +335,7 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
     if !worker_failures.is_empty() {
         return Err(RunError::Runtime(format!("worker failed: {}", worker_failures.join("; "))));
     }
-    let stages: Vec<StageReport> = plan
-        .stages
-        .iter()
-        .zip(&shared.stats.stages)
-        .map(|(s, c)| StageReport {
-            id: s.id.clone(),
-            type_name: s.type_name.clone(),
-            kind: s.kind,
-            rows_in: c.rows_in.load(Ordering::Relaxed),
-            rows_out: c.rows_out.load(Ordering::Relaxed),
-            batches_out: c.batches_out.load(Ordering::Relaxed),
-            dead_letters: c.dead.load(Ordering::Relaxed),
-            skipped: c.skipped.load(Ordering::Relaxed),
-        })
-        .collect();
+    let stages: Vec<StageReport> = shared.stats.stages.iter().map(StageStats::report).collect();
     let dead_letters = stages.iter().map(|s| s.dead_letters).sum();
     let written = shared.dead_written.load(Ordering::Relaxed) > 0;
     let report = RunReport {
@@ -557,8 +544,12 @@ fn source_op<'s>(
     live: Rc<Cell<usize>>,
 ) -> Items<'s> {
     let probe = probe.clone();
-    // Counts this worker's running sources down when this one ends (the cluster control needs it).
-    let ended = move || live.set(live.get().saturating_sub(1));
+    // When this source ends: nothing of it is in flight any more, and this worker has one running
+    // source fewer (the cluster control needs the count).
+    let ended = move |env: &OpEnv| {
+        env.counters().in_flight[env.local].store(0, Ordering::Relaxed);
+        live.set(live.get().saturating_sub(1));
+    };
     let name = format!("source:{}", env.id());
     source::<Time, ItemBuilder, _, _>(scope, &name, move |cap, info| {
         let activator = scope.activator_for(info.address);
@@ -579,7 +570,7 @@ fn source_op<'s>(
             let Some(c) = cap.as_mut() else { return };
             let Some(s) = src.as_mut() else {
                 cap = None;
-                ended();
+                ended(&env);
                 return;
             };
             if opened && !env.shared.aborted() {
@@ -597,10 +588,9 @@ fn source_op<'s>(
                     if let Err(e) = guard(|| s.finish(&env.ctx)) {
                         env.shared.fail(env.id(), e);
                     }
-                    env.counters().in_flight[env.local].store(0, Ordering::Relaxed);
                     src = None;
                     cap = None;
-                    ended();
+                    ended(&env);
                 } else {
                     activator.activate_after(Duration::from_millis(1));
                 }
@@ -704,10 +694,9 @@ fn source_op<'s>(
                         env.shared.fail(env.id(), e);
                     }
                 }
-                env.counters().in_flight[env.local].store(0, Ordering::Relaxed);
                 src = None;
                 cap = None;
-                ended();
+                ended(&env);
             }
         }
     })

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::tap::Taps;
+use crate::executor::StageReport;
 use crate::stage::StageKind;
 
 /// Live counters of one stage, summed over workers.
@@ -31,6 +32,22 @@ pub struct StageStats {
     pub(crate) newest_event_us: AtomicI64,
     /// Instances opened successfully (sources: connected).
     pub(crate) opened: AtomicUsize,
+}
+
+impl StageStats {
+    /// The figures so far.
+    pub fn report(&self) -> StageReport {
+        StageReport {
+            id: self.id.clone(),
+            type_name: self.type_name.clone(),
+            kind: self.kind,
+            rows_in: self.rows_in.load(Ordering::Relaxed),
+            rows_out: self.rows_out.load(Ordering::Relaxed),
+            batches_out: self.batches_out.load(Ordering::Relaxed),
+            dead_letters: self.dead.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Live state of one run: per-stage counters, per-worker busy time, readiness, and the taps.
@@ -56,26 +73,12 @@ pub struct RunStats {
     pub(crate) taps: Taps,
 }
 
-/// One stage in a [`StatsSnapshot`].
+/// One stage in a [`StatsSnapshot`]: its figures so far, plus what only a running stage has.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageSnapshot {
-    /// Stage id.
-    pub id: String,
-    /// Stage type.
-    #[serde(rename = "type")]
-    pub type_name: String,
-    /// Source, transform or sink.
-    pub kind: StageKind,
-    /// Rows received.
-    pub rows_in: u64,
-    /// Rows sent downstream.
-    pub rows_out: u64,
-    /// Batches sent downstream.
-    pub batches_out: u64,
-    /// Records dead-lettered.
-    pub dead_letters: u64,
-    /// Records skipped on purpose.
-    pub skipped: u64,
+    /// Id, type, kind and counts (as in the final [`StageReport`]).
+    #[serde(flatten)]
+    pub stage: StageReport,
     /// Sources: batches in flight (all workers).
     pub in_flight: u64,
     /// Now minus the newest event time seen, when the stage reports event times.
@@ -245,14 +248,7 @@ impl RunStats {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| StageSnapshot {
-                    id: s.id.clone(),
-                    type_name: s.type_name.clone(),
-                    kind: s.kind,
-                    rows_in: s.rows_in.load(Ordering::Relaxed),
-                    rows_out: s.rows_out.load(Ordering::Relaxed),
-                    batches_out: s.batches_out.load(Ordering::Relaxed),
-                    dead_letters: s.dead.load(Ordering::Relaxed),
-                    skipped: s.skipped.load(Ordering::Relaxed),
+                    stage: s.report(),
                     in_flight: s.in_flight.iter().map(|a| a.load(Ordering::Relaxed)).sum(),
                     lag_seconds: self.lag_seconds(i),
                 })

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringArray};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Float64Type};
 use dfp_core::observe::{metrics, KeyValue, Metrics};
@@ -69,11 +69,14 @@ struct Threshold {
     stage: String,
 }
 
-/// The text of row `i` of the first of `names` present in `data`.
-fn text_at<'a>(data: &'a RecordBatch, names: &[&str], i: usize) -> Option<&'a str> {
-    let col = names.iter().find_map(|n| data.column_by_name(n))?;
-    let col = col.as_string_opt::<i32>()?;
-    col.is_valid(i).then(|| col.value(i))
+/// The first of `names` that `data` has as a text column.
+fn text_column<'a>(data: &'a RecordBatch, names: &[&str]) -> Option<&'a StringArray> {
+    names.iter().find_map(|n| data.column_by_name(n)).and_then(|c| c.as_string_opt::<i32>())
+}
+
+/// Row `i` of a text column, if the column exists and the value is not null.
+fn text_at(col: Option<&StringArray>, i: usize) -> Option<&str> {
+    col.filter(|c| c.is_valid(i)).map(|c| c.value(i))
 }
 
 /// `Chrome 119.0.0` → `Chrome`, `Edge 120` → `Edge`, `Mobile Safari 17.1` → `Mobile Safari`: versions
@@ -95,13 +98,17 @@ fn source_of(model: &str) -> Option<&str> {
 
 impl Threshold {
     fn count_alerts(&self, m: &Metrics, alerts: &RecordBatch) {
+        // Columns are looked up once per batch, not per row.
+        let models = text_column(alerts, &["model_name"]);
+        let countries = text_column(alerts, &["country"]);
+        let browsers = text_column(alerts, &["deviceDetailbrowser", "accessdevicebrowser", "browser"]);
+        let kinds = text_column(alerts, &["model_kind"]);
         let mut counts: HashMap<[&str; 4], u64> = HashMap::new();
         for i in 0..alerts.num_rows() {
-            let source = text_at(alerts, &["model_name"], i).and_then(source_of).unwrap_or("unknown");
-            let country = text_at(alerts, &["country"], i).filter(|c| !c.is_empty()).unwrap_or("unknown");
-            let browser = text_at(alerts, &["deviceDetailbrowser", "accessdevicebrowser", "browser"], i)
-                .map_or("unknown", browser_family);
-            let kind = text_at(alerts, &["model_kind"], i).unwrap_or("unknown");
+            let source = text_at(models, i).and_then(source_of).unwrap_or("unknown");
+            let country = text_at(countries, i).filter(|c| !c.is_empty()).unwrap_or("unknown");
+            let browser = text_at(browsers, i).map_or("unknown", browser_family);
+            let kind = text_at(kinds, i).unwrap_or("unknown");
             *counts.entry([source, country, browser, kind]).or_default() += 1;
         }
         for ([source, country, browser, kind], n) in counts {
