@@ -390,10 +390,10 @@ fn ctrl_c_stops_gracefully_and_everything_read_is_written() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until rows are flowing, then interrupt.
+    // Wait until rows are flowing (into the temporary file renamed to out.jsonl at the end), then interrupt.
     let out_file = dir.path().join("out.jsonl");
     let started = std::time::Instant::now();
-    while std::fs::metadata(&out_file).map(|m| m.len()).unwrap_or(0) < 100_000 {
+    while largest_file(dir.path()) < 100_000 {
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "no output after 60 s");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -401,8 +401,11 @@ fn ctrl_c_stops_gracefully_and_everything_read_is_written() {
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let t = text(&out);
-    assert!(out.status.success(), "graceful stop exits 0: {t}");
+    // Stopped before the input was read to the end: a distinct status, and the summary says so.
+    assert_eq!(out.status.code(), Some(3), "a run cut short exits 3: {t}");
     assert!(t.contains("stopping: sources stop reading"), "{t}");
+    assert!(t.contains("stopped early in ") && t.contains("stopped early: the run was asked to stop"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
     // The summary's figures: what the source emitted is exactly what reached the file.
     let row = |id: &str| -> Vec<u64> {
         let line = t.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("no {id} row in {t}"));
@@ -414,4 +417,77 @@ fn ctrl_c_stops_gracefully_and_everything_read_is_written() {
     assert_eq!(emitted, written);
     let lines = std::fs::read_to_string(&out_file).unwrap().lines().count() as u64;
     assert_eq!(lines, written, "every row counted as written is in the file (flushed on stop)");
+}
+
+#[test]
+fn values_from_the_environment_never_appear_in_errors() {
+    // A secret that lands in a typed field: the error names the variable, not the value.
+    let yaml = "version: 1\nvars:\n  size: ${env:DFP_TEST_SECRET}\nstages:\n  logs: { type: file-source, path: x, batch_size: \"${size}\" }\n  out: { type: blackhole, inputs: [logs] }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out =
+        dfp().args(["validate", path.to_str().unwrap()]).env("DFP_TEST_SECRET", "hunter2-s3cr3t").output().unwrap();
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(!t.contains("hunter2-s3cr3t"), "the secret leaked: {t}");
+    assert!(t.contains("<value of ${env:DFP_TEST_SECRET}>"), "{t}");
+    assert!(t.contains(":5: stage \"logs\": field `batch_size`"), "{t}");
+}
+
+#[test]
+fn a_pipeline_with_very_many_variables_validates() {
+    // Validation is linear in the number of keys (it used to compare every variable with every other).
+    let mut yaml = String::from("version: 1\nvars:\n");
+    for i in 0..120_000 {
+        yaml.push_str(&format!("  v{i}: {i}\n"));
+    }
+    yaml.push_str("stages:\n  logs: { type: file-source, path: x }\n  out: { type: blackhole, inputs: [logs] }\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = run(&["validate", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_second_ctrl_c_aborts_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("long.yaml");
+    std::fs::write(
+        &pipeline,
+        "version: 1\nruntime: { workers: 2 }\nstages:\n  rows: { type: generator, rows: 100000000000, batch_size: 1024 }\n  slow: { type: file-sink, inputs: [rows], path: out.jsonl }\n",
+    )
+    .unwrap();
+    let child = dfp()
+        .current_dir(dir.path())
+        .args(["run", pipeline.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while largest_file(dir.path()) < 100_000 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no output after 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for _ in 0..2 {
+        assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{t}");
+    assert!(t.contains("aborted") && !t.contains("panicked") && !t.contains("backtrace"), "{t}");
+}
+
+/// The size of the largest file in `dir`.
+fn largest_file(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
 }

@@ -255,7 +255,7 @@ version: 1
 stages:
   logs:     {{ type: file-source, path: "{}/examples/data/azure/infer", raw: true }}
   events:   {{ type: normalize-azure, inputs: [logs] }}
-  features: {{ type: features, inputs: [events], preset: azure }}
+  features: {{ type: features, inputs: [events], family: azure }}
   out:      {{ type: embedded-output, inputs: [features] }}
 "#,
         env!("CARGO_MANIFEST_DIR")
@@ -282,7 +282,7 @@ fn scoring_goes_on_with_cached_models_while_mlflow_is_down() {
 version: 1
 stages:
   in:     {{ type: embedded-input }}
-  scored: {{ type: score, inputs: [in], registry: "{}", source: azure, cache_ttl_secs: 0, gather_ms: 10, mlflow: {{ attempts: 1, timeout_secs: 2, cache_dir: "{}" }} }}
+  scored: {{ type: score, inputs: [in], registry: "{}", family: azure, cache_ttl_secs: 0, gather_ms: 10, mlflow: {{ attempts: 1, timeout_secs: 2, cache_dir: "{}" }} }}
   out:    {{ type: embedded-output, inputs: [scored] }}
 "#,
         server.url(),
@@ -350,6 +350,7 @@ impl Postgres {
             let out = cmd.output().expect("PostgreSQL tool runs");
             assert!(out.status.success(), "{cmd:?}: {}", text(&out));
         };
+        // SAFETY: geteuid has no preconditions.
         let as_postgres_user = unsafe { libc::geteuid() } == 0;
         let wrap = |tool: &str| -> Command {
             if as_postgres_user {
@@ -383,6 +384,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        // SAFETY: geteuid has no preconditions.
         let mut c = if unsafe { libc::geteuid() } == 0 {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl"));

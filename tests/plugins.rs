@@ -29,7 +29,8 @@ fn plugin_stages_are_listed_inspected_and_run_like_built_ins() {
     assert!(out.status.success(), "{}", text(&out));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["name"], "testkit");
-    assert_eq!(doc["abi_version"], 1);
+    assert_eq!(doc["abi_version"], 2);
+    assert_eq!(doc["families"], serde_json::json!([]), "testkit exports no log family");
     let types: Vec<&str> = doc["stages"].as_array().unwrap().iter().map(|s| s["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["plugin-count-sink", "plugin-fail", "plugin-passthrough", "plugin-rows"]);
     let rows = doc["stages"].as_array().unwrap().iter().find(|s| s["type"] == "plugin-rows").unwrap();
@@ -99,7 +100,7 @@ fn a_plugin_of_another_abi_version_is_refused_with_both_versions() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let msg = text(&out);
     assert!(msg.contains("p.yaml:2"), "names the YAML line: {msg}");
-    assert!(msg.contains("ABI version 999") && msg.contains("ABI version 1"), "{msg}");
+    assert!(msg.contains("ABI version 999") && msg.contains("ABI version 2"), "{msg}");
     assert!(msg.contains("libdfp_plugin_wrong_abi.so"), "{msg}");
     let out = dfp().args(["plugin", "inspect", &wrong]).output().unwrap();
     assert!(!out.status.success() && text(&out).contains("ABI version 999"), "{}", text(&out));
@@ -163,6 +164,89 @@ fn labels(path: &Path) -> BTreeMap<String, (bool, String)> {
         .collect()
 }
 
+/// The records `write-okta` rendered have the System Log `LogEvent` shape `normalize-okta` reads.
+fn check_okta_records(data: &std::path::Path) {
+    let mut records: Vec<Value> = Vec::new();
+    for sub in ["train", "infer"] {
+        for entry in std::fs::read_dir(data.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            assert!(path.file_name().unwrap().to_string_lossy().starts_with("OKTA_"), "{}", path.display());
+            let file: Vec<Value> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            records.extend(file);
+        }
+    }
+    let is_uuid = |s: &str| s.len() == 36 && s.split('-').map(str::len).collect::<Vec<_>>() == [8, 4, 4, 4, 12];
+    let mut actor_ids: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let (mut sessions, mut sso, mut failures) = (0, 0, 0);
+    for r in &records {
+        let keys: BTreeSet<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        let expected: BTreeSet<&str> = [
+            "uuid",
+            "published",
+            "eventType",
+            "version",
+            "severity",
+            "displayMessage",
+            "actor",
+            "client",
+            "outcome",
+            "target",
+            "authenticationContext",
+            "securityContext",
+            "transaction",
+            "debugContext",
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(keys, expected);
+        assert!(is_uuid(r["uuid"].as_str().unwrap()));
+        let published = r["published"].as_str().unwrap();
+        assert!(published.len() == 24 && published.ends_with('Z') && published.as_bytes()[19] == b'.', "{published}");
+        match r["eventType"].as_str().unwrap() {
+            "user.session.start" => sessions += 1,
+            "user.authentication.sso" => sso += 1,
+            other => panic!("eventType {other}"),
+        }
+        let id = r["actor"]["id"].as_str().unwrap();
+        assert!(id.len() == 20 && id.starts_with("00u") && id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        let email = r["actor"]["alternateId"].as_str().unwrap().to_string();
+        assert_eq!(actor_ids.entry(email).or_insert_with(|| id.to_string()), id, "one actor id per user");
+        let browser = r["client"]["userAgent"]["browser"].as_str().unwrap();
+        assert!(["CHROME", "EDGE", "FIREFOX", "SAFARI", "UNKNOWN"].contains(&browser), "{browser}");
+        assert!(r["client"]["ipAddress"].as_str().unwrap().parse::<std::net::IpAddr>().is_ok());
+        assert_eq!(r["target"][0]["type"], "AppInstance");
+        assert!(r["target"][0]["id"].as_str().unwrap().starts_with("0oa"));
+        match r["outcome"]["result"].as_str().unwrap() {
+            "SUCCESS" => assert!(r["outcome"]["reason"].is_null() && r["severity"] == "INFO"),
+            "FAILURE" => {
+                failures += 1;
+                assert!(r["outcome"]["reason"].is_string() && r["severity"] == "WARN");
+            }
+            other => panic!("outcome {other}"),
+        }
+    }
+    assert!(sessions > 0 && sso > 0 && failures > 0, "{sessions} {sso} {failures}");
+}
+
+#[test]
+fn dfp_itself_holds_no_okta_code() {
+    fn walk(dir: &std::path::Path, hits: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, hits);
+            } else if std::fs::read_to_string(&path).unwrap_or_default().to_lowercase().contains("okta") {
+                hits.push(path.display().to_string());
+            }
+        }
+    }
+    let mut hits = Vec::new();
+    for dir in ["dfp-core/src", "dfp-stages/src"] {
+        walk(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).as_path(), &mut hits);
+    }
+    assert!(hits.is_empty(), "the okta family belongs to its plugin, yet these files name it: {hits:?}");
+}
+
 #[test]
 fn okta_logs_train_and_score_through_the_okta_and_geo_velocity_plugins() {
     plugin_dir();
@@ -171,12 +255,41 @@ fn okta_logs_train_and_score_through_the_okta_and_geo_velocity_plugins() {
     let models = dir.path().join("models");
     let scored = dir.path().join("scored.jsonl");
     let env_dir = plugin_dir().display().to_string();
+    // The okta family and its sample writer come from the plugin: dfp itself knows nothing of Okta.
     let out = dfp()
         .args(["generate", "okta", "--users", "12", "--days", "16", "--seed", "5", "--out"])
         .arg(&data)
         .output()
         .unwrap();
+    assert!(!out.status.success() && text(&out).contains("unknown log family \"okta\""), "{}", text(&out));
+    let out = dfp()
+        .args(["generate", "okta", "--plugin", "libdfp_plugin_okta.so", "--users", "12", "--days", "16", "--seed", "5"])
+        .arg("--out")
+        .arg(&data)
+        .env("DFP_PLUGIN_PATH", &env_dir)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    check_okta_records(&data);
+    // The plugin's family is listed like a built-in, with where it comes from.
+    let out = dfp()
+        .args(["families", "--plugin", "libdfp_plugin_okta.so"])
+        .env("DFP_PLUGIN_PATH", &env_dir)
+        .output()
+        .unwrap();
+    let listing = text(&out);
+    assert!(
+        out.status.success() && listing.contains("okta ") && listing.contains("libdfp_plugin_okta.so"),
+        "{listing}"
+    );
+    assert!(listing.contains("azure ") && listing.contains("duo "), "{listing}");
+    let out = dfp()
+        .args(["plugin", "inspect", "libdfp_plugin_okta.so", "--json"])
+        .env("DFP_PLUGIN_PATH", &env_dir)
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["families"], serde_json::json!(["okta"]));
     let out = dfp()
         .args(["run", "pipelines/okta-training.yaml", "--var", "epochs=3", "--var", "min_history=100"])
         .args(["--var", &format!("input={}", data.join("train").display())])

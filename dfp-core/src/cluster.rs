@@ -10,13 +10,28 @@
 //! another dfp or another worker count is refused by every process with a message naming it, instead of
 //! failing later inside timely's channels. Timely is fail-stop: when a peer's connection breaks, the
 //! remaining processes end with an error naming the lost peer (see [`PeerWatch`]).
+//!
+//! The executor's cluster plumbing lives here as well: which cluster a run joins (its options over the
+//! plan's `runtime:`), the fingerprint handshake, and the control stream that spreads stop requests,
+//! failures and the newest logical time over the processes while the pipeline runs.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Mutex, Once};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::{Inspect, Probe};
+use timely::dataflow::Scope;
 
+use crate::error::RunError;
 use crate::spec::Plan;
+use crate::stage::StopFlag;
 
 /// Where this process sits in its cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +248,173 @@ impl PeerWatch {
     }
 }
 
+/// The cluster a run joins: `processes`, `process` and `hostfile` (the run's options) override the plan's
+/// `runtime:` values; `None` for a single process.
+pub(crate) fn resolve_cluster(
+    plan: &Plan,
+    processes: Option<usize>,
+    process: Option<usize>,
+    hostfile: Option<&str>,
+) -> Result<Option<ClusterSpec>, RunError> {
+    let processes = processes.unwrap_or(plan.runtime.processes);
+    let hostfile = hostfile.map(str::to_string).or_else(|| plan.runtime.hostfile.clone());
+    let process = process.or(plan.runtime.process);
+    if processes <= 1 && hostfile.is_none() {
+        return Ok(None);
+    }
+    let hostfile = hostfile.ok_or_else(|| {
+        RunError::Cluster(format!(
+            "{processes} processes need a hostfile (--hostfile FILE or runtime.hostfile): host:port per process"
+        ))
+    })?;
+    let process = process.ok_or_else(|| {
+        RunError::Cluster("this process's index is missing (--process I or runtime.process, from 0)".into())
+    })?;
+    let spec =
+        ClusterSpec::from_hostfile(std::path::Path::new(&hostfile), (processes > 1).then_some(processes), process)
+            .map_err(|e| RunError::Cluster(e.to_string()))?;
+    Ok((spec.processes() > 1).then_some(spec))
+}
+
+/// Exchanges fingerprints with every worker of the cluster through a one-record dataflow (built the same
+/// by every dfp), before the pipeline's own dataflow exists: a mismatch is an error naming the process.
+pub(crate) fn handshake(
+    worker: &mut timely::worker::Worker,
+    mine: &Fingerprint,
+    cluster: &ClusterSpec,
+) -> Result<(), String> {
+    use timely::dataflow::operators::vec::Broadcast;
+    use timely::dataflow::operators::Input;
+    let received: Rc<RefCell<Vec<String>>> = Rc::new(RefCell::new(Vec::new()));
+    let sink = Rc::clone(&received);
+    let probe = ProbeHandle::new();
+    let mut input = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, stream) = scope.new_input::<Vec<String>>();
+        let _ = stream.broadcast().inspect(move |x: &String| sink.borrow_mut().push(x.clone())).probe_with(&probe);
+        input
+    });
+    let threads = worker.peers() / cluster.processes().max(1);
+    if worker.index().is_multiple_of(threads.max(1)) {
+        input.send(serde_json::to_string(mine).map_err(|e| e.to_string())?);
+    }
+    drop(input);
+    while !probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(10)));
+    }
+    let mut problems = Vec::new();
+    for text in received.borrow().iter() {
+        let theirs: Fingerprint =
+            serde_json::from_str(text).map_err(|e| format!("unreadable peer fingerprint: {e}"))?;
+        if let Some(why) = mine.differences(&theirs) {
+            problems.push(format!("{} runs something else: {why}", cluster.name(theirs.process)));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        problems.sort();
+        problems.dedup();
+        Err(format!("{} refuses to start: {}", cluster.name(cluster.process), problems.join("; ")))
+    }
+}
+
+/// What the cluster control reads from, and raises on, the run it belongs to (the executor's run state).
+pub(crate) trait RunControl {
+    /// This process's index in the cluster.
+    fn process(&self) -> usize;
+    /// The newest logical time this process knows of (see [`raise_max_time`](RunControl::raise_max_time)).
+    fn max_time(&self) -> u64;
+    /// Raises the newest logical time to at least `time` (another process's sources got there).
+    fn raise_max_time(&self, time: u64);
+    /// True once the run was aborted (a stage failed, here or on another process).
+    fn aborted(&self) -> bool;
+    /// The error that aborted the run, as text.
+    fn error_text(&self) -> String;
+    /// Records a run-level error (the first one wins) and stops the pipeline.
+    fn set_error(&self, error: RunError);
+}
+
+/// What the processes of a cluster tell each other while the pipeline runs.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum Control {
+    /// A stop was asked for (Ctrl-C, SIGTERM) on this process: every process stops reading and drains.
+    Stop { process: usize },
+    /// A stage failed on this process: every process stops.
+    Abort { process: usize, message: String },
+    /// This worker's sources have all ended.
+    SourcesDone { worker: usize },
+    /// The newest logical time a source of this process emitted at (so idle sources elsewhere keep up).
+    Time { time: u64 },
+}
+
+/// Spreads stops and failures over the cluster: each worker broadcasts its process's stop request or
+/// failure once, and holds its capability until every worker's sources have ended.
+pub(crate) fn cluster_control<'s, S: RunControl + 'static>(
+    scope: Scope<'s, u64>,
+    shared: &Arc<S>,
+    stop: &StopFlag,
+    live_sources: Rc<Cell<usize>>,
+    index: usize,
+    peers: usize,
+) {
+    use timely::dataflow::operators::vec::Broadcast;
+    let done: Rc<RefCell<HashSet<usize>>> = Rc::new(RefCell::new(HashSet::new()));
+    let process = shared.process();
+    let (out_shared, out_stop, out_done) = (Arc::clone(shared), stop.clone(), Rc::clone(&done));
+    let control =
+        source::<u64, CapacityContainerBuilder<Vec<Control>>, _, _>(scope, "cluster-control", move |cap, info| {
+            let activator = scope.activator_for(info.address);
+            let mut cap = Some(cap);
+            let (mut sent_stop, mut sent_abort, mut sent_done) = (false, false, false);
+            let mut sent_time = 0;
+            move |output| {
+                let Some(c) = cap.as_ref() else { return };
+                let time = out_shared.max_time();
+                if time > sent_time {
+                    sent_time = time;
+                    output.session(c).give(Control::Time { time });
+                }
+                if !sent_stop && out_stop.is_set() {
+                    sent_stop = true;
+                    output.session(c).give(Control::Stop { process });
+                }
+                if !sent_abort && out_shared.aborted() {
+                    sent_abort = true;
+                    output.session(c).give(Control::Abort { process, message: out_shared.error_text() });
+                }
+                if !sent_done && live_sources.get() == 0 {
+                    sent_done = true;
+                    output.session(c).give(Control::SourcesDone { worker: index });
+                }
+                if out_done.borrow().len() >= peers {
+                    cap = None;
+                    return;
+                }
+                activator.activate_after(Duration::from_millis(20));
+            }
+        });
+    let (in_shared, in_stop) = (Arc::clone(shared), stop.clone());
+    let _ = control.broadcast().inspect(move |msg: &Control| match msg {
+        Control::Stop { process: from } => {
+            if !in_stop.is_set() && *from != process {
+                tracing::info!(from, "stop requested by another process of the cluster");
+            }
+            in_stop.set();
+        }
+        Control::Abort { process: from, message } => {
+            if *from != process && !in_shared.aborted() {
+                in_shared.set_error(RunError::Cluster(format!("process {from} failed: {message}")));
+            }
+        }
+        Control::SourcesDone { worker } => {
+            done.borrow_mut().insert(*worker);
+        }
+        Control::Time { time } => {
+            in_shared.raise_max_time(*time);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,8 +446,8 @@ mod tests {
         assert!(base.differences(&text).unwrap().contains("another pipeline text"));
         let workers = Fingerprint { process: 1, workers: 1, ..base.clone() };
         assert!(base.differences(&workers).unwrap().contains("--workers 1 there, 2 here"));
-        let plugins = Fingerprint { process: 1, plugins: vec!["okta 0.1.0".into()], ..base.clone() };
-        assert!(base.differences(&plugins).unwrap().contains("plugins [\"okta 0.1.0\"] there"));
+        let plugins = Fingerprint { process: 1, plugins: vec!["mine 0.1.0".into()], ..base.clone() };
+        assert!(base.differences(&plugins).unwrap().contains("plugins [\"mine 0.1.0\"] there"));
         let graph = Fingerprint { process: 1, graph: vec!["logs file-source []".into()], ..base };
         assert!(graph.differences(&Fingerprint { process: 0, ..graph.clone() }).is_none());
     }

@@ -18,7 +18,9 @@ use crate::register_stage;
 use crate::registry::StageConfig;
 use crate::stage::{Emitter, Sink, Source, SourceStatus, StageContext, StageInstance, StageKind};
 
-/// The channels between a spawned pipeline and its host program.
+/// The channels between a spawned pipeline and its host program. [`Pipeline::spawn`](crate::Pipeline::spawn)
+/// hands them to the run as a resource (see [`StageContext::resource`]); the embedded stages take them from
+/// there.
 #[derive(Default, Debug)]
 pub struct EmbeddedIo {
     pub(crate) input: Option<Receiver<Batch>>,
@@ -55,8 +57,13 @@ struct EmbeddedInput {
 }
 
 impl Source for EmbeddedInput {
+    /// The host program pushes for as long as it likes: a stream.
+    fn bounded(&self) -> bool {
+        false
+    }
+
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.rx = ctx.embedded().input().cloned();
+        self.rx = ctx.resource::<EmbeddedIo>().and_then(|io| io.input().cloned());
         if self.rx.is_none() {
             return Err(StageError::Unsupported(
                 "embedded-input only works in a pipeline spawned from Rust with Pipeline::spawn".into(),
@@ -109,7 +116,7 @@ struct EmbeddedOutput {
 
 impl Sink for EmbeddedOutput {
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.tx = ctx.embedded().output().cloned();
+        self.tx = ctx.resource::<EmbeddedIo>().and_then(|io| io.output().cloned());
         if self.tx.is_none() {
             return Err(StageError::Unsupported(
                 "embedded-output only works in a pipeline spawned from Rust with Pipeline::spawn".into(),

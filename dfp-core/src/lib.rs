@@ -40,6 +40,7 @@ pub mod cluster;
 pub mod embedded;
 pub mod error;
 pub mod executor;
+pub mod family;
 pub mod hash;
 pub mod json;
 pub mod models;
@@ -50,15 +51,18 @@ pub mod plugin;
 pub mod registry;
 pub mod spec;
 pub mod stage;
+pub mod suggest;
 
 pub use batch::{Batch, Envelope};
 pub use error::{ConfigError, RunError, StageError};
 pub use executor::{RunOptions, RunReport, StageReport, StopHandle};
+pub use family::{Families, Family};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineInput, RunningPipeline};
-pub use registry::{Registry, StageConfig, StageRegistration, StageType};
+pub use registry::{ConfigContext, Registry, StageConfig, StageRegistration, StageType};
 pub use spec::{Diagnostic, Plan, SpecError};
 pub use stage::{
-    DeadLetter, Emitter, Partitioning, Sink, Source, SourceStatus, StageContext, StageInstance, StageKind, Transform,
+    DeadLetter, Emitter, Partitioning, Resources, Sink, Source, SourceStatus, StageContext, StageInstance, StageKind,
+    Transform,
 };
 
 /// Re-exported so that stage authors build against the exact versions dfp uses.

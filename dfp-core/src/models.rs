@@ -5,13 +5,14 @@
 //! only once all of its files are written. Implementations: a directory or `s3://` prefix (dfp-stages'
 //! `registry::local`), MLflow later.
 
-/// One published version.
+/// One model as a registry lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelVersion {
+pub struct ListedModel {
     /// Model name.
     pub name: String,
-    /// Version (1, 2, …).
-    pub version: u64,
+    /// Its latest version (1, 2, …), or why that cannot be read (a damaged `LATEST`, say): one bad model
+    /// does not stop a listing.
+    pub latest: Result<u64, String>,
 }
 
 /// Why a registry operation failed.
@@ -34,6 +35,7 @@ pub trait ModelRegistry: Send + Sync {
     fn latest(&self, name: &str) -> Result<Option<u64>, RegistryError>;
     /// One file of a version.
     fn fetch(&self, name: &str, version: u64, file: &str) -> Result<Vec<u8>, RegistryError>;
-    /// Every model with its latest version, sorted by name.
-    fn list(&self) -> Result<Vec<ModelVersion>, RegistryError>;
+    /// Every model with its latest version (or why it has none that can be read), sorted by name. Fails
+    /// only when the registry itself cannot be listed.
+    fn list(&self) -> Result<Vec<ListedModel>, RegistryError>;
 }

@@ -59,7 +59,7 @@ impl Pipeline {
 
     /// Starts a pipeline in code.
     pub fn builder(name: impl Into<String>) -> PipelineBuilder {
-        PipelineBuilder { name: name.into(), runtime: Map::new(), stages: Map::new() }
+        PipelineBuilder { name: name.into(), family: None, runtime: Map::new(), stages: Map::new() }
     }
 
     /// The validated plan.
@@ -81,7 +81,7 @@ impl Pipeline {
         let (out_tx, out_rx) = crossbeam_channel::unbounded::<Batch>();
         let stop = options.stop.clone().unwrap_or_default();
         options.stop = Some(stop.clone());
-        options.io = Some(Arc::new(EmbeddedIo { input: Some(in_rx), output: Some(out_tx) }));
+        options.resources.insert(Arc::new(EmbeddedIo { input: Some(in_rx), output: Some(out_tx) }));
         let plan = Arc::clone(&self.plan);
         let handle = std::thread::Builder::new()
             .name("dfp-pipeline".into())
@@ -95,6 +95,7 @@ impl Pipeline {
 #[derive(Debug, Clone)]
 pub struct PipelineBuilder {
     name: String,
+    family: Option<String>,
     runtime: Map<String, Value>,
     stages: Map<String, Value>,
 }
@@ -119,6 +120,12 @@ impl PipelineBuilder {
         self
     }
 
+    /// Sets the pipeline's log family (the `family` of every stage that reads one).
+    pub fn family(mut self, name: &str) -> Self {
+        self.family = Some(name.to_string());
+        self
+    }
+
     /// Sets the number of worker threads.
     pub fn workers(mut self, workers: usize) -> Self {
         self.runtime.insert("workers".into(), json!(workers));
@@ -133,7 +140,10 @@ impl PipelineBuilder {
 
     /// Validates and returns the pipeline.
     pub fn build(self) -> Result<Pipeline, SpecError> {
-        let doc = json!({ "version": 1, "runtime": self.runtime, "stages": self.stages });
+        let mut doc = json!({ "version": 1, "runtime": self.runtime, "stages": self.stages });
+        if let Some(f) = self.family {
+            doc["family"] = json!(f);
+        }
         // JSON is YAML: the builder goes through exactly the same validation as a file.
         let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
         Pipeline::from_yaml_str(&text, &self.name, &[])

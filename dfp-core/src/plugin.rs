@@ -17,6 +17,7 @@ use dfp_plugin_sdk::abi::{self, EmitApi, FFI_ArrowArray, FFI_ArrowSchema, HostAp
 
 use crate::batch::Batch;
 use crate::error::{ConfigError, StageError};
+use crate::family::{Family, FamilyOrigin};
 use crate::registry::{StageFactory, StageType};
 use crate::stage::{
     DeadLetter, Emitter, Partitioning, Sink, Source, SourceStatus, StageContext, StageInstance, StageKind, Transform,
@@ -88,6 +89,8 @@ pub struct Plugin {
     pub abi_version: u32,
     /// Its stage types.
     pub stages: Vec<PluginStage>,
+    /// The log families it exports.
+    pub families: Vec<Family>,
     table: &'static PluginTable,
 }
 
@@ -119,7 +122,8 @@ unsafe fn static_str(p: *const c_char) -> Option<&'static str> {
     if p.is_null() {
         return None;
     }
-    CStr::from_ptr(p).to_str().ok()
+    // SAFETY: the caller guarantees a NUL-terminated string that lives for the process.
+    unsafe { CStr::from_ptr(p) }.to_str().ok()
 }
 
 /// Loads the plugin at `path` (once per process: a second call returns the same plugin).
@@ -203,6 +207,11 @@ fn open(path: &Path) -> Result<Plugin, PluginError> {
             desc: d,
         });
     }
+    // SAFETY: as for `text`; the families text is optional (null: none exported).
+    let families = match unsafe { static_str(table.families) } {
+        None => Vec::new(),
+        Some(yaml) => Family::parse_yaml(yaml).map_err(|e| err(format!("exported {e}")))?,
+    };
     Ok(Plugin {
         path: path.into(),
         name: text(table.plugin_name, "the plugin name")?.to_string(),
@@ -210,6 +219,7 @@ fn open(path: &Path) -> Result<Plugin, PluginError> {
         sdk_version: text(table.sdk_version, "the SDK version")?.to_string(),
         abi_version: found,
         stages,
+        families,
         table,
     })
 }
@@ -228,16 +238,19 @@ impl Plugin {
                     kind: s.kind,
                     description: s.description,
                     schema: Arc::new(move || schema.clone()),
-                    factory: Arc::new(move |config| {
+                    factory: Arc::new(move |config, _ctx| {
                         let json = CString::new(config.to_string())
                             .map_err(|_| ConfigError { field: None, message: "configuration holds a NUL".into() })?;
                         plugin
+                            // SAFETY: `json` is NUL-terminated and outlives the call; `call` passes a valid
+                            // out-pointer for the error (ABI rules).
                             .call(|error| unsafe { (stage.desc.validate)(json.as_ptr(), error) })
                             .map_err(|message| ConfigError { field: None, message })?;
                         Ok(Arc::new(PluginFactory { plugin: plugin.clone(), stage: stage.clone(), json: json.clone() })
                             as Arc<dyn StageFactory>)
                     }),
                     plugin: Some(self.path.clone()),
+                    renamed: &[],
                 }
             })
             .collect()
@@ -255,6 +268,7 @@ impl Plugin {
         } else {
             // SAFETY: the plugin stored a NUL-terminated string it allocated; it frees it.
             let m = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+            // SAFETY: the string is the plugin's, handed back once to its own `free_string` (ABI rule).
             unsafe { (self.table.free_string)(error) };
             m
         };
@@ -283,6 +297,8 @@ impl StageFactory for PluginFactory {
         let mut instance: *mut c_void = std::ptr::null_mut();
         let desc = self.stage.desc;
         self.plugin
+            // SAFETY: the configuration is NUL-terminated, the host API is boxed and kept in the handle for the
+            // instance's life, and the out-pointers are valid for the call (ABI rules).
             .call(|error| unsafe { (desc.create)(self.json.as_ptr(), &*api, &mut instance, error) })
             .map_err(|m| StageError::Other(format!("plugin {}: {m}", self.plugin.name)))?;
         let handle = Handle { plugin: self.plugin.clone(), desc, instance, _api: api, host };
@@ -318,8 +334,11 @@ fn text_of(p: *const u8, len: usize) -> String {
     String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(p, len) }).into_owned()
 }
 
+/// # Safety
+/// `ctx` is the `HostState` of the instance's host API; `message` points to `len` bytes.
 unsafe extern "C" fn host_log(ctx: *mut c_void, level: u32, message: *const u8, len: usize) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `ctx` is the boxed `HostState` the handle keeps alive for the instance's life.
         let state = unsafe { &*(ctx as *const HostState) };
         let stage = state.stage_id.to_string_lossy();
         let message = text_of(message, len);
@@ -332,8 +351,11 @@ unsafe extern "C" fn host_log(ctx: *mut c_void, level: u32, message: *const u8, 
     }));
 }
 
+/// # Safety
+/// `ctx` is the `HostState` of the instance's host API; `name` points to `len` bytes.
 unsafe extern "C" fn host_counter_add(ctx: *mut c_void, name: *const u8, len: usize, value: u64) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `ctx` is the boxed `HostState` the handle keeps alive for the instance's life.
         let state = unsafe { &*(ctx as *const HostState) };
         let name = text_of(name, len);
         if let Some(m) = crate::observe::metrics() {
@@ -357,7 +379,8 @@ struct Handle {
     host: Box<HostState>,
 }
 
-// The instance is used by one worker thread at a time; the plugin's stages are `Send` (SDK trait bound).
+// SAFETY: the instance is used by one worker thread at a time, and the plugin's stages are `Send` (the SDK's
+// trait bound), so moving the handle to another thread is sound.
 unsafe impl Send for Handle {}
 
 impl Drop for Handle {
@@ -381,8 +404,11 @@ struct EmitState<'a> {
     failure: Option<String>,
 }
 
+/// # Safety
+/// `ctx` is the `EmitState` of the call in progress; `array` is handed over and `schema` lent (ABI rules).
 unsafe extern "C" fn emit_batch(ctx: *mut c_void, array: *mut FFI_ArrowArray, schema: *const FFI_ArrowSchema) -> i32 {
     let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `with_emit` passes its own `EmitState`, alive and not otherwise borrowed during the call.
         let state = unsafe { &mut *(ctx as *mut EmitState<'_>) };
         if array.is_null() || schema.is_null() {
             state.failure = Some("emitted a null batch".into());
@@ -420,6 +446,7 @@ unsafe extern "C" fn emit_dead_letter(
     record_len: usize,
 ) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `with_emit` passes its own `EmitState`, alive and not otherwise borrowed during the call.
         let state = unsafe { &mut *(ctx as *mut EmitState<'_>) };
         let origin = state.template.map(|b| b.envelope.origin.clone()).unwrap_or_default();
         state.out.dead_letter(DeadLetter::new(text_of(reason, reason_len), text_of(record, record_len), origin));
@@ -455,6 +482,8 @@ impl Handle {
         let (mut array, schema) =
             arrow::ffi::to_ffi(&data).map_err(|e| StageError::Other(format!("exporting a batch to a plugin: {e}")))?;
         let desc = self.desc;
+        // SAFETY: the instance is live (the handle owns it), the array is handed over and the schema lent for
+        // the call, and `with_emit` passes a valid emit API and error out-pointer (ABI rules).
         self.with_emit(out, Some(batch), |instance, emit, error| unsafe {
             (desc.process)(instance, &mut array, &schema, emit, error)
         })
@@ -470,6 +499,7 @@ impl Source for PluginSource {
         let mut status = abi::POLL_EXHAUSTED;
         let desc = self.handle.desc;
         self.handle
+            // SAFETY: the instance is live (the handle owns it); the pointers are valid for the call (ABI rules).
             .with_emit(out, None, |instance, emit, error| unsafe { (desc.poll)(instance, emit, &mut status, error) })?;
         Ok(match status {
             abi::POLL_READY => SourceStatus::Ready,
@@ -481,6 +511,7 @@ impl Source for PluginSource {
     fn finish(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
         let desc = self.handle.desc;
         let mut sink = Emitter::new();
+        // SAFETY: the instance is live (the handle owns it); the pointers are valid for the call (ABI rules).
         self.handle.with_emit(&mut sink, None, |instance, emit, error| unsafe { (desc.finish)(instance, emit, error) })
     }
 }
@@ -501,6 +532,7 @@ impl Transform for PluginTransform {
 
     fn finish(&mut self, out: &mut Emitter) -> Result<(), StageError> {
         let desc = self.handle.desc;
+        // SAFETY: the instance is live (the handle owns it); the pointers are valid for the call (ABI rules).
         self.handle.with_emit(out, None, |instance, emit, error| unsafe { (desc.finish)(instance, emit, error) })
     }
 }
@@ -523,6 +555,7 @@ impl Sink for PluginSink {
     fn finish(&mut self) -> Result<(), StageError> {
         let desc = self.handle.desc;
         let mut out = Emitter::new();
+        // SAFETY: the instance is live (the handle owns it); the pointers are valid for the call (ABI rules).
         self.handle.with_emit(&mut out, None, |instance, emit, error| unsafe { (desc.finish)(instance, emit, error) })
     }
 }
@@ -558,8 +591,17 @@ pub fn load_entry(entry: &str) -> Result<Arc<Plugin>, PluginError> {
 /// Adds a plugin's stage types to `registry`; a plugin already there (listed twice) or a name clash is an
 /// error, and nothing is added then.
 pub fn add_to(registry: &mut crate::Registry, plugin: &Arc<Plugin>) -> Result<(), String> {
-    if registry.iter().any(|t| t.plugin.as_ref() == Some(&plugin.path)) {
+    if registry.iter().any(|t| t.plugin.as_ref() == Some(&plugin.path))
+        || plugin
+            .families
+            .iter()
+            .any(|f| registry.families().origin(&f.name) == Some(&FamilyOrigin::Plugin(plugin.path.clone())))
+    {
         return Err(format!("plugin {} is listed twice", plugin.path.display()));
     }
-    registry.extend(plugin.stage_types())
+    let mut next = registry.clone();
+    next.extend(plugin.stage_types())?;
+    next.extend_families(plugin.families.clone(), FamilyOrigin::Plugin(plugin.path.clone()))?;
+    *registry = next;
+    Ok(())
 }

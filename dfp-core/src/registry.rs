@@ -44,7 +44,11 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ConfigError, StageError};
+use crate::family::{Families, Family, FamilyOrigin};
 use crate::stage::{StageContext, StageInstance, StageKind};
+
+/// Re-exported from [`crate::suggest`], where it lives, for existing callers.
+pub use crate::suggest::closest;
 
 /// A validated stage configuration that can build one instance per worker.
 pub trait StageFactory: Send + Sync {
@@ -64,8 +68,16 @@ pub trait StageConfig: DeserializeOwned + JsonSchema + Send + Sync + 'static {
     const KIND: StageKind;
     /// One line for `dfp stages`.
     const DESCRIPTION: &'static str;
+    /// Fields this type no longer accepts, with what to write instead: `("preset", "name the log family …")`.
+    /// Validation reports them by name and line instead of a plain "unknown field".
+    const RENAMED: &'static [(&'static str, &'static str)] = &[];
     /// Checks that go beyond types (mutually exclusive fields, ranges). Runs at validation time.
     fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+    /// Checks that need the rest of the pipeline (for example the log family the stage reads). Runs at
+    /// validation time, after [`validate`](StageConfig::validate).
+    fn check(&self, _ctx: &ConfigContext<'_>) -> Result<(), ConfigError> {
         Ok(())
     }
     /// Builds the instance for one worker.
@@ -94,11 +106,32 @@ pub fn schema_of<C: JsonSchema>() -> serde_json::Value {
     schema.to_value()
 }
 
-fn factory_of<C: StageConfig>(value: serde_json::Value) -> Result<Arc<dyn StageFactory>, ConfigError> {
+/// What a stage configuration may look at while it is checked.
+#[derive(Clone, Copy)]
+pub struct ConfigContext<'a> {
+    /// The log families the pipeline may use.
+    pub families: &'a Families,
+}
+
+impl ConfigContext<'_> {
+    /// The family named `name`, or an error listing the known ones.
+    pub fn family(&self, name: &str) -> Result<&Arc<Family>, ConfigError> {
+        self.families.require(name).map_err(|m| ConfigError::field("family", m))
+    }
+}
+
+fn factory_of<C: StageConfig>(
+    value: serde_json::Value,
+    ctx: &ConfigContext<'_>,
+) -> Result<Arc<dyn StageFactory>, ConfigError> {
     let config: C = parse_config(value)?;
     config.validate()?;
+    config.check(ctx)?;
     Ok(Arc::new(config))
 }
+
+/// Parses and validates a configuration into a factory: the constructor a [`StageRegistration`] carries.
+pub type RegisteredFactoryFn = fn(serde_json::Value, &ConfigContext<'_>) -> Result<Arc<dyn StageFactory>, ConfigError>;
 
 /// One stage type, as registered with `inventory`.
 #[derive(Clone, Copy)]
@@ -112,7 +145,9 @@ pub struct StageRegistration {
     /// The JSON Schema of the configuration.
     pub schema: fn() -> serde_json::Value,
     /// Parses and validates a configuration into a factory.
-    pub factory: fn(serde_json::Value) -> Result<Arc<dyn StageFactory>, ConfigError>,
+    pub factory: RegisteredFactoryFn,
+    /// Fields no longer accepted, with what to write instead.
+    pub renamed: &'static [(&'static str, &'static str)],
 }
 
 impl StageRegistration {
@@ -124,6 +159,7 @@ impl StageRegistration {
             description: C::DESCRIPTION,
             schema: schema_of::<C>,
             factory: factory_of::<C>,
+            renamed: C::RENAMED,
         }
     }
 }
@@ -139,7 +175,8 @@ macro_rules! register_stage {
 }
 
 /// Parses and validates a stage configuration into a factory.
-pub type FactoryFn = dyn Fn(serde_json::Value) -> Result<Arc<dyn StageFactory>, ConfigError> + Send + Sync;
+pub type FactoryFn =
+    dyn Fn(serde_json::Value, &ConfigContext<'_>) -> Result<Arc<dyn StageFactory>, ConfigError> + Send + Sync;
 
 /// A stage type a pipeline may use: a built-in (from [`StageRegistration`]) or one from a plugin.
 #[derive(Clone)]
@@ -156,6 +193,8 @@ pub struct StageType {
     pub factory: Arc<FactoryFn>,
     /// The plugin library it comes from; `None` for built-ins.
     pub plugin: Option<std::path::PathBuf>,
+    /// Fields no longer accepted, with what to write instead.
+    pub renamed: &'static [(&'static str, &'static str)],
 }
 
 impl From<&StageRegistration> for StageType {
@@ -169,6 +208,7 @@ impl From<&StageRegistration> for StageType {
             schema: Arc::new(schema),
             factory: Arc::new(factory),
             plugin: None,
+            renamed: r.renamed,
         }
     }
 }
@@ -183,10 +223,11 @@ impl StageType {
     }
 }
 
-/// The set of stage types a pipeline may use.
+/// The stage types and log families a pipeline may use.
 #[derive(Clone)]
 pub struct Registry {
     stages: BTreeMap<&'static str, StageType>,
+    families: Families,
 }
 
 impl Registry {
@@ -200,8 +241,24 @@ impl Registry {
                     tracing::warn!(type_name = prev.type_name, "stage type registered twice; the last one wins");
                 }
             }
-            Registry { stages }
+            Registry { stages, families: crate::family::built_in() }
         })
+    }
+
+    /// The log families: built in, and those of the plugins added.
+    pub fn families(&self) -> &Families {
+        &self.families
+    }
+
+    /// Adds log families (from a plugin). A name already taken is an error naming both origins; nothing is
+    /// added then.
+    pub fn extend_families(&mut self, families: Vec<Family>, origin: FamilyOrigin) -> Result<(), String> {
+        let mut next = self.families.clone();
+        for f in families {
+            next.add(f, origin.clone())?;
+        }
+        self.families = next;
+        Ok(())
     }
 
     /// Adds stage types (from a plugin). A name already taken is an error naming both origins; nothing
@@ -245,30 +302,21 @@ impl Registry {
     }
 }
 
-/// The candidate closest to `name` by edit distance, when it is close enough to suggest.
-pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| (strsim::damerau_levenshtein(name, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3) && *d < c.len().max(name.len()))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_type_name_clash_names_both_origins_and_adds_nothing() {
-        let mut registry = Registry { stages: BTreeMap::new() };
+        let mut registry = Registry { stages: BTreeMap::new(), families: Families::default() };
         let make = |name: &'static str, plugin: Option<&str>| StageType {
             type_name: name,
             kind: StageKind::Transform,
             description: "test",
             schema: Arc::new(|| serde_json::json!({})),
-            factory: Arc::new(|_| Err(ConfigError { field: None, message: "not built in this test".into() })),
+            factory: Arc::new(|_, _| Err(ConfigError { field: None, message: "not built in this test".into() })),
             plugin: plugin.map(std::path::PathBuf::from),
+            renamed: &[],
         };
         registry.extend(vec![make("filter", None)]).unwrap();
         let err = registry.extend(vec![make("mine", Some("/p/a.so")), make("filter", Some("/p/a.so"))]).unwrap_err();
@@ -279,13 +327,5 @@ mod tests {
         registry.extend(vec![make("x", Some("/p/b.so"))]).unwrap();
         let err = registry.extend(vec![make("x", Some("/p/c.so"))]).unwrap_err();
         assert!(err.contains("plugin /p/c.so") && err.contains("plugin /p/b.so"), "{err}");
-    }
-
-    #[test]
-    fn closest_finds_typos_not_strangers() {
-        let names = ["file-source", "file-sink", "filter", "select"];
-        assert_eq!(closest("fiter", names), Some("filter"));
-        assert_eq!(closest("file-sorce", names), Some("file-source"));
-        assert_eq!(closest("kafka", names), None);
     }
 }

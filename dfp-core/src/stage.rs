@@ -10,6 +10,8 @@
 //! hands it to [`Emitter::dead_letter`] with a reason and carries on. Returning `Err` means the stage itself
 //! cannot go on, and stops the pipeline.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -17,8 +19,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
-use crate::embedded::EmbeddedIo;
 use crate::error::StageError;
+use crate::family::{Families, Family};
 use crate::observe::RunStats;
 
 /// The three kinds of stage.
@@ -69,9 +71,10 @@ pub struct StageContext {
     pub process: usize,
     /// Processes in the cluster (1 when not in a cluster).
     pub processes: usize,
-    pub(crate) io: Arc<EmbeddedIo>,
+    pub(crate) resources: Resources,
     pub(crate) stop: StopFlag,
     pub(crate) stats: Option<Arc<RunStats>>,
+    pub(crate) families: Arc<Families>,
 }
 
 impl StageContext {
@@ -83,21 +86,68 @@ impl StageContext {
             workers,
             process: 0,
             processes: 1,
-            io: Arc::new(EmbeddedIo::default()),
+            resources: Resources::default(),
             stop: StopFlag::default(),
             stats: None,
+            families: Arc::new(crate::Registry::global().families().clone()),
         }
     }
 
-    /// Channels connecting the pipeline to the Rust program that spawned it, if any.
-    pub fn embedded(&self) -> &EmbeddedIo {
-        &self.io
+    /// The same context with other log families (a standalone context has the built-in ones).
+    pub fn with_families(mut self, families: Arc<Families>) -> Self {
+        self.families = families;
+        self
+    }
+
+    /// The log family named `name` (validation checked that it exists).
+    pub fn family(&self, name: &str) -> Result<Arc<Family>, StageError> {
+        self.families.require(name).cloned().map_err(StageError::Other)
+    }
+
+    /// Every log family the pipeline may use.
+    pub fn families(&self) -> &Arc<Families> {
+        &self.families
+    }
+
+    /// The same context with one more resource (see [`resource`](StageContext::resource)); a standalone
+    /// context has none.
+    pub fn with_resource<T: Any + Send + Sync>(mut self, value: Arc<T>) -> Self {
+        self.resources.insert(value);
+        self
+    }
+
+    /// The resource of type `T` the run was given, if any: what the program running the pipeline shares
+    /// with its stages (the embedding API's channels, for instance).
+    pub fn resource<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.resources.get::<T>()
+    }
+
+    /// True once the run failed (a stage or a peer process): sinks finishing then should not publish what
+    /// they hold as if the run had succeeded (a replaced output file stays as it was).
+    pub fn run_failed(&self) -> bool {
+        self.stats.as_ref().is_some_and(|s| s.failed.load(Ordering::SeqCst))
     }
 
     /// True once a graceful stop was asked for (Ctrl-C, [`StopHandle::stop`](crate::StopHandle::stop)).
     /// Long-running sources check it between reads.
     pub fn stop_requested(&self) -> bool {
         self.stop.is_set()
+    }
+
+    /// Reports a problem that does not stop the stage (a model that cannot be used, so its user is scored
+    /// by the generic one): logged by the caller, and listed by `/readyz` (which stays ready) and `/stats`.
+    pub fn note(&self, message: impl Into<String>) {
+        if let Some(stats) = &self.stats {
+            stats.warn(&self.stage_id, message.into());
+        }
+    }
+
+    /// Adds `n` to one of the stage's named counts (few names: duplicate event ids, evicted users): shown
+    /// in the run summary and `/stats`, and exported as `dfp_stage_counter_total{stage, counter}`.
+    pub fn count(&self, counter: &str, n: u64) {
+        if let Some(stats) = &self.stats {
+            stats.count(&self.stage_id, counter, n);
+        }
     }
 
     /// Tells the runtime whether this stage can do its work (`/readyz`): `Err(reason)` while it cannot
@@ -107,6 +157,39 @@ impl StageContext {
         if let Some(stats) = &self.stats {
             stats.set_readiness(&self.stage_id, ready);
         }
+    }
+}
+
+/// Values a run shares with its stages, one per type: the program running the pipeline puts them in, a
+/// stage takes the one of the type it knows with [`StageContext::resource`].
+#[derive(Clone, Default)]
+pub struct Resources {
+    by_type: HashMap<TypeId, (&'static str, Arc<dyn Any + Send + Sync>)>,
+}
+
+impl Resources {
+    /// No resources.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `value`, replacing the resource of the same type.
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: Arc<T>) {
+        self.by_type.insert(TypeId::of::<T>(), (std::any::type_name::<T>(), value));
+    }
+
+    /// The resource of type `T`, if there is one.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let (_, value) = self.by_type.get(&TypeId::of::<T>())?;
+        Arc::clone(value).downcast::<T>().ok()
+    }
+}
+
+impl std::fmt::Debug for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.by_type.values().map(|(name, _)| *name).collect();
+        names.sort_unstable();
+        f.debug_set().entries(names).finish()
     }
 }
 
@@ -257,6 +340,11 @@ pub trait Source: Send {
     /// up (`false`). Sources that fetch in the background (Kafka) pause fetching here.
     fn backpressure(&mut self, _paused: bool) -> Result<(), StageError> {
         Ok(())
+    }
+    /// Whether the input has an end (files) rather than being a stream that is stopped (Kafka, a watched
+    /// folder). A run stopped while a bounded source still had input reports itself as stopped early.
+    fn bounded(&self) -> bool {
+        true
     }
     /// Whether the runtime should wait, once the source is exhausted or stopped, until everything it
     /// emitted has passed the sinks (with a last [`completed`](Source::completed)) before calling

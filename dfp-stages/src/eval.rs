@@ -42,6 +42,9 @@ pub enum EvalError {
     /// The input as a whole is unusable (no files, missing columns).
     #[error("{0}")]
     Input(String),
+    /// The scores could not be read.
+    #[error(transparent)]
+    Scored(#[from] crate::scored::ScoredError),
 }
 
 /// One row of `labels.csv`.
@@ -90,6 +93,12 @@ pub fn read_labels(path: &Path) -> Result<Vec<LabelRow>, EvalError> {
         let kind = kind_col.and_then(|c| record.get(c)).map_or("unknown", str::trim).to_string();
         rows.push(LabelRow { id: id.to_string(), label, kind });
     }
+    if rows.is_empty() {
+        return Err(EvalError::Input(format!(
+            "{}: no labelled events, so there is nothing to evaluate",
+            path.display()
+        )));
+    }
     Ok(rows)
 }
 
@@ -122,110 +131,27 @@ impl Scores {
     }
 }
 
-/// The files named by `spec`: a file, every non-hidden file of a directory, or a glob (sorted).
-fn score_files(spec: &str) -> Result<Vec<PathBuf>, EvalError> {
-    let path = Path::new(spec);
-    if path.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut files = Vec::new();
-    if path.is_dir() {
-        for entry in fs::read_dir(path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })? {
-            let entry = entry.map_err(|source| EvalError::Io { path: path.to_path_buf(), source })?;
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            if !hidden && entry.path().is_file() {
-                files.push(entry.path());
-            }
-        }
-    } else if spec.contains(['*', '?', '[']) {
-        let paths = glob::glob(spec).map_err(|e| EvalError::Input(format!("bad glob {spec:?}: {e}")))?;
-        for p in paths {
-            let p = p.map_err(|e| EvalError::Input(format!("{spec}: {e}")))?;
-            if p.is_file() {
-                files.push(p);
-            }
-        }
-    } else {
-        return Err(EvalError::Io { path: path.to_path_buf(), source: io::Error::from(io::ErrorKind::NotFound) });
-    }
-    files.sort();
-    if files.is_empty() {
-        return Err(EvalError::Input(format!("no score files in {spec}")));
-    }
-    Ok(files)
-}
-
-/// Reads scores from `spec`: a file, every non-hidden file of a directory, or a glob. `.csv` files are CSV
-/// with a header naming `id` and `field`; other files are JSON lines (or one JSON array) of objects with
-/// `id` and `field`. Ids may be strings or numbers; scores must be numbers.
+/// Reads scores from `spec`: a file, every non-hidden file of a directory, or a glob ([`crate::scored`]):
+/// rows with an `id` (a string or a number) and a numeric `field`.
 pub fn read_scores(spec: &str, field: &str) -> Result<Scores, EvalError> {
     let mut scores = Scores::default();
-    for path in score_files(spec)? {
-        let text = fs::read_to_string(&path).map_err(|source| EvalError::Io { path: path.clone(), source })?;
-        let csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-        if csv {
-            read_csv_scores(&path, &text, field, &mut scores)?;
-        } else {
-            read_json_scores(&path, &text, field, &mut scores)?;
-        }
-        scores.files.push(path);
-    }
-    Ok(scores)
-}
-
-fn read_csv_scores(path: &Path, text: &str, field: &str, scores: &mut Scores) -> Result<(), EvalError> {
-    let parse = |line: u64, message: String| EvalError::Parse { path: path.to_path_buf(), line, message };
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
-    let headers = reader.headers().map_err(|e| parse(1, e.to_string()))?.clone();
-    let column = |name: &str| headers.iter().position(|h| h.trim() == name);
-    let (Some(id_col), Some(score_col)) = (column("id"), column(field)) else {
-        return Err(parse(1, format!("the header must name the columns id and {field}")));
-    };
-    for record in reader.records() {
-        let record = record.map_err(|e| parse(e.position().map_or(0, |p| p.line()), e.to_string()))?;
-        let line = record.position().map_or(0, |p| p.line());
-        let id = record.get(id_col).unwrap_or("").trim();
-        let raw = record.get(score_col).unwrap_or("").trim();
-        let score: f64 = raw.parse().map_err(|_| parse(line, format!("{field} {raw:?} is not a number")))?;
-        if id.is_empty() || score.is_nan() {
-            return Err(parse(line, format!("empty id or {field} that is not a number")));
-        }
-        scores.insert(id.to_string(), score);
-    }
-    Ok(())
-}
-
-fn read_json_scores(path: &Path, text: &str, field: &str, scores: &mut Scores) -> Result<(), EvalError> {
-    let parse = |line: u64, message: String| EvalError::Parse { path: path.to_path_buf(), line, message };
-    let mut take = |line: u64, value: &Value| -> Result<(), EvalError> {
-        let object = value.as_object().ok_or_else(|| parse(line, "not a JSON object".into()))?;
-        let id = match object.get("id") {
+    scores.files = crate::scored::for_each_row(spec, |origin, row| {
+        let id = match row.get("id") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
-            _ => return Err(parse(line, "no id (a string or a number)".into())),
+            _ => return Err(origin.error("no id (a string or a number)")),
         };
-        let score = object
-            .get(field)
-            .and_then(Value::as_f64)
-            .ok_or_else(|| parse(line, format!("{field} is missing or not a number")))?;
+        let score = crate::scored::number(origin, &row, field)?;
+        if score.is_nan() {
+            return Err(origin.error(format!("{field} is not a number")));
+        }
         scores.insert(id, score);
         Ok(())
-    };
-    if text.trim_start().starts_with('[') {
-        let values: Vec<Value> = serde_json::from_str(text).map_err(|e| parse(e.line() as u64, e.to_string()))?;
-        for value in &values {
-            take(1, value)?;
-        }
-        return Ok(());
+    })?;
+    if scores.rows == 0 {
+        return Err(EvalError::Input(format!("{spec}: no scored events, so there is nothing to evaluate")));
     }
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(line).map_err(|e| parse(i as u64 + 1, e.to_string()))?;
-        take(i as u64 + 1, &value)?;
-    }
-    Ok(())
+    Ok(scores)
 }
 
 /// Area under the ROC curve of `(score, is_positive)` pairs: the probability that a random positive scores
@@ -592,8 +518,11 @@ mod tests {
         assert_eq!(one.rows, 2);
         fs::write(p.join("bad.jsonl"), "{\"id\":\"q\"}\n").unwrap();
         let err = read_scores(p.join("bad.jsonl").to_str().unwrap(), "mean_abs_z").unwrap_err();
-        assert!(err.to_string().ends_with("bad.jsonl:1: mean_abs_z is missing or not a number"), "{err}");
+        assert!(err.to_string().ends_with("bad.jsonl:1: no field `mean_abs_z`"), "{err}");
         assert!(read_scores(p.join("nope").to_str().unwrap(), "mean_abs_z").is_err());
+        fs::write(p.join("empty.jsonl"), "\n").unwrap();
+        let err = read_scores(p.join("empty.jsonl").to_str().unwrap(), "mean_abs_z").unwrap_err();
+        assert!(err.to_string().contains("no scored events, so there is nothing to evaluate"), "{err}");
     }
 
     #[test]
@@ -608,5 +537,7 @@ mod tests {
         assert!(err.ends_with(":3: id a is listed twice"), "{err}");
         fs::write(&path, "id,label\na,yes\n").unwrap();
         assert!(read_labels(&path).is_err());
+        fs::write(&path, "id,label\n").unwrap();
+        assert!(read_labels(&path).unwrap_err().to_string().contains("nothing to evaluate"));
     }
 }

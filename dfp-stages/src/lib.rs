@@ -34,14 +34,17 @@
 
 pub mod encode;
 pub mod eval;
+pub mod families;
 pub mod generate;
-pub mod kafka;
 pub mod model;
 pub mod normalize;
 pub mod registry;
+pub mod report;
+pub mod scored;
 pub mod sinks;
 pub mod sources;
 pub mod store;
+pub mod summary;
 pub mod time;
 pub mod transforms;
 

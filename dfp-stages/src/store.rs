@@ -75,6 +75,28 @@ impl S3Options {
     }
 }
 
+/// The parts of an `s3://bucket/key` URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct S3Url<'a> {
+    /// The bucket (may be empty when the URL lacks one: callers report that).
+    pub bucket: &'a str,
+    /// The key or prefix after the bucket (may be empty).
+    pub key: &'a str,
+}
+
+/// Splits an `s3://bucket/key` location; `None` when it is not an `s3://` URL.
+pub fn parse_s3(location: &str) -> Option<S3Url<'_>> {
+    let rest = location.strip_prefix("s3://")?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    Some(S3Url { bucket, key })
+}
+
+/// A single-threaded tokio runtime for blocking on object-store, HTTP and Kafka futures from a worker
+/// thread (stages are synchronous; each keeps its own runtime).
+pub fn io_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
 /// One listed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileInfo {
@@ -125,12 +147,8 @@ fn split_glob(s: &str) -> (&str, &str) {
 impl Store {
     /// Opens a location: a local file, directory or glob, or `s3://bucket/prefix[/glob]`.
     pub fn open(location: &str, s3: &S3Options) -> Result<Store, StageError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| io_err("cannot start the I/O runtime", e))?;
-        if let Some(rest) = location.strip_prefix("s3://") {
-            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        let runtime = io_runtime().map_err(|e| io_err("cannot start the I/O runtime", e))?;
+        if let Some(S3Url { bucket, key }) = parse_s3(location) {
             if bucket.is_empty() {
                 return Err(StageError::Other(format!("{location}: no bucket in the URL")));
             }

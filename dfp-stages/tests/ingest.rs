@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 fn transform(type_name: &str, config: Value) -> Box<dyn Transform> {
     dfp_stages::link();
     let reg = Registry::global().get(type_name).expect("registered");
-    let factory = (reg.factory)(config).expect("valid config");
+    let ctx = dfp_core::ConfigContext { families: Registry::global().families() };
+    let factory = (reg.factory)(config, &ctx).expect("valid config");
     match factory.build(&StageContext::standalone("t", 0, 1)).unwrap() {
         StageInstance::Transform(t) => t,
         _ => panic!("not a transform"),
@@ -187,7 +188,7 @@ fn morpheus_counters_by_hand() {
         ("b1", "bob", "2022-08-01T09:30:00Z", "VPN", "Austin"),
         ("b2", "bob", "2022-08-01T23:59:59Z", "VPN", "Austin"),
     ]);
-    let mut t = transform("features", json!({"preset": "azure"}));
+    let mut t = transform("features", json!({"family": "azure"}));
     let (out, dead, _) = run(&mut t, batch);
     assert!(dead.is_empty());
     let got: Vec<Row> = out
@@ -232,7 +233,7 @@ fn novelty_forgets_after_the_history_window() {
         ("2", "u", "2022-08-03T08:00:00Z", "Outlook", "Seattle"),
         ("3", "u", "2022-08-06T08:00:01Z", "Outlook", "Seattle"),
     ]);
-    let mut t = transform("features", json!({"preset": "azure", "history_days": 2}));
+    let mut t = transform("features", json!({"family": "azure", "history_days": 2}));
     let (out, _, _) = run(&mut t, batch);
     let new_app: Vec<bool> = out.iter().map(|r| r["new_app"].as_bool().unwrap()).collect();
     // day 1 new; day 3 is exactly 2 days later (still within); day 6 is over 2 days after day 3

@@ -8,11 +8,17 @@ use arrow::datatypes::UInt64Type;
 use dfp_core::models::ModelRegistry;
 use dfp_core::{Pipeline, RunOptions};
 use dfp_stages::model::artifact::{LossStats, StatsMode, MANIFEST, WEIGHTS};
-use dfp_stages::model::{feature_set, model_name, train, FeatureEncoder, FeatureOptions, Model, Source, TrainConfig};
+use dfp_stages::model::{feature_set, model_name, train, FeatureEncoder, FeatureOptions, Model, TrainConfig};
 use dfp_stages::registry::LocalRegistry;
 use dfp_stages::store::S3Options;
 use serde_json::json;
 use tch::Device;
+
+/// The built-in Azure log family.
+fn azure() -> std::sync::Arc<dfp_core::Family> {
+    dfp_stages::link();
+    dfp_core::Registry::global().families().get("azure").expect("built in").clone()
+}
 
 /// Normalized + featured rows of the shipped Azure sample (training period).
 fn features() -> &'static RecordBatch {
@@ -21,10 +27,11 @@ fn features() -> &'static RecordBatch {
         dfp_stages::link();
         let yaml = r#"
 version: 1
+family: azure
 stages:
   logs:     { type: file-source, path: ../examples/data/azure/train, raw: true }
   events:   { type: normalize-azure, inputs: [logs] }
-  features: { type: features, inputs: [events], preset: azure }
+  features: { type: features, inputs: [events] }
   out:      { type: embedded-output, inputs: [features] }
 "#;
         let running = Pipeline::from_yaml_str(yaml, "test.yaml", &[]).unwrap().spawn(RunOptions::default()).unwrap();
@@ -48,7 +55,7 @@ fn user_rows(user: &str) -> RecordBatch {
 
 #[test]
 fn encoding_round_trips_through_the_manifest() {
-    let defs = feature_set(Source::Azure, FeatureOptions::default());
+    let defs = feature_set(&azure(), &FeatureOptions::default());
     let enc = FeatureEncoder::fit(&defs, features()).unwrap();
     let stored: Vec<_> = serde_json::from_value(serde_json::to_value(&enc.features).unwrap()).unwrap();
     let back = FeatureEncoder::with_features(stored);
@@ -108,7 +115,7 @@ fn loss_statistics_by_hand() {
 #[test]
 fn scores_are_z_scores_of_the_per_feature_losses() {
     let rows = user_rows("kenji.lopez@contoso.com");
-    let defs = feature_set(Source::Azure, FeatureOptions::default());
+    let defs = feature_set(&azure(), &FeatureOptions::default());
     let model = train("m", &defs, &rows, &quick(), Device::Cpu).unwrap();
     let scores = model.score(&rows).unwrap();
     let stats = &model.manifest.loss_stats;
@@ -140,7 +147,7 @@ fn scores_are_z_scores_of_the_per_feature_losses() {
 #[test]
 fn training_is_deterministic_and_artifacts_round_trip() {
     let rows = user_rows("quinn.johnson@contoso.com");
-    let defs = feature_set(Source::Azure, FeatureOptions::default());
+    let defs = feature_set(&azure(), &FeatureOptions::default());
     let a = train("DFP-azure-quinn", &defs, &rows, &quick(), Device::Cpu).unwrap();
     let b = train("DFP-azure-quinn", &defs, &rows, &quick(), Device::Cpu).unwrap();
     let fa = a.to_files().unwrap();
@@ -168,7 +175,7 @@ fn training_is_deterministic_and_artifacts_round_trip() {
 #[test]
 fn bf16_scoring_stays_close_to_f32_for_every_batch_size() {
     let rows = user_rows("quinn.johnson@contoso.com");
-    let defs = feature_set(Source::Azure, FeatureOptions::default());
+    let defs = feature_set(&azure(), &FeatureOptions::default());
     let f32_model = train("DFP-azure-quinn", &defs, &rows, &quick(), Device::Cpu).unwrap();
     let files = f32_model.to_files().unwrap();
     let weights = &files.iter().find(|f| f.0 == WEIGHTS).unwrap().1;
@@ -191,19 +198,19 @@ fn bf16_scoring_stays_close_to_f32_for_every_batch_size() {
 #[test]
 fn a_model_for_other_features_is_refused_clearly() {
     let rows = user_rows("quinn.johnson@contoso.com");
-    let defs = feature_set(Source::Azure, FeatureOptions::default());
+    let defs = feature_set(&azure(), &FeatureOptions::default());
     let model = train("DFP-azure-quinn", &defs, &rows, &quick(), Device::Cpu).unwrap();
-    let with_novelty = feature_set(Source::Azure, FeatureOptions { novelty: true, ..FeatureOptions::default() });
+    let with_novelty = feature_set(&azure(), &FeatureOptions { novelty: true, ..FeatureOptions::default() });
     let err = model.check_features(&with_novelty).unwrap_err().to_string();
     assert!(err.contains("DFP-azure-quinn does not fit this pipeline") && err.contains("new_app"), "{err}");
     assert!(model.check_features(&defs).is_ok());
 }
 
 fn publish(reg: &LocalRegistry, user: Option<&str>, rows: &RecordBatch, seed: u64) -> u64 {
-    let defs = feature_set(Source::Azure, FeatureOptions::default());
+    let defs = feature_set(&azure(), &FeatureOptions::default());
     let mut cfg = quick();
     cfg.seed = seed;
-    let name = model_name(Source::Azure, user);
+    let name = model_name(&azure(), user);
     let model = train(&name, &defs, rows, &cfg, Device::Cpu).unwrap();
     reg.publish(&name, &model.to_files().unwrap()).unwrap()
 }
@@ -216,7 +223,7 @@ version: 1
 runtime: {{ workers: 2 }}
 stages:
   in:     {{ type: embedded-input }}
-  scored: {{ type: score, inputs: [in], registry: "{location}", source: azure{extra} }}
+  scored: {{ type: score, inputs: [in], registry: "{location}", family: azure{extra} }}
   out:    {{ type: embedded-output, inputs: [scored] }}
 "#
     );
@@ -267,7 +274,7 @@ fn scoring_uses_the_users_model_falls_back_to_generic_and_picks_up_new_versions(
     publish(&reg, Some(kenji), &user_rows(kenji), 1);
     publish(&reg, None, features(), 1);
     // The e-mail user's model is stored under its escaped name and found again by the scorer.
-    assert!(reg.latest(&model_name(Source::Azure, Some(kenji))).unwrap() == Some(1));
+    assert!(reg.latest(&model_name(&azure(), Some(kenji))).unwrap() == Some(1));
 
     let yaml = format!(
         r#"
@@ -275,7 +282,7 @@ version: 1
 runtime: {{ workers: 2 }}
 stages:
   in:     {{ type: embedded-input }}
-  scored: {{ type: score, inputs: [in], registry: "{location}", source: azure, cache_ttl_secs: 0 }}
+  scored: {{ type: score, inputs: [in], registry: "{location}", family: azure, cache_ttl_secs: 0 }}
   out:    {{ type: embedded-output, inputs: [scored] }}
 "#
     );
@@ -317,7 +324,7 @@ stages:
 #[test]
 fn warm_start_continues_from_the_previous_version() {
     let rows = user_rows("kenji.lopez@contoso.com");
-    let defs = feature_set(Source::Azure, FeatureOptions::default());
+    let defs = feature_set(&azure(), &FeatureOptions::default());
     let cfg = |epochs: usize| -> TrainConfig {
         serde_json::from_value(json!({"epochs": epochs, "seed": 3, "optimizer": "adam", "lr": 0.003})).unwrap()
     };

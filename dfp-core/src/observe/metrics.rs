@@ -33,6 +33,8 @@ pub struct Metrics {
     pub model_cache_misses: Counter<u64>,
     /// [`names::MODEL_LOAD_SECONDS`].
     pub model_load_seconds: Histogram<f64>,
+    /// [`names::MODEL_LOAD_ERRORS`].
+    pub model_load_errors: Counter<u64>,
     /// [`names::REGISTRY_ERRORS`].
     pub registry_errors: Counter<u64>,
     /// [`names::MODELS_TRAINED`].
@@ -96,6 +98,10 @@ pub fn enable_metrics() -> Result<&'static Metrics, ObserveError> {
             names::MODEL_LOAD_SECONDS,
             "Time to fetch and load one model",
             &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        ),
+        model_load_errors: counter(
+            names::MODEL_LOAD_ERRORS,
+            "Model versions that cannot be used; their users are scored by the generic model",
         ),
         registry_errors: counter(names::REGISTRY_ERRORS, "Failed model-registry calls"),
         models_trained: counter(names::MODELS_TRAINED, "Models trained and published"),
@@ -184,6 +190,20 @@ fn register_observables(meter: &Meter) {
             .with_callback(move |o| each_stage(|run, i, attrs| o.observe(read(&run.stages[i]), attrs)))
             .build();
     }
+    let _ = meter
+        .u64_observable_counter(names::STAGE_COUNTER)
+        .with_description("Named counts a stage keeps (duplicate event ids, evicted users, ...)")
+        .with_callback(|o| {
+            each_stage(|run, i, attrs| {
+                let counters = run.stages[i].counters.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                for (name, n) in counters {
+                    let mut labels = attrs.to_vec();
+                    labels.push(KeyValue::new("counter", name));
+                    o.observe(n, &labels);
+                }
+            })
+        })
+        .build();
     let _ = meter
         .u64_observable_gauge(names::SOURCE_BATCHES_IN_FLIGHT)
         .with_description("Batches a source emitted that have not yet passed every sink")

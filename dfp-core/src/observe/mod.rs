@@ -15,7 +15,7 @@ mod tap;
 pub use metrics::{enable_metrics, metrics, Metrics, MAX_LABEL_VALUES};
 pub(crate) use metrics::{register_run, unregister_run};
 pub use server::{check_addr, AdminServer};
-pub use stats::{RunStats, StageSnapshot, StageStats, StatsSnapshot};
+pub use stats::{RunStats, StageReport, StageSnapshot, StageStats, StatsSnapshot, MAX_WARNINGS};
 pub use tap::TAP_BUFFER_BATCHES;
 
 /// Metric attributes (re-exported so that stages need no OpenTelemetry dependency of their own).

@@ -33,6 +33,10 @@ pub const MODEL_CACHE_HITS: &str = "dfp_model_cache_hits_total";
 pub const MODEL_CACHE_MISSES: &str = "dfp_model_cache_misses_total";
 /// Time to fetch and load one model from the registry (histogram, seconds; label `stage`).
 pub const MODEL_LOAD_SECONDS: &str = "dfp_model_load_seconds";
+/// Model versions a scorer found unusable — unreadable weights or manifest, another family or other
+/// features, impossible loss statistics — whose users were scored by the generic model instead (counter;
+/// label `stage`).
+pub const MODEL_LOAD_ERRORS: &str = "dfp_model_load_errors_total";
 /// Failed model-registry calls (counter; labels `stage`, `operation`).
 pub const REGISTRY_ERRORS: &str = "dfp_registry_errors_total";
 /// Models trained and published (counter; labels `stage`, `kind`: `user` or `generic`).
@@ -46,6 +50,9 @@ pub const ALERTS: &str = "dfp_alerts_total";
 /// `stage`).
 pub const TAP_ROWS_DROPPED: &str = "dfp_tap_rows_dropped_total";
 
+/// Named counts a built-in stage keeps, such as `duplicate_ids` or `evicted_users` (counter; labels
+/// `pipeline`, `process`, `stage`, `counter`).
+pub const STAGE_COUNTER: &str = "dfp_stage_counter_total";
 /// Counters a plugin stage adds through its SDK `Context` (counter; labels `stage`, `counter`: the
 /// plugin's name for it).
 pub const PLUGIN_COUNTER: &str = "dfp_plugin_counter_total";
@@ -64,11 +71,13 @@ pub const ALL: &[&str] = &[
     PIPELINE_READY,
     MODEL_CACHE_HITS,
     MODEL_CACHE_MISSES,
+    MODEL_LOAD_ERRORS,
     MODEL_LOAD_SECONDS,
     REGISTRY_ERRORS,
     MODELS_TRAINED,
     MODEL_TRAINING_SECONDS,
     ALERTS,
     TAP_ROWS_DROPPED,
+    STAGE_COUNTER,
     PLUGIN_COUNTER,
 ];

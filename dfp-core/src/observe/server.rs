@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `/metrics` | Prometheus text exposition |
 //! | `/healthz` | `200 ok` while the process serves |
-//! | `/readyz` | `200 ready`, or `503` with one reason per line |
+//! | `/readyz` | `200 ready` (then a `warning: …` line per problem that does not stop the run), or `503` with one reason per line |
 //! | `/stats` | the run's [`StatsSnapshot`](super::StatsSnapshot) as JSON (for `dfp top`) |
 //! | `/tap?stage=ID[&limit=N][&filter=COLUMN=VALUE]` | rows leaving a stage, as JSON lines, until the limit or the end of the run |
 //!
@@ -172,7 +172,11 @@ fn handle(stream: TcpStream, stats: &Arc<RunStats>) -> std::io::Result<()> {
         }
         "/healthz" => respond(&mut stream, "200 OK", "text/plain", "ok\n"),
         "/readyz" => match stats.readiness() {
-            Ok(()) => respond(&mut stream, "200 OK", "text/plain", "ready\n"),
+            Ok(()) => {
+                // Problems that do not stop the run are listed, but the pipeline stays ready.
+                let warnings: String = stats.warnings().iter().map(|w| format!("warning: {w}\n")).collect();
+                respond(&mut stream, "200 OK", "text/plain", &format!("ready\n{warnings}"))
+            }
             Err(why) => respond(
                 &mut stream,
                 "503 Service Unavailable",

@@ -9,8 +9,33 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::tap::Taps;
-use crate::executor::StageReport;
 use crate::stage::StageKind;
+
+/// Per-stage figures of a run, summed over this process's workers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StageReport {
+    /// Stage id.
+    pub id: String,
+    /// Stage type.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Source, transform or sink.
+    pub kind: StageKind,
+    /// Rows received.
+    pub rows_in: u64,
+    /// Rows emitted downstream.
+    pub rows_out: u64,
+    /// Batches emitted downstream.
+    pub batches_out: u64,
+    /// Records rejected to the dead-letter output.
+    pub dead_letters: u64,
+    /// Records dropped on purpose by the stage (see [`Emitter::skip`](crate::stage::Emitter::skip)).
+    pub skipped: u64,
+    /// The stage's own named counts ([`StageContext::count`](crate::StageContext::count)), such as
+    /// duplicate event ids; empty for most stages.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub counters: BTreeMap<String, u64>,
+}
 
 /// Live counters of one stage, summed over workers.
 #[derive(Debug)]
@@ -32,6 +57,8 @@ pub struct StageStats {
     pub(crate) newest_event_us: AtomicI64,
     /// Instances opened successfully (sources: connected).
     pub(crate) opened: AtomicUsize,
+    /// Named counts the stage adds (few names, rarely: a lock is fine).
+    pub(crate) counters: Mutex<BTreeMap<String, u64>>,
 }
 
 impl StageStats {
@@ -46,9 +73,13 @@ impl StageStats {
             batches_out: self.batches_out.load(Ordering::Relaxed),
             dead_letters: self.dead.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
+            counters: self.counters.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 }
+
+/// Most warnings kept per stage (the first ones; they name what to fix, and the log has every one).
+pub const MAX_WARNINGS: usize = 20;
 
 /// Live state of one run: per-stage counters, per-worker busy time, readiness, and the taps.
 #[derive(Debug)]
@@ -69,7 +100,11 @@ pub struct RunStats {
     pub(crate) busy_ns: Vec<AtomicU64>,
     pub(crate) workers_built: AtomicUsize,
     pub(crate) not_ready: Mutex<BTreeMap<String, String>>,
+    /// Problems stages met that do not stop the run (a model that cannot be used, say), by stage.
+    pub(crate) warnings: Mutex<BTreeMap<String, Vec<String>>>,
     pub(crate) finished: AtomicBool,
+    /// Set once a stage (or the cluster) failed: the run ends with an error.
+    pub(crate) failed: AtomicBool,
     pub(crate) taps: Taps,
 }
 
@@ -102,6 +137,8 @@ pub struct StatsSnapshot {
     pub ready: bool,
     /// Why not, when not ready.
     pub not_ready: Vec<String>,
+    /// Problems that do not stop the run (see [`RunStats::warnings`]).
+    pub warnings: Vec<String>,
     /// True once the run ended.
     pub finished: bool,
     /// Per-worker seconds spent in dfp operators.
@@ -143,6 +180,7 @@ impl RunStats {
                 in_flight: (0..workers).map(|_| AtomicU64::new(0)).collect(),
                 newest_event_us: AtomicI64::new(i64::MIN),
                 opened: AtomicUsize::new(0),
+                counters: Mutex::new(BTreeMap::new()),
             })
             .collect();
         let taps = Taps::new(stages.len());
@@ -158,7 +196,9 @@ impl RunStats {
             busy_ns: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             workers_built: AtomicUsize::new(0),
             not_ready: Mutex::new(BTreeMap::new()),
+            warnings: Mutex::new(BTreeMap::new()),
             finished: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             taps,
         }
     }
@@ -212,6 +252,27 @@ impl RunStats {
         }
     }
 
+    /// Problems stages reported that do not stop the run, as `stage "id": message` (at most
+    /// [`MAX_WARNINGS`] per stage, the first ones).
+    pub fn warnings(&self) -> Vec<String> {
+        let map = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().flat_map(|(stage, list)| list.iter().map(move |w| format!("stage \"{stage}\": {w}"))).collect()
+    }
+
+    pub(crate) fn warn(&self, stage: &str, message: String) {
+        let mut map = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        let list = map.entry(stage.to_string()).or_default();
+        if list.len() < MAX_WARNINGS && !list.contains(&message) {
+            list.push(message);
+        }
+    }
+
+    pub(crate) fn count(&self, stage: &str, counter: &str, n: u64) {
+        if let Some(s) = self.stages.iter().find(|s| s.id == stage) {
+            *s.counters.lock().unwrap_or_else(|p| p.into_inner()).entry(counter.to_string()).or_default() += n;
+        }
+    }
+
     pub(crate) fn set_readiness(&self, stage: &str, ready: Result<(), String>) {
         let mut map = self.not_ready.lock().unwrap_or_else(|p| p.into_inner());
         match ready {
@@ -241,6 +302,7 @@ impl RunStats {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             ready: readiness.is_ok(),
             not_ready: readiness.err().unwrap_or_default(),
+            warnings: self.warnings(),
             finished: self.finished.load(Ordering::Relaxed),
             busy_seconds: self.busy_ns.iter().map(|b| b.load(Ordering::Relaxed) as f64 / 1e9).collect(),
             stages: self

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::family::Families;
 use crate::registry::{Registry, StageFactory};
 use crate::stage::StageKind;
 
@@ -213,6 +214,10 @@ pub struct Plan {
     pub digest: String,
     /// The plugins loaded, as `name version`, in the order listed.
     pub plugins: Vec<String>,
+    /// The log families the stages may use: built in, from plugins, declared by the pipeline.
+    pub families: Arc<Families>,
+    /// The pipeline's `family:`, if it names one.
+    pub family: Option<String>,
 }
 
 impl Plan {

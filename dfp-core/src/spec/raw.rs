@@ -18,22 +18,57 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for SpannedMap<V> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a mapping")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out: Vec<(Spanned<String>, Spanned<V>)> = Vec::new();
-                while let Some(k) = map.next_key::<Spanned<String>>()? {
-                    let v = map.next_value::<Spanned<V>>()?;
-                    if out.iter().any(|(seen, _)| seen.value == k.value) {
-                        return Err(serde::de::Error::custom(format!("duplicate key \"{}\"", k.value)));
-                    }
-                    out.push((k, v));
-                }
-                Ok(SpannedMap(out))
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                read_map(map)
             }
             fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
                 Ok(SpannedMap(Vec::new()))
             }
         }
         d.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
+/// Reads a mapping into a [`SpannedMap`], refusing duplicate keys (in linear time: a pipeline may have
+/// very many variables).
+fn read_map<'de, V: Deserialize<'de>, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<SpannedMap<V>, A::Error> {
+    let mut out: Vec<(Spanned<String>, Spanned<V>)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(k) = map.next_key::<Spanned<String>>()? {
+        let v = map.next_value::<Spanned<V>>()?;
+        if !seen.insert(k.value.clone()) {
+            return Err(serde::de::Error::custom(format!("duplicate key \"{}\"", k.value)));
+        }
+        out.push((k, v));
+    }
+    Ok(SpannedMap(out))
+}
+
+/// `families:` — declarations inline, or the name of a file holding them.
+#[derive(Debug)]
+pub enum RawFamilies {
+    /// `families: { name: { … } }`
+    Inline(SpannedMap<SpannedMap<Value>>),
+    /// `families: path/to/families.yaml` (relative to the pipeline file).
+    File(String),
+}
+
+impl<'de> Deserialize<'de> for RawFamilies {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawFamilies;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping of family declarations, or the name of a file holding them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawFamilies::File(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                read_map(map).map(RawFamilies::Inline)
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -60,6 +95,12 @@ pub struct RawPipeline {
     /// Runtime settings.
     #[serde(default)]
     pub runtime: SpannedMap<Value>,
+    /// The log family of the pipeline: the default `family` of every stage that has one.
+    #[serde(default)]
+    pub family: Option<Spanned<String>>,
+    /// Log families the pipeline declares, inline or in a file.
+    #[serde(default)]
+    pub families: Option<Spanned<RawFamilies>>,
     /// The stages by id.
     pub stages: Spanned<SpannedMap<SpannedMap<Value>>>,
 }

@@ -27,6 +27,8 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
         }
         let required = obj.entry("required").or_insert_with(|| json!([]));
         if let Some(req) = required.as_array_mut() {
+            // The pipeline's `family:` fills a stage's `family` when the stage names none.
+            req.retain(|r| r != "family");
             req.push(json!("type"));
             if reg.kind != crate::stage::StageKind::Source {
                 req.push(json!("inputs"));
@@ -51,6 +53,17 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
             },
             "plugins": { "type": "array", "items": { "type": "string" }, "description": "plugin libraries (.so) whose stage types the pipeline uses: a path, or a file name looked up in $DFP_PLUGIN_PATH and next to dfp" },
             "runtime": schema_of::<RuntimeConfig>(),
+            "family": {
+                "type": "string",
+                "description": "the log family of the pipeline (azure, duo, or one declared under `families:` or by a plugin): the `family` of every stage that reads one"
+            },
+            "families": {
+                "description": "log families the pipeline declares: a mapping of name to declaration, or the name of a YAML file holding them (relative to the pipeline file)",
+                "oneOf": [
+                    { "type": "string" },
+                    { "type": "object", "additionalProperties": schema_of::<crate::family::Family>() }
+                ]
+            },
             "stages": {
                 "type": "object",
                 "description": "the stages by id",

@@ -1,6 +1,10 @@
-//! `normalize-okta`: Okta System Log sign-in events (`user.session.start`, `user.authentication.sso`, …)
-//! → the columns of dfp's Azure normalizer, so that the `features` stage (preset `azure`) and the DFP model
-//! run on Okta logs unchanged. Built as a `cdylib` and loaded with `plugins: [libdfp_plugin_okta.so]`.
+//! The Okta plugin: everything dfp needs for Okta System Log sign-in events, outside dfp. Built as a
+//! `cdylib` and loaded with `plugins: [libdfp_plugin_okta.so]`, it exports
+//! - the `okta` log family (`family.yaml`: columns, roles, model features, model names `DFP-okta-…`), so
+//!   that pipelines say `family: okta` and the `features`, `train` and `score` stages work unchanged;
+//! - `normalize-okta`: raw events → the family's columns (those of dfp's Azure family);
+//! - `write-okta` (`writer.rs`): the family's sample writer, which `dfp generate okta` uses to render
+//!   generated sign-ins as Okta events.
 //!
 //! Mapping: `uuid` → `id`, `published` → `timestamp`, `actor.alternateId` → `username`, the first
 //! `target` of type `AppInstance` → `appDisplayName`, `eventType` → `clientAppUsed` and `category`,
@@ -10,6 +14,8 @@
 //! and `.geolocation.{lat,lon}` → `ipAddress`, `city`, `state`, `country`, `latitude`, `longitude`,
 //! `location` = "city, country". A record that is not JSON, has no user or no readable time goes to the
 //! dead letters with the reason and its line.
+
+mod writer;
 
 use std::sync::Arc;
 
@@ -40,7 +46,8 @@ impl Stage for NormalizeOkta {
     }
 }
 stage!(NormalizeOkta);
-export_plugin!(name: "okta", version: env!("CARGO_PKG_VERSION"));
+stage!(writer::WriteOkta);
+export_plugin!(name: "okta", version: env!("CARGO_PKG_VERSION"), families: include_str!("family.yaml"));
 
 struct Normalizer {
     event_types: Vec<String>,
@@ -156,6 +163,9 @@ impl Transform for Normalizer {
                 reject("no user: actor.alternateId is missing or empty".into(), out);
                 continue;
             };
+            // The family compares user ids case-insensitively (`user_ids: lower` in family.yaml): a plugin's
+            // normalizer writes them in that form, as dfp's own normalizers do.
+            let user = user.to_lowercase();
             let Some(published) = str_at(&v, &["published"]) else {
                 reject("no time: published is missing".into(), out);
                 continue;
@@ -180,7 +190,7 @@ impl Transform for Normalizer {
             let uuid = str_at(&v, &["uuid"]).map(str::to_string).unwrap_or_else(|| format!("okta-{line}-{i}"));
             let values: [Option<&str>; 15] = [
                 Some(&uuid),
-                Some(user),
+                Some(&user),
                 app,
                 event_type,
                 str_at(&v, &["client", "userAgent", "browser"]),

@@ -1,7 +1,7 @@
 //! The C ABI between dfp (the host) and a plugin library. Both sides compile this module; nothing else of
 //! Rust crosses the boundary, so a plugin may be built with another compiler version than dfp.
 //!
-//! Rules of ABI version 1:
+//! Rules of ABI version 2 (version 1 had no `families`):
 //! - The library exports one symbol, [`ENTRY_SYMBOL`]: `extern "C" fn() -> *const PluginTable`. The table
 //!   and everything it points to stay valid for the life of the process (the host never unloads).
 //! - [`PluginTable::abi_version`] is the first field of the table in every ABI version: the host reads it
@@ -16,13 +16,15 @@
 //!   Plugin functions catch panics and report them as errors; host callbacks do the same.
 //! - Host services (logging, counters, emitting rows, dead letters) are passed in as function pointers
 //!   with an opaque context, never through shared globals.
+//! - Log families the plugin exports cross as one static NUL-terminated YAML or JSON text
+//!   ([`PluginTable::families`]) in the format of a pipeline's `families:` block; null when it exports none.
 
 use std::ffi::{c_char, c_void};
 
 pub use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 
 /// The ABI version this crate speaks.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// The symbol every plugin library exports (NUL-terminated, for `dlsym`).
 pub const ENTRY_SYMBOL: &[u8] = b"dfp_plugin_entry\0";
@@ -75,6 +77,8 @@ pub struct PluginTable {
     pub stage_count: usize,
     /// Frees an error string the plugin returned.
     pub free_string: unsafe extern "C" fn(*mut c_char),
+    /// The log families the plugin exports: `name: { … }` declarations as YAML or JSON text, or null.
+    pub families: *const c_char,
 }
 
 /// One stage type of a plugin.
@@ -155,8 +159,12 @@ pub struct EmitApi {
     ),
 }
 
-// The table is immutable and lives for the process: sharing it between threads is sound.
+// SAFETY: the table is immutable and lives for the process (ABI rule 1): its raw pointers point at static,
+// never-written data, so sharing it between threads is sound.
 unsafe impl Sync for PluginTable {}
+// SAFETY: as above; moving the (immutable) table's address between threads is sound.
 unsafe impl Send for PluginTable {}
+// SAFETY: a descriptor is part of the immutable, process-long table (see `PluginTable`).
 unsafe impl Sync for StageDescriptor {}
+// SAFETY: as above.
 unsafe impl Send for StageDescriptor {}

@@ -53,8 +53,9 @@ fn leak(s: &str) -> *const c_char {
     c_string(s).into_raw()
 }
 
-/// Builds (once) and returns the library's table.
-pub fn table(name: &str, version: &str) -> *const PluginTable {
+/// Builds (once) and returns the library's table; `families` is the YAML text of the log families the
+/// plugin exports.
+pub fn table(name: &str, version: &str, families: Option<&str>) -> *const PluginTable {
     static TABLE: OnceLock<&'static PluginTable> = OnceLock::new();
     let table = TABLE.get_or_init(|| {
         let mut entries: Vec<&StageEntry> = inventory::iter::<StageEntry>.into_iter().collect();
@@ -88,14 +89,18 @@ pub fn table(name: &str, version: &str) -> *const PluginTable {
             stages: stages.as_ptr(),
             stage_count: stages.len(),
             free_string,
+            families: families.map_or(std::ptr::null(), leak),
         }))
     });
     *table as *const PluginTable
 }
 
+/// # Safety
+/// `s` is null or a string this plugin returned as an error (ABI rule: freed by the side that allocated it).
 unsafe extern "C" fn free_string(s: *mut c_char) {
     if !s.is_null() {
-        drop(std::ffi::CString::from_raw(s));
+        // SAFETY: `s` came from `CString::into_raw` in `guarded`, and the host frees each string once.
+        drop(unsafe { std::ffi::CString::from_raw(s) });
     }
 }
 
@@ -123,7 +128,8 @@ fn guarded(error: *mut *mut c_char, f: impl FnOnce() -> Result<(), Error>) -> i3
 /// # Safety
 /// `json` must be null or a NUL-terminated string.
 unsafe fn parse<S: Stage>(json: *const c_char) -> Result<S, Error> {
-    let text = if json.is_null() { "{}".into() } else { CStr::from_ptr(json).to_string_lossy() };
+    // SAFETY: the caller guarantees a NUL-terminated string that lives for this call.
+    let text = if json.is_null() { "{}".into() } else { unsafe { CStr::from_ptr(json) }.to_string_lossy() };
     let mut de = serde_json::Deserializer::from_str(&text);
     let config: S = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -137,10 +143,15 @@ unsafe fn parse<S: Stage>(json: *const c_char) -> Result<S, Error> {
     Ok(config)
 }
 
+/// # Safety
+/// `json` is null or NUL-terminated; `error` is null or a valid out-pointer (ABI rules).
 unsafe extern "C" fn validate_stage<S: Stage>(json: *const c_char, error: *mut *mut c_char) -> i32 {
+    // SAFETY: the host passes a NUL-terminated configuration (ABI rule).
     guarded(error, || unsafe { parse::<S>(json) }.map(|_| ()))
 }
 
+/// # Safety
+/// As for the other entry points: the host's pointers are valid for the call, `host` for the instance's life.
 unsafe extern "C" fn create_stage<S: Stage>(
     json: *const c_char,
     host: *const HostApi,
@@ -151,6 +162,7 @@ unsafe extern "C" fn create_stage<S: Stage>(
         if host.is_null() || instance.is_null() {
             return Err(Error("create: null argument".into()));
         }
+        // SAFETY: the host passes a NUL-terminated configuration (ABI rule).
         let config = unsafe { parse::<S>(json) }?;
         // SAFETY: the host API outlives the instance (ABI rule).
         let ctx = unsafe { Context::from_host(host) };
@@ -165,6 +177,7 @@ unsafe extern "C" fn create_stage<S: Stage>(
             return Err(Error(format!("stage type {} built an instance of another kind than it declares", S::TYPE)));
         }
         let slot = Box::new(Slot { instance: built });
+        // SAFETY: `instance` was checked non-null and the host passes a valid out-pointer.
         unsafe { *instance = Box::into_raw(slot).cast() };
         Ok(())
     })
@@ -176,9 +189,13 @@ unsafe fn slot<'a>(instance: *mut c_void) -> Result<&'a mut Slot, Error> {
     if instance.is_null() {
         return Err(Error("null instance".into()));
     }
-    Ok(&mut *(instance.cast::<Slot>()))
+    // SAFETY: the caller guarantees `instance` is a live `Slot` from `create`; the host calls one entry point
+    // of an instance at a time, so the reference is unique.
+    Ok(unsafe { &mut *(instance.cast::<Slot>()) })
 }
 
+/// # Safety
+/// `instance` comes from `create`; the other pointers are valid for the call (ABI rules).
 unsafe extern "C" fn poll(
     instance: *mut c_void,
     emit: *const EmitApi,
@@ -186,6 +203,7 @@ unsafe extern "C" fn poll(
     error: *mut *mut c_char,
 ) -> i32 {
     guarded(error, || {
+        // SAFETY: `instance` comes from `create` (ABI rule).
         let slot = unsafe { slot(instance) }?;
         let Instance::Source(source) = &mut slot.instance else { return Err(Error("poll: not a source".into())) };
         let mut out = Emitter::new(emit);
@@ -199,12 +217,15 @@ unsafe extern "C" fn poll(
                 SourceStatus::Idle => abi::POLL_IDLE,
                 SourceStatus::Exhausted => abi::POLL_EXHAUSTED,
             };
+            // SAFETY: `status` was checked non-null; the host passes a valid out-pointer.
             unsafe { *status = code };
         }
         Ok(())
     })
 }
 
+/// # Safety
+/// `instance` comes from `create`; `array` is handed over, `schema` lent, for the call (ABI rules).
 unsafe extern "C" fn process(
     instance: *mut c_void,
     array: *mut FFI_ArrowArray,
@@ -213,6 +234,7 @@ unsafe extern "C" fn process(
     error: *mut *mut c_char,
 ) -> i32 {
     guarded(error, || {
+        // SAFETY: `instance` comes from `create` (ABI rule).
         let slot = unsafe { slot(instance) }?;
         if array.is_null() || schema.is_null() {
             return Err(Error("process: null batch".into()));
@@ -234,8 +256,11 @@ unsafe extern "C" fn process(
     })
 }
 
+/// # Safety
+/// `instance` comes from `create`; the other pointers are valid for the call (ABI rules).
 unsafe extern "C" fn finish(instance: *mut c_void, emit: *const EmitApi, error: *mut *mut c_char) -> i32 {
     guarded(error, || {
+        // SAFETY: `instance` comes from `create` (ABI rule).
         let slot = unsafe { slot(instance) }?;
         let mut out = Emitter::new(emit);
         match &mut slot.instance {
@@ -250,9 +275,12 @@ unsafe extern "C" fn finish(instance: *mut c_void, emit: *const EmitApi, error: 
     })
 }
 
+/// # Safety
+/// `instance` comes from `create` and is destroyed once (ABI rule).
 unsafe extern "C" fn destroy(instance: *mut c_void) {
     if !instance.is_null() {
         // A panic in a stage's Drop must not unwind into the host.
+        // SAFETY: `instance` is the `Box<Slot>` `create` leaked; the host destroys it once.
         let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(instance.cast::<Slot>()) })));
     }
 }

@@ -239,19 +239,23 @@ pub struct Context {
     workers: usize,
 }
 
-// The host API is valid for the instance's life and its callbacks are thread-safe on the host side.
+// SAFETY: the host API is valid for the instance's life (ABI rule) and its callbacks are thread-safe on the
+// host side, so the context may move to and be shared with other threads.
 unsafe impl Send for Context {}
+// SAFETY: as above.
 unsafe impl Sync for Context {}
 
 impl Context {
     /// # Safety
     /// `host` must point to a valid [`abi::HostApi`] that outlives the context.
     pub(crate) unsafe fn from_host(host: *const abi::HostApi) -> Self {
-        let h = &*host;
+        // SAFETY: the caller guarantees `host` is valid.
+        let h = unsafe { &*host };
         let stage_id = if h.stage_id.is_null() {
             String::new()
         } else {
-            std::ffi::CStr::from_ptr(h.stage_id).to_string_lossy().into_owned()
+            // SAFETY: the host's stage id is a NUL-terminated string that lives with the API (ABI rule).
+            unsafe { std::ffi::CStr::from_ptr(h.stage_id) }.to_string_lossy().into_owned()
         };
         Context { host, stage_id, worker_index: h.worker_index as usize, workers: h.workers as usize }
     }
@@ -343,13 +347,24 @@ macro_rules! stage {
 }
 
 /// Exports the plugin's entry point (once per library): `export_plugin!(name: "okta", version: "0.1.0");`
+///
+/// A plugin that adds a log source also exports its log family, in the format of a pipeline's
+/// `families:` block (docs/add-a-log-source.md):
+/// `export_plugin!(name: "okta", version: "0.1.0", families: include_str!("family.yaml"));`
 #[macro_export]
 macro_rules! export_plugin {
     (name: $name:expr, version: $version:expr $(,)?) => {
         /// The dfp plugin entry point: the table of this library's stages.
         #[no_mangle]
         pub extern "C" fn dfp_plugin_entry() -> *const $crate::abi::PluginTable {
-            $crate::export::table($name, $version)
+            $crate::export::table($name, $version, None)
+        }
+    };
+    (name: $name:expr, version: $version:expr, families: $families:expr $(,)?) => {
+        /// The dfp plugin entry point: the table of this library's stages and log families.
+        #[no_mangle]
+        pub extern "C" fn dfp_plugin_entry() -> *const $crate::abi::PluginTable {
+            $crate::export::table($name, $version, Some($families))
         }
     };
 }
@@ -382,7 +397,10 @@ pub mod testing {
         }
     }
 
+    /// # Safety
+    /// `message` points to `len` bytes (ABI rule).
     unsafe extern "C" fn log(_: *mut c_void, level: u32, message: *const u8, len: usize) {
+        // SAFETY: the caller passes `len` readable bytes.
         let text = String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(message, len) }).into_owned();
         eprintln!("[plugin log {level}] {text}");
     }
@@ -405,12 +423,16 @@ pub mod testing {
         unsafe { Context::from_host(api) }
     }
 
+    /// # Safety
+    /// `ctx` is the `Collected` of `collect`; `array` is handed over and `schema` lent for the call.
     unsafe extern "C" fn take_batch(
         ctx: *mut c_void,
         array: *mut FFI_ArrowArray,
         schema: *const FFI_ArrowSchema,
     ) -> i32 {
+        // SAFETY: `collect` passes its own `Collected`, alive and not otherwise borrowed during the call.
         let out = unsafe { &mut *(ctx as *mut Collected) };
+        // SAFETY: the caller hands the array over and lends the schema (ABI rule).
         let imported = unsafe { arrow::ffi::from_ffi(FFI_ArrowArray::from_raw(array), &*schema) };
         match imported {
             Ok(data) => {
@@ -421,8 +443,12 @@ pub mod testing {
         }
     }
 
+    /// # Safety
+    /// `ctx` is the `Collected` of `collect`; the texts point to their lengths in bytes.
     unsafe extern "C" fn take_dead(ctx: *mut c_void, r: *const u8, rl: usize, rec: *const u8, recl: usize) {
+        // SAFETY: `collect` passes its own `Collected`, alive and not otherwise borrowed during the call.
         let out = unsafe { &mut *(ctx as *mut Collected) };
+        // SAFETY: the caller passes each text with its length.
         let text =
             |p: *const u8, l: usize| String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(p, l) }).into_owned();
         out.dead_letters.push((text(r, rl), text(rec, recl)));

@@ -1,4 +1,4 @@
-//! Text forms shared by the log formats: timestamps, UUIDs, Duo-style keys and Okta-style ids.
+//! Text forms shared by the log formats: timestamps, UUIDs and Duo-style keys.
 
 use std::fmt;
 
@@ -16,8 +16,6 @@ pub(crate) enum TsStyle {
     Ticks7Offset,
     /// `2026-10-01T08:15:02.123456+00:00`
     Micros6Offset,
-    /// `2026-10-01T08:15:02.123Z`
-    Millis3Z,
     /// `2026-10-01T08_15_02.123Z` (file names: no colons)
     FileMillis,
 }
@@ -39,7 +37,6 @@ impl fmt::Display for Ts {
             TsStyle::Micros6Offset => {
                 write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}+00:00", frac / 10)
             }
-            TsStyle::Millis3Z => write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z", frac / 10_000),
             TsStyle::FileMillis => write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}_{mi:02}_{s:02}.{:03}Z", frac / 10_000),
         }
     }
@@ -98,25 +95,6 @@ pub(crate) fn name_uuid(name: &str) -> Uuid {
     Uuid::v4((u128::from(fnv1a(name, 1)) << 64) | u128::from(fnv1a(name, 2)))
 }
 
-/// An Okta-style id: `prefix` followed by `len` letters (both cases) and digits drawn deterministically from
-/// `bits` (user ids `00u…` and app ids `0oa…` have 17 after the prefix).
-pub(crate) fn okta_id(prefix: &str, bits: u128, len: usize) -> String {
-    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut state = (bits as u64) ^ ((bits >> 64) as u64).rotate_left(29);
-    let mut id = String::with_capacity(prefix.len() + len);
-    id.push_str(prefix);
-    for _ in 0..len {
-        // splitmix64
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        id.push(char::from(ALPHABET[(z % 62) as usize]));
-    }
-    id
-}
-
 /// A Duo-style key: `prefix` followed by 18 upper-case letters and digits drawn from `bits`.
 pub(crate) fn duo_key(prefix: &str, mut bits: u128) -> String {
     const ALPHABET: &[u8; 36] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -140,7 +118,6 @@ mod tests {
         assert_eq!(Ts(t, TsStyle::Ticks7Z).to_string(), "2026-10-01T08:15:02.1234567Z");
         assert_eq!(Ts(t, TsStyle::Ticks7Offset).to_string(), "2026-10-01T08:15:02.1234567+00:00");
         assert_eq!(Ts(t, TsStyle::Micros6Offset).to_string(), "2026-10-01T08:15:02.123456+00:00");
-        assert_eq!(Ts(t, TsStyle::Millis3Z).to_string(), "2026-10-01T08:15:02.123Z");
         assert_eq!(Ts(t, TsStyle::FileMillis).to_string(), "2026-10-01T08_15_02.123Z");
     }
 
@@ -160,15 +137,5 @@ mod tests {
         assert_eq!(k.len(), 20);
         assert!(k.starts_with("DU"));
         assert!(k.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()));
-    }
-
-    #[test]
-    fn okta_ids_are_stable_and_alphanumeric() {
-        let a = okta_id("00u", 42, 17);
-        assert_eq!(a.len(), 20);
-        assert!(a.starts_with("00u") && a.bytes().all(|b| b.is_ascii_alphanumeric()));
-        assert_eq!(a, okta_id("00u", 42, 17));
-        assert_ne!(a, okta_id("00u", 43, 17));
-        assert_ne!(a, okta_id("00u", 42 << 64, 17));
     }
 }

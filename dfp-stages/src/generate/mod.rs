@@ -1,5 +1,7 @@
-//! `dfp generate`: labelled synthetic sign-in logs (Azure AD, Okta or Duo) for training, testing and measuring
-//! detection quality.
+//! `dfp generate`: labelled synthetic sign-in logs of a log family for training, testing and measuring
+//! detection quality. Azure AD and Duo records are written here; any other family whose declaration names a
+//! `sample_writer` stage (a plugin's family, usually) is written through that stage, which gets the
+//! generated sign-ins as rows ([`events`]).
 //!
 //! A seeded population of users (home city, working hours, favourite apps, devices, addresses, volume,
 //! failure rate) signs in day after day. The last days form the inference period, into which benign
@@ -7,8 +9,8 @@
 //! quiet takeover, password spray, token theft, impossible travel) are injected. The output directory gets:
 //!
 //! - `train/` and `infer/`: one JSON array per 3-hour window (windows counted from the start), named for
-//!   the window start plus a few seconds, e.g. `AZUREAD_2026-10-01T00_00_03.207Z.json` (`OKTA_…`, `DUO_…`);
-//!   events sorted by time; empty windows have no file;
+//!   the window start plus a few seconds, e.g. `AZUREAD_2026-10-01T00_00_03.207Z.json` (`DUO_…`; other
+//!   families: the family name in capitals); events sorted by time; empty windows have no file;
 //! - `labels.csv`: `id,label,kind` for every inference-period event (Duo enrollment records, which are not
 //!   authentications, have no row). `label` is 1 for attacks.
 //!
@@ -16,8 +18,8 @@
 //! `tables.rs`); names, devices and ids are made up.
 //!
 //! ```no_run
-//! use dfp_stages::generate::{generate, GenerateOptions, LogFormat};
-//! let mut options = GenerateOptions::new(LogFormat::Azure, "out/azure");
+//! use dfp_stages::generate::{generate, GenerateOptions};
+//! let mut options = GenerateOptions::new("azure", "out/azure");
 //! options.users = 20;
 //! options.days = 14;
 //! let report = generate(&options)?;
@@ -27,8 +29,8 @@
 
 mod azure;
 mod duo;
+pub mod events;
 mod format;
-mod okta;
 mod population;
 mod scenario;
 mod tables;
@@ -44,40 +46,6 @@ use scenario::{Dataset, Timeline};
 
 /// Length of the window covered by one log file.
 const WINDOW: i64 = 3 * 3600 * TICKS_PER_SEC;
-
-/// Which log format to write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Azure AD sign-in logs, Azure Monitor export shape (`AZUREAD_*.json`).
-    Azure,
-    /// Duo Admin API v2 authentication logs (`DUO_*.json`).
-    Duo,
-    /// Okta System Log sign-in events, System Log API `LogEvent` shape (`OKTA_*.json`).
-    Okta,
-}
-
-impl LogFormat {
-    /// Every format.
-    pub const ALL: [LogFormat; 3] = [LogFormat::Azure, LogFormat::Duo, LogFormat::Okta];
-
-    /// The file-name prefix.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            LogFormat::Azure => "AZUREAD",
-            LogFormat::Duo => "DUO",
-            LogFormat::Okta => "OKTA",
-        }
-    }
-
-    /// `azure`, `duo` or `okta`.
-    pub fn name(self) -> &'static str {
-        match self {
-            LogFormat::Azure => "azure",
-            LogFormat::Duo => "duo",
-            LogFormat::Okta => "okta",
-        }
-    }
-}
 
 /// What an event is, as written in `labels.csv`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -157,8 +125,8 @@ impl fmt::Display for Kind {
 /// Options of [`generate`].
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
-    /// Which log format to write.
-    pub format: LogFormat,
+    /// The log family whose records to write (`azure`, `duo`, or a family with a sample writer).
+    pub family: String,
     /// Output directory (created if missing).
     pub out: PathBuf,
     /// Number of users.
@@ -180,9 +148,9 @@ pub const DEFAULT_START: i64 = 1_790_812_800;
 
 impl GenerateOptions {
     /// Defaults: 60 users, 30 days, the last 7 for inference, seed 1, from 2026-10-01T00:00:00Z.
-    pub fn new(format: LogFormat, out: impl Into<PathBuf>) -> GenerateOptions {
+    pub fn new(family: impl Into<String>, out: impl Into<PathBuf>) -> GenerateOptions {
         GenerateOptions {
-            format,
+            family: family.into(),
             out: out.into(),
             users: 60,
             days: 30,
@@ -233,6 +201,9 @@ pub enum GenerateError {
     /// The output holds log files of an earlier run.
     #[error("{0} already holds log files; pass --force to replace them or choose another output directory")]
     NotEmpty(PathBuf),
+    /// The family cannot be generated (unknown, or no sample writer), or its writer failed.
+    #[error("{0}")]
+    Writer(String),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -317,7 +288,7 @@ impl fmt::Display for GenerateReport {
         writeln!(
             f,
             "generated {} sign-in logs: {} users, {} days from {}, seed {}",
-            o.format.name(),
+            o.family,
             o.users,
             o.days,
             chrono::DateTime::from_timestamp(o.start, 0)
@@ -402,9 +373,7 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<(), GenerateError> {
         let entry = entry.map_err(io_error(dir))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let generated =
-            LogFormat::ALL.iter().any(|f| name.strip_prefix(f.prefix()).is_some_and(|rest| rest.starts_with('_')));
-        if generated && name.ends_with(".json") {
+        if is_generated_name(&name) {
             stale.push(entry.path());
         }
     }
@@ -415,6 +384,16 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<(), GenerateError> {
         fs::remove_file(&path).map_err(io_error(&path))?;
     }
     Ok(())
+}
+
+/// Whether a file name is one the generator writes: `PREFIX_2026-…Z.json`, the prefix in capitals.
+fn is_generated_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let stamp = (1..b.len().saturating_sub(5))
+        .find(|&i| b[i] == b'_' && b[i + 1..i + 5].iter().all(u8::is_ascii_digit) && b[i + 5] == b'-');
+    stamp.is_some_and(|i| {
+        b[..i].iter().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_') && name.ends_with("Z.json")
+    })
 }
 
 /// Counts the bytes written through it.
@@ -449,15 +428,44 @@ fn name_offset(seed: u64, window: i64) -> i64 {
     (1_000 + (x % 9_000) as i64) * 10_000
 }
 
-/// Generates the data set described by `options` and writes it.
+/// Generates the data set described by `options` and writes it; the family is one of the built-in ones.
 pub fn generate(options: &GenerateOptions) -> Result<GenerateReport, GenerateError> {
+    generate_with(options, dfp_core::Registry::global())
+}
+
+/// [`generate`] with the families and stage types of `registry` (say, with a plugin added, whose family's
+/// sample writer renders the records).
+pub fn generate_with(
+    options: &GenerateOptions,
+    registry: &dfp_core::Registry,
+) -> Result<GenerateReport, GenerateError> {
     let started = Instant::now();
     let timeline = validate(options)?;
+    let family = registry.families().require(&options.family).map_err(GenerateError::Writer)?.clone();
+    let built_in = BUILT_IN.iter().find(|b| b.family == family.name);
+    let sample_writer = match (built_in, &family.sample_writer) {
+        (Some(_), _) => None,
+        (None, Some(stage)) => Some(stage.as_str()),
+        (None, None) => {
+            return Err(GenerateError::Writer(format!(
+                "the log family \"{}\" has no sample writer, so dfp generate cannot write its records (a family \
+                 names a transform stage that renders generated sign-ins with `sample_writer:`; built in: {})",
+                family.name,
+                BUILT_IN.iter().map(|b| b.family).collect::<Vec<_>>().join(", ")
+            )))
+        }
+    };
     let train_dir = options.out.join("train");
     let infer_dir = options.out.join("infer");
     prepare_dir(&train_dir, options.force)?;
     prepare_dir(&infer_dir, options.force)?;
     let dataset = scenario::build(options.seed, options.users, timeline);
+    let mut writer = match (built_in, sample_writer) {
+        (Some(b), _) => Writer::BuiltIn(b, azure::AzureContext::new(&dataset.population)),
+        (None, Some(stage)) => Writer::Stage(StageWriter::new(registry, &family, stage)?),
+        (None, None) => unreachable!("checked above"),
+    };
+    let enrollment_records = built_in.is_some_and(|b| b.enrollment_records);
     let mut report = GenerateReport {
         options: GenerateOptions { train_days: Some(timeline.train_days), ..options.clone() },
         train: PeriodSummary { days: timeline.train_days, dir: train_dir.clone(), ..PeriodSummary::default() },
@@ -472,21 +480,125 @@ pub fn generate(options: &GenerateOptions) -> Result<GenerateReport, GenerateErr
         kinds: Vec::new(),
         elapsed: Duration::ZERO,
     };
-    write_logs(&dataset, options, &mut report)?;
-    write_labels(&dataset, options.format, &mut report)?;
+    let prefix = built_in.map_or_else(|| family.name.to_ascii_uppercase().replace('-', "_"), |b| b.prefix.to_string());
+    write_logs(&dataset, options, &prefix, &mut writer, enrollment_records, &mut report)?;
+    write_labels(&dataset, enrollment_records, &mut report)?;
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
-/// Whether an event gets a row in `labels.csv` (inference period, and an authentication).
-fn is_labelled(dataset: &Dataset, format: LogFormat, e: &scenario::Event) -> bool {
-    e.ticks >= dataset.timeline.infer_start() && !(format == LogFormat::Duo && e.enrollment)
+/// A family whose records the generator writes itself.
+struct BuiltIn {
+    family: &'static str,
+    /// File-name prefix.
+    prefix: &'static str,
+    /// Enrollments are records of their own, not sign-ins (and so not labelled).
+    enrollment_records: bool,
+    write: fn(&mut dyn Write, &azure::AzureContext, &population::Population, &scenario::Event) -> io::Result<()>,
 }
 
-fn write_logs(dataset: &Dataset, options: &GenerateOptions, report: &mut GenerateReport) -> Result<(), GenerateError> {
+const BUILT_IN: [BuiltIn; 2] = [
+    BuiltIn { family: "azure", prefix: "AZUREAD", enrollment_records: false, write: write_azure },
+    BuiltIn { family: "duo", prefix: "DUO", enrollment_records: true, write: write_duo },
+];
+
+fn write_azure(
+    mut out: &mut dyn Write,
+    ctx: &azure::AzureContext,
+    population: &population::Population,
+    e: &scenario::Event,
+) -> io::Result<()> {
+    azure::write_event(&mut out, ctx, population, e)
+}
+
+fn write_duo(
+    mut out: &mut dyn Write,
+    _: &azure::AzureContext,
+    population: &population::Population,
+    e: &scenario::Event,
+) -> io::Result<()> {
+    duo::write_event(&mut out, population, e)
+}
+
+/// How records are rendered.
+enum Writer<'a> {
+    BuiltIn(&'a BuiltIn, azure::AzureContext),
+    Stage(StageWriter),
+}
+
+/// A family's sample writer: a transform stage that turns [`events`] rows into raw records.
+struct StageWriter {
+    stage: String,
+    transform: Box<dyn dfp_core::Transform>,
+}
+
+impl StageWriter {
+    fn new(registry: &dfp_core::Registry, family: &dfp_core::Family, stage: &str) -> Result<Self, GenerateError> {
+        let fail =
+            |m: String| GenerateError::Writer(format!("sample writer \"{stage}\" of family \"{}\": {m}", family.name));
+        let t = registry.get(stage).ok_or_else(|| fail("no such stage type (is its plugin loaded?)".into()))?;
+        let families = dfp_core::ConfigContext { families: registry.families() };
+        let factory = (t.factory)(serde_json::json!({}), &families).map_err(|e| fail(e.to_string()))?;
+        let ctx = dfp_core::StageContext::standalone(stage, 0, 1)
+            .with_families(std::sync::Arc::new(registry.families().clone()));
+        let mut transform = match factory.build(&ctx).map_err(|e| fail(e.to_string()))? {
+            dfp_core::StageInstance::Transform(t) => t,
+            other => return Err(fail(format!("a sample writer is a transform, not a {}", other.kind()))),
+        };
+        transform.open(&ctx).map_err(|e| fail(e.to_string()))?;
+        Ok(StageWriter { stage: stage.to_string(), transform })
+    }
+
+    /// The raw records of `events`, one per event, in order.
+    fn records(
+        &mut self,
+        population: &population::Population,
+        events: &[scenario::Event],
+    ) -> Result<Vec<String>, String> {
+        use arrow::array::{Array, AsArray};
+        let rows = events::batch(population, events).map_err(|e| e.to_string())?;
+        let mut out = dfp_core::Emitter::new();
+        self.transform
+            .process(dfp_core::Batch::new(rows, "generate"), &mut out)
+            .map_err(|e| format!("sample writer \"{}\": {e}", self.stage))?;
+        let (batches, dead) = out.take();
+        if let Some(d) = dead.first() {
+            return Err(format!("sample writer \"{}\" rejected a generated event: {}", self.stage, d.reason));
+        }
+        let mut records = Vec::with_capacity(events.len());
+        for b in &batches {
+            let raw = b.data.column_by_name("raw").and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| {
+                format!("sample writer \"{}\" must emit a text column `raw` (one record per event)", self.stage)
+            })?;
+            records
+                .extend((0..raw.len()).map(|i| if raw.is_null(i) { String::new() } else { raw.value(i).to_string() }));
+        }
+        if records.len() != events.len() {
+            return Err(format!(
+                "sample writer \"{}\" wrote {} records for {} events (it must write one per event, in order)",
+                self.stage,
+                records.len(),
+                events.len()
+            ));
+        }
+        Ok(records)
+    }
+}
+
+/// Whether an event gets a row in `labels.csv` (inference period, and a sign-in).
+fn is_labelled(dataset: &Dataset, enrollment_records: bool, e: &scenario::Event) -> bool {
+    e.ticks >= dataset.timeline.infer_start() && !(enrollment_records && e.enrollment)
+}
+
+fn write_logs(
+    dataset: &Dataset,
+    options: &GenerateOptions,
+    prefix: &str,
+    writer: &mut Writer<'_>,
+    enrollment_records: bool,
+    report: &mut GenerateReport,
+) -> Result<(), GenerateError> {
     let timeline = dataset.timeline;
-    let azure_ctx = azure::AzureContext::new(&dataset.population);
-    let okta_ctx = okta::OktaContext::new(&dataset.population);
     let mut rest = dataset.events.as_slice();
     while let Some(first) = rest.first() {
         let window = (first.ticks - timeline.start).div_euclid(WINDOW);
@@ -495,12 +607,13 @@ fn write_logs(dataset: &Dataset, options: &GenerateOptions, report: &mut Generat
         let (events, tail) = rest.split_at(len);
         rest = tail;
         let period = if window_start >= timeline.infer_start() { &mut report.infer } else { &mut report.train };
-        let name = format!(
-            "{}_{}.json",
-            options.format.prefix(),
-            Ts(window_start + name_offset(options.seed, window), TsStyle::FileMillis)
-        );
+        let name =
+            format!("{prefix}_{}.json", Ts(window_start + name_offset(options.seed, window), TsStyle::FileMillis));
         let path = period.dir.join(name);
+        let rendered = match writer {
+            Writer::Stage(w) => Some(w.records(&dataset.population, events).map_err(GenerateError::Writer)?),
+            Writer::BuiltIn(..) => None,
+        };
         let file = File::create(&path).map_err(io_error(&path))?;
         let mut out = Counting { inner: BufWriter::with_capacity(1 << 16, file), bytes: 0 };
         let written: io::Result<()> = (|| {
@@ -509,10 +622,10 @@ fn write_logs(dataset: &Dataset, options: &GenerateOptions, report: &mut Generat
                 if i > 0 {
                     out.write_all(b",\n")?;
                 }
-                match options.format {
-                    LogFormat::Azure => azure::write_event(&mut out, &azure_ctx, &dataset.population, e)?,
-                    LogFormat::Duo => duo::write_event(&mut out, &dataset.population, e)?,
-                    LogFormat::Okta => okta::write_event(&mut out, &okta_ctx, &dataset.population, e)?,
+                match (&*writer, &rendered) {
+                    (Writer::BuiltIn(b, ctx), _) => (b.write)(&mut out, ctx, &dataset.population, e)?,
+                    (_, Some(records)) => out.write_all(records[i].as_bytes())?,
+                    (_, None) => {}
                 }
             }
             out.write_all(b"\n]\n")?;
@@ -522,21 +635,21 @@ fn write_logs(dataset: &Dataset, options: &GenerateOptions, report: &mut Generat
         period.files += 1;
         period.events += events.len() as u64;
         period.bytes += out.bytes;
-        if options.format == LogFormat::Duo {
+        if enrollment_records {
             report.enrollments += events.iter().filter(|e| e.enrollment).count() as u64;
         }
     }
     Ok(())
 }
 
-fn write_labels(dataset: &Dataset, format: LogFormat, report: &mut GenerateReport) -> Result<(), GenerateError> {
+fn write_labels(dataset: &Dataset, enrollment_records: bool, report: &mut GenerateReport) -> Result<(), GenerateError> {
     let path = report.labels.clone();
     let file = File::create(&path).map_err(io_error(&path))?;
     let mut out = BufWriter::with_capacity(1 << 16, file);
     let mut counts = [0u64; Kind::ALL.len()];
     let written: io::Result<()> = (|| {
         out.write_all(b"id,label,kind\n")?;
-        for e in dataset.events.iter().filter(|e| is_labelled(dataset, format, e)) {
+        for e in dataset.events.iter().filter(|e| is_labelled(dataset, enrollment_records, e)) {
             writeln!(out, "{},{},{}", e.id, u8::from(e.kind.is_attack()), e.kind.as_str())?;
             counts[e.kind.index()] += 1;
         }
@@ -553,3 +666,15 @@ fn write_labels(dataset: &Dataset, format: LogFormat, report: &mut GenerateRepor
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod names {
+    #[test]
+    fn generated_file_names_are_recognised() {
+        assert!(super::is_generated_name("AZUREAD_2026-10-01T00_00_03.207Z.json"));
+        assert!(super::is_generated_name("TINY_LOG_2026-10-01T00_00_03.207Z.json"));
+        assert!(!super::is_generated_name("notes_2026-10-01.txt"));
+        assert!(!super::is_generated_name("labels.csv"));
+        assert!(!super::is_generated_name("mine_2026-10-01T00_00_03.207Z.json"));
+    }
+}

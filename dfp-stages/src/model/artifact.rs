@@ -5,28 +5,16 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
+pub use super::config::StatsMode;
+use super::config::TrainConfig;
 use super::encode::{EncodedFeature, FeatureEncoder};
-use super::net::{Architecture, Net};
-use super::train::{row_losses, TrainConfig};
+use super::net::{row_losses, Architecture, Net};
 use super::FeatureDef;
 
 /// The artifact's file names.
 pub const MANIFEST: &str = "manifest.json";
 /// The weights' file name.
 pub const WEIGHTS: &str = "model.safetensors";
-
-/// Where the z-score statistics come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum StatsMode {
-    /// Mean and standard deviation of the training rows' losses (Morpheus).
-    #[default]
-    Training,
-    /// Mean and standard deviation on the held-out (most recent) slice.
-    Validation,
-    /// Median and MAD·1.4826 of the training rows' losses (robust to outliers in training data).
-    Robust,
-}
 
 /// Per-feature loss statistics, in model order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +102,9 @@ pub struct Manifest {
     pub dfp_version: String,
     /// The registry name (`DFP-azure-alice%40contoso.com`).
     pub name: String,
+    /// The log family the model was trained for (absent in models of dfp before families).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
     /// Model inputs with their encodings, in model order.
     pub features: Vec<EncodedFeature>,
     /// Layer sizes.
@@ -127,6 +118,30 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Refuses loss statistics that would make z-scores meaningless: one centre and scale per feature, all
+    /// finite, every scale positive (a zero spread divides by zero).
+    pub fn check_loss_stats(&self) -> Result<(), ArtifactError> {
+        let s = &self.loss_stats;
+        let n = self.features.len();
+        let bad = |detail: String| Err(ArtifactError::Invalid { name: self.name.clone(), detail });
+        if s.center.len() != n || s.scale.len() != n {
+            return bad(format!(
+                "loss statistics for {} and {} features, but the model has {n}",
+                s.center.len(),
+                s.scale.len()
+            ));
+        }
+        for (i, f) in self.features.iter().enumerate() {
+            if !(s.center[i].is_finite() && s.scale[i].is_finite() && s.scale[i] > 0.0) {
+                return bad(format!(
+                    "feature {}: loss centre {} and spread {} (a spread must be a positive number)",
+                    f.def.name, s.center[i], s.scale[i]
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn new(
         name: &str,
         encoder: &FeatureEncoder,
@@ -139,6 +154,7 @@ impl Manifest {
             format: 1,
             dfp_version: env!("CARGO_PKG_VERSION").to_string(),
             name: name.to_string(),
+            family: None,
             features: encoder.features.clone(),
             architecture,
             loss_stats,
@@ -182,6 +198,14 @@ pub enum ArtifactError {
         name: String,
         /// The libtorch error.
         source: tch::TchError,
+    },
+    /// The manifest holds values no model can have.
+    #[error("model {name}: invalid manifest: {detail}")]
+    Invalid {
+        /// Model name.
+        name: String,
+        /// What is wrong.
+        detail: String,
     },
     /// A temporary file could not be written.
     #[error("temporary file: {0}")]
@@ -275,6 +299,7 @@ impl Model {
     pub fn from_files(name: &str, manifest: &[u8], weights: &[u8], device: Device) -> Result<Model, ArtifactError> {
         let manifest: Manifest =
             serde_json::from_slice(manifest).map_err(|source| ArtifactError::Manifest { name: name.into(), source })?;
+        manifest.check_loss_stats()?;
         let encoder = FeatureEncoder::with_features(manifest.features.clone());
         let vs = nn::VarStore::new(device);
         // Shapes come from the manifest; the values are then copied from the stored weights.
@@ -319,14 +344,28 @@ impl Model {
             binary: (0..batch * nb).map(|i| (i % 2) as f32).collect(),
             categorical: (0..batch * nc).map(|i| ((i / nc.max(1)) % cards[i % nc.max(1)].max(1)) as i64).collect(),
         };
-        let _ = super::train::row_losses(&self.net, &encoded);
+        let _ = row_losses(&self.net, &encoded);
         let started = std::time::Instant::now();
         let mut rows = 0usize;
         while started.elapsed() < min_time {
-            let _ = super::train::row_losses(&self.net, &encoded);
+            let _ = row_losses(&self.net, &encoded);
             rows += batch;
         }
         rows as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// Checks that the model was trained for the pipeline's log family (models older than families
+    /// record none and pass).
+    pub fn check_family(&self, family: &str) -> Result<(), ArtifactError> {
+        match &self.manifest.family {
+            Some(f) if f != family => Err(ArtifactError::Mismatch {
+                name: self.manifest.name.clone(),
+                detail: format!(
+                    "it was trained for the log family \"{f}\", but this pipeline reads the family \"{family}\""
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Checks that the model reads exactly the features the pipeline produces.

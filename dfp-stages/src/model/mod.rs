@@ -15,16 +15,19 @@
 //! and whatever else trains at the same time (on CPU).
 
 pub mod artifact;
+pub mod config;
 pub mod encode;
 pub mod net;
 pub mod train;
 
+use dfp_core::Family;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use artifact::{Manifest, Model};
+pub use config::TrainConfig;
 pub use encode::{Encoded, FeatureEncoder};
-pub use train::{train, train_from, TrainConfig};
+pub use train::{train, train_from};
 
 /// Where models run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -141,30 +144,6 @@ pub struct FeatureDef {
     pub log: bool,
 }
 
-/// The log families with built-in feature sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    /// Azure AD sign-ins (`normalize-azure` + `features`).
-    Azure,
-    /// Duo authentications (`normalize-duo` + `features`).
-    Duo,
-    /// Okta System Log sign-ins (the `normalize-okta` plugin + `features` preset `azure`): the Azure
-    /// feature set, models named `DFP-okta-…`.
-    Okta,
-}
-
-impl Source {
-    /// The name used in model names (`DFP-azure-…`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Azure => "azure",
-            Source::Duo => "duo",
-            Source::Okta => "okta",
-        }
-    }
-}
-
 /// Options beyond Morpheus's feature set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FeatureOptions {
@@ -181,42 +160,28 @@ pub struct FeatureOptions {
     pub extra_numeric: Vec<String>,
 }
 
-/// The model inputs of a source: Morpheus's list, plus the options.
-pub fn feature_set(source: Source, options: FeatureOptions) -> Vec<FeatureDef> {
-    let cat = |n: &str| FeatureDef { name: n.into(), kind: FeatureKind::Categorical, log: false };
-    let num = |n: &str| FeatureDef { name: n.into(), kind: FeatureKind::Numeric, log: options.log_counters };
-    let bin = |n: &str| FeatureDef { name: n.into(), kind: FeatureKind::Binary, log: false };
-    let mut features = match source {
-        Source::Azure | Source::Okta => vec![
-            cat("appDisplayName"),
-            cat("clientAppUsed"),
-            cat("deviceDetailbrowser"),
-            cat("deviceDetaildisplayName"),
-            cat("deviceDetailoperatingSystem"),
-            cat("statusfailureReason"),
-            num("appincrement"),
-            num("locincrement"),
-            num("logcount"),
-        ],
-        Source::Duo => vec![
-            cat("accessdevicebrowser"),
-            cat("accessdeviceos"),
-            cat("authdevicename"),
-            cat("reason"),
-            bin("result"),
-            num("locincrement"),
-            num("logcount"),
-        ],
-    };
+/// The model inputs of a log family: its feature list (for Azure and Duo, Morpheus's), plus the options.
+/// Within each kind the order is the family's, which the model keeps.
+pub fn feature_set(family: &Family, options: &FeatureOptions) -> Vec<FeatureDef> {
+    let def = |n: &str, kind: FeatureKind, log: bool| FeatureDef { name: n.into(), kind, log };
+    let f = &family.features;
+    let mut features: Vec<FeatureDef> = Vec::new();
+    features.extend(f.categorical.iter().map(|n| def(n, FeatureKind::Categorical, false)));
+    features.extend(f.binary.iter().map(|n| def(n, FeatureKind::Binary, false)));
+    features.extend(f.numeric.iter().map(|n| def(n, FeatureKind::Numeric, options.log_counters)));
     if options.novelty {
-        for n in ["new_app", "new_country", "new_city", "new_browser", "new_os", "new_device", "new_ip_prefix"] {
-            features.push(bin(n));
+        for (_, flag) in family.novelty() {
+            if !features.iter().any(|d| d.name == flag) {
+                features.push(def(flag, FeatureKind::Binary, false));
+            }
         }
-        features.push(FeatureDef { name: "hours_since_prev".into(), kind: FeatureKind::Numeric, log: true });
+        if !features.iter().any(|d| d.name == "hours_since_prev") {
+            features.push(def("hours_since_prev", FeatureKind::Numeric, true));
+        }
     }
     for n in &options.extra_numeric {
-        if !features.iter().any(|f| &f.name == n) {
-            features.push(num(n));
+        if !features.iter().any(|d| &d.name == n) {
+            features.push(def(n, FeatureKind::Numeric, options.log_counters));
         }
     }
     features
@@ -227,17 +192,36 @@ pub fn embedding_dim(n: usize) -> i64 {
     ((1.6 * (n as f64).powf(0.56)).round() as i64).clamp(1, 600)
 }
 
+/// Longest escaped user id kept whole in a model name: with `DFP-<prefix>-` the name stays well inside
+/// the 255 bytes a file name may have.
+pub const MAX_ESCAPED_USER: usize = 160;
+
 /// Escapes a user id for a model name: bytes other than `A-Z a-z 0-9 . _ - @ +` become `=XX` (hex). The
 /// result is safe as a file name and an object-store key, and the same rule is used to write and to read,
 /// so `alice@contoso.com` always finds `DFP-azure-alice@contoso.com` and `a/b` finds `DFP-azure-a=2Fb`.
+///
+/// An id whose escaped form is longer than [`MAX_ESCAPED_USER`] bytes keeps its first 120 escaped bytes
+/// (cut before an escape) followed by `=~` and 16 hex digits of a stable 64-bit hash of the whole id: still
+/// one name per id (two ids collide only if they share those 120 bytes and their hash), and no short id's
+/// name looks like it, since an escaped `=` is otherwise always followed by two hex digits.
 pub fn escape_user(user: &str) -> String {
+    use std::fmt::Write;
     let mut out = String::with_capacity(user.len());
     for b in user.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'+') {
             out.push(b as char);
         } else {
-            out.push_str(&format!("={b:02X}"));
+            let _ = write!(out, "={b:02X}");
         }
+    }
+    if out.len() > MAX_ESCAPED_USER {
+        let mut cut = 120;
+        // Never cut inside an `=XX` escape.
+        while out.as_bytes()[cut - 1] == b'=' || (cut >= 2 && out.as_bytes()[cut - 2] == b'=') {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        let _ = write!(out, "=~{:016x}", dfp_core::hash::stable_hash(user.as_bytes()));
     }
     out
 }
@@ -246,11 +230,12 @@ pub fn escape_user(user: &str) -> String {
 /// by two hex digits.
 pub const GENERIC: &str = "=generic";
 
-/// The registry name of a user's model (`None`: the generic model).
-pub fn model_name(source: Source, user: Option<&str>) -> String {
+/// The registry name of a user's model in a family (`None`: the family's generic model):
+/// `DFP-<model prefix>-<escaped user>`.
+pub fn model_name(family: &Family, user: Option<&str>) -> String {
     match user {
-        Some(u) => format!("DFP-{}-{}", source.as_str(), escape_user(u)),
-        None => format!("DFP-{}-{GENERIC}", source.as_str()),
+        Some(u) => format!("DFP-{}-{}", family.model_prefix, escape_user(u)),
+        None => format!("DFP-{}-{GENERIC}", family.model_prefix),
     }
 }
 
@@ -266,14 +251,69 @@ mod tests {
         assert_eq!(embedding_dim(100_000), 600);
     }
 
+    fn family(name: &str) -> std::sync::Arc<Family> {
+        dfp_core::Registry::global().families().get(name).expect("a built-in family").clone()
+    }
+
     #[test]
     fn names_escape_users_and_keep_generic_apart() {
-        assert_eq!(model_name(Source::Azure, Some("alice@contoso.com")), "DFP-azure-alice@contoso.com");
-        assert_eq!(model_name(Source::Duo, Some("a b/c=%")), "DFP-duo-a=20b=2Fc=3D=25");
-        assert_eq!(model_name(Source::Azure, None), "DFP-azure-=generic");
+        let (azure, duo) = (family("azure"), family("duo"));
+        assert_eq!(model_name(&azure, Some("alice@contoso.com")), "DFP-azure-alice@contoso.com");
+        assert_eq!(model_name(&duo, Some("a b/c=%")), "DFP-duo-a=20b=2Fc=3D=25");
+        assert_eq!(model_name(&azure, None), "DFP-azure-=generic");
         for tricky in ["=generic", "generic", "@generic"] {
-            assert_ne!(model_name(Source::Azure, Some(tricky)), model_name(Source::Azure, None));
+            assert_ne!(model_name(&azure, Some(tricky)), model_name(&azure, None));
         }
+    }
+
+    #[test]
+    fn long_user_ids_get_bounded_distinct_names() {
+        let azure = family("azure");
+        let a = "x".repeat(4000);
+        let b = format!("{}y", "x".repeat(3999));
+        let (na, nb) = (model_name(&azure, Some(&a)), model_name(&azure, Some(&b)));
+        assert!(na.len() <= 160 && nb.len() <= 160, "{} {}", na.len(), nb.len());
+        assert_ne!(na, nb, "same first bytes, different ids");
+        assert_eq!(na, model_name(&azure, Some(&a)), "stable");
+        assert!(na.contains("=~"));
+        // Escapes are never cut in half, whatever the alignment.
+        for pad in 0..3 {
+            let odd = format!("{}{}", "a".repeat(pad), "/".repeat(300));
+            let e = escape_user(&odd);
+            let head = e.split("=~").next().unwrap();
+            assert!(head.split('=').skip(1).all(|part| part.len() == 2), "{head}");
+        }
+        // An id just under the bound is kept whole.
+        assert_eq!(escape_user(&"u".repeat(160)), "u".repeat(160));
+    }
+
+    #[test]
+    fn feature_sets_follow_the_family_in_morpheus_order() {
+        let names =
+            |f: &Family, o: &FeatureOptions| -> Vec<String> { feature_set(f, o).into_iter().map(|d| d.name).collect() };
+        let plain = FeatureOptions::default();
+        assert_eq!(
+            names(&family("azure"), &plain),
+            [
+                "appDisplayName",
+                "clientAppUsed",
+                "deviceDetailbrowser",
+                "deviceDetaildisplayName",
+                "deviceDetailoperatingSystem",
+                "statusfailureReason",
+                "appincrement",
+                "locincrement",
+                "logcount"
+            ]
+        );
+        assert_eq!(
+            names(&family("duo"), &plain),
+            ["accessdevicebrowser", "accessdeviceos", "authdevicename", "reason", "result", "locincrement", "logcount"]
+        );
+        let novelty = FeatureOptions { novelty: true, ..Default::default() };
+        let with = names(&family("duo"), &novelty);
+        assert_eq!(with.len(), 7 + 7 + 1);
+        assert_eq!(with.last().map(String::as_str), Some("hours_since_prev"));
     }
 
     #[test]

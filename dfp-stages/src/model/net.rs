@@ -246,6 +246,21 @@ impl Net {
     }
 }
 
+/// Per-row, per-feature losses without noise, `rows × features`.
+pub(crate) fn row_losses(net: &Net, e: &Encoded) -> Vec<Vec<f32>> {
+    if e.rows == 0 {
+        return Vec::new();
+    }
+    tch::no_grad(|| {
+        let (n, b, c) = net.inputs(e);
+        let out = net.forward(&n, &b, &c);
+        let l = net.losses(&out, &n, &b, &c).to_device(Device::Cpu).contiguous();
+        let cols = l.size()[1] as usize;
+        let flat: Vec<f32> = Vec::<f32>::try_from(l.view([-1])).unwrap_or_default();
+        flat.chunks(cols.max(1)).map(<[f32]>::to_vec).collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::padded_rows;

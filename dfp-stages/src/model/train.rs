@@ -3,110 +3,19 @@
 use std::time::Instant;
 
 use arrow::array::{AsArray, RecordBatch};
-use arrow::compute::{sort_to_indices, take_record_batch};
+use arrow::compute::{lexsort_to_indices, sort_to_indices, take_record_batch, SortColumn};
 use arrow::datatypes::TimestampMicrosecondType;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Tensor};
 
-use super::artifact::{LossStats, Manifest, Model, StatsMode, TrainingInfo};
+use super::artifact::{LossStats, Manifest, Model, TrainingInfo};
+use super::config::{Optimizer, StatsMode, TrainConfig};
 use super::encode::{Encoded, FeatureEncoder};
-use super::net::{Architecture, Net};
+use super::net::{row_losses, Architecture, Net};
 use super::FeatureDef;
-
-/// The optimiser.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Optimizer {
-    /// Plain SGD (Morpheus).
-    #[default]
-    Sgd,
-    /// Adam.
-    Adam,
-}
-
-/// Hyper-parameters (defaults: Morpheus's dfencoder settings).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Most epochs (Morpheus: 100 for Azure, 30 for Duo).
-    #[serde(default = "d_epochs")]
-    pub epochs: usize,
-    /// Stop after this many epochs without a better validation loss.
-    #[serde(default = "d_patience")]
-    pub patience: usize,
-    /// Learning rate.
-    #[serde(default = "d_lr")]
-    pub lr: f64,
-    /// Learning-rate factor applied after every epoch.
-    #[serde(default = "d_lr_decay")]
-    pub lr_decay: f64,
-    /// Rows per step.
-    #[serde(default = "d_batch")]
-    pub batch_size: usize,
-    /// Probability that an input cell is swapped with the same cell of another row.
-    #[serde(default = "d_swap")]
-    pub swap_noise: f64,
-    /// Share of the most recent rows held out for early stopping and validation statistics.
-    #[serde(default = "d_val")]
-    pub validation_fraction: f64,
-    /// `sgd` (Morpheus) or `adam`.
-    #[serde(default)]
-    pub optimizer: Optimizer,
-    /// Where the z-score statistics come from: `training`, `validation` or `robust` (median/MAD).
-    #[serde(default)]
-    pub stats: StatsMode,
-    /// Encoder hidden sizes.
-    #[serde(default = "d_encoder")]
-    pub encoder_layers: Vec<usize>,
-    /// Decoder hidden sizes.
-    #[serde(default = "d_decoder")]
-    pub decoder_layers: Vec<usize>,
-    /// Seed of every random choice.
-    #[serde(default = "d_seed")]
-    pub seed: u64,
-}
-
-fn d_epochs() -> usize {
-    100
-}
-fn d_patience() -> usize {
-    5
-}
-fn d_lr() -> f64 {
-    1e-3
-}
-fn d_lr_decay() -> f64 {
-    0.99
-}
-fn d_batch() -> usize {
-    512
-}
-fn d_swap() -> f64 {
-    0.2
-}
-fn d_val() -> f64 {
-    0.15
-}
-fn d_encoder() -> Vec<usize> {
-    vec![512, 500]
-}
-fn d_decoder() -> Vec<usize> {
-    vec![512]
-}
-fn d_seed() -> u64 {
-    42
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("defaults deserialize")
-    }
-}
 
 /// Why a model could not be trained.
 #[derive(Debug, thiserror::Error)]
@@ -167,21 +76,6 @@ fn objective(net: &Net, noisy: &Encoded, target: &Encoded) -> Tensor {
     net.losses(&out, &n_t, &b_t, &c_t).mean_dim(0, false, Kind::Float).mean(Kind::Float)
 }
 
-/// Per-row, per-feature losses without noise, `rows × features`.
-pub(crate) fn row_losses(net: &Net, e: &Encoded) -> Vec<Vec<f32>> {
-    if e.rows == 0 {
-        return Vec::new();
-    }
-    tch::no_grad(|| {
-        let (n, b, c) = net.inputs(e);
-        let out = net.forward(&n, &b, &c);
-        let l = net.losses(&out, &n, &b, &c).to_device(Device::Cpu).contiguous();
-        let cols = l.size()[1] as usize;
-        let flat: Vec<f32> = Vec::<f32>::try_from(l.view([-1])).unwrap_or_default();
-        flat.chunks(cols.max(1)).map(<[f32]>::to_vec).collect()
-    })
-}
-
 /// Trains a model on `rows` (which must hold a `timestamp` column and the feature columns).
 pub fn train(
     name: &str,
@@ -208,11 +102,19 @@ pub fn train_from(
         return Err(TrainError::Empty);
     }
     let started = Instant::now();
-    // Oldest first, so that the validation slice is the most recent rows.
+    // Oldest first, so that the validation slice is the most recent rows. Events of the same time are
+    // ordered by id, so the model does not depend on the order rows arrived in (which varies with how
+    // workers' batches interleave).
     let ts = rows
         .column_by_name("timestamp")
         .ok_or_else(|| super::encode::EncodeError::MissingColumn("timestamp".into()))?;
-    let order = sort_to_indices(ts, None, None)?;
+    let order = match rows.column_by_name("id") {
+        Some(id) => lexsort_to_indices(
+            &[SortColumn { values: ts.clone(), options: None }, SortColumn { values: id.clone(), options: None }],
+            None,
+        )?,
+        None => sort_to_indices(ts, None, None)?,
+    };
     let rows = take_record_batch(rows, &order)?;
     let times =
         rows.column_by_name("timestamp").and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>().cloned());

@@ -9,7 +9,8 @@
 //! `correlationId`, the sign-in under `properties`) and the Microsoft Graph `signIn` resource (the same
 //! fields at top level, `createdDateTime` for the time; Graph pages are unwrapped by the file source).
 //!
-//! Output columns: `id` (`properties.id`, else a hash of the record), `timestamp` (UTC), `username`
+//! Output: the columns of the `azure` log family (`families/azure.yaml`): `id` (`properties.id`, else a hash
+//! of the record), `timestamp` (UTC), `username`
 //! (`userPrincipalName`), `appDisplayName`, `clientAppUsed`, `deviceDetailbrowser`, `deviceDetaildisplayName`,
 //! `deviceDetailoperatingSystem`, `statusfailureReason`, `location` ("city, country") — all categorical model
 //! inputs, with `missing` for a missing value — and, for analysts, `ipAddress`, `city`, `state`, `country`,
@@ -22,15 +23,15 @@
 use std::borrow::Cow;
 
 use dfp_core::{
-    register_stage, Batch, ConfigError, DeadLetter, Emitter, StageConfig, StageContext, StageError, StageInstance,
-    StageKind, Transform,
+    register_stage, Batch, ConfigError, Emitter, StageConfig, StageContext, StageError, StageInstance, StageKind,
+    Transform,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{
-    clean, default_max_field_bytes, excerpt, hash_id, location, oversized, Columns, Kind, LooseNum, LooseStr, RawRows,
-    Val, MISSING,
+    clean, default_max_field_bytes, excerpt, hash_id, json_problem, location, normalize_batch, Layout, LooseNum,
+    LooseStr, Outcome, Val, MISSING,
 };
 use crate::time::parse_timestamp;
 
@@ -53,33 +54,16 @@ impl StageConfig for NormalizeAzureConfig {
         }
         Ok(())
     }
-    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
-        Ok(StageInstance::Transform(Box::new(NormalizeAzure { max_field_bytes: self.max_field_bytes })))
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
+        let layout = Layout::of(ctx.family(FAMILY)?.as_ref());
+        Ok(StageInstance::Transform(Box::new(NormalizeAzure { max_field_bytes: self.max_field_bytes, layout })))
     }
 }
 register_stage!(NormalizeAzureConfig);
 
-/// The output columns, in order.
-pub(crate) const COLUMNS: [(&str, Kind); 18] = [
-    ("id", Kind::Text),
-    ("timestamp", Kind::Time),
-    ("username", Kind::Text),
-    ("appDisplayName", Kind::Text),
-    ("clientAppUsed", Kind::Text),
-    ("deviceDetailbrowser", Kind::Text),
-    ("deviceDetaildisplayName", Kind::Text),
-    ("deviceDetailoperatingSystem", Kind::Text),
-    ("statusfailureReason", Kind::Text),
-    ("location", Kind::Text),
-    ("ipAddress", Kind::Text),
-    ("city", Kind::Text),
-    ("state", Kind::Text),
-    ("country", Kind::Text),
-    ("latitude", Kind::Float),
-    ("longitude", Kind::Float),
-    ("category", Kind::Text),
-    ("errorCode", Kind::Text),
-];
+/// The log family this normalizer writes (`families/azure.yaml` lists its columns, in the order of the
+/// rows below).
+const FAMILY: &str = "azure";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -230,6 +214,7 @@ impl<'a> Record<'a> {
 
 struct NormalizeAzure {
     max_field_bytes: usize,
+    layout: Layout,
 }
 
 fn text<'a>(v: &'a Option<Cow<'_, str>>) -> Option<&'a str> {
@@ -238,92 +223,108 @@ fn text<'a>(v: &'a Option<Cow<'_, str>>) -> Option<&'a str> {
 
 impl Transform for NormalizeAzure {
     fn process(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError> {
-        let rows = RawRows::of(&batch, "normalize-azure")?;
-        let mut cols = Columns::new(&COLUMNS, rows.len());
-        let names: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
-        for i in 0..rows.len() {
-            let raw = rows.text(i);
-            let reject = |reason: String, out: &mut Emitter| {
-                out.dead_letter(DeadLetter::new(reason, excerpt(raw), rows.origin(&batch, i)));
-            };
-            let rec: Record<'_> = match serde_json::from_str(raw) {
-                Ok(r) => r,
-                Err(e) => {
-                    let what = if e.is_syntax() || e.is_eof() { "invalid JSON" } else { "unexpected shape" };
-                    reject(format!("{what}: {e}"), out);
-                    continue;
-                }
-            };
-            let (time, category, s, graph) = rec.split();
-            let Some(user) = clean(s.user_principal_name) else {
-                reject("no user: userPrincipalName is missing or empty".into(), out);
-                continue;
-            };
-            let time_text = clean(time).or(clean(s.created_date_time));
-            let Some(time_text) = time_text else {
-                reject(format!("no time: {} is missing", if graph { "createdDateTime" } else { "time" }), out);
-                continue;
-            };
-            let Some(ts) = parse_timestamp(&time_text) else {
-                reject(format!("unreadable time \"{}\"", excerpt(&time_text)), out);
-                continue;
-            };
-            let id = match s.id.map(LooseStr::into_string).filter(|v| !v.is_empty()) {
-                Some(id) => id,
-                None => hash_id(raw),
-            };
-            let (browser, device, os) = match s.device_detail {
-                Some(d) => (clean(d.browser), clean(d.display_name), clean(d.operating_system)),
-                None => (None, None, None),
-            };
-            let (city, state, country, lat, lon) = match s.location {
-                Some(LocationField::Object(l)) => {
-                    let (lat, lon) = l
-                        .geo_coordinates
-                        .map(|g| (g.latitude.and_then(|v| v.value()), g.longitude.and_then(|v| v.value())))
-                        .unwrap_or((None, None));
-                    (clean(l.city), clean(l.state), clean(l.country_or_region), lat, lon)
-                }
-                _ => (None, None, None, None, None),
-            };
-            let (error_code, failure) = match s.status {
-                Some(st) => (st.error_code.map(LooseStr::into_string), clean(st.failure_reason)),
-                None => (None, None),
-            };
-            let app = clean(s.app_display_name);
-            let client = clean(s.client_app_used);
-            let ip = clean(s.ip_address);
-            let loc = location(text(&city), text(&country));
-            let category = clean(category);
-            let row = [
-                Val::Text(Some(&id)),
-                Val::Time(ts),
-                Val::Text(Some(&user)),
-                Val::Text(Some(text(&app).unwrap_or(MISSING))),
-                Val::Text(Some(text(&client).unwrap_or(MISSING))),
-                Val::Text(Some(text(&browser).unwrap_or(MISSING))),
-                Val::Text(Some(text(&device).unwrap_or(MISSING))),
-                Val::Text(Some(text(&os).unwrap_or(MISSING))),
-                Val::Text(Some(text(&failure).unwrap_or(MISSING))),
-                Val::Text(Some(&loc)),
-                Val::Text(ip.as_deref().map(super::clean_ip)),
-                Val::Text(text(&city)),
-                Val::Text(text(&state)),
-                Val::Text(text(&country)),
-                Val::Float(lat),
-                Val::Float(lon),
-                Val::Text(Some(text(&category).unwrap_or(if graph { "SignInLogs" } else { MISSING }))),
-                Val::Text(error_code.as_deref()),
-            ];
-            if let Some((field, len)) = oversized(&names, &row, self.max_field_bytes) {
-                reject(format!("field {field} is {len} bytes, over max_field_bytes ({})", self.max_field_bytes), out);
-                continue;
-            }
-            cols.push(&row);
+        normalize_batch(batch, "normalize-azure", &self.layout, self.max_field_bytes, out, parse)
+    }
+}
+
+/// One record → one row in the `azure` family's column order.
+fn parse(raw: &str, row_out: &mut dyn FnMut(&[Val<'_>])) -> Result<Outcome, String> {
+    let rec: Record<'_> = serde_json::from_str(raw).map_err(|e| json_problem(&e))?;
+    let (time, category, s, graph) = rec.split();
+    let user = clean(s.user_principal_name).ok_or("no user: userPrincipalName is missing or empty")?;
+    let time_text = clean(time)
+        .or(clean(s.created_date_time))
+        .ok_or_else(|| format!("no time: {} is missing", if graph { "createdDateTime" } else { "time" }))?;
+    let ts = parse_timestamp(&time_text).ok_or_else(|| format!("unreadable time \"{}\"", excerpt(&time_text)))?;
+    let id = match s.id.map(LooseStr::into_string).filter(|v| !v.is_empty()) {
+        Some(id) => id,
+        None => hash_id(raw),
+    };
+    let (browser, device, os) = match s.device_detail {
+        Some(d) => (clean(d.browser), clean(d.display_name), clean(d.operating_system)),
+        None => (None, None, None),
+    };
+    let (city, state, country, lat, lon) = match s.location {
+        Some(LocationField::Object(l)) => {
+            let (lat, lon) = l
+                .geo_coordinates
+                .map(|g| (g.latitude.and_then(|v| v.value()), g.longitude.and_then(|v| v.value())))
+                .unwrap_or((None, None));
+            (clean(l.city), clean(l.state), clean(l.country_or_region), lat, lon)
         }
-        let data = cols.finish()?;
-        super::observe_event_time(&data, out);
-        out.emit(batch.with_data(data));
-        Ok(())
+        _ => (None, None, None, None, None),
+    };
+    let (error_code, failure) = match s.status {
+        Some(st) => (st.error_code.map(LooseStr::into_string), clean(st.failure_reason)),
+        None => (None, None),
+    };
+    let app = clean(s.app_display_name);
+    let client = clean(s.client_app_used);
+    let ip = clean(s.ip_address);
+    let loc = location(text(&city), text(&country));
+    let category = clean(category);
+    row_out(&[
+        Val::Text(Some(&id)),
+        Val::Time(ts),
+        Val::Text(Some(&user)),
+        Val::Text(Some(text(&app).unwrap_or(MISSING))),
+        Val::Text(Some(text(&client).unwrap_or(MISSING))),
+        Val::Text(Some(text(&browser).unwrap_or(MISSING))),
+        Val::Text(Some(text(&device).unwrap_or(MISSING))),
+        Val::Text(Some(text(&os).unwrap_or(MISSING))),
+        Val::Text(Some(text(&failure).unwrap_or(MISSING))),
+        Val::Text(Some(&loc)),
+        Val::Text(ip.as_deref().map(super::clean_ip)),
+        Val::Text(text(&city)),
+        Val::Text(text(&state)),
+        Val::Text(text(&country)),
+        Val::Float(lat),
+        Val::Float(lon),
+        Val::Text(Some(text(&category).unwrap_or(if graph { "SignInLogs" } else { MISSING }))),
+        Val::Text(error_code.as_deref()),
+    ]);
+    Ok(Outcome::Row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_follow_the_family_column_order() {
+        let family = dfp_core::Registry::global().families().get(FAMILY).cloned().expect("azure is built in");
+        let raw = r#"{"time":"2026-10-01T08:00:00Z","properties":{"id":"x1","userPrincipalName":"a@b.c",
+            "appDisplayName":"Teams","clientAppUsed":"Browser","ipAddress":"203.0.113.9:443",
+            "deviceDetail":{"browser":"Edge 1","displayName":"PC","operatingSystem":"Windows10"},
+            "location":{"city":"Oslo","state":"Oslo","countryOrRegion":"NO","geoCoordinates":{"latitude":59.9,"longitude":10.7}},
+            "status":{"errorCode":0,"failureReason":"Other."}}}"#;
+        let mut row: Vec<String> = Vec::new();
+        parse(raw, &mut |r: &[Val<'_>]| {
+            row = r
+                .iter()
+                .map(|v| match v {
+                    Val::Text(t) => t.unwrap_or("∅").to_string(),
+                    Val::Time(t) => t.to_string(),
+                    Val::Float(f) => f.map_or("∅".into(), |f| f.to_string()),
+                    Val::Bool(b) => b.to_string(),
+                })
+                .collect()
+        })
+        .unwrap();
+        let by_name: std::collections::HashMap<&str, &str> =
+            family.columns.iter().map(|c| c.name.as_str()).zip(row.iter().map(String::as_str)).collect();
+        assert_eq!(row.len(), family.columns.len());
+        assert_eq!(by_name["id"], "x1");
+        assert_eq!(by_name["username"], "a@b.c");
+        assert_eq!(by_name["appDisplayName"], "Teams");
+        assert_eq!(by_name["deviceDetailbrowser"], "Edge 1");
+        assert_eq!(by_name["deviceDetaildisplayName"], "PC");
+        assert_eq!(by_name["deviceDetailoperatingSystem"], "Windows10");
+        assert_eq!(by_name["statusfailureReason"], "Other.");
+        assert_eq!(by_name["location"], "Oslo, NO");
+        assert_eq!(by_name["ipAddress"], "203.0.113.9");
+        assert_eq!(by_name["latitude"], "59.9");
+        assert_eq!(by_name["category"], "missing");
+        assert_eq!(by_name["errorCode"], "0");
     }
 }

@@ -5,7 +5,7 @@
 //! events: { type: normalize-duo, inputs: [logs] }
 //! ```
 //!
-//! Output columns: `id` (`txid`, else a hash of the record), `timestamp` (UTC, from `isotimestamp`, else
+//! Output: the columns of the `duo` log family (`families/duo.yaml`): `id` (`txid`, else a hash of the record), `timestamp` (UTC, from `isotimestamp`, else
 //! `timestamp` in epoch seconds), `username` (`user.name`), `accessdevicebrowser`, `accessdeviceos`,
 //! `authdevicename`, `reason`, `location` ("city, country") — categorical model inputs with `missing` for a
 //! missing value — `result` (boolean), and for analysts `ipAddress` (`access_device.ip` without a port or
@@ -19,15 +19,15 @@
 use std::borrow::Cow;
 
 use dfp_core::{
-    register_stage, Batch, ConfigError, DeadLetter, Emitter, StageConfig, StageContext, StageError, StageInstance,
-    StageKind, Transform,
+    register_stage, Batch, ConfigError, Emitter, StageConfig, StageContext, StageError, StageInstance, StageKind,
+    Transform,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{
-    clean, clean_ip, default_max_field_bytes, excerpt, hash_id, location, oversized, Columns, Kind, LooseNum, LooseStr,
-    RawRows, Val, MISSING,
+    clean, clean_ip, default_max_field_bytes, excerpt, hash_id, json_problem, location, normalize_batch, Layout,
+    LooseNum, LooseStr, Outcome, Val, MISSING,
 };
 use crate::time::parse_timestamp;
 
@@ -50,32 +50,16 @@ impl StageConfig for NormalizeDuoConfig {
         }
         Ok(())
     }
-    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
-        Ok(StageInstance::Transform(Box::new(NormalizeDuo { max_field_bytes: self.max_field_bytes })))
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
+        let layout = Layout::of(ctx.family(FAMILY)?.as_ref());
+        Ok(StageInstance::Transform(Box::new(NormalizeDuo { max_field_bytes: self.max_field_bytes, layout })))
     }
 }
 register_stage!(NormalizeDuoConfig);
 
-/// The output columns, in order.
-pub(crate) const COLUMNS: [(&str, Kind); 17] = [
-    ("id", Kind::Text),
-    ("timestamp", Kind::Time),
-    ("username", Kind::Text),
-    ("accessdevicebrowser", Kind::Text),
-    ("accessdeviceos", Kind::Text),
-    ("authdevicename", Kind::Text),
-    ("reason", Kind::Text),
-    ("location", Kind::Text),
-    ("result", Kind::Bool),
-    ("ipAddress", Kind::Text),
-    ("city", Kind::Text),
-    ("state", Kind::Text),
-    ("country", Kind::Text),
-    ("application", Kind::Text),
-    ("factor", Kind::Text),
-    ("resulttext", Kind::Text),
-    ("eventtype", Kind::Text),
-];
+/// The log family this normalizer writes (`families/duo.yaml` lists its columns, in the order of the rows
+/// below).
+const FAMILY: &str = "duo";
 
 #[derive(Debug, Deserialize)]
 struct DuoLocation<'a> {
@@ -142,116 +126,117 @@ pub fn result_success(result: &str) -> Option<bool> {
 
 struct NormalizeDuo {
     max_field_bytes: usize,
+    layout: Layout,
 }
 
 impl Transform for NormalizeDuo {
     fn process(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError> {
-        let rows = RawRows::of(&batch, "normalize-duo")?;
-        let mut cols = Columns::new(&COLUMNS, rows.len());
-        let names: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
-        for i in 0..rows.len() {
-            let raw = rows.text(i);
-            let reject = |reason: String, out: &mut Emitter| {
-                out.dead_letter(DeadLetter::new(reason, excerpt(raw), rows.origin(&batch, i)));
-            };
-            let rec: Record<'_> = match serde_json::from_str(raw) {
-                Ok(r) => r,
-                Err(e) => {
-                    let what = if e.is_syntax() || e.is_eof() { "invalid JSON" } else { "unexpected shape" };
-                    reject(format!("{what}: {e}"), out);
-                    continue;
-                }
-            };
-            let event_type = clean(rec.event_type);
-            if event_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("authentication")) {
-                out.skip(1);
-                continue;
-            }
-            let Some(user) = clean(rec.user.and_then(|u| u.name)) else {
-                reject("no user: user.name is missing or empty".into(), out);
-                continue;
-            };
-            let ts = match (clean(rec.isotimestamp), rec.timestamp) {
-                (Some(iso), _) => match parse_timestamp(&iso) {
-                    Some(t) => t,
-                    None => {
-                        reject(format!("unreadable isotimestamp \"{}\"", excerpt(&iso)), out);
-                        continue;
-                    }
-                },
-                (None, Some(n)) => match n.value().filter(|v| v.is_finite() && *v > 0.0) {
-                    Some(secs) => (secs * 1e6).round() as i64,
-                    None => {
-                        reject(format!("unreadable timestamp {n:?}"), out);
-                        continue;
-                    }
-                },
-                (None, None) => {
-                    reject("no time: neither isotimestamp nor timestamp".into(), out);
-                    continue;
-                }
-            };
-            let Some(result_text) = clean(rec.result) else {
-                reject("no result".into(), out);
-                continue;
-            };
-            let Some(success) = result_success(&result_text) else {
-                reject(
-                    format!(
-                        "unknown result \"{}\" (expected success, denied, fraud, error or failure)",
-                        excerpt(&result_text)
-                    ),
-                    out,
-                );
-                continue;
-            };
-            let id = match rec.txid.map(LooseStr::into_string).filter(|v| !v.is_empty()) {
-                Some(id) => id,
-                None => hash_id(raw),
-            };
-            let (browser, os, ip, city, state, country) = match rec.access_device {
-                Some(d) => {
-                    let (city, state, country) = match d.location {
-                        Some(l) => (clean(l.city), clean(l.state), clean(l.country)),
-                        None => (None, None, None),
-                    };
-                    (clean(d.browser), clean(d.os), clean(d.ip), city, state, country)
-                }
-                None => (None, None, None, None, None, None),
-            };
-            let auth_device = clean(rec.auth_device.and_then(|d| d.name));
-            let application = clean(rec.application.and_then(|a| a.name));
-            let reason = clean(rec.reason);
-            let factor = clean(rec.factor);
-            let loc = location(city.as_deref(), country.as_deref());
-            let row = [
-                Val::Text(Some(&id)),
-                Val::Time(ts),
-                Val::Text(Some(&user)),
-                Val::Text(Some(browser.as_deref().unwrap_or(MISSING))),
-                Val::Text(Some(os.as_deref().unwrap_or(MISSING))),
-                Val::Text(Some(auth_device.as_deref().unwrap_or(MISSING))),
-                Val::Text(Some(reason.as_deref().unwrap_or(MISSING))),
-                Val::Text(Some(&loc)),
-                Val::Bool(success),
-                Val::Text(ip.as_deref().map(clean_ip)),
-                Val::Text(city.as_deref()),
-                Val::Text(state.as_deref()),
-                Val::Text(country.as_deref()),
-                Val::Text(application.as_deref()),
-                Val::Text(factor.as_deref()),
-                Val::Text(Some(&result_text)),
-                Val::Text(Some(event_type.as_deref().unwrap_or("authentication"))),
-            ];
-            if let Some((field, len)) = oversized(&names, &row, self.max_field_bytes) {
-                reject(format!("field {field} is {len} bytes, over max_field_bytes ({})", self.max_field_bytes), out);
-                continue;
-            }
-            cols.push(&row);
+        normalize_batch(batch, "normalize-duo", &self.layout, self.max_field_bytes, out, parse)
+    }
+}
+
+/// One record → one row in the `duo` family's column order (or a skip for non-authentication events).
+fn parse(raw: &str, row_out: &mut dyn FnMut(&[Val<'_>])) -> Result<Outcome, String> {
+    let rec: Record<'_> = serde_json::from_str(raw).map_err(|e| json_problem(&e))?;
+    let event_type = clean(rec.event_type);
+    if event_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("authentication")) {
+        return Ok(Outcome::Skip);
+    }
+    let user = clean(rec.user.and_then(|u| u.name)).ok_or("no user: user.name is missing or empty")?;
+    let ts = match (clean(rec.isotimestamp), rec.timestamp) {
+        (Some(iso), _) => {
+            parse_timestamp(&iso).ok_or_else(|| format!("unreadable isotimestamp \"{}\"", excerpt(&iso)))?
         }
-        let data = cols.finish()?;
-        super::observe_event_time(&data, out);
-        out.emit(batch.with_data(data));
-        Ok(())
+        (None, Some(n)) => match n.value().filter(|v| v.is_finite() && *v > 0.0) {
+            Some(secs) => (secs * 1e6).round() as i64,
+            None => return Err(format!("unreadable timestamp {n:?}")),
+        },
+        (None, None) => return Err("no time: neither isotimestamp nor timestamp".into()),
+    };
+    let result_text = clean(rec.result).ok_or("no result")?;
+    let success = result_success(&result_text).ok_or_else(|| {
+        format!("unknown result \"{}\" (expected success, denied, fraud, error or failure)", excerpt(&result_text))
+    })?;
+    let id = match rec.txid.map(LooseStr::into_string).filter(|v| !v.is_empty()) {
+        Some(id) => id,
+        None => hash_id(raw),
+    };
+    let (browser, os, ip, city, state, country) = match rec.access_device {
+        Some(d) => {
+            let (city, state, country) = match d.location {
+                Some(l) => (clean(l.city), clean(l.state), clean(l.country)),
+                None => (None, None, None),
+            };
+            (clean(d.browser), clean(d.os), clean(d.ip), city, state, country)
+        }
+        None => (None, None, None, None, None, None),
+    };
+    let auth_device = clean(rec.auth_device.and_then(|d| d.name));
+    let application = clean(rec.application.and_then(|a| a.name));
+    let reason = clean(rec.reason);
+    let factor = clean(rec.factor);
+    let loc = location(city.as_deref(), country.as_deref());
+    row_out(&[
+        Val::Text(Some(&id)),
+        Val::Time(ts),
+        Val::Text(Some(&user)),
+        Val::Text(Some(browser.as_deref().unwrap_or(MISSING))),
+        Val::Text(Some(os.as_deref().unwrap_or(MISSING))),
+        Val::Text(Some(auth_device.as_deref().unwrap_or(MISSING))),
+        Val::Text(Some(reason.as_deref().unwrap_or(MISSING))),
+        Val::Text(Some(&loc)),
+        Val::Bool(success),
+        Val::Text(ip.as_deref().map(clean_ip)),
+        Val::Text(city.as_deref()),
+        Val::Text(state.as_deref()),
+        Val::Text(country.as_deref()),
+        Val::Text(application.as_deref()),
+        Val::Text(factor.as_deref()),
+        Val::Text(Some(&result_text)),
+        Val::Text(Some(event_type.as_deref().unwrap_or("authentication"))),
+    ]);
+    Ok(Outcome::Row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_follow_the_family_column_order() {
+        let family = dfp_core::Registry::global().families().get(FAMILY).cloned().expect("duo is built in");
+        let raw = r#"{"txid":"t1","isotimestamp":"2026-10-01T08:00:00+00:00","user":{"name":"bob"},
+            "access_device":{"browser":"Chrome","os":"Mac OS X","ip":"[2001:db8::1]:443",
+                             "location":{"city":"Oslo","state":"Oslo","country":"Norway"}},
+            "auth_device":{"name":"phone"},"application":{"name":"VPN"},"result":"denied","reason":"user_cancelled",
+            "factor":"duo_push","event_type":"authentication"}"#;
+        let mut row: Vec<String> = Vec::new();
+        parse(raw, &mut |r: &[Val<'_>]| {
+            row = r
+                .iter()
+                .map(|v| match v {
+                    Val::Text(t) => t.unwrap_or("∅").to_string(),
+                    Val::Time(t) => t.to_string(),
+                    Val::Float(f) => f.map_or("∅".into(), |f| f.to_string()),
+                    Val::Bool(b) => b.to_string(),
+                })
+                .collect()
+        })
+        .unwrap();
+        assert_eq!(row.len(), family.columns.len());
+        let by_name: std::collections::HashMap<&str, &str> =
+            family.columns.iter().map(|c| c.name.as_str()).zip(row.iter().map(String::as_str)).collect();
+        assert_eq!(by_name["id"], "t1");
+        assert_eq!(by_name["username"], "bob");
+        assert_eq!(by_name["accessdevicebrowser"], "Chrome");
+        assert_eq!(by_name["authdevicename"], "phone");
+        assert_eq!(by_name["reason"], "user_cancelled");
+        assert_eq!(by_name["location"], "Oslo, Norway");
+        assert_eq!(by_name["result"], "false");
+        assert_eq!(by_name["ipAddress"], "2001:db8::1");
+        assert_eq!(by_name["application"], "VPN");
+        assert_eq!(by_name["resulttext"], "denied");
+        assert_eq!(by_name["eventtype"], "authentication");
+        assert!(matches!(parse(r#"{"event_type":"enrollment"}"#, &mut |_| {}), Ok(Outcome::Skip)));
     }
 }

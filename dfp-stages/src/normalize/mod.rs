@@ -9,6 +9,7 @@
 
 pub mod azure;
 pub mod duo;
+pub mod generic;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -19,7 +20,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use dfp_core::{Batch, StageError};
+use dfp_core::family::ColumnType;
+use dfp_core::{Batch, DeadLetter, Emitter, Family, StageError};
 use serde::Deserialize;
 
 /// The category that stands for a missing value in model-input columns.
@@ -198,6 +200,7 @@ pub(crate) struct Columns {
 }
 
 /// A value for one column of one row.
+#[derive(Clone, Copy)]
 pub(crate) enum Val<'a> {
     Text(Option<&'a str>),
     Time(i64),
@@ -270,11 +273,117 @@ impl Columns {
 }
 
 /// The first text value over `limit` bytes, as (column, length).
-pub(crate) fn oversized<'a>(names: &[&'a str], row: &[Val<'_>], limit: usize) -> Option<(&'a str, usize)> {
+fn oversized<'a>(names: &'a [String], row: &[Val<'_>], limit: usize) -> Option<(&'a str, usize)> {
     names.iter().zip(row).find_map(|(n, v)| match v {
-        Val::Text(Some(s)) if s.len() > limit => Some((*n, s.len())),
+        Val::Text(Some(s)) if s.len() > limit => Some((n.as_str(), s.len())),
         _ => None,
     })
+}
+
+/// A normalizer's output: its log family's columns, in order, and how the family compares user ids.
+pub(crate) struct Layout {
+    spec: Vec<(String, Kind)>,
+    names: Vec<String>,
+    /// The position of `username`.
+    user: Option<usize>,
+    users: dfp_core::family::UserIds,
+}
+
+impl Layout {
+    /// The columns of `family`.
+    pub(crate) fn of(family: &Family) -> Layout {
+        let spec: Vec<(String, Kind)> = family
+            .columns
+            .iter()
+            .map(|c| {
+                let kind = match c.kind {
+                    ColumnType::Text | ColumnType::Ip => Kind::Text,
+                    ColumnType::Time => Kind::Time,
+                    ColumnType::Float => Kind::Float,
+                    ColumnType::Bool => Kind::Bool,
+                };
+                (c.name.clone(), kind)
+            })
+            .collect();
+        let names: Vec<String> = spec.iter().map(|(n, _)| n.clone()).collect();
+        let user = names.iter().position(|n| n == "username");
+        Layout { spec, names, user, users: family.user_ids.clone() }
+    }
+}
+
+/// What a normalizer made of one raw record.
+pub(crate) enum Outcome {
+    /// It handed one row to the row callback.
+    Row,
+    /// The record is not of interest (counted as skipped, not a dead letter).
+    Skip,
+}
+
+/// The part every normalizer shares: reads the raw records of `batch` (`raw: true` on the source), hands
+/// each to `parse` with a callback that takes the record's row (values in [`Layout`] order), and emits the
+/// rows as one batch. User ids are normalized as the family says (trimmed, lower-cased for families whose
+/// ids are case-insensitive) before anything is keyed by them. A record `parse` rejects, or whose row has a
+/// text over `max_field_bytes`, becomes a dead letter with its `file:line`.
+pub(crate) fn normalize_batch<F>(
+    batch: Batch,
+    stage: &str,
+    layout: &Layout,
+    max_field_bytes: usize,
+    out: &mut Emitter,
+    mut parse: F,
+) -> Result<(), StageError>
+where
+    F: FnMut(&str, &mut dyn FnMut(&[Val<'_>])) -> Result<Outcome, String>,
+{
+    let rows = RawRows::of(&batch, stage)?;
+    let spec: Vec<(&str, Kind)> = layout.spec.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+    let mut cols = Columns::new(&spec, rows.len());
+    for i in 0..rows.len() {
+        let raw = rows.text(i);
+        let mut too_long = None;
+        let outcome = parse(raw, &mut |row: &[Val<'_>]| {
+            if let Some((field, len)) = oversized(&layout.names, row, max_field_bytes) {
+                too_long = Some(format!("field {field} is {len} bytes, over max_field_bytes ({max_field_bytes})"));
+                return;
+            }
+            // Most ids are already in their normal form: the row is then pushed as it is.
+            match layout.user.and_then(|u| match row.get(u) {
+                Some(Val::Text(Some(id))) => match layout.users.normalize(id) {
+                    std::borrow::Cow::Owned(normal) => Some((u, normal)),
+                    std::borrow::Cow::Borrowed(_) => None,
+                },
+                _ => None,
+            }) {
+                None => cols.push(row),
+                Some((u, normal)) => {
+                    let mut copy: Vec<Val<'_>> = row.to_vec();
+                    copy[u] = Val::Text(Some(&normal));
+                    cols.push(&copy);
+                }
+            }
+        });
+        let reason = match outcome {
+            Ok(Outcome::Row) => too_long,
+            Ok(Outcome::Skip) => {
+                out.skip(1);
+                None
+            }
+            Err(reason) => Some(reason),
+        };
+        if let Some(reason) = reason {
+            out.dead_letter(DeadLetter::new(reason, excerpt(raw), rows.origin(&batch, i)));
+        }
+    }
+    let data = cols.finish()?;
+    observe_event_time(&data, out);
+    out.emit(batch.with_data(data));
+    Ok(())
+}
+
+/// "invalid JSON: …" or "unexpected shape: …" for a record serde could not read.
+pub(crate) fn json_problem(e: &serde_json::Error) -> String {
+    let what = if e.is_syntax() || e.is_eof() { "invalid JSON" } else { "unexpected shape" };
+    format!("{what}: {e}")
 }
 
 /// A stable id for a record that has none: a hash of its text.

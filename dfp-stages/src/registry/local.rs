@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
-use dfp_core::models::{ModelRegistry, ModelVersion, RegistryError};
+use dfp_core::models::{ListedModel, ModelRegistry, RegistryError};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use crate::store::S3Options;
+use crate::store::{io_runtime, parse_s3, S3Options, S3Url};
 
 /// A registry in a directory or under an `s3://bucket/prefix`.
 pub struct LocalRegistry {
@@ -36,12 +36,8 @@ impl LocalRegistry {
     /// Opens (and for a directory, creates) a registry.
     pub fn open(location: &str, s3: &S3Options) -> Result<Self, RegistryError> {
         let err = |m: String| RegistryError { location: location.to_string(), message: m };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| err(format!("cannot start the I/O runtime: {e}")))?;
-        let (store, prefix): (Arc<dyn ObjectStore>, ObjPath) = if let Some(rest) = location.strip_prefix("s3://") {
-            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        let runtime = io_runtime().map_err(|e| err(format!("cannot start the I/O runtime: {e}")))?;
+        let (store, prefix): (Arc<dyn ObjectStore>, ObjPath) = if let Some(S3Url { bucket, key }) = parse_s3(location) {
             (Arc::new(s3.build(bucket).map_err(|e| err(e.to_string()))?), ObjPath::from(key.trim_end_matches('/')))
         } else {
             std::fs::create_dir_all(location).map_err(|e| err(format!("cannot create the directory: {e}")))?;
@@ -147,7 +143,7 @@ impl ModelRegistry for LocalRegistry {
         self.get(&path)?.ok_or_else(|| self.err(format!("{path} does not exist")))
     }
 
-    fn list(&self) -> Result<Vec<ModelVersion>, RegistryError> {
+    fn list(&self) -> Result<Vec<ListedModel>, RegistryError> {
         let listed = self
             .runtime
             .block_on(self.store.list_with_delimiter(if self.prefix.as_ref().is_empty() {
@@ -159,9 +155,12 @@ impl ModelRegistry for LocalRegistry {
         let mut out = Vec::new();
         for p in listed.common_prefixes {
             let Some(name) = p.filename() else { continue };
-            if let Some(version) = self.latest(name)? {
-                out.push(ModelVersion { name: name.to_string(), version });
-            }
+            let latest = match self.latest(name) {
+                Ok(Some(version)) => Ok(version),
+                Ok(None) => Err("no published version (no LATEST)".to_string()),
+                Err(e) => Err(e.message),
+            };
+            out.push(ListedModel { name: name.to_string(), latest });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -176,7 +175,8 @@ mod tests {
     fn versions_increase_latest_follows_and_names_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let reg = LocalRegistry::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
-        let name = crate::model::model_name(crate::model::Source::Azure, Some("alice@contoso.com"));
+        let azure = dfp_core::Registry::global().families().get("azure").cloned().expect("built in");
+        let name = crate::model::model_name(&azure, Some("alice@contoso.com"));
         assert_eq!(reg.latest(&name).unwrap(), None);
         let v1 =
             reg.publish(&name, &[("model.safetensors", b"w1".to_vec()), ("manifest.json", b"{}".to_vec())]).unwrap();
@@ -185,7 +185,7 @@ mod tests {
         assert_eq!((v1, v2), (1, 2));
         assert_eq!(reg.latest(&name).unwrap(), Some(2));
         assert_eq!(reg.fetch(&name, 1, "model.safetensors").unwrap(), b"w1");
-        assert_eq!(reg.list().unwrap(), vec![ModelVersion { name: name.clone(), version: 2 }]);
+        assert_eq!(reg.list().unwrap(), vec![ListedModel { name: name.clone(), latest: Ok(2) }]);
         // A second handle on the same directory sees the same models.
         let again = LocalRegistry::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
         assert_eq!(again.fetch(&name, 2, "model.safetensors").unwrap(), b"w2");

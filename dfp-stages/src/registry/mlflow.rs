@@ -14,14 +14,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dfp_core::models::{ModelRegistry, ModelVersion, RegistryError};
+use dfp_core::models::{ListedModel, ModelRegistry, RegistryError};
 use object_store::ObjectStoreExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::model::Manifest;
-use crate::store::S3Options;
+use crate::store::{io_runtime, parse_s3, S3Options, S3Url};
 
 /// MLflow settings of the `train` and `score` stages (used when `registry` is an `mlflow://` URL).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -179,10 +179,7 @@ impl MlflowRegistry {
             .timeout(Duration::from_secs_f64(options.timeout_secs.max(0.1)))
             .build()
             .map_err(|e| err(format!("cannot build the HTTP client: {e}")))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| err(format!("cannot start the I/O runtime: {e}")))?;
+        let runtime = io_runtime().map_err(|e| err(format!("cannot start the I/O runtime: {e}")))?;
         let cache = match options.cache_dir.as_deref() {
             Some("") => None,
             Some(dir) => Some(std::path::PathBuf::from(dir)),
@@ -337,8 +334,7 @@ impl MlflowRegistry {
                 return Err(self.err(format!("uploading {file}: HTTP {status} {}", String::from_utf8_lossy(&body))));
             }
             Ok(())
-        } else if let Some(rest) = artifact_uri.strip_prefix("s3://") {
-            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        } else if let Some(S3Url { bucket, key }) = parse_s3(artifact_uri) {
             let store = self.s3.build(bucket).map_err(|e| self.err(e.to_string()))?;
             let path = object_store::path::Path::from(format!("{}/{file}", key.trim_end_matches('/')));
             self.runtime
@@ -361,8 +357,7 @@ impl MlflowRegistry {
                 return Err(self.err(format!("downloading {path}/{file}: HTTP {status}")));
             }
             Ok(body)
-        } else if let Some(rest) = artifact_uri.strip_prefix("s3://") {
-            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        } else if let Some(S3Url { bucket, key }) = parse_s3(artifact_uri) {
             let store = self.s3.build(bucket).map_err(|e| self.err(e.to_string()))?;
             let path = object_store::path::Path::from(format!("{}/{file}", key.trim_end_matches('/')));
             self.runtime
@@ -597,7 +592,7 @@ impl ModelRegistry for MlflowRegistry {
         Ok(bytes)
     }
 
-    fn list(&self) -> Result<Vec<ModelVersion>, RegistryError> {
+    fn list(&self) -> Result<Vec<ListedModel>, RegistryError> {
         self.list_online()
     }
 }
@@ -624,7 +619,7 @@ impl MlflowRegistry {
         }
     }
 
-    fn list_online(&self) -> Result<Vec<ModelVersion>, RegistryError> {
+    fn list_online(&self) -> Result<Vec<ListedModel>, RegistryError> {
         let mut out = Vec::new();
         let mut token = String::new();
         loop {
@@ -638,13 +633,15 @@ impl MlflowRegistry {
                 let Some(name) = m["name"].as_str() else { continue };
                 let aliased =
                     m["aliases"].as_array().into_iter().flatten().find(|a| a["alias"] == self.options.alias.as_str());
-                let version = match aliased.and_then(|a| a["version"].as_str()).and_then(|v| v.parse().ok()) {
-                    Some(v) => Some(v),
-                    None => self.latest_online(name)?,
+                let latest = match aliased.and_then(|a| a["version"].as_str()).and_then(|v| v.parse().ok()) {
+                    Some(v) => Ok(v),
+                    None => match self.latest_online(name) {
+                        Ok(Some(v)) => Ok(v),
+                        Ok(None) => Err("no version".to_string()),
+                        Err(e) => Err(e.message),
+                    },
                 };
-                if let Some(version) = version {
-                    out.push(ModelVersion { name: name.to_string(), version });
-                }
+                out.push(ListedModel { name: name.to_string(), latest });
             }
             match page["next_page_token"].as_str() {
                 Some(t) if !t.is_empty() => token = t.to_string(),

@@ -8,9 +8,11 @@
 //! All rows are routed to worker 0, which writes the file (so a run with several workers still produces
 //! one file). With `parts: true` — the default when the run spans several processes of a cluster — every
 //! worker writes its own rows to its own part file instead, `NAME.part-WWWW.EXT` (`alerts.jsonl` →
-//! `alerts.part-0003.jsonl` for worker 3), on the host it runs on. A local file's directory is created if needed and an existing file is replaced. An `s3://`
-//! object is written to a local temporary file first and uploaded when the input ends, so readers never see
-//! half a file. With `csv` and `parquet` the first batch fixes the columns (later batches are projected
+//! `alerts.part-0003.jsonl` for worker 3), on the host it runs on. A local file's directory is created if
+//! needed. An existing file is replaced only when the input ends: rows go to a temporary file beside it,
+//! renamed over it at the end, so a run that fails leaves the earlier file untouched (with `append: true`
+//! rows are added to the file as they come). An `s3://` object is written to a local temporary file first and
+//! uploaded when the input ends, so readers never see half a file. With `csv` and `parquet` the first batch fixes the columns (later batches are projected
 //! onto them by name).
 
 use std::fs::File;
@@ -28,7 +30,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::encode::{Encoder, OutputFormat};
-use crate::store::S3Options;
+use crate::store::{io_runtime, parse_s3, S3Options, S3Url};
 
 /// Configuration of `file-sink`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -73,8 +75,8 @@ impl StageConfig for FileSinkConfig {
         if self.path.trim().is_empty() {
             return Err(ConfigError::field("path", "must not be empty"));
         }
-        if let Some(rest) = self.path.strip_prefix("s3://") {
-            if !rest.split_once('/').is_some_and(|(b, k)| !b.is_empty() && !k.is_empty()) {
+        if let Some(url) = parse_s3(&self.path) {
+            if url.bucket.is_empty() || url.key.is_empty() {
                 return Err(ConfigError::field("path", "an s3:// path needs a bucket and a key: s3://bucket/key"));
             }
         }
@@ -97,6 +99,8 @@ impl StageConfig for FileSinkConfig {
             out: None,
             local: PathBuf::new(),
             temp: None,
+            target: None,
+            ctx: None,
         })))
     }
 }
@@ -114,22 +118,22 @@ struct FileSink {
     config: FileSinkConfig,
     encoder: Encoder,
     out: Option<Writer>,
-    /// Where the bytes go on this machine (the target, or the temporary file of an upload).
+    /// Where the bytes go on this machine (the target, or a temporary file renamed over it or uploaded).
     local: PathBuf,
     temp: Option<tempfile::NamedTempFile>,
+    /// A local file replaced when the input ends (the temporary file is renamed over it).
+    target: Option<PathBuf>,
+    /// Where the sink runs (to know, at the end, whether the run failed).
+    ctx: Option<StageContext>,
 }
 
 impl FileSink {
     fn upload(&self) -> Result<(), StageError> {
-        let Some(rest) = self.config.path.strip_prefix("s3://") else { return Ok(()) };
-        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        let Some(S3Url { bucket, key }) = parse_s3(&self.config.path) else { return Ok(()) };
         let store =
             self.config.s3.build(bucket).map_err(|e| StageError::Other(format!("{}: {e}", self.config.path)))?;
         let bytes = std::fs::read(&self.local).map_err(|e| StageError::io(&self.local, e))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StageError::Other(format!("cannot start the I/O runtime: {e}")))?;
+        let runtime = io_runtime().map_err(|e| StageError::Other(format!("cannot start the I/O runtime: {e}")))?;
         let store = Arc::new(store);
         runtime
             .block_on(store.put(&object_store::path::Path::from(key), bytes.into()))
@@ -179,6 +183,7 @@ impl Sink for FileSink {
     }
 
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.ctx = Some(ctx.clone());
         if ctx.worker_index != 0 && !self.per_worker {
             return Ok(());
         }
@@ -187,16 +192,29 @@ impl Sink for FileSink {
             self.local = temp.path().to_path_buf();
             self.temp = Some(temp);
         } else {
-            self.local = PathBuf::from(&self.config.path);
-            if let Some(dir) = self.local.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+            let target = PathBuf::from(&self.config.path);
+            let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            std::fs::create_dir_all(dir).map_err(|e| StageError::io(dir, e))?;
+            if self.config.append {
+                self.local = target;
+            } else {
+                // A replaced file is written beside the target and renamed over it when the input ends: a run
+                // that fails leaves the earlier file as it was, and readers never see half a file.
+                let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let temp = tempfile::Builder::new()
+                    .prefix(&format!(".{name}."))
+                    .tempfile_in(dir)
+                    .map_err(|e| StageError::io(dir, e))?;
+                self.local = temp.path().to_path_buf();
+                self.temp = Some(temp);
+                self.target = Some(target);
             }
         }
         let file = if self.config.append {
             drop_partial_last_line(&self.local).map_err(|e| StageError::io(&self.local, e))?;
             std::fs::OpenOptions::new().create(true).append(true).open(&self.local)
         } else {
-            File::create(&self.local)
+            self.temp.as_ref().map_or_else(|| File::create(&self.local), |t| t.reopen())
         }
         .map_err(|e| StageError::io(&self.local, e))?;
         self.out = Some(match self.encoder.format() {
@@ -242,6 +260,24 @@ impl Sink for FileSink {
                 }
             }
             None => return Ok(()),
+        }
+        if self.ctx.as_ref().is_some_and(StageContext::run_failed) {
+            // A failed run publishes nothing: the temporary file goes, the earlier output stays.
+            self.temp = None;
+            self.target = None;
+            return Ok(());
+        }
+        if let Some(target) = self.target.take() {
+            let temp = self.temp.take().ok_or_else(|| StageError::Other("file-sink: no temporary file".into()))?;
+            // Temporary files are private (0600): the output gets the replaced file's permissions, or the
+            // usual 0644.
+            let mode = std::fs::metadata(&target).map(|m| m.permissions()).unwrap_or_else(|_| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::Permissions::from_mode(0o644)
+            });
+            std::fs::set_permissions(temp.path(), mode).map_err(|e| StageError::io(temp.path(), e))?;
+            temp.persist(&target).map_err(|e| StageError::io(&target, e.error))?;
+            return Ok(());
         }
         self.upload()
     }

@@ -1,24 +1,33 @@
 //! `type: features` — the DFP features: Morpheus's per-user, per-day counters plus cross-day novelty.
 //!
 //! ```yaml
-//! features: { type: features, inputs: [events], preset: azure, history_days: 30 }
+//! family: azure
+//! stages:
+//!   features: { type: features, inputs: [events], history_days: 30 }
 //! ```
 //!
-//! Input: the rows of `normalize-azure` or `normalize-duo` (the `preset` says which columns hold the app,
-//! location, browser, …). The input is partitioned by `username`, so each user's state lives on one worker.
+//! Input: normalized rows of a log family (the pipeline's `family:`), whose roles say which columns hold
+//! the app, location, browser, … The input is partitioned by `username`, so each user's state lives on one
+//! worker.
 //!
 //! **Morpheus counters** (per user and UTC day, events taken in event-time order):
 //! - `logcount`: the 0-based running count of the user's events that day;
-//! - `locincrement`: the number of distinct `location` values the user has shown so far that day, counting
-//!   the current event (starts at 1);
-//! - `appincrement` (Azure only, as in Morpheus): the same for `appDisplayName`.
+//! - `locincrement` (families with a `location` role): the number of distinct locations the user has shown
+//!   so far that day, counting the current event (starts at 1);
+//! - `appincrement` (families with an `app` role): the same for the app. Morpheus's Azure model reads it,
+//!   its Duo model does not.
 //!
-//! **Cross-day features** (new in dfp), from per-user history that outlives a batch: `new_app`,
-//! `new_country`, `new_city`, `new_browser`, `new_os`, `new_device`, `new_ip_prefix` (true when the user has not
-//! shown that value within the last `history_days`; the IP prefix is the /24 of an IPv4 address or the /48 of
-//! an IPv6 one; a null context value is never new) and `hours_since_prev` (null for the user's first event).
+//! **Cross-day features** (new in dfp), from per-user history that outlives a batch, one per context role
+//! the family has: `new_app`, `new_country`, `new_city`, `new_browser`, `new_os`, `new_device`,
+//! `new_ip_prefix` (true when the user has not shown that value within the last `history_days`; the IP
+//! prefix is the /24 of an IPv4 address or the /48 of an IPv6 one; a null context value is never new) and
+//! `hours_since_prev` (null for the user's first event).
 //! The history is bounded: values unseen for `history_days` are forgotten, and at most `max_values_per_user`
 //! values per user and feature are kept (the least recently seen go first).
+//!
+//! **Duplicates.** An event delivered twice (same user, time and id among the user's last 16 events: a file
+//! read again, a replayed message) is scored again, since it is still an event of the log and dropping it
+//! could hide something, and counted as `duplicate_ids` (run summary, `dfp_stage_counter_total`).
 //!
 //! **Order.** Rows are held until every batch of their logical time has arrived (the file source numbers
 //! files in time order), then each user's rows of that time are taken in (timestamp, id) order. The output is
@@ -35,36 +44,31 @@ use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, Sort
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use dfp_core::{
-    register_stage, Batch, ConfigError, Emitter, Partitioning, StageConfig, StageContext, StageError, StageInstance,
-    StageKind, Transform,
+    register_stage, Batch, ConfigContext, ConfigError, Emitter, Family, Partitioning, StageConfig, StageContext,
+    StageError, StageInstance, StageKind, Transform,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::time::DAY_MICROS;
 
-/// Which normalizer's columns to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Preset {
-    /// `normalize-azure` output.
-    Azure,
-    /// `normalize-duo` output.
-    Duo,
-}
-
 /// Configuration of `features`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeaturesConfig {
-    /// The log family: `azure` or `duo`.
-    pub preset: Preset,
+    /// The log family whose roles name the columns to read; default: the pipeline's `family`.
+    pub family: String,
     /// Days of per-user history behind the `new_*` features.
     #[serde(default = "default_history_days")]
     pub history_days: u32,
     /// Most distinct values remembered per user and feature.
     #[serde(default = "default_max_values")]
     pub max_values_per_user: usize,
+    /// Most users whose history one worker keeps. Past it, the users least recently active are forgotten
+    /// (counted as `evicted_users`): their next event starts a fresh history. A flood of made-up user names
+    /// (a password spray) cannot grow memory past this.
+    #[serde(default = "default_max_users")]
+    pub max_users: usize,
 }
 
 fn default_history_days() -> u32 {
@@ -73,11 +77,18 @@ fn default_history_days() -> u32 {
 fn default_max_values() -> usize {
     1000
 }
+fn default_max_users() -> usize {
+    1_000_000
+}
 
 impl StageConfig for FeaturesConfig {
     const TYPE: &'static str = "features";
     const KIND: StageKind = StageKind::Transform;
     const DESCRIPTION: &'static str = "per-user DFP features: Morpheus day counters and cross-day novelty";
+    const RENAMED: &'static [(&'static str, &'static str)] = &[(
+        "preset",
+        "name the log family once at the top of the pipeline (`family: azure`), or with `family:` on this stage",
+    )];
     fn validate(&self) -> Result<(), ConfigError> {
         if self.history_days == 0 {
             return Err(ConfigError::field("history_days", "must be at least 1"));
@@ -85,64 +96,34 @@ impl StageConfig for FeaturesConfig {
         if self.max_values_per_user == 0 {
             return Err(ConfigError::field("max_values_per_user", "must be at least 1"));
         }
+        if self.max_users == 0 {
+            return Err(ConfigError::field("max_users", "must be at least 1"));
+        }
         Ok(())
     }
-    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
-        Ok(StageInstance::Transform(Box::new(Features {
-            columns: Columns::of(self.preset),
-            window: i64::from(self.history_days) * DAY_MICROS,
-            max_values: self.max_values_per_user,
-            pending: BTreeMap::new(),
-            users: HashMap::new(),
-        })))
+    fn check(&self, ctx: &ConfigContext<'_>) -> Result<(), ConfigError> {
+        ctx.family(&self.family).map(|_| ())
+    }
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
+        Ok(StageInstance::Transform(Box::new(Features::new(self, ctx.family(&self.family)?.as_ref()))))
     }
 }
 register_stage!(FeaturesConfig);
 
-/// Column names per preset.
+/// The columns the features are computed from, by role.
 struct Columns {
-    app: &'static str,
-    location: &'static str,
-    app_increment: bool,
-    /// app, country, city, browser, os, device, ip
-    novelty: [&'static str; 7],
+    app: Option<String>,
+    location: Option<String>,
+    /// (context column, flag name) per novelty flag, in output order.
+    novelty: Vec<(String, &'static str)>,
 }
 
-const NOVELTY_NAMES: [&str; 7] =
-    ["new_app", "new_country", "new_city", "new_browser", "new_os", "new_device", "new_ip_prefix"];
-const IP: usize = 6;
-
 impl Columns {
-    fn of(preset: Preset) -> Self {
-        match preset {
-            Preset::Azure => Columns {
-                app: "appDisplayName",
-                location: "location",
-                app_increment: true,
-                novelty: [
-                    "appDisplayName",
-                    "country",
-                    "city",
-                    "deviceDetailbrowser",
-                    "deviceDetailoperatingSystem",
-                    "deviceDetaildisplayName",
-                    "ipAddress",
-                ],
-            },
-            Preset::Duo => Columns {
-                app: "application",
-                location: "location",
-                app_increment: false,
-                novelty: [
-                    "application",
-                    "country",
-                    "city",
-                    "accessdevicebrowser",
-                    "accessdeviceos",
-                    "authdevicename",
-                    "ipAddress",
-                ],
-            },
+    fn of(family: &Family) -> Self {
+        Columns {
+            app: family.roles.app.clone(),
+            location: family.roles.location.clone(),
+            novelty: family.novelty().into_iter().map(|(c, f)| (c.to_string(), f)).collect(),
         }
     }
 }
@@ -158,16 +139,80 @@ struct Day {
 struct UserState {
     days: BTreeMap<i64, Day>,
     last_ts: Option<i64>,
-    seen: [HashMap<String, i64>; 7],
+    /// Per novelty flag: value → last seen (µs).
+    seen: Vec<HashMap<String, i64>>,
     last_prune: i64,
+    /// The (time, id hash) of the user's last few events, to notice an event delivered twice.
+    recent: Vec<(i64, u64)>,
 }
+
+/// How many of a user's latest events are remembered to notice duplicates.
+const RECENT_IDS: usize = 16;
 
 struct Features {
     columns: Columns,
     window: i64,
     max_values: usize,
+    max_users: usize,
     pending: BTreeMap<u64, Vec<Batch>>,
     users: HashMap<String, UserState>,
+    /// The newest event time seen (µs).
+    newest: i64,
+    /// When idle users were last swept out.
+    last_sweep: i64,
+    ctx: Option<StageContext>,
+}
+
+impl Features {
+    fn new(config: &FeaturesConfig, family: &Family) -> Features {
+        Features {
+            columns: Columns::of(family),
+            window: i64::from(config.history_days) * DAY_MICROS,
+            max_values: config.max_values_per_user,
+            max_users: config.max_users,
+            pending: BTreeMap::new(),
+            users: HashMap::new(),
+            newest: i64::MIN,
+            last_sweep: i64::MIN,
+            ctx: None,
+        }
+    }
+
+    /// Bounds the per-user state: users idle for longer than the history window have nothing left that a
+    /// feature reads (their values expired) and are dropped; past `max_users`, the least recently active
+    /// tenth goes (counted as `evicted_users`).
+    fn bound_users(&mut self) {
+        if self.newest.saturating_sub(self.last_sweep) > self.window / 4 {
+            self.last_sweep = self.newest;
+            let horizon = self.newest.saturating_sub(self.window);
+            self.users.retain(|_, s| s.last_ts.is_some_and(|t| t >= horizon));
+        }
+        if self.users.len() <= self.max_users {
+            return;
+        }
+        let keep = self.max_users - self.max_users / 10;
+        let mut ages: Vec<i64> = self.users.values().map(|s| s.last_ts.unwrap_or(i64::MIN)).collect();
+        let cut = ages.len() - keep;
+        let (_, &mut oldest_kept, _) = ages.select_nth_unstable(cut);
+        let before = self.users.len();
+        self.users.retain(|_, s| s.last_ts.unwrap_or(i64::MIN) >= oldest_kept);
+        // Ties at the cut may keep a few more than `keep`; past the cap, drop arbitrary ones of them.
+        if self.users.len() > self.max_users {
+            let extra: Vec<String> = self.users.keys().take(self.users.len() - keep).cloned().collect();
+            for k in extra {
+                self.users.remove(&k);
+            }
+        }
+        let evicted = (before - self.users.len()) as u64;
+        tracing::debug!(
+            evicted,
+            kept = self.users.len(),
+            "features: per-user state over max_users; least recently active users evicted"
+        );
+        if let Some(ctx) = &self.ctx {
+            ctx.count("evicted_users", evicted);
+        }
+    }
 }
 
 /// The /24 of an IPv4 address, the /48 of an IPv6 one, or the text itself.
@@ -195,7 +240,7 @@ fn write_ip_prefix(ip: &str, out: &mut String) {
 fn strings<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, StageError> {
     batch
         .column_by_name(name)
-        .ok_or_else(|| StageError::Data(format!("features: input has no column \"{name}\" (is the preset right?)")))?
+        .ok_or_else(|| StageError::Data(format!("features: input has no column \"{name}\" (is the family right?)")))?
         .as_any()
         .downcast_ref::<StringArray>()
         .ok_or_else(|| StageError::Data(format!("features: column \"{name}\" is not text")))
@@ -229,20 +274,23 @@ impl Features {
         let sorted = take_record_batch(&all, &order)?;
 
         let users = strings(&sorted, "username")?;
+        let ids = strings(&sorted, "id")?;
+        let mut duplicates = 0u64;
         let ts = sorted
             .column_by_name("timestamp")
             .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
             .ok_or_else(|| StageError::Data("features: `timestamp` must be a microsecond timestamp".into()))?;
-        let app = strings(&sorted, self.columns.app)?;
-        let loc = strings(&sorted, self.columns.location)?;
+        let app = self.columns.app.as_deref().map(|c| strings(&sorted, c)).transpose()?;
+        let loc = self.columns.location.as_deref().map(|c| strings(&sorted, c)).transpose()?;
         let novelty: Vec<&StringArray> =
-            self.columns.novelty.iter().map(|n| strings(&sorted, n)).collect::<Result<_, _>>()?;
+            self.columns.novelty.iter().map(|(c, _)| strings(&sorted, c)).collect::<Result<_, _>>()?;
+        let ip_flag = self.columns.novelty.iter().position(|(_, f)| *f == "new_ip_prefix");
 
         let n = sorted.num_rows();
         let mut logcount = Int64Builder::with_capacity(n);
         let mut locinc = Int64Builder::with_capacity(n);
         let mut appinc = Int64Builder::with_capacity(n);
-        let mut news: Vec<BooleanBuilder> = (0..7).map(|_| BooleanBuilder::with_capacity(n)).collect();
+        let mut news: Vec<BooleanBuilder> = novelty.iter().map(|_| BooleanBuilder::with_capacity(n)).collect();
         let mut since = Float64Builder::with_capacity(n);
         let window = self.window;
         let max_values = self.max_values;
@@ -252,19 +300,33 @@ impl Features {
         while i < n {
             let user = users.value(i);
             let state = self.users.entry(user.to_string()).or_default();
+            if state.seen.len() != novelty.len() {
+                state.seen.resize_with(novelty.len(), HashMap::new);
+            }
             while i < n && users.value(i) == user {
                 let t = ts.value(i);
+                // An event delivered twice (a file read again, a replayed message) is scored again: it is
+                // still an event of the log, and dropping it could hide something. It is counted.
+                let id = dfp_core::hash::stable_hash(ids.value(i).as_bytes());
+                if state.recent.contains(&(t, id)) {
+                    duplicates += 1;
+                } else {
+                    if state.recent.len() >= RECENT_IDS {
+                        state.recent.remove(0);
+                    }
+                    state.recent.push((t, id));
+                }
                 let day_key = t.div_euclid(DAY_MICROS);
                 let day = state.days.entry(day_key).or_default();
                 logcount.append_value(day.count);
                 day.count += 1;
-                if let Some(l) = opt(loc, i) {
+                if let Some(l) = loc.and_then(|c| opt(c, i)) {
                     if !day.locations.contains(l) {
                         day.locations.insert(l.to_string());
                     }
                 }
                 locinc.append_value(day.locations.len() as i64);
-                if let Some(a) = opt(app, i) {
+                if let Some(a) = app.and_then(|c| opt(c, i)) {
                     if !day.apps.contains(a) {
                         day.apps.insert(a.to_string());
                     }
@@ -276,7 +338,7 @@ impl Features {
                 }
                 for (k, col) in novelty.iter().enumerate() {
                     let value = match opt(col, i) {
-                        Some(v) if k == IP => {
+                        Some(v) if Some(k) == ip_flag => {
                             prefix.clear();
                             write_ip_prefix(v, &mut prefix);
                             Some(prefix.as_str())
@@ -308,6 +370,7 @@ impl Features {
                     None => since.append_null(),
                 }
                 state.last_ts = Some(state.last_ts.map_or(t, |p| p.max(t)));
+                self.newest = self.newest.max(t);
                 if t - state.last_prune > window / 4 {
                     state.last_prune = t;
                     for seen in &mut state.seen {
@@ -331,18 +394,26 @@ impl Features {
         let mut cols: Vec<ArrayRef> = sorted.columns().to_vec();
         fields.push(Field::new("logcount", DataType::Int64, false));
         cols.push(Arc::new(logcount.finish()));
-        fields.push(Field::new("locincrement", DataType::Int64, false));
-        cols.push(Arc::new(locinc.finish()));
-        if self.columns.app_increment {
+        if self.columns.location.is_some() {
+            fields.push(Field::new("locincrement", DataType::Int64, false));
+            cols.push(Arc::new(locinc.finish()));
+        }
+        if self.columns.app.is_some() {
             fields.push(Field::new("appincrement", DataType::Int64, false));
             cols.push(Arc::new(appinc.finish()));
         }
-        for (name, mut b) in NOVELTY_NAMES.iter().zip(news) {
+        for ((_, name), mut b) in self.columns.novelty.iter().zip(news) {
             fields.push(Field::new(*name, DataType::Boolean, false));
             cols.push(Arc::new(b.finish()));
         }
         fields.push(Field::new("hours_since_prev", DataType::Float64, true));
         cols.push(Arc::new(since.finish()));
+        if duplicates > 0 {
+            tracing::debug!(duplicates, "features: events seen before (same user, time and id)");
+            if let Some(ctx) = &self.ctx {
+                ctx.count("duplicate_ids", duplicates);
+            }
+        }
         let data = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
         crate::normalize::observe_event_time(&data, out);
         out.emit(Batch { data, envelope });
@@ -353,6 +424,11 @@ impl Features {
 impl Transform for Features {
     fn input_partitioning(&self) -> Partitioning {
         Partitioning::By("username".into())
+    }
+
+    fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        self.ctx = Some(ctx.clone());
+        Ok(())
     }
 
     fn process(&mut self, batch: Batch, _out: &mut Emitter) -> Result<(), StageError> {
@@ -368,6 +444,7 @@ impl Transform for Features {
             }
             let batches = entry.remove();
             self.release(batches, out)?;
+            self.bound_users();
         }
         Ok(())
     }
@@ -383,6 +460,53 @@ impl Transform for Features {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_user_names_keeps_at_most_max_users() {
+        let config: FeaturesConfig =
+            serde_json::from_value(serde_json::json!({"family": "azure", "max_users": 100})).unwrap();
+        let family = StageContext::standalone("features", 0, 1).family("azure").unwrap();
+        let mut t = Features::new(&config, &family);
+        let schema = Arc::new(Schema::new(
+            ["id", "username", "appDisplayName", "location", "country", "city", "deviceDetailbrowser"]
+                .iter()
+                .map(|n| Field::new(*n, DataType::Utf8, true))
+                .chain(std::iter::once(Field::new("timestamp", crate::normalize::timestamp_type(), false)))
+                .chain(
+                    ["deviceDetailoperatingSystem", "deviceDetaildisplayName", "ipAddress"]
+                        .iter()
+                        .map(|n| Field::new(*n, DataType::Utf8, true)),
+                )
+                .collect::<Vec<_>>(),
+        ));
+        let mut out = Emitter::new();
+        for round in 0..10u64 {
+            let users: Vec<String> = (0..100).map(|i| format!("sprayed-{round}-{i}@contoso.com")).collect();
+            let text = |v: String| -> ArrayRef { Arc::new(StringArray::from(vec![v; 100])) };
+            let mut cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from((0..100).map(|i| format!("{round}-{i}")).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(users)),
+            ];
+            for v in ["Outlook", "Oslo, NO", "NO", "Oslo", "Edge"] {
+                cols.push(text(v.to_string()));
+            }
+            let at = 1_790_812_800_000_000 + round as i64 * 60_000_000;
+            cols.push(Arc::new(TimestampMicrosecondArray::from(vec![at; 100]).with_timezone("+00:00")));
+            for v in ["Windows", "PC", "203.0.113.9"] {
+                cols.push(text(v.to_string()));
+            }
+            let mut batch = Batch::new(RecordBatch::try_new(schema.clone(), cols).unwrap(), "events");
+            batch.envelope.time = Some(round);
+            t.process(batch, &mut out).unwrap();
+            t.advance(round + 1, &mut out).unwrap();
+            assert!(t.users.len() <= 100, "round {round}: {} users kept", t.users.len());
+        }
+        t.finish(&mut out).unwrap();
+        let rows: usize = out.batches().iter().map(Batch::num_rows).sum();
+        assert_eq!(rows, 1000, "every event still gets its features");
+        // The newest users are the ones kept.
+        assert!(t.users.keys().all(|u| u.starts_with("sprayed-9-") || u.starts_with("sprayed-8-")));
+    }
 
     #[test]
     fn ip_prefixes() {

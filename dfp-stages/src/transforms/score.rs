@@ -1,39 +1,39 @@
 //! `type: score` — scores every event with its user's model (or the generic model).
 //!
 //! ```yaml
-//! scored: { type: score, inputs: [features], registry: "${models}", source: azure }
+//! scored: { type: score, inputs: [features], registry: "${models}" }
 //! ```
 //!
 //! Input is partitioned by `username`, so each worker keeps the models of its own users in a cache
 //! (`cache_capacity` models, least recently used evicted first). A cached model is re-checked against the
 //! registry after `cache_ttl_secs`: a newer version is loaded without a restart. A user without a model is
-//! scored with the generic model. Scoring runs without autograd; each input row is scored exactly once.
+//! scored with the generic model. Models are named, and their inputs chosen, by the log family (the
+//! pipeline's `family:`); a model trained for another family is refused with both names. Scoring runs
+//! without autograd; each input row is scored exactly once.
 //!
 //! Added columns: `model_name`, `model_version`, `model_kind` (`user` or `generic`), one `<feature>_z_loss`
 //! per model input, `mean_abs_z`, `max_abs_z`, and `top_features` (the `top_features` inputs with the
 //! largest |z|, comma-separated, largest first).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, Float32Builder, Float64Builder, RecordBatch, StringBuilder, UInt32Array, UInt64Builder,
-};
+use arrow::array::{ArrayRef, Float32Builder, Float64Builder, RecordBatch, StringBuilder, UInt32Array, UInt64Builder};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Schema};
 use dfp_core::models::ModelRegistry;
 use dfp_core::observe::{metrics, KeyValue};
 use dfp_core::{
-    register_stage, Batch, ConfigError, Emitter, Partitioning, StageConfig, StageContext, StageError, StageInstance,
-    StageKind, Transform,
+    register_stage, Batch, ConfigContext, ConfigError, Emitter, Family, Partitioning, StageConfig, StageContext,
+    StageError, StageInstance, StageKind, Transform,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::model::artifact::ZMode;
 use crate::model::artifact::{MANIFEST, WEIGHTS};
-use crate::model::{feature_set, model_name, DeviceChoice, FeatureDef, FeatureOptions, Model, Source};
+use crate::model::{feature_set, model_name, DeviceChoice, FeatureDef, FeatureOptions, Model};
 use crate::registry::MlflowOptions;
 use crate::store::S3Options;
 
@@ -43,8 +43,9 @@ use crate::store::S3Options;
 pub struct ScoreConfig {
     /// Model registry: a directory, an `s3://bucket/prefix`, or an MLflow server (`mlflow://HOST:PORT`).
     pub registry: String,
-    /// The log family (names the models and picks the feature set).
-    pub source: Source,
+    /// The log family (names the models and gives their input features); default: the pipeline's
+    /// `family`.
+    pub family: String,
     /// Model inputs beyond Morpheus's (must match what the models were trained with).
     #[serde(default)]
     pub features: FeatureOptions,
@@ -121,6 +122,10 @@ impl StageConfig for ScoreConfig {
     const TYPE: &'static str = "score";
     const KIND: StageKind = StageKind::Transform;
     const DESCRIPTION: &'static str = "scores events with the user's model (or the generic one): z-scores per feature";
+    const RENAMED: &'static [(&'static str, &'static str)] = &[(
+        "source",
+        "name the log family once at the top of the pipeline (`family: azure`), or with `family:` on this stage",
+    )];
     fn validate(&self) -> Result<(), ConfigError> {
         if !self.cache_ttl_secs.is_finite() || self.cache_ttl_secs < 0.0 {
             return Err(ConfigError::field("cache_ttl_secs", "must be zero or more"));
@@ -133,12 +138,20 @@ impl StageConfig for ScoreConfig {
         }
         Ok(())
     }
-    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+    fn check(&self, ctx: &ConfigContext<'_>) -> Result<(), ConfigError> {
+        ctx.family(&self.family).map(|_| ())
+    }
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
+        let family = ctx.family(&self.family)?;
         Ok(StageInstance::Transform(Box::new(Score {
-            defs: feature_set(self.source, self.features.clone()),
+            defs: feature_set(&family, &self.features),
+            family,
             config: self.clone(),
             registry: None,
             cache: HashMap::new(),
+            lru: BTreeMap::new(),
+            listing: None,
+            broken: HashMap::new(),
             tick: 0,
             pending: Vec::new(),
             pending_rows: 0,
@@ -153,18 +166,34 @@ impl StageConfig for ScoreConfig {
 }
 register_stage!(ScoreConfig);
 
+/// What the stage knows of one model name.
 struct Cached {
+    /// The model, or `None` when the registry has none or its latest version cannot be used.
     model: Option<Model>,
     version: u64,
     checked: Instant,
     used: u64,
 }
 
+/// The names of the models the registry holds, listed at most once per TTL: a user without a model (most
+/// users of a large tenant, every name of a spray with made-up user names) then costs no registry call and
+/// no cache entry.
+struct Listing {
+    names: HashSet<String>,
+    at: Instant,
+}
+
 struct Score {
     config: ScoreConfig,
+    family: Arc<Family>,
     defs: Vec<FeatureDef>,
     registry: Option<Arc<dyn ModelRegistry>>,
     cache: HashMap<String, Cached>,
+    /// The cache's names by last use (`Cached::used`), least recently used first.
+    lru: BTreeMap<u64, String>,
+    listing: Option<Listing>,
+    /// Model versions found unusable, with why (warned about once each).
+    broken: HashMap<(String, u64), String>,
     tick: u64,
     pending: Vec<Batch>,
     pending_rows: usize,
@@ -217,73 +246,96 @@ impl Score {
                     );
                 }
                 self.registry_down = Some(message);
-                match self.cache.get_mut(name) {
-                    Some(c) => {
-                        c.checked = Instant::now();
-                        c.used = self.tick;
-                        Ok(c.model.as_ref().map(|_| c.version))
-                    }
-                    None => Ok(None),
+                if !self.cache.contains_key(name) {
+                    return Ok(None);
                 }
+                let found = self.touch(name);
+                if let Some(c) = self.cache.get_mut(name) {
+                    c.checked = Instant::now();
+                }
+                Ok(found)
             }
             Err(e) => Err(e),
         }
     }
 
-    fn lookup(&mut self, name: &str) -> Result<Option<u64>, StageError> {
+    /// Marks a cached name as just used; returns its version when it holds a model.
+    fn touch(&mut self, name: &str) -> Option<u64> {
         self.tick += 1;
-        let ttl = Duration::from_secs_f64(self.config.cache_ttl_secs);
-        if let Some(c) = self.cache.get_mut(name) {
-            if c.checked.elapsed() <= ttl {
-                c.used = self.tick;
-                if let Some(m) = metrics() {
-                    m.model_cache_hits.add(1, &self.labels);
+        let c = self.cache.get_mut(name)?;
+        self.lru.remove(&c.used);
+        c.used = self.tick;
+        self.lru.insert(self.tick, name.to_string());
+        c.model.as_ref().map(|_| c.version)
+    }
+
+    /// Whether the registry may hold `name`, from a listing at most one TTL old (`true` when the registry
+    /// cannot be listed: then it is asked by name).
+    fn may_exist(&mut self, name: &str, ttl: Duration) -> bool {
+        if self.listing.as_ref().is_none_or(|l| l.at.elapsed() > ttl) {
+            let Some(registry) = &self.registry else { return true };
+            self.listing = match registry.list() {
+                Ok(models) => Some(Listing { names: models.into_iter().map(|m| m.name).collect(), at: Instant::now() }),
+                Err(e) => {
+                    tracing::debug!(registry = %self.config.registry, "cannot list the registry; asking per model: {e}");
+                    None
                 }
-                return Ok(c.model.as_ref().map(|_| c.version));
+            };
+        }
+        self.listing.as_ref().is_none_or(|l| l.names.contains(name))
+    }
+
+    fn lookup(&mut self, name: &str) -> Result<Option<u64>, StageError> {
+        let ttl = Duration::from_secs_f64(self.config.cache_ttl_secs);
+        if self.cache.get(name).is_some_and(|c| c.checked.elapsed() <= ttl) {
+            if let Some(m) = metrics() {
+                m.model_cache_hits.add(1, &self.labels);
             }
+            return Ok(self.touch(name));
+        }
+        if !self.cache.contains_key(name) && !self.may_exist(name, ttl) {
+            if let Some(m) = metrics() {
+                let mut labels = self.labels.clone();
+                labels.push(KeyValue::new("result", "absent"));
+                m.model_cache_misses.add(1, &labels);
+            }
+            return Ok(None);
         }
         let started = Instant::now();
-        let registry = self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))?;
+        let registry = self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))?.clone();
         let latest = registry.latest(name).map_err(|e| StageError::Registry(e.to_string()))?;
         let cached_version = self.cache.get(name).filter(|c| c.model.is_some()).map(|c| c.version);
-        match latest {
-            Some(v) if Some(v) == cached_version => {
-                if let Some(c) = self.cache.get_mut(name) {
-                    c.checked = Instant::now();
-                    c.used = self.tick;
-                }
-                // Re-checked, still current: served from the cache.
+        if let (Some(v), Some(c)) = (latest, self.cache.get_mut(name)) {
+            if Some(v) == cached_version || self.broken.contains_key(&(name.to_string(), v)) {
+                // Re-checked, unchanged: served from the cache (a broken version stays refused).
+                c.checked = Instant::now();
                 if let Some(m) = metrics() {
                     m.model_cache_hits.add(1, &self.labels);
                 }
-                return Ok(Some(v));
+                return Ok(self.touch(name));
             }
-            _ => {}
         }
         let model = match latest {
             None => None,
             Some(v) => {
                 let manifest = registry.fetch(name, v, MANIFEST).map_err(|e| StageError::Registry(e.to_string()))?;
                 let weights = registry.fetch(name, v, WEIGHTS).map_err(|e| StageError::Registry(e.to_string()))?;
-                let mut model = Model::from_files(
-                    name,
-                    &manifest,
-                    &weights,
-                    self.config.device.device().map_err(StageError::Other)?,
-                )
-                .map_err(|e| StageError::Other(e.to_string()))?;
-                if self.config.precision == Precision::Bf16 {
-                    model.to_bf16();
+                match self.usable(name, &manifest, &weights)? {
+                    Ok(model) => {
+                        if cached_version.is_some() {
+                            tracing::info!(model = name, version = v, "newer model version loaded");
+                        }
+                        Some(model)
+                    }
+                    Err(why) => {
+                        self.refuse(name, v, &why);
+                        None
+                    }
                 }
-                model.check_features(&self.defs).map_err(|e| StageError::Other(e.to_string()))?;
-                if cached_version.is_some() {
-                    tracing::info!(model = name, version = v, "newer model version loaded");
-                }
-                Some(model)
             }
         };
         if self.cache.len() >= self.config.cache_capacity && !self.cache.contains_key(name) {
-            if let Some(oldest) = self.cache.iter().min_by_key(|(_, c)| c.used).map(|(k, _)| k.clone()) {
+            if let Some((_, oldest)) = self.lru.pop_first() {
                 self.cache.remove(&oldest);
             }
         }
@@ -297,8 +349,46 @@ impl Score {
                 m.model_load_seconds.record(started.elapsed().as_secs_f64(), &self.labels);
             }
         }
-        self.cache.insert(name.to_string(), Cached { model, version, checked: Instant::now(), used: self.tick });
-        Ok(found.then_some(version))
+        if let Some(old) =
+            self.cache.insert(name.to_string(), Cached { model, version, checked: Instant::now(), used: 0 })
+        {
+            self.lru.remove(&old.used);
+        }
+        Ok(self.touch(name).filter(|_| found))
+    }
+
+    /// A model from its files, checked against this pipeline: `Ok(Err(why))` when it cannot be used.
+    fn usable(&self, name: &str, manifest: &[u8], weights: &[u8]) -> Result<Result<Model, String>, StageError> {
+        let device = self.config.device.device().map_err(StageError::Other)?;
+        let checked = Model::from_files(name, manifest, weights, device).and_then(|mut model| {
+            model.check_family(&self.family.name)?;
+            model.check_features(&self.defs)?;
+            if self.config.precision == Precision::Bf16 {
+                model.to_bf16();
+            }
+            Ok(model)
+        });
+        Ok(checked.map_err(|e| e.to_string()))
+    }
+
+    /// A model version that cannot be used: its users are scored by the generic model. Said once per
+    /// version (a fixed version is picked up after the TTL).
+    fn refuse(&mut self, name: &str, version: u64, why: &str) {
+        if let Some(m) = metrics() {
+            m.model_load_errors.add(1, &self.labels);
+        }
+        if self.broken.insert((name.to_string(), version), why.to_string()).is_none() {
+            tracing::warn!(
+                model = name,
+                version,
+                "model cannot be used; its user is scored by the generic model: {why}"
+            );
+            if let Some(ctx) = &self.ctx {
+                ctx.note(format!(
+                    "model {name} v{version} cannot be used ({why}); its user is scored by the generic model"
+                ));
+            }
+        }
     }
 }
 
@@ -320,7 +410,7 @@ impl Transform for Score {
         // Readiness: models are loadable when the registry answers (whether or not a model exists yet).
         // Worker 0 asks, so that a cluster does not hit the registry once per worker.
         if ctx.worker_index == 0 {
-            let generic = model_name(self.config.source, None);
+            let generic = model_name(&self.family, None);
             match registry.latest(&generic) {
                 Ok(_) => ctx.set_readiness(Ok(())),
                 Err(e) => {
@@ -384,19 +474,10 @@ impl Score {
             self.queue.push_back(Batch { data: gathered, envelope });
             return Ok(());
         }
-        let users = gathered
-            .column_by_name("username")
-            .and_then(|c| c.as_string_opt::<i32>())
-            .ok_or_else(|| StageError::Data("score: input needs a text `username` column".into()))?;
-        let mut groups: HashMap<&str, Vec<u32>> = HashMap::new();
-        for i in 0..gathered.num_rows() {
-            groups.entry(if users.is_null(i) { "" } else { users.value(i) }).or_default().push(i as u32);
-        }
-        let mut groups: Vec<(&str, Vec<u32>)> = groups.into_iter().collect();
-        groups.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let users = super::users(&gathered, "score")?;
         let mut piece: Vec<u32> = Vec::with_capacity(self.config.piece_rows * 2);
         let mut pieces = Vec::new();
-        for (_, idx) in groups {
+        for (_, idx) in super::rows_by_user(users) {
             piece.extend_from_slice(&idx);
             if piece.len() >= self.config.piece_rows {
                 pieces.push(take_record_batch(&gathered, &UInt32Array::from(std::mem::take(&mut piece)))?);
@@ -422,15 +503,7 @@ impl Score {
     fn score_batch(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError> {
         let data = &batch.data;
         let n = data.num_rows();
-        let users = data
-            .column_by_name("username")
-            .and_then(|c| c.as_string_opt::<i32>())
-            .ok_or_else(|| StageError::Data("score: input needs a text `username` column".into()))?
-            .clone();
-        let mut groups: HashMap<&str, Vec<u32>> = HashMap::new();
-        for i in 0..n {
-            groups.entry(if users.is_null(i) { "" } else { users.value(i) }).or_default().push(i as u32);
-        }
+        let users = super::users(data, "score")?.clone();
         let names: Vec<String> = self.defs.iter().map(|d| d.name.clone()).collect();
         // Only the model inputs are copied per user (a missing one is reported by the encoder).
         let present: Vec<usize> = names.iter().filter_map(|f| data.schema().index_of(f).ok()).collect();
@@ -444,26 +517,29 @@ impl Score {
         let mut model_of = vec![0u32; n];
         let mut versions = vec![0u64; n];
         let mut kinds: Vec<&'static str> = vec![""; n];
-        let mut groups: Vec<(&str, Vec<u32>)> = groups.into_iter().collect();
-        groups.sort_by(|a, b| a.0.cmp(b.0));
-        for (user, idx) in groups {
-            let user_name = model_name(self.config.source, Some(user));
+        for (user, idx) in super::rows_by_user(&users) {
+            let user = user.unwrap_or("");
+            let user_name = model_name(&self.family, Some(user));
             let (version, kind, name) = match self.resolve(&user_name)? {
                 Some(v) => (v, "user", user_name),
                 None => {
-                    let generic = model_name(self.config.source, None);
+                    let generic = model_name(&self.family, None);
                     match self.resolve(&generic)? {
                         Some(v) => (v, "generic", generic),
                         None => {
-                            return Err(StageError::Other(match &self.registry_down {
-                                Some(why) => format!(
+                            let broken = self.broken.iter().find(|((n, _), _)| *n == generic);
+                            return Err(StageError::Other(match (&self.registry_down, broken) {
+                                (_, Some(((_, v), why))) => format!(
+                                    "no model for user \"{user}\" and the generic model {generic} v{v} cannot be used: {why}"
+                                ),
+                                (Some(why), None) => format!(
                                     "no model for user \"{user}\" and the generic model {generic} is not cached while the registry fails: {why}"
                                 ),
-                                None => format!(
+                                (None, None) => format!(
                                     "no model for user \"{user}\" and no generic model {generic} in {}: run the training pipeline first",
                                     self.config.registry
                                 ),
-                            }))
+                            }));
                         }
                     }
                 }

@@ -5,13 +5,14 @@
 //! ```
 //!
 //! `above: 0` keeps every scored row with a positive score; use a negative value to keep everything. A row
-//! whose field is null never passes. A missing or non-numeric field stops the pipeline with its name.
+//! whose field is null never passes; one whose score is NaN always does (it is a row whose scoring went
+//! wrong, not a row to drop). A missing or non-numeric field stops the pipeline with its name.
 //!
-//! With metrics on, every row kept counts in `dfp_alerts_total` by `source` (from `model_name`,
-//! `DFP-<source>-…`), `country`, `browser` (the family: `Chrome 119.0.0` → `Chrome`; from
-//! `deviceDetailbrowser` or `accessdevicebrowser`) and `model_kind` (`user` or `generic`); a column that
-//! is missing counts as `unknown`. `alert_metrics: false` turns that off (for thresholds that are not
-//! alerts).
+//! With metrics on, every row kept counts in `dfp_alerts_total` by `source` (the log family, the
+//! pipeline's `family:`), `country` and `browser` (the columns of the family's `country` and `browser`
+//! roles; the browser's family: `Chrome 119.0.0` → `Chrome`) and `model_kind` (`user` or `generic`); a
+//! column that is missing counts as `unknown`. `alert_metrics: false` turns that off (for thresholds that
+//! are not alerts).
 
 use std::collections::HashMap;
 
@@ -20,8 +21,8 @@ use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Float64Type};
 use dfp_core::observe::{metrics, KeyValue, Metrics};
 use dfp_core::{
-    register_stage, Batch, ConfigError, Emitter, StageConfig, StageContext, StageError, StageInstance, StageKind,
-    Transform,
+    register_stage, Batch, ConfigContext, ConfigError, Emitter, StageConfig, StageContext, StageError, StageInstance,
+    StageKind, Transform,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -38,6 +39,10 @@ pub struct ThresholdConfig {
     /// Count the rows kept in the `dfp_alerts_total` metric (by source, country, browser, model kind).
     #[serde(default = "d_true")]
     pub alert_metrics: bool,
+    /// The log family whose roles name the country and browser columns of the alert labels; default: the
+    /// pipeline's `family`, if it names one.
+    #[serde(default)]
+    pub family: Option<String>,
 }
 
 fn d_true() -> bool {
@@ -58,20 +63,40 @@ impl StageConfig for ThresholdConfig {
         }
         Ok(())
     }
+    fn check(&self, ctx: &ConfigContext<'_>) -> Result<(), ConfigError> {
+        match &self.family {
+            Some(f) => ctx.family(f).map(|_| ()),
+            None => Ok(()),
+        }
+    }
     fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
-        Ok(StageInstance::Transform(Box::new(Threshold { config: self.clone(), stage: ctx.stage_id.clone() })))
+        let family = self.family.as_deref().map(|f| ctx.family(f)).transpose()?;
+        let labels = AlertLabels {
+            source: family.as_ref().map_or_else(|| "unknown".to_string(), |f| f.name.clone()),
+            country: family.as_ref().and_then(|f| f.roles.country.clone()),
+            browser: family.as_ref().and_then(|f| f.roles.browser.clone()),
+        };
+        Ok(StageInstance::Transform(Box::new(Threshold { config: self.clone(), stage: ctx.stage_id.clone(), labels })))
     }
 }
 register_stage!(ThresholdConfig);
 
+/// Where the alert labels come from.
+struct AlertLabels {
+    source: String,
+    country: Option<String>,
+    browser: Option<String>,
+}
+
 struct Threshold {
     config: ThresholdConfig,
     stage: String,
+    labels: AlertLabels,
 }
 
-/// The first of `names` that `data` has as a text column.
-fn text_column<'a>(data: &'a RecordBatch, names: &[&str]) -> Option<&'a StringArray> {
-    names.iter().find_map(|n| data.column_by_name(n)).and_then(|c| c.as_string_opt::<i32>())
+/// `data`'s text column `name`, if it has one.
+fn text_column<'a>(data: &'a RecordBatch, name: Option<&str>) -> Option<&'a StringArray> {
+    name.and_then(|n| data.column_by_name(n)).and_then(|c| c.as_string_opt::<i32>())
 }
 
 /// Row `i` of a text column, if the column exists and the value is not null.
@@ -91,21 +116,15 @@ fn browser_family(b: &str) -> &str {
     }
 }
 
-/// `DFP-azure-alice@x.com` → `azure`.
-fn source_of(model: &str) -> Option<&str> {
-    model.strip_prefix("DFP-")?.split('-').next().filter(|s| !s.is_empty())
-}
-
 impl Threshold {
     fn count_alerts(&self, m: &Metrics, alerts: &RecordBatch) {
         // Columns are looked up once per batch, not per row.
-        let models = text_column(alerts, &["model_name"]);
-        let countries = text_column(alerts, &["country"]);
-        let browsers = text_column(alerts, &["deviceDetailbrowser", "accessdevicebrowser", "browser"]);
-        let kinds = text_column(alerts, &["model_kind"]);
+        let countries = text_column(alerts, self.labels.country.as_deref());
+        let browsers = text_column(alerts, self.labels.browser.as_deref());
+        let kinds = text_column(alerts, Some("model_kind"));
+        let source = self.labels.source.as_str();
         let mut counts: HashMap<[&str; 4], u64> = HashMap::new();
         for i in 0..alerts.num_rows() {
-            let source = text_at(models, i).and_then(source_of).unwrap_or("unknown");
             let country = text_at(countries, i).filter(|c| !c.is_empty()).unwrap_or("unknown");
             let browser = text_at(browsers, i).map_or("unknown", browser_family);
             let kind = text_at(kinds, i).unwrap_or("unknown");
@@ -133,8 +152,11 @@ impl Transform for Threshold {
             StageError::Data(format!("threshold: column \"{}\" is not numeric: {e}", self.config.field))
         })?;
         let values = values.as_primitive::<Float64Type>();
-        let keep: BooleanArray =
-            (0..values.len()).map(|i| Some(!values.is_null(i) && values.value(i) > self.config.above)).collect();
+        // A score that is not a number means something went wrong with this row's model: it is kept (an
+        // alert to look at), never silently dropped.
+        let keep: BooleanArray = (0..values.len())
+            .map(|i| Some(!values.is_null(i) && (values.value(i) > self.config.above || values.value(i).is_nan())))
+            .collect();
         let alerts = filter_record_batch(&batch.data, &keep)?;
         if self.config.alert_metrics {
             if let Some(m) = metrics() {
@@ -151,13 +173,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_nan_score_is_never_dropped() {
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "mean_abs_z",
+            DataType::Float64,
+            true,
+        )]));
+        let values = arrow::array::Float64Array::from(vec![Some(f64::NAN), Some(0.5), None, Some(3.0)]);
+        let data = RecordBatch::try_new(schema, vec![std::sync::Arc::new(values)]).unwrap();
+        for (above, kept) in [(-1.0, 3), (2.0, 2)] {
+            let config: ThresholdConfig = serde_json::from_value(serde_json::json!({ "above": above })).unwrap();
+            let ctx = StageContext::standalone("alerts", 0, 1);
+            let StageInstance::Transform(mut t) = StageConfig::build(&config, &ctx).unwrap() else { panic!() };
+            let mut out = Emitter::new();
+            t.process(Batch::new(data.clone(), "scored"), &mut out).unwrap();
+            let rows: usize = out.batches().iter().map(Batch::num_rows).sum();
+            assert_eq!(rows, kept, "above {above}: NaN kept, null not");
+        }
+    }
+
+    #[test]
     fn alert_labels_are_bounded_families() {
         assert_eq!(browser_family("Chrome 119.0.0"), "Chrome");
         assert_eq!(browser_family("Mobile Safari 17.1"), "Mobile Safari");
         assert_eq!(browser_family("Firefox/121.0"), "Firefox");
         assert_eq!(browser_family("123"), "unknown");
-        assert_eq!(source_of("DFP-azure-alice@x.com"), Some("azure"));
-        assert_eq!(source_of("DFP-duo-=generic"), Some("duo"));
-        assert_eq!(source_of("custom"), None);
     }
 }

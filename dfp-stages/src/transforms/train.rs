@@ -1,31 +1,32 @@
 //! `type: train` — trains per-user models (or the generic model) and publishes them to a registry.
 //!
 //! ```yaml
-//! users:   { type: train, inputs: [features], registry: "${models}", source: azure }
-//! generic: { type: train, inputs: [features], registry: "${models}", source: azure, scope: generic }
+//! users:   { type: train, inputs: [features], registry: "${models}" }
+//! generic: { type: train, inputs: [features], registry: "${models}", scope: generic }
 //! report:  { type: file-sink, inputs: [users, generic], path: out/training-report.jsonl }
 //! ```
 //!
 //! `scope: users` (the default) takes its input partitioned by `username`, so users are trained in
 //! parallel across workers; every user with at least `min_history` events in the `max_history_days` before
-//! their latest event gets a model `DFP-{source}-{user}` (user escaped, see `model::escape_user`).
-//! `scope: generic` gathers every row on one worker and trains `DFP-{source}-=generic` on the window before
+//! their latest event gets a model `DFP-{prefix}-{user}` (the log family's model prefix; user escaped, see
+//! `model::escape_user`). The family (the pipeline's `family:`) also gives the model's input features, and
+//! each model's manifest records it.
+//! `scope: generic` gathers every row on one worker and trains `DFP-{prefix}-=generic` on the window before
 //! the latest event. Each model is trained once per run, when the input ends. The stage emits one report
 //! row per user or model: `model`, `kind`, `status` (`trained` or `skipped`), `version`, `rows`,
 //! `epochs_run`, `train_loss`, `validation_loss`, `seconds`, `reason`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, AsArray, Float64Builder, RecordBatch, StringBuilder, UInt64Builder};
+use arrow::array::{AsArray, Float64Builder, RecordBatch, StringBuilder, UInt64Builder};
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
 use dfp_core::models::ModelRegistry;
 use dfp_core::observe::{metrics, KeyValue};
 use dfp_core::{
-    register_stage, Batch, ConfigError, Emitter, Partitioning, StageConfig, StageContext, StageError, StageInstance,
-    StageKind, Transform,
+    register_stage, Batch, ConfigContext, ConfigError, Emitter, Family, Partitioning, StageConfig, StageContext,
+    StageError, StageInstance, StageKind, Transform,
 };
 use rand::seq::index::sample;
 use rand::SeedableRng;
@@ -34,7 +35,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::model::artifact::{MANIFEST, WEIGHTS};
-use crate::model::{feature_set, model_name, train_from, DeviceChoice, FeatureOptions, Model, Source, TrainConfig};
+use crate::model::{feature_set, model_name, train_from, DeviceChoice, FeatureDef, FeatureOptions, Model, TrainConfig};
 use crate::registry::MlflowOptions;
 use crate::store::S3Options;
 use crate::time::DAY_MICROS;
@@ -56,8 +57,9 @@ pub enum Scope {
 pub struct TrainStageConfig {
     /// Model registry: a directory, an `s3://bucket/prefix`, or an MLflow server (`mlflow://HOST:PORT`).
     pub registry: String,
-    /// The log family (names the models and picks the feature set).
-    pub source: Source,
+    /// The log family (names the models and gives their input features); default: the pipeline's
+    /// `family`.
+    pub family: String,
     /// `users` or `generic`.
     #[serde(default)]
     pub scope: Scope,
@@ -102,6 +104,10 @@ impl StageConfig for TrainStageConfig {
     const TYPE: &'static str = "train";
     const KIND: StageKind = StageKind::Transform;
     const DESCRIPTION: &'static str = "trains per-user (or generic) autoencoders and publishes them to a registry";
+    const RENAMED: &'static [(&'static str, &'static str)] = &[(
+        "source",
+        "name the log family once at the top of the pipeline (`family: azure`), or with `family:` on this stage",
+    )];
     fn validate(&self) -> Result<(), ConfigError> {
         if self.registry.trim().is_empty() {
             return Err(ConfigError::field("registry", "must not be empty"));
@@ -117,8 +123,14 @@ impl StageConfig for TrainStageConfig {
         }
         Ok(())
     }
-    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+    fn check(&self, ctx: &ConfigContext<'_>) -> Result<(), ConfigError> {
+        ctx.family(&self.family).map(|_| ())
+    }
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
+        let family = ctx.family(&self.family)?;
         Ok(StageInstance::Transform(Box::new(Train {
+            defs: feature_set(&family, &self.features),
+            family,
             config: self.clone(),
             rows: Vec::new(),
             registry: None,
@@ -130,6 +142,8 @@ register_stage!(TrainStageConfig);
 
 struct Train {
     config: TrainStageConfig,
+    family: Arc<Family>,
+    defs: Vec<FeatureDef>,
     rows: Vec<RecordBatch>,
     registry: Option<Arc<dyn ModelRegistry>>,
     stage: String,
@@ -221,7 +235,7 @@ impl Train {
     }
 
     fn train_one(&self, name: &str, kind: &str, rows: &RecordBatch, report: &mut Report) -> Result<(), StageError> {
-        let defs = feature_set(self.config.source, self.config.features.clone());
+        let defs = &self.defs;
         let registry = self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))?;
         let device = self.config.device.device().map_err(StageError::Other)?;
         let previous = if self.config.warm_start {
@@ -231,7 +245,8 @@ impl Train {
                     let weights = registry.fetch(name, v, WEIGHTS).map_err(|e| StageError::Other(e.to_string()))?;
                     let model = Model::from_files(name, &manifest, &weights, device)
                         .map_err(|e| StageError::Other(e.to_string()))?;
-                    model.check_features(&defs).map_err(|e| StageError::Other(e.to_string()))?;
+                    model.check_family(&self.family.name).map_err(|e| StageError::Other(e.to_string()))?;
+                    model.check_features(defs).map_err(|e| StageError::Other(e.to_string()))?;
                     Some((v, model))
                 }
                 None => None,
@@ -239,9 +254,10 @@ impl Train {
         } else {
             None
         };
-        let mut model = train_from(name, &defs, rows, &self.config.training, device, previous.as_ref().map(|p| &p.1))
+        let mut model = train_from(name, defs, rows, &self.config.training, device, previous.as_ref().map(|p| &p.1))
             .map_err(|e| StageError::Other(format!("training {name}: {e}")))?;
         model.manifest.training.warm_start_from = previous.map(|p| p.0);
+        model.manifest.family = Some(self.family.name.clone());
         let files = model.to_files().map_err(|e| StageError::Other(e.to_string()))?;
         let labels = [KeyValue::new("stage", self.stage.clone()), KeyValue::new("kind", kind.to_string())];
         let version = registry.publish(name, &files).map_err(|e| {
@@ -311,27 +327,20 @@ impl Transform for Train {
         let started = Instant::now();
         match self.config.scope {
             Scope::Generic => {
-                let name = model_name(self.config.source, None);
+                let name = model_name(&self.family, None);
                 let rows = self.window(&all, &name)?;
                 tracing::info!(stage = %self.stage, rows = rows.num_rows(), "training the generic model");
                 self.train_one(&name, "generic", &rows, &mut report)?;
             }
             Scope::Users => {
-                let users = all
-                    .column_by_name("username")
-                    .and_then(|c| c.as_string_opt::<i32>())
-                    .ok_or_else(|| StageError::Data("train: input needs a text `username` column".into()))?;
-                let mut by_user: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-                for i in 0..users.len() {
-                    if !users.is_null(i) {
-                        by_user.entry(users.value(i)).or_default().push(i as u32);
-                    }
-                }
+                let users = super::users(&all, "train")?;
+                let by_user: Vec<(&str, Vec<u32>)> =
+                    super::rows_by_user(users).into_iter().filter_map(|(u, idx)| Some((u?, idx))).collect();
                 let total = by_user.len();
                 let mut last_progress = Instant::now();
                 tracing::info!(stage = %self.stage, users = total, "training per-user models");
                 for (done, (user, idx)) in by_user.iter().enumerate() {
-                    let name = model_name(self.config.source, Some(user));
+                    let name = model_name(&self.family, Some(user));
                     let rows = take_record_batch(&all, &arrow::array::UInt32Array::from(idx.clone()))?;
                     let rows = self.window(&rows, &name)?;
                     if rows.num_rows() < self.config.min_history {

@@ -3,29 +3,85 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
-/// Where the user id sits in Azure, Duo and Okta records (the default message key).
-const KEY_POINTERS: [&str; 4] =
-    ["/properties/userPrincipalName", "/userPrincipalName", "/user/name", "/actor/alternateId"];
+/// Arguments of `dfp produce`.
+#[derive(Args)]
+pub(crate) struct ProduceArgs {
+    /// Kafka bootstrap servers, host:port[,host:port…].
+    #[arg(long)]
+    brokers: String,
+    /// Topic to write to (it must exist).
+    #[arg(long)]
+    topic: String,
+    /// At most this many records per second.
+    #[arg(long, value_name = "N")]
+    rate: Option<f64>,
+    /// JSON pointer of the message key (default: where the log family's records hold the user id; without
+    /// --family, the first such place of any known family that a record has).
+    #[arg(long, value_name = "POINTER")]
+    key: Option<String>,
+    /// The records' log family (it says where records hold the user id).
+    #[arg(long)]
+    family: Option<String>,
+    /// A plugin library whose log families the records may belong to (repeatable).
+    #[arg(long = "plugin", value_name = "PATH.so")]
+    plugins: Vec<String>,
+    /// A librdkafka property (repeatable): -X security.protocol=SASL_SSL
+    #[arg(short = 'X', value_name = "NAME=VALUE")]
+    property: Vec<String>,
+    /// Log files or folders (searched recursively; files in name order, which is time order for exports
+    /// and generated data).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+/// Replays the files of `args.inputs`.
+pub(crate) fn run(args: ProduceArgs) -> Result<ExitCode> {
+    let mut properties = Vec::new();
+    for p in &args.property {
+        let (k, v) = p.split_once('=').with_context(|| format!("-X {p}: expected NAME=VALUE"))?;
+        properties.push((k.to_string(), v.to_string()));
+    }
+    let registry = super::registry_with(&args.plugins)?;
+    let families = registry.families();
+    let key_pointers: Vec<String> = match &args.family {
+        Some(name) => families.require(name).map_err(anyhow::Error::msg)?.raw_user.clone(),
+        None => families.iter().flat_map(|f| f.raw_user.iter().cloned()).collect(),
+    };
+    let options = ProduceOptions {
+        brokers: args.brokers,
+        topic: args.topic,
+        rate: args.rate,
+        key: args.key,
+        key_pointers,
+        properties,
+    };
+    produce(&args.inputs, &options)?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// What to produce.
-pub struct ProduceOptions {
+pub(crate) struct ProduceOptions {
     /// Bootstrap servers.
-    pub brokers: String,
+    pub(crate) brokers: String,
     /// Topic.
-    pub topic: String,
+    pub(crate) topic: String,
     /// Records per second at most.
-    pub rate: Option<f64>,
-    /// JSON pointer of the key; default: the user id of Azure, Duo or Okta records.
-    pub key: Option<String>,
+    pub(crate) rate: Option<f64>,
+    /// JSON pointer of the key; default: the first of `key_pointers` a record has.
+    pub(crate) key: Option<String>,
+    /// Where records of the known log families hold the user id.
+    pub(crate) key_pointers: Vec<String>,
     /// librdkafka properties.
-    pub properties: Vec<(String, String)>,
+    pub(crate) properties: Vec<(String, String)>,
 }
 
 /// Log files under `inputs` (files, or folders searched recursively), in name order: generated and
@@ -93,7 +149,7 @@ fn records(path: &Path) -> Result<Vec<Value>> {
 }
 
 /// Produces every record of `inputs`; returns how many.
-pub fn produce(inputs: &[PathBuf], options: &ProduceOptions) -> Result<u64> {
+pub(crate) fn produce(inputs: &[PathBuf], options: &ProduceOptions) -> Result<u64> {
     let files = log_files(inputs)?;
     if files.is_empty() {
         bail!(
@@ -120,7 +176,11 @@ pub fn produce(inputs: &[PathBuf], options: &ProduceOptions) -> Result<u64> {
             }
             let key = match &options.key {
                 Some(p) => record.pointer(p).and_then(Value::as_str).map(str::to_string),
-                None => KEY_POINTERS.iter().find_map(|p| record.pointer(p).and_then(Value::as_str)).map(str::to_string),
+                None => options
+                    .key_pointers
+                    .iter()
+                    .find_map(|p| record.pointer(p).and_then(Value::as_str))
+                    .map(str::to_string),
             };
             let payload = record.to_string();
             loop {

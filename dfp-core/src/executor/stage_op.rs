@@ -1,0 +1,166 @@
+//! The operator of a transform or sink: a routing step tags each batch with its destination worker
+//! (splitting it by key for [`Partitioning::By`]), then the stage operator feeds the batches to the
+//! stage, advances it with the input frontier and finishes it when the input ends.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::Stream;
+
+use super::state::{guard, Batches, Item, ItemBuilder, Items, OpEnv, Shared, Time};
+use crate::batch::Batch;
+use crate::partition::split_by_key;
+use crate::stage::{Emitter, Partitioning, Sink, Transform};
+
+/// The stage a stage operator drives; `Failed` once it failed or finished.
+pub(super) enum Op {
+    Transform(Box<dyn Transform>),
+    Sink(Box<dyn Sink>),
+    Failed,
+}
+
+/// Tags each batch with its destination worker (splitting by key when asked).
+pub(super) fn route<'s>(
+    input: Batches<'s>,
+    partitioning: Partitioning,
+    peers: usize,
+    shared: Arc<Shared>,
+    stage_id: String,
+) -> Stream<'s, Time, Vec<(u64, Batch)>> {
+    input.unary::<CapacityContainerBuilder<Vec<(u64, Batch)>>, _, _, _>(Pipeline, "route", move |_, _| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let mut session = output.session(&cap);
+                for batch in data.drain(..) {
+                    if shared.aborted() {
+                        continue;
+                    }
+                    match &partitioning {
+                        Partitioning::Any | Partitioning::Single => session.give((0, batch)),
+                        Partitioning::By(column) => match split_by_key(batch, column, peers) {
+                            Ok(parts) => session.give_iterator(parts.into_iter()),
+                            Err(e) => shared.fail(&stage_id, e),
+                        },
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// The operator of one transform or sink, reading what [`route`] tagged.
+pub(super) fn stage_op<'s, P>(input: Stream<'s, Time, Vec<(u64, Batch)>>, pact: P, env: OpEnv, op: Op) -> Items<'s>
+where
+    P: ParallelizationContract<Time, Vec<(u64, Batch)>>,
+{
+    let name = format!("stage:{}", env.id());
+    let mut op = op;
+    let mut opened = false;
+    let scope = input.scope();
+    input.unary_frontier::<ItemBuilder, _, _, P>(pact, &name, move |default_cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut held = Some(default_cap);
+        let mut em = Emitter::new();
+        let mut buf: Vec<Item> = Vec::new();
+        move |(input, frontier), output| {
+            if !opened {
+                opened = true;
+                let r = match &mut op {
+                    Op::Transform(t) => guard(|| t.open(&env.ctx)),
+                    Op::Sink(s) => guard(|| s.open(&env.ctx)),
+                    Op::Failed => Ok(()),
+                };
+                match r {
+                    Ok(()) => {
+                        env.counters().opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        env.shared.fail(env.id(), e);
+                        op = Op::Failed;
+                    }
+                }
+            }
+            input.for_each(|cap, data| {
+                if env.shared.aborted() {
+                    data.clear();
+                    return;
+                }
+                if let Some(t) = cap.least() {
+                    env.shared.max_time.fetch_max(*t, Ordering::Relaxed);
+                }
+                for (_, mut batch) in data.drain(..) {
+                    batch.envelope.time = cap.least().copied();
+                    env.counters().rows_in.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    let r = match &mut op {
+                        Op::Transform(t) => env.timed(|| guard(|| t.process(batch, &mut em))),
+                        Op::Sink(s) => {
+                            env.tap(&batch);
+                            env.timed(|| guard(|| s.write(batch)))
+                        }
+                        Op::Failed => Ok(()),
+                    };
+                    if let Err(e) = r {
+                        env.shared.fail(env.id(), e);
+                        op = Op::Failed;
+                    }
+                    env.flush(&mut em, &mut buf);
+                }
+                if !buf.is_empty() {
+                    output.session(&cap).give_iterator(buf.drain(..));
+                }
+            });
+            if let (Some(c), Op::Transform(tr)) = (held.as_ref(), &mut op) {
+                if !env.shared.aborted() {
+                    match env.timed(|| guard(|| tr.poll_timer(&mut em))) {
+                        Ok(Some(delay)) => activator.activate_after(delay),
+                        Ok(None) => {}
+                        Err(e) => env.shared.fail(env.id(), e),
+                    }
+                    env.flush(&mut em, &mut buf);
+                    if !buf.is_empty() {
+                        output.session(c).give_iterator(buf.drain(..));
+                    }
+                }
+            }
+            if let Some(c) = held.as_mut() {
+                let f = frontier.frontier();
+                if f.is_empty() {
+                    let r = match &mut op {
+                        Op::Transform(t) if !env.shared.aborted() => guard(|| t.finish(&mut em)),
+                        Op::Sink(s) => guard(|| s.finish()),
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = r {
+                        env.shared.fail(env.id(), e);
+                    }
+                    op = Op::Failed;
+                    env.flush(&mut em, &mut buf);
+                    if !buf.is_empty() {
+                        output.session(&*c).give_iterator(buf.drain(..));
+                    }
+                    held = None;
+                } else if let Some(t) = f.iter().min().copied() {
+                    if *c.time() < t {
+                        // Release what the stage held for earlier times, at the still-held earlier time.
+                        if let Op::Transform(tr) = &mut op {
+                            if !env.shared.aborted() {
+                                if let Err(e) = guard(|| tr.advance(t, &mut em)) {
+                                    env.shared.fail(env.id(), e);
+                                    op = Op::Failed;
+                                }
+                            }
+                        }
+                        env.flush(&mut em, &mut buf);
+                        if !buf.is_empty() {
+                            output.session(&*c).give_iterator(buf.drain(..));
+                        }
+                        tracing::trace!(stage = %env.id(), worker = env.ctx.worker_index, frontier = t, "input frontier"); c.downgrade(&t);
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,124 @@
+//! `dfp summary`: alerts per user and the features behind them, from scored events (a file, a folder of
+//! part files or a glob; see [`crate::scored`]).
+//!
+//! ```no_run
+//! let s = dfp_stages::summary::summarize("out/scored.jsonl", "mean_abs_z", 2.0)?;
+//! print!("{}", s.display(10));
+//! # Ok::<(), dfp_stages::scored::ScoredError>(())
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::scored::{self, ScoredError};
+
+/// What the scored events hold.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// The score field.
+    pub field: String,
+    /// Alerts are rows with the field strictly above this.
+    pub threshold: f64,
+    /// Events read.
+    pub events: usize,
+    /// Alerts.
+    pub alerts: usize,
+    /// Per user with alerts: (alerts, highest score), most alerts first.
+    pub users: Vec<(String, usize, f64)>,
+    /// The strongest feature of each alert (the first of `top_features`): (feature, alerts), most first.
+    pub features: Vec<(String, usize)>,
+    /// Alerts by the kind of model that scored them (`user`, `generic`, …).
+    pub model_kinds: Vec<(String, usize)>,
+}
+
+/// Reads the scored events at `spec` and counts the alerts (`field` > `threshold`).
+pub fn summarize(spec: &str, field: &str, threshold: f64) -> Result<Summary, ScoredError> {
+    let mut s = Summary { field: field.to_string(), threshold, ..Summary::default() };
+    let mut per_user: HashMap<String, (usize, f64)> = HashMap::new();
+    let mut features: HashMap<String, usize> = HashMap::new();
+    let mut kinds: HashMap<String, usize> = HashMap::new();
+    scored::for_each_row(spec, |origin, row| {
+        s.events += 1;
+        let score = scored::number(origin, &row, field)?;
+        if score <= threshold {
+            return Ok(());
+        }
+        s.alerts += 1;
+        let user = row.get("username").and_then(Value::as_str).unwrap_or("?").to_string();
+        let entry = per_user.entry(user).or_insert((0, f64::NEG_INFINITY));
+        entry.0 += 1;
+        entry.1 = entry.1.max(score);
+        if let Some(top) = row.get("top_features").and_then(Value::as_str).and_then(|t| t.split(',').next()) {
+            *features.entry(top.to_string()).or_default() += 1;
+        }
+        *kinds.entry(row.get("model_kind").and_then(Value::as_str).unwrap_or("?").to_string()).or_default() += 1;
+        Ok(())
+    })?;
+    s.users = per_user.into_iter().map(|(u, (n, max))| (u, n, max)).collect();
+    s.users.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    s.features = features.into_iter().collect();
+    s.features.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    s.model_kinds = kinds.into_iter().collect();
+    s.model_kinds.sort();
+    Ok(s)
+}
+
+impl Summary {
+    /// A table of the `top` users and features.
+    pub fn display(&self, top: usize) -> impl fmt::Display + '_ {
+        Shown { summary: self, top }
+    }
+}
+
+struct Shown<'a> {
+    summary: &'a Summary,
+    top: usize,
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.summary;
+        writeln!(f, "{} alert(s) ({} > {}) among {} scored events", s.alerts, s.field, s.threshold, s.events)?;
+        writeln!(f, "\n{:<40} {:>7} {:>10}", "user", "alerts", "max score")?;
+        for (u, n, max) in s.users.iter().take(self.top) {
+            writeln!(f, "{u:<40} {n:>7} {max:>10.2}")?;
+        }
+        if s.users.len() > self.top {
+            writeln!(f, "… and {} more user(s)", s.users.len() - self.top)?;
+        }
+        writeln!(f, "\n{:<40} {:>7}", "strongest feature of the alert", "alerts")?;
+        for (feature, n) in s.features.iter().take(self.top) {
+            writeln!(f, "{feature:<40} {n:>7}")?;
+        }
+        let kinds: Vec<String> = s.model_kinds.iter().map(|(k, n)| format!("{k} model {n}")).collect();
+        writeln!(f, "\nscored by: {}", kinds.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_alerts_per_user_feature_and_model_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.jsonl");
+        let rows = [
+            r#"{"username":"a","mean_abs_z":3.0,"top_features":"x,y","model_kind":"user"}"#,
+            r#"{"username":"a","mean_abs_z":5.0,"top_features":"y","model_kind":"user"}"#,
+            r#"{"username":"b","mean_abs_z":2.5,"top_features":"x","model_kind":"generic"}"#,
+            r#"{"username":"c","mean_abs_z":2.0,"top_features":"x","model_kind":"generic"}"#,
+        ];
+        std::fs::write(&p, rows.join("\n")).unwrap();
+        let s = summarize(p.to_str().unwrap(), "mean_abs_z", 2.0).unwrap();
+        assert_eq!((s.events, s.alerts), (4, 3));
+        assert_eq!(s.users[0], ("a".to_string(), 2, 5.0));
+        assert_eq!(s.features, [("x".to_string(), 2), ("y".to_string(), 1)]);
+        assert_eq!(s.model_kinds, [("generic".to_string(), 1), ("user".to_string(), 2)]);
+        let text = s.display(1).to_string();
+        assert!(text.starts_with("3 alert(s) (mean_abs_z > 2) among 4 scored events"), "{text}");
+        assert!(text.contains("… and 1 more user(s)"), "{text}");
+    }
+}

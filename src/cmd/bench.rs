@@ -1,0 +1,167 @@
+//! `dfp bench`: the runtime's rows/s, one model's forward pass, or the plugin boundary's cost.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use dfp_core::{Pipeline, RunOptions};
+use serde_json::json;
+
+use super::peak_rss_mib;
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// Rows to push through each configuration.
+    #[arg(long, default_value_t = 2_000_000)]
+    rows: u64,
+    /// Worker counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1u16, 2])]
+    workers: Vec<u16>,
+    /// Rows per batch from the generator.
+    #[arg(long, default_value_t = 4096)]
+    batch_size: usize,
+    /// Distinct users (keys of the keyed variant).
+    #[arg(long, default_value_t = 1000)]
+    users: u64,
+    /// Instead of the runtime: time a model's forward pass + losses (one libtorch thread) from this registry.
+    #[arg(long, value_name = "REGISTRY")]
+    model: Option<String>,
+    /// With --model: the model to load (default: the first user model in the registry).
+    #[arg(long, value_name = "NAME", requires = "model")]
+    model_name: Option<String>,
+    /// With --model: rows per forward pass, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![64usize, 256, 1024, 4096], requires = "model")]
+    model_batches: Vec<usize>,
+    /// Instead of the runtime: compare a no-op transform across the plugin boundary (`plugin-passthrough` of
+    /// this library, e.g. libdfp_plugin_testkit.so) with the built-in `passthrough`.
+    #[arg(long, value_name = "PATH.so", conflicts_with = "model")]
+    plugin: Option<String>,
+    /// With --model: where the model runs (auto, cpu, cuda).
+    #[arg(long, default_value = "cpu", requires = "model")]
+    device: String,
+}
+
+pub(crate) fn bench(args: BenchArgs) -> Result<ExitCode> {
+    if let Some(registry) = &args.model {
+        return bench_model(registry, &args);
+    }
+    if let Some(plugin) = &args.plugin {
+        return bench_plugin(plugin, &args);
+    }
+    println!("dfp runtime benchmark: generator → filter → blackhole, {} rows, batch {}", args.rows, args.batch_size);
+    println!("{:<8} {:<22} {:>10} {:>14}", "workers", "sink partitioning", "seconds", "rows/s");
+    for &workers in &args.workers {
+        for keyed in [false, true] {
+            let sink = if keyed { json!({"partition_by": "username"}) } else { json!({}) };
+            let pipeline = Pipeline::builder("bench")
+                .workers(usize::from(workers))
+                .stage(
+                    "rows",
+                    "generator",
+                    &[],
+                    json!({"rows": args.rows, "users": args.users, "batch_size": args.batch_size}),
+                )
+                .stage("kept", "filter", &["rows"], json!({"field": "value", "above": -1}))
+                .stage("sink", "blackhole", &["kept"], sink)
+                .build()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let started = Instant::now();
+            let report = pipeline.run(RunOptions::default())?;
+            let secs = started.elapsed().as_secs_f64();
+            let rows = report.stage("sink").map(|s| s.rows_in).unwrap_or(0);
+            anyhow::ensure!(rows == args.rows, "benchmark lost rows: {rows} of {}", args.rows);
+            let label = if keyed { "by username (exchange)" } else { "any" };
+            println!("{:<8} {:<22} {:>10.3} {:>14.0}", workers, label, secs, rows as f64 / secs);
+        }
+    }
+    if let Some(mib) = peak_rss_mib() {
+        println!("peak RSS: {mib:.1} MiB");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dfp bench --plugin`: generator → (built-in passthrough | plugin-passthrough) → blackhole; the median
+/// of three runs each.
+fn bench_plugin(plugin: &str, args: &BenchArgs) -> Result<ExitCode> {
+    // Loaded here for the message on a bad path; the pipelines below load it again from the cache.
+    let plugin_path = dfp_core::plugin::load_entry(plugin)?.path.clone();
+    println!(
+        "dfp plugin-boundary benchmark: generator → no-op transform → blackhole, {} rows, batch {}",
+        args.rows, args.batch_size
+    );
+    println!("{:<8} {:<20} {:>10} {:>14} {:>10}", "workers", "transform", "seconds", "rows/s", "overhead");
+    for &workers in &args.workers {
+        let mut base = 0.0;
+        for (label, stage) in [("built-in passthrough", "passthrough"), ("plugin-passthrough", "plugin-passthrough")] {
+            let yaml = format!(
+                "version: 1\nplugins: [{:?}]\nruntime: {{ workers: {workers} }}\nstages:\n  rows: {{ type: generator, rows: {}, \
+                 users: {}, batch_size: {} }}\n  pass: {{ type: {stage}, inputs: [rows] }}\n  sink: {{ type: blackhole, inputs: [pass] }}\n",
+                plugin_path.display().to_string(),
+                args.rows,
+                args.users,
+                args.batch_size
+            );
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                let pipeline = Pipeline::from_yaml_str(&yaml, "bench.yaml", &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let started = Instant::now();
+                let report = pipeline.run(RunOptions::default())?;
+                times.push(started.elapsed().as_secs_f64());
+                let rows = report.stage("sink").map(|s| s.rows_in).unwrap_or(0);
+                anyhow::ensure!(rows == args.rows, "benchmark lost rows: {rows} of {}", args.rows);
+            }
+            times.sort_by(f64::total_cmp);
+            let secs = times[1];
+            let overhead = if base > 0.0 { format!("{:+.1} %", (secs / base - 1.0) * 100.0) } else { String::new() };
+            if base == 0.0 {
+                base = secs;
+            }
+            println!("{:<8} {:<20} {:>10.3} {:>14.0} {:>10}", workers, label, secs, args.rows as f64 / secs, overhead);
+        }
+    }
+    if let Some(mib) = peak_rss_mib() {
+        println!("peak RSS: {mib:.1} MiB");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dfp bench --model`: forward pass + losses rows/s of one model, f32 and bf16, per batch size.
+fn bench_model(registry: &str, args: &BenchArgs) -> Result<ExitCode> {
+    use dfp_stages::model::{DeviceChoice, Model};
+    let s3 = dfp_stages::store::S3Options { from_env: true, ..Default::default() };
+    let reg = dfp_stages::registry::open(registry, &s3, &dfp_stages::registry::MlflowOptions::default())?;
+    let name = match &args.model_name {
+        Some(n) => n.clone(),
+        None => reg
+            .list()?
+            .into_iter()
+            .map(|m| m.name)
+            .find(|n| !n.ends_with(dfp_stages::model::GENERIC))
+            .with_context(|| format!("no user model in {registry}"))?,
+    };
+    let version = reg.latest(&name)?.with_context(|| format!("no model {name} in {registry}"))?;
+    let device: DeviceChoice = serde_json::from_value(json!(args.device))
+        .map_err(|_| anyhow::anyhow!("--device must be auto, cpu or cuda, not {:?}", args.device))?;
+    let device = device.device().map_err(|e| anyhow::anyhow!(e))?;
+    let manifest = reg.fetch(&name, version, dfp_stages::model::artifact::MANIFEST)?;
+    let weights = reg.fetch(&name, version, dfp_stages::model::artifact::WEIGHTS)?;
+    dfp_stages::model::set_torch_threads(1);
+    let a = serde_json::from_slice::<dfp_stages::model::Manifest>(&manifest)?.architecture;
+    println!(
+        "dfp model benchmark: {name} v{version} on {device:?}, one thread; inputs {} numeric + {} binary + categories {:?}, layers {:?}-{:?}",
+        a.numeric, a.binary, a.cardinalities, a.encoder, a.decoder
+    );
+    println!("{:<8} {:<10} {:>14}", "batch", "precision", "rows/s");
+    for bf16 in [false, true] {
+        let mut model = Model::from_files(&name, &manifest, &weights, device)?;
+        if bf16 {
+            model.to_bf16();
+        }
+        for &batch in &args.model_batches {
+            let rate = model.forward_rate(batch.max(1), std::time::Duration::from_millis(1500));
+            println!("{:<8} {:<10} {:>14.0}", batch, if bf16 { "bf16" } else { "f32" }, rate);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
