@@ -15,7 +15,8 @@
 //! (`{"@odata.context": …, "value": [ … ]}`) or JSON lines, told apart by the content; `jsonl` reads JSON lines;
 //! `csv` reads CSV with a header line (column types inferred per file: integer, float, boolean, else string;
 //! empty fields are null); `parquet` reads Parquet. `auto` decides by extension (`.csv`, `.parquet`, else
-//! `json`). A `.gz` file is decompressed first, whatever its format.
+//! `json`). A `.gz` file is decompressed as a stream, whatever its format. Text is UTF-8; a UTF-8 byte-order
+//! mark is skipped, and UTF-16 (a byte-order mark, or the NUL bytes of ASCII text in UTF-16) is decoded.
 //!
 //! **Output.** By default records become Arrow columns, with the schema inferred per file. With `raw: true`
 //! each record becomes one row of two columns, `raw` (the record as JSON text) and `line` (its line in the
@@ -28,10 +29,13 @@
 //! order whatever the number of workers. A file's rows keep their order.
 //!
 //! **Bad input.** A record that cannot be read (bad JSON on one line, a CSV row with the wrong number of fields,
-//! a value that is not an object, a record over `max_record_bytes`) goes to the dead-letter output as
-//! `file:line` with the reason; the rest of the file is still read. A JSON array file that does not parse at
-//! all is one dead letter. A path that does not exist fails the stage; a glob that matches nothing logs a
-//! warning (and, with `watch`, waits for files).
+//! a value that is not an object, a record over `max_record_bytes`, a record holding bytes that are not
+//! UTF-8 — dead-lettered rather than read with replaced characters, so that no user name is mangled) goes
+//! to the dead-letter output as `file:line` with the reason; the rest of the file is still read. A JSON
+//! array file that does not parse at all is one dead letter. A damaged file — a `.gz` that is truncated or
+//! not gzip at all, a file over `max_file_bytes` — keeps what could be read, and the rest is one dead letter
+//! naming the file and where it broke; the other files go on. A path that does not exist fails the stage; a
+//! glob that matches nothing logs a warning (and, with `watch`, waits for files).
 //!
 //! **Watch.** With `watch: true` the source does not end: every `poll_interval_secs` it lists again and reads
 //! the files it has not seen, in time order.
@@ -91,6 +95,10 @@ pub struct FileSourceConfig {
     /// Records longer than this many bytes are dead letters.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
+    /// Most bytes read from one file, after decompression: a file (or a `.gz` that inflates) past it is
+    /// read up to the limit, and the rest is one dead letter naming the file and the limit.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: usize,
     /// S3 settings for `s3://` paths.
     #[serde(default)]
     pub s3: S3Options,
@@ -107,6 +115,9 @@ fn default_poll_interval() -> f64 {
 }
 fn default_max_record_bytes() -> usize {
     1 << 20
+}
+fn default_max_file_bytes() -> usize {
+    512 << 20
 }
 
 /// Input formats.
@@ -160,6 +171,9 @@ impl StageConfig for FileSourceConfig {
         if self.batch_size == 0 {
             return Err(ConfigError::field("batch_size", "must be at least 1"));
         }
+        if self.max_file_bytes < 1024 {
+            return Err(ConfigError::field("max_file_bytes", "must be at least 1024"));
+        }
         if !self.delimiter.is_ascii() {
             return Err(ConfigError::field("delimiter", "must be one ASCII character"));
         }
@@ -200,13 +214,21 @@ struct Queued {
     file: FileInfo,
 }
 
-/// Records of one file: their JSON text lives in `text`, each as a (line, start, end) span.
+/// Records of one file: their JSON text lives in `text`, each as a (line, start, end) span. `bad` holds the
+/// (sorted) offsets in `text` of characters that stand for bytes that were not valid text.
 struct Records {
     text: String,
     spans: Vec<(u32, usize, usize)>,
+    bad: Vec<usize>,
 }
 
 impl Records {
+    /// The first invalid byte inside `start..end`, as an offset from `start`.
+    fn invalid_in(&self, start: usize, end: usize) -> Option<usize> {
+        let i = self.bad.partition_point(|&o| o < start);
+        self.bad.get(i).filter(|&&o| o < end).map(|&o| o - start)
+    }
+
     fn from_owned(records: Vec<(u32, String)>) -> Self {
         let mut text = String::with_capacity(records.iter().map(|(_, r)| r.len() + 1).sum());
         let mut spans = Vec::with_capacity(records.len());
@@ -216,11 +238,7 @@ impl Records {
             spans.push((line, start, text.len()));
             text.push('\n');
         }
-        Records { text, spans }
-    }
-    fn get(&self, i: usize) -> (u32, &str) {
-        let (line, a, b) = self.spans[i];
-        (line, &self.text[a..b])
+        Records { text, spans, bad: Vec::new() }
     }
 }
 
@@ -287,15 +305,46 @@ impl FileSource {
     fn load(&self, q: Queued, out: &mut Emitter) -> Result<Loaded, StageError> {
         let Some(store) = &self.store else { return Err(StageError::Other("store not opened".into())) };
         let display = q.file.display.clone();
-        let mut bytes = Vec::from(store.get(&q.file)?);
+        let limit = self.config.max_file_bytes;
         let mut name = display.to_ascii_lowercase();
+        let damaged = |out: &mut Emitter, reason: String| {
+            out.dead_letter(DeadLetter::new(reason, String::new(), display.clone()));
+        };
+        let mut bytes = Vec::from(store.get(&q.file)?);
         if name.ends_with(".gz") {
-            let mut plain = Vec::with_capacity(bytes.len() * 4);
-            flate2::read::MultiGzDecoder::new(bytes.as_slice())
-                .read_to_end(&mut plain)
-                .map_err(|e| StageError::Data(format!("{display}: not a valid gzip file: {e}")))?;
-            bytes = plain;
             name.truncate(name.len() - 3);
+            let (plain, problem) = gunzip(&bytes, limit);
+            match problem {
+                None => {}
+                Some(Gunzip::NotGzip(e)) => {
+                    damaged(out, format!("{display}: not a gzip file ({e}); nothing read from it"));
+                }
+                Some(Gunzip::Damaged { decoded, near, error }) => damaged(
+                    out,
+                    format!(
+                        "{display}: damaged gzip data near compressed byte {near}, after {decoded} decompressed bytes \
+                         ({error}); the records before it are read, the rest of the file is not"
+                    ),
+                ),
+                Some(Gunzip::TooLarge) => damaged(
+                    out,
+                    format!(
+                        "{display}: decompresses to more than max_file_bytes ({limit}); the first {limit} bytes \
+                         are read, the rest of the file is not"
+                    ),
+                ),
+            }
+            bytes = plain;
+        } else if bytes.len() > limit {
+            damaged(
+                out,
+                format!(
+                    "{display}: {} bytes, over max_file_bytes ({limit}); the first {limit} bytes are read, the rest \
+                     of the file is not",
+                    bytes.len()
+                ),
+            );
+            bytes.truncate(limit);
         }
         let format = match self.config.format {
             InputFormat::Auto if name.ends_with(".csv") => InputFormat::Csv,
@@ -304,34 +353,101 @@ impl FileSource {
             f => f,
         };
         let content = match format {
-            InputFormat::Parquet => {
-                let batches = read_parquet(bytes, &display, self.config.batch_size)?;
-                if self.config.raw {
+            InputFormat::Parquet => match read_parquet(bytes, &display, self.config.batch_size) {
+                Ok(batches) if self.config.raw => {
                     Content::Records(Records::from_owned(batches_to_json_records(&batches)?))
-                } else {
-                    Content::Batches(batches)
                 }
-            }
+                Ok(batches) => Content::Batches(batches),
+                Err(e) => {
+                    damaged(out, e.to_string());
+                    Content::Batches(Vec::new())
+                }
+            },
             InputFormat::Csv => {
-                let text = String::from_utf8_lossy(&bytes);
-                Content::Records(Records::from_owned(read_csv(&text, self.config.delimiter as u8, &display, out)))
+                let text = decode_text(bytes, &display, out);
+                let bad_lines = text.bad_lines();
+                Content::Records(Records::from_owned(read_csv(
+                    &text.text,
+                    self.config.delimiter as u8,
+                    &display,
+                    &bad_lines,
+                    out,
+                )))
             }
             InputFormat::Jsonl => {
-                let text = into_text(bytes);
-                let spans = json_lines(&text);
-                Content::Records(Records { text, spans })
+                let text = decode_text(bytes, &display, out);
+                let spans = json_lines(&text.text);
+                Content::Records(Records { text: text.text, spans, bad: text.bad })
             }
             _ => {
-                let text = into_text(bytes);
-                let spans = json_records(&text, &display, out);
-                Content::Records(Records { text, spans })
+                let text = decode_text(bytes, &display, out);
+                let spans = json_records(&text.text, &display, out);
+                Content::Records(Records { text: text.text, spans, bad: text.bad })
             }
         };
         Ok(Loaded { rank: q.rank, display, content, pos: 0 })
     }
 }
 
+/// What went wrong while decompressing.
+enum Gunzip {
+    /// Not gzip data at all.
+    NotGzip(std::io::Error),
+    /// The data broke off or is corrupt after `decoded` bytes, near compressed byte `near`.
+    Damaged { decoded: usize, near: u64, error: std::io::Error },
+    /// It inflates past the limit.
+    TooLarge,
+}
+
+/// Decompresses gzip data (every member) as a stream, keeping at most `limit` bytes; returns what was read
+/// and, if it stopped early, why. Memory stays within the limit whatever the data claims.
+fn gunzip(compressed: &[u8], limit: usize) -> (Vec<u8>, Option<Gunzip>) {
+    /// Counts the compressed bytes the decoder has taken.
+    struct Counting<'a> {
+        inner: &'a [u8],
+        taken: u64,
+    }
+    impl Read for Counting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.taken += n as u64;
+            Ok(n)
+        }
+    }
+    let mut decoder = flate2::read::MultiGzDecoder::new(Counting { inner: compressed, taken: 0 });
+    let mut plain = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        match decoder.read(&mut chunk) {
+            Ok(0) => return (plain, None),
+            Ok(n) => {
+                if plain.len() + n > limit {
+                    let keep = limit - plain.len();
+                    plain.extend_from_slice(&chunk[..keep]);
+                    return (plain, Some(Gunzip::TooLarge));
+                }
+                plain.extend_from_slice(&chunk[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                let near = decoder.get_ref().taken;
+                let why = if plain.is_empty() {
+                    Gunzip::NotGzip(error)
+                } else {
+                    Gunzip::Damaged { decoded: plain.len(), near, error }
+                };
+                return (plain, Some(why));
+            }
+        }
+    }
+}
+
 impl Source for FileSource {
+    /// A watched folder is a stream; a listing of files has an end.
+    fn bounded(&self) -> bool {
+        !self.config.watch
+    }
+
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         self.store = Some(Store::open(&self.config.path, &self.config.s3)?);
         self.refresh(ctx)
@@ -395,11 +511,97 @@ fn excerpt_of(text: &str) -> String {
     s
 }
 
-/// Bytes as text; invalid UTF-8 sequences become U+FFFD (the record then fails to parse where it matters).
-fn into_text(bytes: Vec<u8>) -> String {
-    match String::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+/// A file's bytes as text, with where bytes that were not valid text were replaced (by U+FFFD).
+struct Text {
+    text: String,
+    bad: Vec<usize>,
+}
+
+impl Text {
+    /// The 1-based lines holding a replaced byte.
+    fn bad_lines(&self) -> HashSet<u32> {
+        let mut pos = (0usize, 1u32);
+        self.bad.iter().map(|&o| advance_line(&self.text, &mut pos, o)).collect()
+    }
+}
+
+/// Decodes a file's bytes: UTF-8 (a byte-order mark skipped), or UTF-16 when it starts with a UTF-16
+/// byte-order mark or has the NUL bytes of ASCII text in UTF-16. Invalid sequences become U+FFFD, and their
+/// places are kept so that the records holding them become dead letters instead of being read mangled.
+fn decode_text(bytes: Vec<u8>, display: &str, out: &mut Emitter) -> Text {
+    let utf16 = match bytes.as_slice() {
+        [0xFF, 0xFE, ..] => Some((true, 2)),
+        [0xFE, 0xFF, ..] => Some((false, 2)),
+        b if b.len() >= 4 => {
+            // ASCII text in UTF-16 has a NUL in every other byte.
+            let head = &b[..b.len().min(512) & !1];
+            let zeros_odd = head.iter().skip(1).step_by(2).filter(|&&c| c == 0).count();
+            let zeros_even = head.iter().step_by(2).filter(|&&c| c == 0).count();
+            let half = head.len() / 2;
+            if zeros_odd * 10 >= half * 9 && zeros_even == 0 {
+                Some((true, 0))
+            } else if zeros_even * 10 >= half * 9 && zeros_odd == 0 {
+                Some((false, 0))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
+    if let Some((little, skip)) = utf16 {
+        let file = display;
+        tracing::debug!(file, little_endian = little, "decoding UTF-16");
+        let units = bytes[skip..].chunks(2).map(|c| match (c, little) {
+            ([a, b], true) => u16::from_le_bytes([*a, *b]),
+            ([a, b], false) => u16::from_be_bytes([*a, *b]),
+            _ => 0xFFFD,
+        });
+        let mut text = String::with_capacity(bytes.len() / 2);
+        let mut bad = Vec::new();
+        for c in char::decode_utf16(units) {
+            match c {
+                Ok(c) => text.push(c),
+                Err(_) => {
+                    bad.push(text.len());
+                    text.push(char::REPLACEMENT_CHARACTER);
+                }
+            }
+        }
+        if bytes.len() % 2 == 1 {
+            out.dead_letter(DeadLetter::new(
+                format!("{display}: UTF-16 text with an odd number of bytes: the last byte is not read"),
+                String::new(),
+                display.to_string(),
+            ));
+        }
+        return Text { text, bad };
+    }
+    let mut bytes = bytes;
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        bytes.drain(..3);
+    }
+    let bytes = match String::from_utf8(bytes) {
+        Ok(text) => return Text { text, bad: Vec::new() },
+        Err(e) => e.into_bytes(),
+    };
+    let mut text = String::with_capacity(bytes.len());
+    let mut bad = Vec::new();
+    let mut rest = bytes.as_slice();
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                text.push_str(s);
+                return Text { text, bad };
+            }
+            Err(e) => {
+                let (valid, after) = rest.split_at(e.valid_up_to());
+                // `valid_up_to` bytes were just checked to be UTF-8.
+                text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                bad.push(text.len());
+                text.push(char::REPLACEMENT_CHARACTER);
+                rest = &after[e.error_len().unwrap_or(after.len())..];
+            }
+        }
     }
 }
 
@@ -420,7 +622,21 @@ fn chunk_to_batch(
             format!("{display}:{line}"),
         ));
     };
-    let chunk: Vec<(u32, &str)> = range.map(|i| records.get(i)).collect();
+    let mut chunk: Vec<(u32, &str)> = Vec::with_capacity(range.len());
+    for i in range {
+        let (line, a, b) = records.spans[i];
+        match records.invalid_in(a, b) {
+            None => chunk.push((line, &records.text[a..b])),
+            Some(at) => out.dead_letter(DeadLetter::new(
+                format!(
+                    "line {line}: the record holds bytes that are not valid UTF-8 (at byte {at} of the record); it \
+                     is not read, so that no value is read mangled"
+                ),
+                excerpt_of(&records.text[a..b]),
+                format!("{display}:{line}"),
+            )),
+        }
+    }
     if raw {
         let mut texts = StringBuilder::with_capacity(chunk.len(), chunk.iter().map(|(_, t)| t.len()).sum());
         let mut lines = UInt32Builder::with_capacity(chunk.len());
@@ -654,7 +870,13 @@ enum ColType {
 }
 
 /// Reads CSV rows into JSON object records with per-file column types.
-fn read_csv(text: &str, delimiter: u8, display: &str, out: &mut Emitter) -> Vec<(u32, String)> {
+fn read_csv(
+    text: &str,
+    delimiter: u8,
+    display: &str,
+    bad_lines: &HashSet<u32>,
+    out: &mut Emitter,
+) -> Vec<(u32, String)> {
     let mut reader =
         csv::ReaderBuilder::new().delimiter(delimiter).has_headers(true).flexible(true).from_reader(text.as_bytes());
     let headers: Vec<String> = match reader.headers() {
@@ -671,6 +893,15 @@ fn read_csv(text: &str, delimiter: u8, display: &str, out: &mut Emitter) -> Vec<
             Ok(false) => break,
             Ok(true) => {
                 let line = record.position().map(|p| p.line() as u32).unwrap_or(0);
+                if bad_lines.contains(&line) {
+                    let text: Vec<&str> = record.iter().collect();
+                    out.dead_letter(DeadLetter::new(
+                        format!("line {line}: the row holds bytes that are not valid UTF-8; it is not read"),
+                        text.join(&(delimiter as char).to_string()),
+                        format!("{display}:{line}"),
+                    ));
+                    continue;
+                }
                 if record.len() != headers.len() {
                     let text: Vec<&str> = record.iter().collect();
                     out.dead_letter(DeadLetter::new(
@@ -896,6 +1127,133 @@ mod tests {
         assert_eq!(batches.iter().map(Batch::num_rows).sum::<usize>(), 2);
         assert_eq!(dead.len(), 1);
         assert!(dead[0].reason.contains("line 2: record is 5009 bytes"), "{}", dead[0].reason);
+    }
+}
+
+#[cfg(test)]
+mod damaged_input_tests {
+    use std::io::Write;
+
+    use arrow::array::{Array, AsArray};
+
+    use super::*;
+
+    fn read(path: &std::path::Path, extra: serde_json::Value) -> (Vec<String>, Vec<DeadLetter>) {
+        let mut config = serde_json::json!({"path": path.to_str().unwrap(), "raw": true});
+        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        let config: FileSourceConfig = serde_json::from_value(config).unwrap();
+        config.validate().unwrap();
+        let ctx = StageContext::standalone("logs", 0, 1);
+        let StageInstance::Source(mut src) = StageConfig::build(&config, &ctx).unwrap() else { panic!() };
+        src.open(&ctx).unwrap();
+        let mut em = Emitter::new();
+        while src.poll(&ctx, &mut em).unwrap() != SourceStatus::Exhausted {}
+        let (batches, dead) = em.take();
+        let rows = batches
+            .iter()
+            .flat_map(|b| {
+                let raw = b.data.column(0).as_string::<i32>();
+                (0..raw.len()).map(|i| raw.value(i).to_string()).collect::<Vec<_>>()
+            })
+            .collect();
+        (rows, dead)
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_read_only_up_to_the_file_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bomb.jsonl.gz");
+        // 2 good lines, then 64 MiB of zeros in one line: a few KiB compressed, 5 members.
+        let mut data = b"{\"a\":1}\n{\"a\":2}\n".to_vec();
+        data.extend(std::iter::repeat_n(b'0', 64 << 20));
+        let member = gz(&data);
+        std::fs::write(&p, member.repeat(5)).unwrap();
+        let (rows, dead) = read(&p, serde_json::json!({"max_file_bytes": 1 << 20, "max_record_bytes": 4096}));
+        assert_eq!(rows.len(), 2, "only the two real records are rows");
+        assert_eq!(rows, ["{\"a\":1}", "{\"a\":2}"]);
+        let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+        assert!(
+            reasons.iter().any(|r| r.contains("decompresses to more than max_file_bytes (1048576)")),
+            "{reasons:?}"
+        );
+        assert!(reasons.iter().any(|r| r.contains("over max_record_bytes")), "{reasons:?}");
+    }
+
+    #[test]
+    fn a_truncated_or_fake_gzip_keeps_what_was_read_and_other_files_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: String = (0..2000).map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}\n", "x".repeat(40))).collect();
+        let whole = gz(lines.as_bytes());
+        std::fs::write(dir.path().join("a-cut.jsonl.gz"), &whole[..whole.len() / 2]).unwrap();
+        std::fs::write(dir.path().join("b-fake.jsonl.gz"), b"this is not gzip at all\n").unwrap();
+        std::fs::write(dir.path().join("c-fine.jsonl"), "{\"n\":\"last\"}\n").unwrap();
+        let (rows, dead) = read(dir.path(), serde_json::json!({}));
+        assert!(rows.last().is_some_and(|r| r.contains("last")), "the file after the damaged ones is read");
+        let from_cut = rows.iter().filter(|r| r.contains("pad")).count();
+        assert!(from_cut > 100 && from_cut < 2000, "the readable part of the cut file is kept: {from_cut}");
+        let cut = dead.iter().find(|d| d.origin.ends_with("a-cut.jsonl.gz")).expect("the cut file is reported");
+        assert!(cut.reason.contains("damaged gzip data near compressed byte"), "{}", cut.reason);
+        let fake = dead.iter().find(|d| d.origin.ends_with("b-fake.jsonl.gz")).expect("the fake gzip is reported");
+        assert!(fake.reason.contains("not a gzip file"), "{}", fake.reason);
+    }
+
+    #[test]
+    fn byte_order_marks_and_utf16_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let array = "[\n  {\"u\": \"zoë\"},\n  {\"u\": \"bob\"}\n]\n";
+        let bom = dir.path().join("bom.json");
+        std::fs::write(&bom, [&[0xEF, 0xBB, 0xBF][..], array.as_bytes()].concat()).unwrap();
+        let (rows, dead) = read(&bom, serde_json::json!({}));
+        assert!(dead.is_empty(), "{dead:?}");
+        assert_eq!(rows, ["{\"u\": \"zoë\"}", "{\"u\": \"bob\"}"]);
+        for (name, little, mark) in [("le.json", true, true), ("be.json", false, true), ("nomark.json", true, false)] {
+            let p = dir.path().join(name);
+            let mut bytes: Vec<u8> = match (mark, little) {
+                (true, true) => vec![0xFF, 0xFE],
+                (true, false) => vec![0xFE, 0xFF],
+                _ => Vec::new(),
+            };
+            for u in array.encode_utf16() {
+                bytes.extend(if little { u.to_le_bytes() } else { u.to_be_bytes() });
+            }
+            std::fs::write(&p, bytes).unwrap();
+            let (rows, dead) = read(&p, serde_json::json!({}));
+            assert!(dead.is_empty(), "{name}: {dead:?}");
+            assert_eq!(rows, ["{\"u\": \"zoë\"}", "{\"u\": \"bob\"}"], "{name}");
+        }
+    }
+
+    #[test]
+    fn a_record_with_invalid_utf8_is_a_dead_letter_not_a_mangled_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.jsonl");
+        std::fs::write(
+            &p,
+            [&b"{\"u\":\"alice\"}\n{\"u\":\"b"[..], &[0xFF, 0xFE][..], &b"b\"}\n{\"u\":\"carol\"}\n"[..]].concat(),
+        )
+        .unwrap();
+        let (rows, dead) = read(&p, serde_json::json!({}));
+        assert_eq!(rows, ["{\"u\":\"alice\"}", "{\"u\":\"carol\"}"]);
+        assert_eq!(dead.len(), 1);
+        assert!(
+            dead[0].reason.starts_with("line 2: the record holds bytes that are not valid UTF-8"),
+            "{}",
+            dead[0].reason
+        );
+        assert_eq!(dead[0].origin, format!("{}:2", p.display()));
+        let csv = dir.path().join("x.csv");
+        std::fs::write(&csv, [&b"u,n\nalice,1\n"[..], &[0xC3][..], &b"b,2\ncarol,3\n"[..]].concat()).unwrap();
+        let (rows, dead) = read(&csv, serde_json::json!({}));
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(dead[0].reason.contains("line 3: the row holds bytes that are not valid UTF-8"), "{}", dead[0].reason);
     }
 }
 
