@@ -29,6 +29,7 @@ use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::Scope;
 
+use crate::commits::Mark;
 use crate::error::RunError;
 use crate::spec::Plan;
 use crate::stage::StopFlag;
@@ -332,6 +333,10 @@ pub(crate) trait RunControl {
     fn error_text(&self) -> String;
     /// Records a run-level error (the first one wins) and stops the pipeline.
     fn set_error(&self, error: RunError);
+    /// This process's commit-gate marks not yet sent to the others (see [`crate::commits`]).
+    fn take_marks(&self) -> Vec<Mark>;
+    /// A commit-gate mark from another process.
+    fn receive_mark(&self, mark: Mark);
 }
 
 /// What the processes of a cluster tell each other while the pipeline runs.
@@ -345,6 +350,8 @@ enum Control {
     SourcesDone { worker: usize },
     /// The newest logical time a source of this process emitted at (so idle sources elsewhere keep up).
     Time { time: u64 },
+    /// A checkpoint became durable, or a source committed (the commit gate spans the cluster).
+    Mark(Mark),
 }
 
 /// Spreads stops and failures over the cluster: each worker broadcasts its process's stop request or
@@ -373,6 +380,9 @@ pub(crate) fn cluster_control<'s, S: RunControl + 'static>(
                 if time > sent_time {
                     sent_time = time;
                     output.session(c).give(Control::Time { time });
+                }
+                for mark in out_shared.take_marks() {
+                    output.session(c).give(Control::Mark(mark));
                 }
                 if !sent_stop && out_stop.is_set() {
                     sent_stop = true;
@@ -412,6 +422,7 @@ pub(crate) fn cluster_control<'s, S: RunControl + 'static>(
         Control::Time { time } => {
             in_shared.raise_max_time(*time);
         }
+        Control::Mark(mark) => in_shared.receive_mark(*mark),
     });
 }
 

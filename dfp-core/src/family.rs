@@ -415,6 +415,7 @@ impl Family {
         }
         match column {
             "logcount" | "hours_since_prev" => true,
+            "new_values" => !self.novelty().is_empty(),
             "locincrement" => self.roles.location.is_some(),
             "appincrement" => self.roles.app.is_some(),
             other => self.novelty().iter().any(|(_, flag)| *flag == other),

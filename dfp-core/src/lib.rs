@@ -37,6 +37,7 @@
 
 pub mod batch;
 pub mod cluster;
+mod commits;
 pub mod embedded;
 pub mod error;
 pub mod executor;

@@ -19,6 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
+use crate::commits::{Commits, Mark};
 use crate::error::StageError;
 use crate::family::{Families, Family};
 use crate::observe::RunStats;
@@ -75,6 +76,9 @@ pub struct StageContext {
     pub(crate) stop: StopFlag,
     pub(crate) stats: Option<Arc<RunStats>>,
     pub(crate) families: Arc<Families>,
+    /// The stage's index in the plan (for the commit gate).
+    pub(crate) stage_index: usize,
+    pub(crate) commits: Option<Arc<Commits>>,
 }
 
 impl StageContext {
@@ -90,6 +94,8 @@ impl StageContext {
             stop: StopFlag::default(),
             stats: None,
             families: Arc::new(crate::Registry::global().families().clone()),
+            stage_index: 0,
+            commits: None,
         }
     }
 
@@ -148,6 +154,28 @@ impl StageContext {
         if let Some(stats) = &self.stats {
             stats.count(&self.stage_id, counter, n);
         }
+    }
+
+    /// Stages that checkpoint their own state ([`Transform::holds_commits`]): everything this stage
+    /// received at logical times below `frontier` is now in a durable checkpoint. Sources commit their read
+    /// positions no further than the lowest such frontier of every checkpointing stage on every worker.
+    pub fn durable(&self, frontier: u64) {
+        if let Some(c) = &self.commits {
+            c.record(Mark::Durable { stage: self.stage_index, worker: self.worker_index, frontier });
+        }
+    }
+
+    /// The lowest logical time up to which every source has committed its read positions (0 before the
+    /// first commit, and outside the runtime): a restart may deliver again anything that arrived at or
+    /// after it. Checkpointing stages keep what they need to recognise such events until it passes them.
+    pub fn committed(&self) -> u64 {
+        self.commits.as_ref().map_or(0, |c| c.committed_frontier())
+    }
+
+    /// Whether a checkpointing stage should checkpoint now rather than at its next interval: a stop was
+    /// asked for, or a source has ended and waits for the checkpoint to commit before it finishes.
+    pub fn checkpoint_wanted(&self) -> bool {
+        self.stop_requested() || self.commits.as_ref().is_some_and(|c| c.wanted())
     }
 
     /// Tells the runtime whether this stage can do its work (`/readyz`): `Err(reason)` while it cannot
@@ -360,6 +388,12 @@ pub trait Transform: Send {
     /// How the input must be spread over workers.
     fn input_partitioning(&self) -> Partitioning {
         Partitioning::Any
+    }
+    /// Whether this stage keeps state that a restart restores from its own checkpoints (`features` with
+    /// `checkpoint:`). When true, sources commit their read positions only up to what the stage reported
+    /// with [`StageContext::durable`], so that a restart replays exactly what the checkpoint lacks.
+    fn holds_commits(&self) -> bool {
+        false
     }
     /// Called once before the first batch.
     fn open(&mut self, _ctx: &StageContext) -> Result<(), StageError> {

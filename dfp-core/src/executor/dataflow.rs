@@ -65,6 +65,8 @@ pub(super) fn build_dataflow<'s>(
                 stop: stop.clone(),
                 stats: Some(Arc::clone(&shared.stats)),
                 families: Arc::clone(&plan.families),
+                stage_index,
+                commits: Some(Arc::clone(&shared.commits)),
             },
             shared: Arc::clone(shared),
             attrs: [KeyValue::new("pipeline", plan.file.clone()), KeyValue::new("stage", stage.id.clone())],
@@ -84,6 +86,11 @@ pub(super) fn build_dataflow<'s>(
                 None
             }
         };
+        match &instance {
+            Some(StageInstance::Transform(t)) if t.holds_commits() => shared.commits.add_gate(stage_index),
+            _ if stage.kind == StageKind::Source => shared.commits.add_source(stage_index),
+            _ => {}
+        }
         let items: Items<'s> = match stage.kind {
             StageKind::Source => {
                 let src = match instance {

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use self::dataflow::build_dataflow;
 use self::state::{Shared, Time};
 use crate::cluster::{handshake, resolve_cluster, Fingerprint, PeerWatch};
+use crate::commits::Commits;
 use crate::error::{RunError, StageError};
 use crate::observe::{self, AdminServer, RunStats, StageStats};
 use crate::spec::Plan;
@@ -154,6 +155,7 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
         dead_letter_path: options.dead_letter.unwrap_or_else(|| plan.runtime.dead_letter.clone()),
         dead_letter_file: Mutex::new(None),
         cut_short: AtomicBool::new(false),
+        commits: Arc::new(Commits::new(workers * processes, processes > 1)),
     });
     tracing::info!(pipeline = %plan.file, workers, process, processes, stages = plan.stages.len(), "starting pipeline");
 

@@ -12,6 +12,7 @@ use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::Scope;
 
 use super::state::{guard, Item, ItemBuilder, Items, OpEnv, Time};
+use crate::commits::Mark;
 use crate::stage::{Emitter, Source, SourceStatus};
 
 /// The operator of one source stage (`None` when building it failed: the operator then just ends).
@@ -29,6 +30,12 @@ pub(super) fn source_op<'s>(
     let ended = move |env: &OpEnv| {
         env.counters().in_flight[env.local].store(0, Ordering::Relaxed);
         live.set(live.get().saturating_sub(1));
+        // An ended source has nothing more a restart could deliver again.
+        env.shared.commits.record(Mark::Committed {
+            stage: env.stage_index,
+            worker: env.ctx.worker_index,
+            frontier: u64::MAX,
+        });
     };
     let name = format!("source:{}", env.id());
     source::<Time, ItemBuilder, _, _>(scope, &name, move |cap, info| {
@@ -55,11 +62,17 @@ pub(super) fn source_op<'s>(
             };
             if opened && !env.shared.aborted() {
                 let done = probe.with_frontier(|f| f.iter().min().copied()).unwrap_or(*c.time());
-                let done = done.min(*c.time());
+                // Not past what every checkpointing stage holds durably (see `crate::commits`).
+                let done = done.min(*c.time()).min(env.shared.commits.durable_frontier());
                 if done > completed {
                     completed = done;
-                    if let Err(e) = guard(|| s.completed(completed)) {
-                        env.shared.fail(env.id(), e);
+                    match guard(|| s.completed(completed)) {
+                        Ok(()) => env.shared.commits.record(Mark::Committed {
+                            stage: env.stage_index,
+                            worker: env.ctx.worker_index,
+                            frontier: completed,
+                        }),
+                        Err(e) => env.shared.fail(env.id(), e),
                     }
                 }
             }
@@ -169,6 +182,10 @@ pub(super) fn source_op<'s>(
                     let next = last_emitted.map_or(*c.time(), |t| t + 1).max(*c.time());
                     c.downgrade(&next);
                     draining = true;
+                    if env.shared.commits.gated() {
+                        // Checkpointing stages: checkpoint now, so that this source can commit and finish.
+                        env.shared.commits.set_wanted();
+                    }
                     activator.activate();
                     return;
                 }

@@ -112,19 +112,6 @@ where
                     output.session(&cap).give_iterator(buf.drain(..));
                 }
             });
-            if let (Some(c), Op::Transform(tr)) = (held.as_ref(), &mut op) {
-                if !env.shared.aborted() {
-                    match env.timed(|| guard(|| tr.poll_timer(&mut em))) {
-                        Ok(Some(delay)) => activator.activate_after(delay),
-                        Ok(None) => {}
-                        Err(e) => env.shared.fail(env.id(), e),
-                    }
-                    env.flush(&mut em, &mut buf);
-                    if !buf.is_empty() {
-                        output.session(c).give_iterator(buf.drain(..));
-                    }
-                }
-            }
             if let Some(c) = held.as_mut() {
                 let f = frontier.frontier();
                 if f.is_empty() {
@@ -157,7 +144,23 @@ where
                         if !buf.is_empty() {
                             output.session(&*c).give_iterator(buf.drain(..));
                         }
-                        tracing::trace!(stage = %env.id(), worker = env.ctx.worker_index, frontier = t, "input frontier"); c.downgrade(&t);
+                        tracing::trace!(stage = %env.id(), worker = env.ctx.worker_index, frontier = t, "input frontier");
+                        c.downgrade(&t);
+                    }
+                }
+            }
+            // Timers last: what `advance` just did may be what a timer waits on (a checkpoint due once the
+            // frontier moved), and nothing else wakes this operator if no more input comes.
+            if let (Some(c), Op::Transform(tr)) = (held.as_ref(), &mut op) {
+                if !env.shared.aborted() {
+                    match env.timed(|| guard(|| tr.poll_timer(&mut em))) {
+                        Ok(Some(delay)) => activator.activate_after(delay),
+                        Ok(None) => {}
+                        Err(e) => env.shared.fail(env.id(), e),
+                    }
+                    env.flush(&mut em, &mut buf);
+                    if !buf.is_empty() {
+                        output.session(c).give_iterator(buf.drain(..));
                     }
                 }
             }

@@ -13,6 +13,7 @@ use timely::dataflow::Stream;
 
 use crate::batch::Batch;
 use crate::cluster::RunControl;
+use crate::commits::{Commits, Mark};
 use crate::error::{RunError, StageError};
 use crate::observe::{self, RunStats, StageStats};
 use crate::stage::{DeadLetter, Emitter, StageContext};
@@ -37,6 +38,8 @@ pub(super) struct Shared {
     pub(super) dead_letter_file: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
     /// A bounded source stopped because a stop was asked for, not because its input ended.
     pub(super) cut_short: AtomicBool,
+    /// How far sources may commit, and how far they did (see [`crate::commits`]).
+    pub(super) commits: Arc<Commits>,
 }
 
 impl Shared {
@@ -85,6 +88,12 @@ impl RunControl for Shared {
     }
     fn set_error(&self, error: RunError) {
         Shared::set_error(self, error)
+    }
+    fn take_marks(&self) -> Vec<Mark> {
+        self.commits.take_outbox()
+    }
+    fn receive_mark(&self, mark: Mark) {
+        self.commits.receive(mark)
     }
 }
 
