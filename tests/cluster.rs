@@ -53,13 +53,14 @@ fn lines_of(dir: &Path, stem: &str) -> Vec<String> {
     out
 }
 
-/// Model names and training rows of a local registry.
+/// Model names and training rows of a local registry (for the profile set: its number of users).
 fn models(registry: &Path) -> BTreeSet<(String, u64)> {
     let mut out = BTreeSet::new();
     for e in std::fs::read_dir(registry).unwrap().flatten() {
         let manifest = e.path().join("v000001/manifest.json");
         let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-        out.insert((e.file_name().to_string_lossy().to_string(), m["training"]["rows"].as_u64().unwrap()));
+        let rows = m["training"]["rows"].as_u64().or(m["users"].as_u64()).unwrap();
+        out.insert((e.file_name().to_string_lossy().to_string(), rows));
     }
     out
 }

@@ -65,7 +65,8 @@ fn the_add_a_log_source_walk_through_trains_and_scores_a_yaml_family() {
         names.contains("DFP-gws-amara.okafor@example.com"),
         "user ids are lower-cased as the family says: {names:?}"
     );
-    assert_eq!(names.len(), 7, "six users and the generic model: {names:?}");
+    assert!(names.contains("DFP-gws-=profiles"), "every user's history is saved: {names:?}");
+    assert_eq!(names.len(), 8, "six users, the generic model and the profile set: {names:?}");
     let manifest: Value = serde_json::from_slice(
         &std::fs::read(models.join("DFP-gws-chloe.martin@example.com/v000001/manifest.json")).unwrap(),
     )
@@ -75,7 +76,7 @@ fn the_add_a_log_source_walk_through_trains_and_scores_a_yaml_family() {
         manifest["features"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
     assert_eq!(inputs, ["logcount", "locincrement", "success", "login_type", "country"]);
     let listing = ok(&run(&["models", "list", "--registry", models.to_str().unwrap()]));
-    assert!(listing.contains("7 model(s)"), "{listing}");
+    assert!(listing.contains("8 model(s)"), "{listing}");
 
     ok(&dfp()
         .args(["run", "examples/gws/gws-inference.yaml", "--var", "threshold=-1"])

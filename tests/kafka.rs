@@ -1,6 +1,7 @@
 //! Streaming end to end through a real Kafka-protocol broker (tansu, installed by `./dev setup` into
 //! ~/.cache/dfp/tansu and started here on a free loopback port): `dfp produce` → the Kafka inference
-//! pipeline → alerts on a topic and in a file; and a `kill -9` in the middle of a run loses nothing.
+//! pipeline → alerts on a topic and in a file; a `kill -9` in the middle of a run loses nothing; and after
+//! one, every user's history resumes from the checkpoint, so features equal those of an uninterrupted run.
 
 mod common;
 
@@ -193,6 +194,7 @@ fn produce_then_score_from_kafka_to_a_topic_and_a_file() {
         .args(["--var", "topic=signins", "--var", "alerts_topic=alerts", "--var", "threshold=0"])
         .args(["--var", &format!("models={}", models.display()), "--var", &format!("output={}", alerts.display())])
         .args(["--var", "idle_stop_secs=2", "--dead-letter", &dir.path().join("dead.jsonl").display().to_string()])
+        .args(["--var", &format!("checkpoints={}", dir.path().join("checkpoints").display())])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -239,6 +241,8 @@ fn a_killed_pipeline_restarts_from_its_commits_without_losing_events() {
             .args(["--var", "topic=signins", "--var", "alerts_topic=alerts", "--var", "threshold=-1"])
             .args(["--var", &format!("models={}", models.display()), "--var", &format!("output={}", output.display())])
             .args(["--var", &format!("idle_stop_secs={idle}")])
+            .args(["--var", &format!("checkpoints={}", dir.path().join("checkpoints").display())])
+            .args(["--var", "checkpoint_secs=0.5"])
             .args(["--dead-letter", &dir.path().join("dead.jsonl").display().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -317,6 +321,8 @@ fn a_two_process_cluster_reads_every_event_once_and_a_restart_after_a_lost_proce
             .args(["--var", &format!("models={}", models.display()), "--var", &format!("group={group}")])
             .args(["--var", &format!("output={}", dir.path().join(format!("{stem}.jsonl")).display())])
             .args(["--var", &format!("idle_stop_secs={idle}"), "--workers", "2"])
+            .args(["--var", &format!("checkpoints={}", dir.path().join(format!("checkpoints-{topic}")).display())])
+            .args(["--var", "checkpoint_secs=0.5"])
             .args(["--dead-letter", &dir.path().join("dead.jsonl").display().to_string()])
             .args(["--processes", "2", "--process", &process.to_string(), "--hostfile"])
             .arg(&hosts)
@@ -384,4 +390,191 @@ fn a_two_process_cluster_reads_every_event_once_and_a_restart_after_a_lost_proce
     );
     assert!(twice < before, "the restart resumed from committed offsets, not from the start");
     committed_everything(&brokers, "cluster-live", "live", 4, records.len());
+}
+
+/// The `createdDateTime` of a raw Azure record, for ordering.
+fn created(record: &str) -> (String, String) {
+    let v: Value = serde_json::from_str(record).unwrap();
+    (
+        v["properties"]["createdDateTime"].as_str().unwrap().to_string(),
+        v["properties"]["id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The feature columns of a features row.
+fn features_of(row: &Value) -> Value {
+    const COLUMNS: [&str; 11] = [
+        "logcount",
+        "locincrement",
+        "appincrement",
+        "new_app",
+        "new_country",
+        "new_city",
+        "new_browser",
+        "new_os",
+        "new_device",
+        "new_ip_prefix",
+        "hours_since_prev",
+    ];
+    COLUMNS.iter().map(|c| (c.to_string(), row[*c].clone())).collect::<serde_json::Map<_, _>>().into()
+}
+
+/// Every row of a features file: (id, features), in file order (a run killed while writing may leave half
+/// a line, which is skipped).
+fn feature_rows(path: &Path) -> Vec<(String, Value)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|row| (row["id"].as_str().unwrap().to_string(), features_of(&row)))
+        .collect()
+}
+
+#[test]
+fn a_killed_stream_resumes_every_users_history_and_computes_the_same_features() {
+    let _serial = common::one_at_a_time();
+    let broker = Tansu::start();
+    // One partition: every run sees the records in the same order.
+    broker.create_topic("all", 1);
+    broker.create_topic("live", 1);
+    let brokers = broker.brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let (expected, mut records) = generate(dir.path(), 13);
+    records.sort_by_cached_key(|r| created(r));
+    // Profiles from the training days (no models needed for features).
+    let models = dir.path().join("models");
+    let profiles = dir.path().join("profiles.yaml");
+    std::fs::write(
+        &profiles,
+        format!(
+            "version: 1\nfamily: azure\nstages:\n  logs: {{ type: file-source, path: \"{}\", raw: true }}\n  events: {{ type: normalize-azure, inputs: [logs] }}\n  profiles: {{ type: profiles, inputs: [events], registry: \"{}\" }}\n  out: {{ type: blackhole, inputs: [profiles] }}\n",
+            dir.path().join("data/train").display(),
+            models.display()
+        ),
+    )
+    .unwrap();
+    let out = dfp().args(["run", profiles.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The streaming features pipeline: Kafka → normalize → features (profiles, checkpoints) → a file.
+    let pipeline = dir.path().join("stream.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"version: 1
+family: azure
+vars: {{ topic: x, group: x, output: x, checkpoints: x, idle: null, interval: 0.3 }}
+runtime: {{ workers: 2 }}
+stages:
+  logs:
+    type: kafka-source
+    brokers: "{brokers}"
+    topics: ["${{topic}}"]
+    group: "${{group}}"
+    idle_stop_secs: ${{idle}}
+  events: {{ type: normalize-azure, inputs: [logs] }}
+  features:
+    type: features
+    inputs: [events]
+    profiles: "{}"
+    checkpoint:
+      path: "${{checkpoints}}"
+      interval_secs: ${{interval}}
+  out: {{ type: file-sink, inputs: [features], path: "${{output}}", append: true }}
+"#,
+            models.display()
+        ),
+    )
+    .unwrap();
+    let run = |topic: &str, group: &str, output: &Path, checkpoints: &Path, idle: &str, interval: &str| {
+        dfp()
+            .args([
+                "run",
+                pipeline.to_str().unwrap(),
+                "--var",
+                &format!("topic={topic}"),
+                "--var",
+                &format!("group={group}"),
+            ])
+            .args(["--var", &format!("output={}", output.display()), "--var", &format!("idle={idle}")])
+            .args([
+                "--var",
+                &format!("checkpoints={}", checkpoints.display()),
+                "--var",
+                &format!("interval={interval}"),
+            ])
+            .args(["--dead-letter", &dir.path().join("dead.jsonl").display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+
+    // The reference: everything at once, uninterrupted.
+    send_to(&producer, "all", &records);
+    let reference = dir.path().join("reference.jsonl");
+    let out = common::finish_within(
+        run("all", "reference", &reference, &dir.path().join("reference-checkpoints"), "3", "0.3"),
+        90,
+        "the reference run",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let want: std::collections::BTreeMap<String, Value> = feature_rows(&reference).into_iter().collect();
+    assert_eq!(want.keys().cloned().collect::<BTreeSet<_>>(), expected, "the reference has every event");
+
+    // Fed a slice at a time, killed -9 after a checkpoint and more events that no checkpoint holds yet (the
+    // next one is 4 s away), then restarted: those events come again and get the features they had.
+    let crashed = dir.path().join("crashed.jsonl");
+    let checkpoints = dir.path().join("checkpoints");
+    let mut child = run("live", "crash", &crashed, &checkpoints, "null", "4");
+    let chunk = records.len() / 10;
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(done(), "{what} within a minute");
+    };
+    let has_checkpoint = || {
+        std::fs::read_dir(&checkpoints)
+            .is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".jsonl.gz")))
+    };
+    send_to(&producer, "live", &records[..3 * chunk]);
+    wait_for("the first slices were written", &|| feature_rows(&crashed).len() >= 3 * chunk);
+    wait_for("a checkpoint was written", &has_checkpoint);
+    send_to(&producer, "live", &records[3 * chunk..6 * chunk]);
+    wait_for("the later slices were written", &|| feature_rows(&crashed).len() >= 6 * chunk);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = feature_rows(&crashed).len();
+    send_to(&producer, "live", &records[6 * chunk..]);
+    let out = common::finish_within(run("live", "crash", &crashed, &checkpoints, "3", "0.3"), 90, "the restarted run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("restored users"), "the history came back from the checkpoint: {}", text(&out));
+
+    let rows = feature_rows(&crashed);
+    let seen: BTreeSet<String> = rows.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(seen, expected, "nothing lost across the kill");
+    // Every row written, before the kill, replayed after it, or new, has the features of the
+    // uninterrupted run.
+    let mismatches: Vec<String> = rows
+        .iter()
+        .filter(|(id, f)| want.get(id) != Some(f))
+        .map(|(id, f)| format!("{id}: {f} after the restart, {} uninterrupted", want[id]))
+        .collect();
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} rows differ:\n{}",
+        mismatches.len(),
+        rows.len(),
+        mismatches[..mismatches.len().min(5)].join("\n")
+    );
+    eprintln!(
+        "checkpoint restart test: {} events, {before} rows before the kill, {} rows in all ({} read again)",
+        expected.len(),
+        rows.len(),
+        rows.len() - seen.len()
+    );
+    assert!(rows.len() > seen.len(), "events past the last checkpoint were read again");
+    committed_everything(&brokers, "crash", "live", 1, records.len());
 }

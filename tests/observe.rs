@@ -312,7 +312,7 @@ fn an_unreachable_registry_makes_the_pipeline_not_ready_and_is_counted() {
     let counted = r#"dfp_registry_errors_total{operation="load",stage="scored"}"#;
     while started.elapsed() < Duration::from_secs(60) && !(readiness.contains(&registry) && metrics.contains(counted)) {
         if let Ok((503, body)) = http_get(port, "/readyz") {
-            if body.contains(&registry) {
+            if body.contains(&registry) && body.contains("stage \"scored\"") {
                 readiness = body;
             }
         }
@@ -320,7 +320,10 @@ fn an_unreachable_registry_makes_the_pipeline_not_ready_and_is_counted() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = run.wait_with_output().unwrap();
-    assert!(readiness.starts_with("not ready\nstage \"scored\": model registry"), "{readiness}");
+    // Every stage that reads the registry says so: the profile readers and the scorer.
+    assert!(readiness.starts_with("not ready\n"), "{readiness}");
+    assert!(readiness.contains("\nstage \"scored\": model registry"), "{readiness}");
+    assert!(readiness.contains("\nstage \"features\": profile store"), "{readiness}");
     assert!(metrics.contains(counted), "{metrics}");
     assert!(!out.status.success());
     assert!(text(&out).contains("not cached while the registry fails"), "{}", text(&out));

@@ -210,6 +210,28 @@ pub fn average_precision(pairs: &[(f64, bool)]) -> Option<f64> {
     Some(ap)
 }
 
+/// The highest threshold at which at least `recall` of the labelled attacks are flagged (flagged = score
+/// strictly above it), so that configurations can be compared at the same recall. `None` without attacks,
+/// or when that recall needs attacks that have no score.
+pub fn threshold_for_recall(labels: &[LabelRow], scores: &Scores, recall: f64) -> Option<f64> {
+    let mut positive: Vec<f64> =
+        labels.iter().filter(|r| r.label).filter_map(|r| scores.by_id.get(&r.id).copied()).collect();
+    let positives = labels.iter().filter(|r| r.label).count();
+    let needed = ((recall.clamp(0.0, 1.0) * positives as f64).ceil() as usize).max(1);
+    if positives == 0 || needed > positive.len() {
+        return None;
+    }
+    positive.sort_by(|a, b| b.total_cmp(a));
+    let lowest_kept = positive[needed - 1];
+    // Just below it: the highest score of any labelled event under it (or a little less).
+    let below = labels
+        .iter()
+        .filter_map(|r| scores.by_id.get(&r.id).copied())
+        .filter(|s| *s < lowest_kept)
+        .fold(f64::NEG_INFINITY, f64::max);
+    Some(if below.is_finite() { below } else { lowest_kept - 1.0 })
+}
+
 /// Detection rate of one kind of event.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct KindRow {
@@ -396,6 +418,25 @@ mod tests {
 
     fn close(a: Option<f64>, b: f64) -> bool {
         a.is_some_and(|a| (a - b).abs() < 1e-12)
+    }
+
+    #[test]
+    fn thresholds_for_a_recall_flag_just_enough_attacks() {
+        let labels: Vec<LabelRow> = [("a", true), ("b", true), ("c", false), ("d", true), ("e", false)]
+            .iter()
+            .map(|(id, l)| LabelRow { id: (*id).into(), label: *l, kind: "k".into() })
+            .collect();
+        let mut scores = Scores::default();
+        for (id, s) in [("a", 9.0), ("b", 5.0), ("c", 6.0), ("d", 1.0), ("e", 0.5)] {
+            scores.insert(id.to_string(), s);
+        }
+        // 2 of 3 attacks: flag a and b (score ≥ 5), so the threshold is the next score down (1.0).
+        let t = threshold_for_recall(&labels, &scores, 0.6).unwrap();
+        assert_eq!(t, 1.0);
+        let r = evaluate(&labels, &scores, "s", t);
+        assert_eq!((r.true_positives, r.false_positives), (2, 1));
+        assert_eq!(threshold_for_recall(&labels, &scores, 1.0), Some(0.5));
+        assert_eq!(threshold_for_recall(&labels[2..3], &scores, 0.5), None);
     }
 
     #[test]

@@ -5,24 +5,27 @@
 //! | type | kind | file |
 //! | --- | --- | --- |
 //! | `file-source` | source | [`sources::file`] |
+//! | `kafka-source` | source | [`sources::kafka`] |
 //! | `generator` | source | [`sources::generator`] |
+//! | `normalize` | transform | [`normalize::generic`] |
 //! | `normalize-azure` | transform | [`normalize::azure`] |
 //! | `normalize-duo` | transform | [`normalize::duo`] |
 //! | `features` | transform | [`transforms::features`] |
+//! | `profiles` | transform | [`profile::stage`] |
 //! | `train` | transform | [`transforms::train`] |
 //! | `score` | transform | [`transforms::score`] |
 //! | `threshold` | transform | [`transforms::threshold`] |
+//! | `add-user-data` | transform | [`transforms::user_data`] |
 //! | `filter` | transform | [`transforms::filter`] |
 //! | `select` | transform | [`transforms::select`] |
 //! | `passthrough` | transform | [`transforms::passthrough`] |
-//! | `kafka-source` | source | [`kafka`] |
-//! | `kafka-sink` | sink | [`kafka`] |
+//! | `kafka-sink` | sink | [`sinks::kafka`] |
 //! | `file-sink` | sink | [`sinks::file`] |
 //! | `stdout-sink` | sink | [`sinks::stdout`] |
 //! | `blackhole` | sink | [`sinks::blackhole`] |
 //!
 //! The model itself (encoding, network, training, artifacts) is in [`model`], the model registry in
-//! [`registry`].
+//! [`registry`], user profiles (stored history, checkpoints) in [`profile`].
 //!
 //! Besides the stages: [`generate`] writes labelled synthetic sign-in logs (`dfp generate`) and [`eval`]
 //! measures detection quality against those labels (`dfp eval`).
@@ -38,6 +41,7 @@ pub mod families;
 pub mod generate;
 pub mod model;
 pub mod normalize;
+pub mod profile;
 pub mod registry;
 pub mod report;
 pub mod scored;

@@ -31,6 +31,26 @@ pub struct Summary {
     pub features: Vec<(String, usize)>,
     /// Alerts by the kind of model that scored them (`user`, `generic`, …).
     pub model_kinds: Vec<(String, usize)>,
+    /// What the alerts say about each user (from `add-user-data`): directory fields and usual country.
+    pub context: HashMap<String, String>,
+}
+
+/// Profile columns of `add-user-data` (the other `user_*` columns come from the directory).
+const PROFILE_COLUMNS: [&str; 3] = ["user_events", "user_since", "user_new_values"];
+
+/// The user context of an alert row: its directory fields, then where the user usually signs in from.
+fn context_of(row: &serde_json::Map<String, Value>) -> Option<String> {
+    let mut parts: Vec<String> = row
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("user_") && !k.starts_with("user_usual_") && !PROFILE_COLUMNS.contains(&k.as_str())
+        })
+        .filter_map(|(_, v)| v.as_str().filter(|t| !t.trim().is_empty()).map(str::to_string))
+        .collect();
+    if let Some(c) = row.get("user_usual_country").and_then(Value::as_str) {
+        parts.push(format!("usually {c}"));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// Reads the scored events at `spec` and counts the alerts (`field` > `threshold`).
@@ -47,6 +67,11 @@ pub fn summarize(spec: &str, field: &str, threshold: f64) -> Result<Summary, Sco
         }
         s.alerts += 1;
         let user = row.get("username").and_then(Value::as_str).unwrap_or("?").to_string();
+        if !s.context.contains_key(&user) {
+            if let Some(c) = context_of(&row) {
+                s.context.insert(user.clone(), c);
+            }
+        }
         let entry = per_user.entry(user).or_insert((0, f64::NEG_INFINITY));
         entry.0 += 1;
         entry.1 = entry.1.max(score);
@@ -81,9 +106,18 @@ impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.summary;
         writeln!(f, "{} alert(s) ({} > {}) among {} scored events", s.alerts, s.field, s.threshold, s.events)?;
-        writeln!(f, "\n{:<40} {:>7} {:>10}", "user", "alerts", "max score")?;
+        let with_context = !s.context.is_empty();
+        write!(f, "\n{:<40} {:>7} {:>10}", "user", "alerts", "max score")?;
+        writeln!(f, "{}", if with_context { "  context" } else { "" })?;
         for (u, n, max) in s.users.iter().take(self.top) {
-            writeln!(f, "{u:<40} {n:>7} {max:>10.2}")?;
+            write!(f, "{u:<40} {n:>7} {max:>10.2}")?;
+            match s.context.get(u) {
+                Some(c) => {
+                    let cut: String = c.chars().take(70).collect();
+                    writeln!(f, "  {cut}{}", if cut.len() < c.len() { "…" } else { "" })?
+                }
+                None => writeln!(f)?,
+            }
         }
         if s.users.len() > self.top {
             writeln!(f, "… and {} more user(s)", s.users.len() - self.top)?;
@@ -106,7 +140,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.jsonl");
         let rows = [
-            r#"{"username":"a","mean_abs_z":3.0,"top_features":"x,y","model_kind":"user"}"#,
+            r#"{"username":"a","mean_abs_z":3.0,"top_features":"x,y","model_kind":"user","user_department":"Finance","user_usual_country":"NO (12)","user_events":40}"#,
             r#"{"username":"a","mean_abs_z":5.0,"top_features":"y","model_kind":"user"}"#,
             r#"{"username":"b","mean_abs_z":2.5,"top_features":"x","model_kind":"generic"}"#,
             r#"{"username":"c","mean_abs_z":2.0,"top_features":"x","model_kind":"generic"}"#,
@@ -116,6 +150,8 @@ mod tests {
         assert_eq!((s.events, s.alerts), (4, 3));
         assert_eq!(s.users[0], ("a".to_string(), 2, 5.0));
         assert_eq!(s.features, [("x".to_string(), 2), ("y".to_string(), 1)]);
+        assert_eq!(s.context.get("a").map(String::as_str), Some("Finance; usually NO (12)"));
+        assert!(s.display(5).to_string().contains("Finance; usually NO (12)"));
         assert_eq!(s.model_kinds, [("generic".to_string(), 1), ("user".to_string(), 2)]);
         let text = s.display(1).to_string();
         assert!(text.starts_with("3 alert(s) (mean_abs_z > 2) among 4 scored events"), "{text}");

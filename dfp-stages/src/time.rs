@@ -225,6 +225,11 @@ pub fn parse_file_name_time(name: &str) -> Option<i64> {
     None
 }
 
+/// The wall-clock time now, in micros since the epoch.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
 /// Formats micros since the epoch as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 pub fn format_micros(us: i64) -> String {
     let days = us.div_euclid(DAY_MICROS);

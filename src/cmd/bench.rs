@@ -37,6 +37,10 @@ pub(crate) struct BenchArgs {
     /// this library, e.g. libdfp_plugin_testkit.so) with the built-in `passthrough`.
     #[arg(long, value_name = "PATH.so", conflicts_with = "model")]
     plugin: Option<String>,
+    /// Instead of the runtime: a profile set of this many users, then 3× as many events (two per known
+    /// user, one per unknown user) through `features` with profiles on; prints events/s and peak memory.
+    #[arg(long, value_name = "USERS", conflicts_with_all = ["model", "plugin"])]
+    profiles: Option<u64>,
     /// With --model: where the model runs (auto, cpu, cuda).
     #[arg(long, default_value = "cpu", requires = "model")]
     device: String,
@@ -48,6 +52,9 @@ pub(crate) fn bench(args: BenchArgs) -> Result<ExitCode> {
     }
     if let Some(plugin) = &args.plugin {
         return bench_plugin(plugin, &args);
+    }
+    if let Some(users) = args.profiles {
+        return bench_profiles(users, &args);
     }
     println!("dfp runtime benchmark: generator → filter → blackhole, {} rows, batch {}", args.rows, args.batch_size);
     println!("{:<8} {:<22} {:>10} {:>14}", "workers", "sink partitioning", "seconds", "rows/s");
@@ -163,5 +170,37 @@ fn bench_model(registry: &str, args: &BenchArgs) -> Result<ExitCode> {
             println!("{:<8} {:<10} {:>14.0}", batch, if bf16 { "bf16" } else { "f32" }, rate);
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dfp bench --profiles N`: features with profiles on, N known users.
+fn bench_profiles(users: u64, args: &BenchArgs) -> Result<ExitCode> {
+    let workers = args.workers.first().copied().map_or(2, usize::from);
+    let dir = std::env::temp_dir().join(format!("dfp-bench-profiles-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    println!("profiles benchmark: {users} users in the set, {} events through features ({workers} workers)", 3 * users);
+    let result = dfp_stages::profile::bench::run(users, workers, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let b = result.map_err(|e| anyhow::anyhow!(e))?;
+    println!(
+        "profile set: {} users, {:.1} MiB ({:.0} bytes per user), built and published in {:.1} s",
+        b.users,
+        b.set_bytes as f64 / 1048576.0,
+        b.set_bytes as f64 / b.users.max(1) as f64,
+        b.publish_secs
+    );
+    println!(
+        "features with profiles: {} events in {:.1} s, {:.0} events/s, peak RSS {}",
+        b.events,
+        b.run_secs,
+        b.events as f64 / b.run_secs,
+        b.peak_rss_mib.map_or("n/a".to_string(), |m| format!("{m:.0} MiB"))
+    );
+    println!(
+        "checkpoint of {} users' live history: {:.1} MiB written in {:.1} s",
+        b.users,
+        b.checkpoint_bytes as f64 / 1048576.0,
+        b.checkpoint_secs
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -20,16 +20,26 @@ pub(crate) struct EvalArgs {
     /// Events scoring strictly above this are flagged.
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     threshold: f64,
+    /// Instead of --threshold, flag from the highest threshold that catches at least this share of the
+    /// labelled attacks (0–1): compares configurations at the same recall.
+    #[arg(long, value_name = "R", conflicts_with = "threshold")]
+    at_recall: Option<f64>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn eval(args: EvalArgs) -> Result<ExitCode> {
-    use dfp_stages::eval::{evaluate, read_labels, read_scores};
+    use dfp_stages::eval::{evaluate, read_labels, read_scores, threshold_for_recall};
     let labels = read_labels(&args.labels)?;
     let scores = read_scores(&args.scores, &args.field)?;
-    let report = evaluate(&labels, &scores, &args.field, args.threshold);
+    let threshold = match args.at_recall {
+        None => args.threshold,
+        Some(r) if !(0.0..=1.0).contains(&r) => anyhow::bail!("--at-recall must be between 0 and 1, not {r}"),
+        Some(r) => threshold_for_recall(&labels, &scores, r)
+            .ok_or_else(|| anyhow::anyhow!("no threshold reaches recall {r}: too few labelled attacks have a score"))?,
+    };
+    let report = evaluate(&labels, &scores, &args.field, threshold);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -28,13 +28,34 @@ pub(crate) enum ModelsCommand {
         #[arg(long)]
         check: bool,
     },
+    /// Show a user's profile (what the training pipeline's `profiles` stage stored: usual values,
+    /// first/last seen, hours), or the population profile with `--population`.
+    Profile {
+        /// The registry: a directory, an s3:// prefix or mlflow://HOST:PORT.
+        #[arg(long, value_name = "LOCATION")]
+        registry: String,
+        /// The log family (`dfp families` lists them).
+        #[arg(long, default_value = "azure")]
+        family: String,
+        /// The user (as the logs name it).
+        #[arg(value_name = "USER", required_unless_present = "population")]
+        user: Option<String>,
+        /// Show the population profile (what users without a profile start from).
+        #[arg(long)]
+        population: bool,
+    },
 }
 
 /// Lists the models; a model that cannot be read is shown with the reason, and the listing goes on (the exit
 /// status is 1 when there was one).
 pub(crate) fn models(args: ModelsArgs) -> Result<ExitCode> {
     use dfp_stages::model::Manifest;
-    let ModelsCommand::List { registry, json, check } = args.command;
+    let (registry, json, check) = match args.command {
+        ModelsCommand::List { registry, json, check } => (registry, json, check),
+        ModelsCommand::Profile { registry, family, user, population } => {
+            return profile(&registry, &family, user.as_deref(), population)
+        }
+    };
     let s3 = dfp_stages::store::S3Options { from_env: true, ..Default::default() };
     let reg = dfp_stages::registry::open(&registry, &s3, &dfp_stages::registry::MlflowOptions::default())?;
     let list = reg.list()?;
@@ -43,6 +64,44 @@ pub(crate) fn models(args: ModelsArgs) -> Result<ExitCode> {
     }
     let mut bad = 0usize;
     for m in &list {
+        if m.name.ends_with(PROFILES_SUFFIX) {
+            // A profile set, not a model.
+            let listed = m.latest.clone().and_then(|version| {
+                let bytes = reg.fetch(&m.name, version, "manifest.json").map_err(|e| e.message)?;
+                let set: dfp_stages::profile::store::SetManifest =
+                    serde_json::from_slice(&bytes).map_err(|e| format!("unreadable profile set manifest: {e}"))?;
+                Ok((version, set))
+            });
+            match listed {
+                Ok((version, set)) if json => println!(
+                    "{}",
+                    json!({"model": m.name, "version": version, "kind": "profiles", "users": set.users,
+                           "family": set.family, "written_at": set.written_at})
+                ),
+                Ok((version, set)) => {
+                    let span = |t: Option<i64>| t.map(dfp_stages::time::format_micros).unwrap_or_default();
+                    let (from, to) = (span(set.population.first), span(set.population.last));
+                    println!(
+                        "{:<48} {:>7} {:>8} {:>8}  {:<24} {:<24}",
+                        m.name,
+                        version,
+                        "profiles",
+                        set.users,
+                        from.get(..19).unwrap_or(&from),
+                        to.get(..19).unwrap_or(&to)
+                    );
+                }
+                Err(problem) => {
+                    bad += 1;
+                    if json {
+                        println!("{}", json!({"model": m.name, "kind": "profiles", "problem": problem}));
+                    } else {
+                        println!("{:<48} {:>7} {:>8}  cannot be used: {problem}", m.name, "-", "profiles");
+                    }
+                }
+            }
+            continue;
+        }
         let kind = if m.name.ends_with(dfp_stages::model::GENERIC) { "generic" } else { "user" };
         let manifest = m.latest.clone().and_then(|version| {
             let bytes = reg.fetch(&m.name, version, "manifest.json").map_err(|e| e.message)?;
@@ -90,7 +149,7 @@ pub(crate) fn models(args: ModelsArgs) -> Result<ExitCode> {
         }
     }
     if !json {
-        eprintln!("{} model(s) in {registry}", list.len());
+        eprintln!("{} model(s) in {registry} (profile sets included)", list.len());
     }
     if bad > 0 {
         eprintln!(
@@ -99,5 +158,50 @@ pub(crate) fn models(args: ModelsArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The name suffix of profile sets (`DFP-<prefix>-=profiles`).
+const PROFILES_SUFFIX: &str = "-=profiles";
+
+/// Prints one profile of the latest set as JSON (times also as dates).
+fn profile(registry: &str, family: &str, user: Option<&str>, population: bool) -> Result<ExitCode> {
+    use dfp_stages::profile::store::{decode_manifest, decode_shard, shard_file, ProfileStore, RegistryProfiles};
+    let families = dfp_core::Registry::global().families().clone();
+    let family = families.require(family).map_err(|e| anyhow::anyhow!(e))?;
+    let s3 = dfp_stages::store::S3Options { from_env: true, ..Default::default() };
+    let reg = dfp_stages::registry::open(registry, &s3, &dfp_stages::registry::MlflowOptions::default())?;
+    let store = RegistryProfiles::new(reg);
+    let Some(version) = store.latest(family)? else {
+        anyhow::bail!(
+            "{registry} holds no profile set of family {} (a training pipeline with a `profiles` stage writes one)",
+            family.name
+        );
+    };
+    let manifest = decode_manifest(&store.fetch(family, version, "manifest.json")?, family)?;
+    let found = if population {
+        Some(manifest.population.clone())
+    } else {
+        let wanted = family.user_ids.normalize(user.unwrap_or_default()).into_owned();
+        let shard = dfp_stages::profile::shard_of(&wanted);
+        let (profiles, bad) = decode_shard(&store.fetch(family, version, &shard_file(shard))?);
+        if let Some((line, why)) = bad.first() {
+            eprintln!("warning: {} line {line}: {why}", shard_file(shard));
+        }
+        profiles.into_iter().find(|p| p.user == wanted)
+    };
+    let Some(p) = found else {
+        eprintln!(
+            "{} has no profile in version {version} of {registry}: the user starts from the population profile",
+            user.unwrap_or_default()
+        );
+        return Ok(ExitCode::from(1));
+    };
+    let mut value = serde_json::to_value(&p)?;
+    let date = |t: Option<i64>| t.map(dfp_stages::time::format_micros);
+    value["first_date"] = json!(date(p.first));
+    value["last_date"] = json!(date(p.last));
+    value["set_version"] = json!(version);
+    println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -144,3 +144,19 @@ pub fn moto_store(port: u16, bucket: &str) -> object_store::aws::AmazonS3 {
         .build()
         .unwrap()
 }
+
+/// Waits for `child` (stdout and stderr piped) at most `secs` seconds; a child still running then is
+/// killed and the test fails with what it printed, instead of hanging.
+#[allow(dead_code)]
+pub fn finish_within(mut child: Child, secs: u64, what: &str) -> Output {
+    let started = Instant::now();
+    while child.try_wait().ok().flatten().is_none() {
+        if started.elapsed() > Duration::from_secs(secs) {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output of a killed child");
+            panic!("{what} did not finish within {secs} s; it printed:\n{}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output of a finished child")
+}

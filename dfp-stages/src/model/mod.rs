@@ -153,16 +153,39 @@ pub struct FeatureOptions {
     /// Add the cross-day novelty features (`new_*`, `hours_since_prev`) as model inputs.
     #[serde(default)]
     pub novelty: bool,
+    /// Add `new_values` as a model input: how many of the event's context values (app, country, city,
+    /// browser, OS, device; not the IP prefix, which changes too often to mean much) the user has not shown
+    /// within the history window. One number instead of one flag per value; it means something only when
+    /// each user's history is known (user profiles), so train with `warmup_days`.
+    #[serde(default)]
+    pub novelty_count: bool,
     /// More numeric input columns, made by your own stages (for example the `geo_velocity_kmh` of the
     /// geo-velocity plugin); `ln(1 + x)`-scaled when `log_counters` is on. Training and scoring must list
     /// the same ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_numeric: Vec<String>,
+    /// Morpheus's exact model inputs: `log_counters`, `novelty` and `novelty_count` are ignored (and the
+    /// `train` stage's `warmup_days`), so one switch (the shipped pipelines' `morpheus` var) gives the
+    /// reference feature set whatever the other options say. `extra_numeric` columns are still added.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub morpheus: bool,
+}
+
+impl FeatureOptions {
+    /// The options in effect: all of dfp's additions off when `morpheus` is set.
+    pub fn effective(&self) -> FeatureOptions {
+        if self.morpheus {
+            FeatureOptions { extra_numeric: self.extra_numeric.clone(), morpheus: true, ..Default::default() }
+        } else {
+            self.clone()
+        }
+    }
 }
 
 /// The model inputs of a log family: its feature list (for Azure and Duo, Morpheus's), plus the options.
 /// Within each kind the order is the family's, which the model keeps.
 pub fn feature_set(family: &Family, options: &FeatureOptions) -> Vec<FeatureDef> {
+    let options = &options.effective();
     let def = |n: &str, kind: FeatureKind, log: bool| FeatureDef { name: n.into(), kind, log };
     let f = &family.features;
     let mut features: Vec<FeatureDef> = Vec::new();
@@ -178,6 +201,9 @@ pub fn feature_set(family: &Family, options: &FeatureOptions) -> Vec<FeatureDef>
         if !features.iter().any(|d| d.name == "hours_since_prev") {
             features.push(def("hours_since_prev", FeatureKind::Numeric, true));
         }
+    }
+    if options.novelty_count && !family.novelty().is_empty() && !features.iter().any(|d| d.name == "new_values") {
+        features.push(def("new_values", FeatureKind::Numeric, false));
     }
     for n in &options.extra_numeric {
         if !features.iter().any(|d| &d.name == n) {
@@ -314,6 +340,11 @@ mod tests {
         let with = names(&family("duo"), &novelty);
         assert_eq!(with.len(), 7 + 7 + 1);
         assert_eq!(with.last().map(String::as_str), Some("hours_since_prev"));
+        // One switch gives Morpheus's set back whatever else is on; the log scaling goes too.
+        let all = FeatureOptions { novelty: true, novelty_count: true, log_counters: true, ..Default::default() };
+        let morpheus = FeatureOptions { morpheus: true, ..all.clone() };
+        assert_eq!(feature_set(&family("azure"), &morpheus), feature_set(&family("azure"), &plain));
+        assert_ne!(feature_set(&family("azure"), &all), feature_set(&family("azure"), &plain));
     }
 
     #[test]

@@ -387,16 +387,23 @@ impl MlflowRegistry {
         }
     }
 
-    /// The newest version of `name` in the disk cache with both model files.
+    /// The newest version of `name` in the disk cache that can be used: both model files, or the manifest
+    /// of a profile set (whose shards are cached as they are read).
     fn newest_cached(&self, name: &str) -> Option<u64> {
         let dir = self.cache.as_ref()?.join(name);
+        let usable = |p: &std::path::Path| {
+            let manifest = p.join(crate::model::artifact::MANIFEST);
+            let model = manifest.exists() && p.join(crate::model::artifact::WEIGHTS).exists();
+            model
+                || std::fs::read(&manifest)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .is_some_and(|m| m["kind"] == crate::profile::SET_KIND)
+        };
         std::fs::read_dir(dir)
             .ok()?
             .flatten()
-            .filter(|e| {
-                let p = e.path();
-                p.join(crate::model::artifact::MANIFEST).exists() && p.join(crate::model::artifact::WEIGHTS).exists()
-            })
+            .filter(|e| usable(&e.path()))
             .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix('v')).and_then(|v| v.parse().ok()))
             .max()
     }

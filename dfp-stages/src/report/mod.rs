@@ -269,11 +269,15 @@ fn scan(spec: &str, field: &str, threshold: f64, max: usize) -> Result<Scan, Sco
     Ok(Scan { model_prefix, events, users: users.len(), alert_count, alert_users: alert_users.len(), alerts })
 }
 
+/// Columns `add-user-data` adds start with this.
+const USER_PREFIX: &str = "user_";
+
 /// The JSON the page's script reads.
 ///
 /// Each alert is `{id, ts, user, app, browser, os, location, city, country, kind, model, version, score,
-/// top, z, x}`: `z` holds the z-scores in the order of the top-level `features`, `x` the other fields in the
-/// order of `extra` (`null` where a row lacks one).
+/// top, z, x, u}`: `z` holds the z-scores in the order of the top-level `features`, `x` the other fields in
+/// the order of `extra`, `u` the user context (`user_*` columns of `add-user-data`) in the order of
+/// `context` (`null` where a row lacks one).
 fn page_data(
     scan: &Scan,
     columns: &Columns,
@@ -285,6 +289,7 @@ fn page_data(
 ) -> Value {
     let mut features: Vec<String> = Vec::new();
     let mut extra: Vec<String> = Vec::new();
+    let mut context: Vec<String> = Vec::new();
     let (mut seen_features, mut seen_extra) = (HashSet::new(), HashSet::new());
     for alert in &scan.alerts {
         let taken = taken_keys(&alert.row, columns, field);
@@ -294,7 +299,12 @@ fn page_data(
                     features.push(feature.to_string());
                 }
             } else if !taken.contains(key.as_str()) && !value.is_null() && seen_extra.insert(key.as_str()) {
-                extra.push(key.clone());
+                // What `add-user-data` attached goes to the alert's "User" section.
+                if key.starts_with(USER_PREFIX) {
+                    context.push(key.clone());
+                } else {
+                    extra.push(key.clone());
+                }
             }
         }
     }
@@ -318,6 +328,10 @@ fn page_data(
                 "x".into(),
                 Value::Array(extra.iter().map(|k| row.get(k).map_or(Value::Null, compact)).collect()),
             );
+            out.insert(
+                "u".into(),
+                Value::Array(context.iter().map(|k| row.get(k).map_or(Value::Null, compact)).collect()),
+            );
             Value::Object(out)
         })
         .collect();
@@ -333,6 +347,7 @@ fn page_data(
         "alert_users": scan.alert_users,
         "features": features,
         "extra": extra,
+        "context": context.iter().map(|k| k.strip_prefix(USER_PREFIX).unwrap_or(k).replace('_', " ")).collect::<Vec<_>>(),
         "alerts": alerts,
     })
 }

@@ -20,8 +20,9 @@
 //! **Cross-day features** (new in dfp), from per-user history that outlives a batch, one per context role
 //! the family has: `new_app`, `new_country`, `new_city`, `new_browser`, `new_os`, `new_device`,
 //! `new_ip_prefix` (true when the user has not shown that value within the last `history_days`; the IP
-//! prefix is the /24 of an IPv4 address or the /48 of an IPv6 one; a null context value is never new) and
-//! `hours_since_prev` (null for the user's first event).
+//! prefix is the /24 of an IPv4 address or the /48 of an IPv6 one; a null context value is never new),
+//! `hours_since_prev` (null for the user's first event) and `new_values` (how many of the flags other
+//! than `new_ip_prefix` are true).
 //! The history is bounded: values unseen for `history_days` are forgotten, and at most `max_values_per_user`
 //! values per user and feature are kept (the least recently seen go first).
 //!
@@ -33,23 +34,42 @@
 //! files in time order), then each user's rows of that time are taken in (timestamp, id) order. The output is
 //! therefore the same whatever the batch sizes and number of workers. A row older than the user's last
 //! processed event (out-of-order input) is still counted, against its own day.
+//!
+//! **Profiles.** With `profiles:` (the model registry the training pipeline wrote), each user's history
+//! starts from the user's profile instead of from nothing, so that a first event of an inference run is
+//! "new" only when it is new for the user (see [`crate::profile`]); users the set does not know start
+//! from the population profile. The set is loaded shard by shard as users show up, and a newer set
+//! (retraining) is picked up after `profiles_ttl_secs` for users not met yet. A profile that cannot be
+//! read is reported once (run summary, `/stats`), counted as `profile_errors`, and that user starts from
+//! the population profile. A store that cannot be reached keeps `/readyz` unready with the reason.
+//!
+//! **Checkpoints.** With `checkpoint:` (streaming pipelines), the live history is written every
+//! `interval_secs` and sources commit their read positions only up to the last checkpoint, so that a
+//! restart — after kill -9 too — resumes with every user's state and computes the same features as an
+//! uninterrupted run (see [`crate::profile::checkpoint`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
-use arrow::array::{
-    Array, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringArray, TimestampMicrosecondArray,
-};
+use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, Int64Builder};
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use dfp_core::{
-    register_stage, Batch, ConfigContext, ConfigError, Emitter, Family, Partitioning, StageConfig, StageContext,
-    StageError, StageInstance, StageKind, Transform,
+    register_stage, Batch, ConfigContext, ConfigError, Emitter, Partitioning, StageConfig, StageContext, StageError,
+    StageInstance, StageKind, Transform,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::profile::checkpoint::{CheckpointConfig, Checkpointer};
+use crate::profile::history::{Bounds, Interner, UserState};
+use crate::profile::store::{ProfileCache, RegistryProfiles, Seed};
+use crate::profile::{roles_of, HistoryColumns, RowReader};
+use crate::registry::MlflowOptions;
+use crate::store::S3Options;
 use crate::time::DAY_MICROS;
 
 /// Configuration of `features`.
@@ -69,6 +89,23 @@ pub struct FeaturesConfig {
     /// (a password spray) cannot grow memory past this.
     #[serde(default = "default_max_users")]
     pub max_users: usize,
+    /// Start each user's history from the profile set in this model registry (a directory, `s3://…` or
+    /// `mlflow://…`: where the training pipeline's `profiles` stage wrote it). Without it, history starts
+    /// empty.
+    #[serde(default)]
+    pub profiles: Option<String>,
+    /// Seconds between looks for a newer profile set.
+    #[serde(default = "default_profiles_ttl")]
+    pub profiles_ttl_secs: f64,
+    /// Checkpoint the live history (streaming pipelines): `{path, interval_secs}`.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointConfig>,
+    /// S3 settings for an `s3://` profile store.
+    #[serde(default)]
+    pub s3: S3Options,
+    /// MLflow settings for an `mlflow://` profile store.
+    #[serde(default)]
+    pub mlflow: MlflowOptions,
 }
 
 fn default_history_days() -> u32 {
@@ -79,6 +116,9 @@ fn default_max_values() -> usize {
 }
 fn default_max_users() -> usize {
     1_000_000
+}
+fn default_profiles_ttl() -> f64 {
+    300.0
 }
 
 impl StageConfig for FeaturesConfig {
@@ -99,105 +139,100 @@ impl StageConfig for FeaturesConfig {
         if self.max_users == 0 {
             return Err(ConfigError::field("max_users", "must be at least 1"));
         }
+        if !self.profiles_ttl_secs.is_finite() || self.profiles_ttl_secs < 0.0 {
+            return Err(ConfigError::field("profiles_ttl_secs", "must be zero or more"));
+        }
+        if self.profiles.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            return Err(ConfigError::field("profiles", "must name a model registry (or leave it out)"));
+        }
+        if let Some(c) = &self.checkpoint {
+            c.validate().map_err(|m| {
+                let (field, message) = m.split_once(": ").unwrap_or(("checkpoint", m.as_str()));
+                ConfigError::field(field, message)
+            })?;
+        }
         Ok(())
     }
     fn check(&self, ctx: &ConfigContext<'_>) -> Result<(), ConfigError> {
         ctx.family(&self.family).map(|_| ())
     }
     fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
-        Ok(StageInstance::Transform(Box::new(Features::new(self, ctx.family(&self.family)?.as_ref()))))
+        Ok(StageInstance::Transform(Box::new(Features::new(self, ctx)?)))
     }
 }
 register_stage!(FeaturesConfig);
 
-/// The columns the features are computed from, by role.
-struct Columns {
-    app: Option<String>,
-    location: Option<String>,
-    /// (context column, flag name) per novelty flag, in output order.
-    novelty: Vec<(String, &'static str)>,
-}
-
-impl Columns {
-    fn of(family: &Family) -> Self {
-        Columns {
-            app: family.roles.app.clone(),
-            location: family.roles.location.clone(),
-            novelty: family.novelty().into_iter().map(|(c, f)| (c.to_string(), f)).collect(),
-        }
-    }
-}
-
-#[derive(Default)]
-struct Day {
-    count: i64,
-    locations: HashSet<String>,
-    apps: HashSet<String>,
-}
-
-#[derive(Default)]
-struct UserState {
-    days: BTreeMap<i64, Day>,
-    last_ts: Option<i64>,
-    /// Per novelty flag: value → last seen (µs).
-    seen: Vec<HashMap<String, i64>>,
-    last_prune: i64,
-    /// The (time, id hash) of the user's last few events, to notice an event delivered twice.
-    recent: Vec<(i64, u64)>,
-}
-
-/// How many of a user's latest events are remembered to notice duplicates.
-const RECENT_IDS: usize = 16;
-
 struct Features {
-    columns: Columns,
-    window: i64,
-    max_values: usize,
-    max_users: usize,
+    config: FeaturesConfig,
+    columns: HistoryColumns,
+    roles: Vec<&'static str>,
+    bounds: Bounds,
     pending: BTreeMap<u64, Vec<Batch>>,
     users: HashMap<String, UserState>,
+    interner: Interner,
     /// The newest event time seen (µs).
     newest: i64,
     /// When idle users were last swept out.
     last_sweep: i64,
     ctx: Option<StageContext>,
+    profiles: Option<ProfileCache>,
+    checkpointer: Option<Checkpointer>,
+    /// Every row below this logical time has been taken in.
+    frontier: u64,
+    /// The frontier of the last checkpoint.
+    durable: u64,
+    /// A checkpoint failed; reported once until one succeeds again.
+    checkpoint_failing: bool,
 }
 
 impl Features {
-    fn new(config: &FeaturesConfig, family: &Family) -> Features {
-        Features {
-            columns: Columns::of(family),
-            window: i64::from(config.history_days) * DAY_MICROS,
-            max_values: config.max_values_per_user,
-            max_users: config.max_users,
+    fn new(config: &FeaturesConfig, ctx: &StageContext) -> Result<Features, StageError> {
+        let family = ctx.family(&config.family)?;
+        Ok(Features {
+            columns: HistoryColumns::of(&family),
+            roles: roles_of(&family),
+            bounds: Bounds {
+                window: i64::from(config.history_days) * DAY_MICROS,
+                max_values: config.max_values_per_user,
+                track_uncommitted: config.checkpoint.is_some(),
+            },
+            config: config.clone(),
             pending: BTreeMap::new(),
             users: HashMap::new(),
+            interner: Interner::default(),
             newest: i64::MIN,
             last_sweep: i64::MIN,
             ctx: None,
-        }
+            profiles: None,
+            checkpointer: None,
+            frontier: 0,
+            durable: 0,
+            checkpoint_failing: false,
+        })
     }
 
     /// Bounds the per-user state: users idle for longer than the history window have nothing left that a
     /// feature reads (their values expired) and are dropped; past `max_users`, the least recently active
     /// tenth goes (counted as `evicted_users`).
     fn bound_users(&mut self) {
-        if self.newest.saturating_sub(self.last_sweep) > self.window / 4 {
+        let window = self.bounds.window;
+        if self.newest.saturating_sub(self.last_sweep) > window / 4 {
             self.last_sweep = self.newest;
-            let horizon = self.newest.saturating_sub(self.window);
+            let horizon = self.newest.saturating_sub(window);
             self.users.retain(|_, s| s.last_ts.is_some_and(|t| t >= horizon));
         }
-        if self.users.len() <= self.max_users {
+        let max_users = self.config.max_users;
+        if self.users.len() <= max_users {
             return;
         }
-        let keep = self.max_users - self.max_users / 10;
+        let keep = max_users - max_users / 10;
         let mut ages: Vec<i64> = self.users.values().map(|s| s.last_ts.unwrap_or(i64::MIN)).collect();
         let cut = ages.len() - keep;
         let (_, &mut oldest_kept, _) = ages.select_nth_unstable(cut);
         let before = self.users.len();
         self.users.retain(|_, s| s.last_ts.unwrap_or(i64::MIN) >= oldest_kept);
         // Ties at the cut may keep a few more than `keep`; past the cap, drop arbitrary ones of them.
-        if self.users.len() > self.max_users {
+        if self.users.len() > max_users {
             let extra: Vec<String> = self.users.keys().take(self.users.len() - keep).cloned().collect();
             for k in extra {
                 self.users.remove(&k);
@@ -213,6 +248,69 @@ impl Features {
             ctx.count("evicted_users", evicted);
         }
     }
+
+    /// Logs, notes and counts what the profile cache found wrong since the last call.
+    fn report_profile_problems(&mut self) {
+        let Some(cache) = self.profiles.as_mut() else { return };
+        let problems = cache.take_problems();
+        if let (Some(ready), Some(ctx)) = (cache.readiness_change(), &self.ctx) {
+            ctx.set_readiness(ready);
+        }
+        if problems.is_empty() {
+            return;
+        }
+        if let Some(ctx) = &self.ctx {
+            ctx.count("profile_errors", problems.len() as u64);
+            for p in problems {
+                tracing::warn!(stage = %ctx.stage_id, "{p}");
+                ctx.note(p);
+            }
+        }
+    }
+
+    /// Writes a checkpoint when one is due (or `force`d), then tells the runtime it is durable.
+    fn maybe_checkpoint(&mut self, force: bool) {
+        let Some(cp) = self.checkpointer.as_mut() else { return };
+        let Some(ctx) = self.ctx.as_ref() else { return };
+        if self.frontier <= self.durable && !force {
+            return;
+        }
+        if !(force || cp.last.elapsed() >= cp.interval || ctx.checkpoint_wanted()) {
+            return;
+        }
+        // Events below the committed position will not come again: their features need not be kept.
+        let committed = ctx.committed();
+        for s in self.users.values_mut() {
+            s.committed(committed);
+        }
+        let started = std::time::Instant::now();
+        match cp.write(self.users.iter(), &self.roles) {
+            Ok(bytes) => {
+                tracing::debug!(
+                    stage = %ctx.stage_id,
+                    worker = ctx.worker_index,
+                    users = self.users.len(),
+                    bytes,
+                    frontier = self.frontier,
+                    ms = started.elapsed().as_millis() as u64,
+                    "checkpoint written"
+                );
+                self.durable = self.frontier;
+                ctx.durable(self.frontier);
+                self.checkpoint_failing = false;
+            }
+            Err(e) => {
+                // Offsets stay uncommitted past the last good checkpoint; the next interval tries again.
+                cp.last = std::time::Instant::now();
+                ctx.count("checkpoint_failures", 1);
+                if !self.checkpoint_failing {
+                    self.checkpoint_failing = true;
+                    tracing::warn!(stage = %ctx.stage_id, error = %e, "checkpoint failed; offsets are not committed past the last good one");
+                    ctx.note(format!("{e}; offsets are not committed past the last good checkpoint"));
+                }
+            }
+        }
+    }
 }
 
 /// The /24 of an IPv4 address, the /48 of an IPv6 one, or the text itself.
@@ -222,7 +320,7 @@ pub fn ip_prefix(ip: &str) -> String {
     out
 }
 
-fn write_ip_prefix(ip: &str, out: &mut String) {
+pub(crate) fn write_ip_prefix(ip: &str, out: &mut String) {
     use std::fmt::Write;
     let _ = match ip.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(v4)) => {
@@ -237,22 +335,9 @@ fn write_ip_prefix(ip: &str, out: &mut String) {
     };
 }
 
-fn strings<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, StageError> {
-    batch
-        .column_by_name(name)
-        .ok_or_else(|| StageError::Data(format!("features: input has no column \"{name}\" (is the family right?)")))?
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(|| StageError::Data(format!("features: column \"{name}\" is not text")))
-}
-
-fn opt(a: &StringArray, i: usize) -> Option<&str> {
-    (!a.is_null(i)).then(|| a.value(i))
-}
-
 impl Features {
     /// Computes the features of one logical time's rows.
-    fn release(&mut self, batches: Vec<Batch>, out: &mut Emitter) -> Result<(), StageError> {
+    fn release(&mut self, batches: Vec<Batch>, logical: u64, out: &mut Emitter) -> Result<(), StageError> {
         let Some(first) = batches.first() else { return Ok(()) };
         let envelope = first.envelope.clone();
         let schema = first.data.schema();
@@ -272,123 +357,56 @@ impl Features {
             .collect::<Result<_, _>>()?;
         let order = lexsort_to_indices(&sort_cols, None)?;
         let sorted = take_record_batch(&all, &order)?;
-
-        let users = strings(&sorted, "username")?;
-        let ids = strings(&sorted, "id")?;
-        let mut duplicates = 0u64;
-        let ts = sorted
-            .column_by_name("timestamp")
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-            .ok_or_else(|| StageError::Data("features: `timestamp` must be a microsecond timestamp".into()))?;
-        let app = self.columns.app.as_deref().map(|c| strings(&sorted, c)).transpose()?;
-        let loc = self.columns.location.as_deref().map(|c| strings(&sorted, c)).transpose()?;
-        let novelty: Vec<&StringArray> =
-            self.columns.novelty.iter().map(|(c, _)| strings(&sorted, c)).collect::<Result<_, _>>()?;
-        let ip_flag = self.columns.novelty.iter().position(|(_, f)| *f == "new_ip_prefix");
+        let rows = RowReader::new(&sorted, &self.columns, "features")?;
+        if let Some(cache) = self.profiles.as_mut() {
+            cache.refresh();
+        }
 
         let n = sorted.num_rows();
+        let flags = self.columns.novelty.len();
         let mut logcount = Int64Builder::with_capacity(n);
         let mut locinc = Int64Builder::with_capacity(n);
         let mut appinc = Int64Builder::with_capacity(n);
-        let mut news: Vec<BooleanBuilder> = novelty.iter().map(|_| BooleanBuilder::with_capacity(n)).collect();
+        let mut news: Vec<BooleanBuilder> = (0..flags).map(|_| BooleanBuilder::with_capacity(n)).collect();
         let mut since = Float64Builder::with_capacity(n);
-        let window = self.window;
-        let max_values = self.max_values;
-
+        let mut new_values = Int64Builder::with_capacity(n);
+        let ip_flag = self.columns.novelty.iter().position(|(_, f)| *f == "new_ip_prefix");
+        let (mut duplicates, mut replayed) = (0u64, 0u64);
         let mut prefix = String::with_capacity(48);
+        let mut new = [false; 8];
         let mut i = 0;
         while i < n {
-            let user = users.value(i);
-            let state = self.users.entry(user.to_string()).or_default();
-            if state.seen.len() != novelty.len() {
-                state.seen.resize_with(novelty.len(), HashMap::new);
-            }
-            while i < n && users.value(i) == user {
-                let t = ts.value(i);
-                // An event delivered twice (a file read again, a replayed message) is scored again: it is
-                // still an event of the log, and dropping it could hide something. It is counted.
-                let id = dfp_core::hash::stable_hash(ids.value(i).as_bytes());
-                if state.recent.contains(&(t, id)) {
-                    duplicates += 1;
-                } else {
-                    if state.recent.len() >= RECENT_IDS {
-                        state.recent.remove(0);
-                    }
-                    state.recent.push((t, id));
+            let user = rows.users.value(i);
+            let state = match self.users.entry(user.to_string()) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => v.insert(match self.profiles.as_mut() {
+                    None => UserState::default(),
+                    Some(cache) => match cache.seed(user, &mut self.interner) {
+                        Seed::Own(s) | Seed::Population(s) => s,
+                        Seed::Empty => UserState::default(),
+                    },
+                }),
+            };
+            while i < n && rows.users.value(i) == user {
+                let mut values: [Option<&str>; 8] = [None; 8];
+                let event = rows.view(i, &mut prefix, &mut values, logical);
+                let o = state.observe(&event, &self.bounds, &mut self.interner, &mut new[..flags]);
+                self.newest = self.newest.max(event.time);
+                duplicates += u64::from(o.duplicate);
+                replayed += u64::from(o.replayed);
+                logcount.append_value(o.logcount);
+                locinc.append_value(o.locincrement);
+                appinc.append_value(o.appincrement);
+                for (k, b) in news.iter_mut().enumerate() {
+                    b.append_value(new[k]);
                 }
-                let day_key = t.div_euclid(DAY_MICROS);
-                let day = state.days.entry(day_key).or_default();
-                logcount.append_value(day.count);
-                day.count += 1;
-                if let Some(l) = loc.and_then(|c| opt(c, i)) {
-                    if !day.locations.contains(l) {
-                        day.locations.insert(l.to_string());
-                    }
-                }
-                locinc.append_value(day.locations.len() as i64);
-                if let Some(a) = app.and_then(|c| opt(c, i)) {
-                    if !day.apps.contains(a) {
-                        day.apps.insert(a.to_string());
-                    }
-                }
-                appinc.append_value(day.apps.len() as i64);
-                // Keep only recent days: counters of older days cannot change any more.
-                while state.days.len() > 3 {
-                    state.days.pop_first();
-                }
-                for (k, col) in novelty.iter().enumerate() {
-                    let value = match opt(col, i) {
-                        Some(v) if Some(k) == ip_flag => {
-                            prefix.clear();
-                            write_ip_prefix(v, &mut prefix);
-                            Some(prefix.as_str())
-                        }
-                        other => other,
-                    };
-                    let is_new = match value {
-                        None => false,
-                        Some(v) => {
-                            let seen = &mut state.seen[k];
-                            // Look up by &str; allocate only for a value never seen.
-                            match seen.get_mut(v) {
-                                Some(last) => {
-                                    let new = t - *last > window;
-                                    *last = (*last).max(t);
-                                    new
-                                }
-                                None => {
-                                    seen.insert(v.to_string(), t);
-                                    true
-                                }
-                            }
-                        }
-                    };
-                    news[k].append_value(is_new);
-                }
-                match state.last_ts {
-                    Some(prev) => since.append_value((t - prev) as f64 / 3_600_000_000.0),
-                    None => since.append_null(),
-                }
-                state.last_ts = Some(state.last_ts.map_or(t, |p| p.max(t)));
-                self.newest = self.newest.max(t);
-                if t - state.last_prune > window / 4 {
-                    state.last_prune = t;
-                    for seen in &mut state.seen {
-                        seen.retain(|_, last| t - *last <= window);
-                    }
-                }
-                for seen in &mut state.seen {
-                    if seen.len() > max_values {
-                        let mut by_age: Vec<(i64, String)> = seen.iter().map(|(k, v)| (*v, k.clone())).collect();
-                        by_age.sort();
-                        for (_, k) in by_age.iter().take(seen.len() - max_values * 9 / 10) {
-                            seen.remove(k);
-                        }
-                    }
-                }
+                since.append_option(o.since);
+                let count = new[..flags].iter().enumerate().filter(|(k, v)| **v && Some(*k) != ip_flag).count();
+                new_values.append_value(count as i64);
                 i += 1;
             }
         }
+        self.report_profile_problems();
 
         let mut fields: Vec<Field> = sorted.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
         let mut cols: Vec<ArrayRef> = sorted.columns().to_vec();
@@ -408,10 +426,17 @@ impl Features {
         }
         fields.push(Field::new("hours_since_prev", DataType::Float64, true));
         cols.push(Arc::new(since.finish()));
-        if duplicates > 0 {
-            tracing::debug!(duplicates, "features: events seen before (same user, time and id)");
-            if let Some(ctx) = &self.ctx {
+        if flags > 0 {
+            fields.push(Field::new("new_values", DataType::Int64, false));
+            cols.push(Arc::new(new_values.finish()));
+        }
+        if let Some(ctx) = &self.ctx {
+            if duplicates > 0 {
+                tracing::debug!(duplicates, "features: events seen before (same user, time and id)");
                 ctx.count("duplicate_ids", duplicates);
+            }
+            if replayed > 0 {
+                ctx.count("replayed_events", replayed);
             }
         }
         let data = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
@@ -426,8 +451,50 @@ impl Transform for Features {
         Partitioning::By("username".into())
     }
 
+    fn holds_commits(&self) -> bool {
+        self.config.checkpoint.is_some()
+    }
+
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         self.ctx = Some(ctx.clone());
+        if let Some(location) = &self.config.profiles {
+            let registry = crate::registry::open(location, &self.config.s3, &self.config.mlflow)
+                .map_err(|e| StageError::Other(format!("profiles: {e}")))?;
+            let family = ctx.family(&self.config.family)?;
+            let mut cache = ProfileCache::new(
+                Arc::new(RegistryProfiles::new(registry)),
+                family,
+                Duration::from_secs_f64(self.config.profiles_ttl_secs),
+            )
+            .owned_by(ctx.worker_index, ctx.workers);
+            cache.refresh();
+            match cache.reachable() {
+                Ok(()) => {
+                    if cache.version().is_none() && ctx.worker_index == 0 {
+                        tracing::warn!(stage = %ctx.stage_id, registry = %location, "no profile set in the registry yet (train with a `profiles` stage); users start from no history");
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(stage = %ctx.stage_id, "{why}; users start from no history until it answers");
+                }
+            }
+            self.profiles = Some(cache);
+            self.report_profile_problems();
+        }
+        if let Some(config) = &self.config.checkpoint {
+            let cp = Checkpointer::new(config, &ctx.stage_id, &self.config.family, ctx.worker_index, ctx.workers);
+            let restored = cp.restore(&self.roles, &mut self.interner)?;
+            for p in &restored.problems {
+                tracing::warn!(stage = %ctx.stage_id, "{p}");
+                ctx.note(p.clone());
+            }
+            if restored.files > 0 {
+                tracing::info!(stage = %ctx.stage_id, worker = ctx.worker_index, users = restored.users.len(), files = restored.files, "history restored from the checkpoint");
+                ctx.count("restored_users", restored.users.len() as u64);
+            }
+            self.users.extend(restored.users);
+            self.checkpointer = Some(cp);
+        }
         Ok(())
     }
 
@@ -442,16 +509,36 @@ impl Transform for Features {
             if *entry.key() >= frontier {
                 break;
             }
+            let logical = *entry.key();
             let batches = entry.remove();
-            self.release(batches, out)?;
+            self.release(batches, logical, out)?;
             self.bound_users();
         }
+        self.frontier = self.frontier.max(frontier);
+        self.maybe_checkpoint(false);
         Ok(())
     }
 
+    fn poll_timer(&mut self, _out: &mut Emitter) -> Result<Option<Duration>, StageError> {
+        let Some(cp) = self.checkpointer.as_ref() else { return Ok(None) };
+        if self.frontier <= self.durable {
+            return Ok(None);
+        }
+        let due = cp.interval.saturating_sub(cp.last.elapsed());
+        if due.is_zero() || self.ctx.as_ref().is_some_and(|c| c.checkpoint_wanted()) {
+            self.maybe_checkpoint(false);
+            return Ok(self.checkpointer.as_ref().map(|c| c.interval));
+        }
+        Ok(Some(due))
+    }
+
     fn finish(&mut self, out: &mut Emitter) -> Result<(), StageError> {
-        while let Some((_, batches)) = self.pending.pop_first() {
-            self.release(batches, out)?;
+        while let Some((logical, batches)) = self.pending.pop_first() {
+            self.release(batches, logical, out)?;
+        }
+        if self.checkpointer.is_some() {
+            self.frontier = u64::MAX;
+            self.maybe_checkpoint(true);
         }
         Ok(())
     }
@@ -460,13 +547,13 @@ impl Transform for Features {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{StringArray, TimestampMicrosecondArray};
 
     #[test]
     fn a_flood_of_user_names_keeps_at_most_max_users() {
         let config: FeaturesConfig =
             serde_json::from_value(serde_json::json!({"family": "azure", "max_users": 100})).unwrap();
-        let family = StageContext::standalone("features", 0, 1).family("azure").unwrap();
-        let mut t = Features::new(&config, &family);
+        let mut t = Features::new(&config, &StageContext::standalone("features", 0, 1)).unwrap();
         let schema = Arc::new(Schema::new(
             ["id", "username", "appDisplayName", "location", "country", "city", "deviceDetailbrowser"]
                 .iter()

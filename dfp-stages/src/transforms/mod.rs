@@ -6,6 +6,7 @@ pub mod score;
 pub mod select;
 pub mod threshold;
 pub mod train;
+pub mod user_data;
 
 use std::collections::HashMap;
 

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{AsArray, Float64Builder, RecordBatch, StringBuilder, UInt64Builder};
+use arrow::array::{Array, AsArray, Float64Builder, RecordBatch, StringBuilder, UInt64Builder};
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
 use dfp_core::models::ModelRegistry;
@@ -72,6 +72,12 @@ pub struct TrainStageConfig {
     /// Train on at most this many rows of the window (a random sample), per model.
     #[serde(default)]
     pub sample: Option<usize>,
+    /// Leave out each user's events of the first this many days of the input (they still built the
+    /// user's history in `features`): in those days every app, country and device is "new" because the
+    /// history starts empty, which inference (starting from the user's profile) never sees. A user whose
+    /// events span less than twice this keeps them all. Ignored with `features.morpheus`.
+    #[serde(default)]
+    pub warmup_days: f64,
     /// Fine-tune each model from its latest version in the registry (when there is one) instead of
     /// training from scratch; the previous encoding is kept.
     #[serde(default)]
@@ -117,6 +123,9 @@ impl StageConfig for TrainStageConfig {
         }
         if !(0.0..1.0).contains(&self.training.swap_noise) {
             return Err(ConfigError::field("training.swap_noise", "must be in [0, 1)"));
+        }
+        if !self.warmup_days.is_finite() || self.warmup_days < 0.0 {
+            return Err(ConfigError::field("warmup_days", "must be zero or more"));
         }
         if !(0.0..0.9).contains(&self.training.validation_fraction) {
             return Err(ConfigError::field("training.validation_fraction", "must be in [0, 0.9)"));
@@ -215,13 +224,45 @@ fn timestamps(batch: &RecordBatch) -> Result<&arrow::array::PrimitiveArray<Times
         .ok_or_else(|| StageError::Data("train: input needs a microsecond `timestamp` column".into()))
 }
 
+/// Which rows a model trains on: inside the window (from `from` on) and past their user's warm-up. Each
+/// user's first event starts the warm-up; a user whose events span less than twice the warm-up keeps them
+/// all (a short export must not lose most of its rows).
+fn trained_rows(times: &[Option<i64>], users: &[Option<&str>], from: i64, warmup: i64) -> Vec<bool> {
+    let mut span: std::collections::HashMap<Option<&str>, (i64, i64)> = std::collections::HashMap::new();
+    if warmup > 0 {
+        for (t, user) in times.iter().zip(users) {
+            if let Some(t) = *t {
+                let e = span.entry(*user).or_insert((t, t));
+                *e = (e.0.min(t), e.1.max(t));
+            }
+        }
+    }
+    times
+        .iter()
+        .zip(users)
+        .map(|(t, user)| {
+            t.is_some_and(|t| {
+                let warm = warmup == 0
+                    || span.get(user).is_none_or(|(first, last)| last - first < 2 * warmup || t >= first + warmup);
+                t >= from && warm
+            })
+        })
+        .collect()
+}
+
 impl Train {
-    /// Rows of `batch` within the window before its latest event, sampled when asked.
+    /// Rows of `batch` within the window before its latest event, past each user's warm-up, sampled when
+    /// asked.
     fn window(&self, batch: &RecordBatch, seed_name: &str) -> Result<RecordBatch, StageError> {
         let ts = timestamps(batch)?;
         let last = ts.iter().flatten().max().unwrap_or(0);
         let from = last - i64::from(self.config.max_history_days) * DAY_MICROS;
-        let keep: arrow::array::BooleanArray = ts.iter().map(|t| Some(t.is_some_and(|t| t >= from))).collect();
+        let warmup =
+            if self.config.features.morpheus { 0 } else { (self.config.warmup_days * DAY_MICROS as f64) as i64 };
+        let users = super::users(batch, "train")?;
+        let users: Vec<Option<&str>> = (0..users.len()).map(|i| users.is_valid(i).then(|| users.value(i))).collect();
+        let times: Vec<Option<i64>> = ts.iter().collect();
+        let keep = arrow::array::BooleanArray::from(trained_rows(&times, &users, from, warmup));
         let mut rows = filter_record_batch(batch, &keep)?;
         if let Some(n) = self.config.sample.filter(|n| *n < rows.num_rows()) {
             let mut rng = ChaCha8Rng::seed_from_u64(
@@ -380,5 +421,30 @@ impl Transform for Train {
         let data = report.finish()?;
         out.emit(Batch::new(data, self.stage.clone()));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_warm_up_leaves_out_each_users_first_days_unless_the_history_is_short() {
+        let day = DAY_MICROS;
+        // "a": days 0..20 (warm-up applies); "b": days 10..15 (too short: all kept); one row without a time.
+        let mut times: Vec<Option<i64>> = (0..20).map(|d| Some(d * day)).collect();
+        let mut users: Vec<Option<&str>> = vec![Some("a"); 20];
+        times.extend((10..15).map(|d| Some(d * day)));
+        users.extend([Some("b"); 5]);
+        times.push(None);
+        users.push(Some("a"));
+        let kept = trained_rows(&times, &users, 0, 5 * day);
+        assert_eq!(kept[..20].iter().filter(|k| **k).count(), 15, "a's first 5 days are left out");
+        assert!(!kept[4] && kept[5]);
+        assert!(kept[20..25].iter().all(|k| *k), "b's 4-day span is shorter than twice the warm-up");
+        assert!(!kept[25], "a row without a time never trains");
+        // No warm-up: only the window counts.
+        let kept = trained_rows(&times, &users, 12 * day, 0);
+        assert_eq!(kept.iter().filter(|k| **k).count(), 8 + 3);
     }
 }
