@@ -99,6 +99,9 @@ pub enum Precision {
     Bf16,
 }
 
+/// Rows per forward pass of the generic model (the last chunk of a batch is padded to it).
+const GENERIC_CHUNK: usize = 128;
+
 fn d_ttl() -> f64 {
     60.0
 }
@@ -517,58 +520,80 @@ impl Score {
         let mut model_of = vec![0u32; n];
         let mut versions = vec![0u64; n];
         let mut kinds: Vec<&'static str> = vec![""; n];
+        // Each user's rows go to the user's model; the rows of every user scored by the generic model are
+        // scored together (one forward pass per user would make a spray of distinct names slow).
+        let mut groups: Vec<(String, u64, &'static str, Vec<u32>)> = Vec::new();
+        let mut generic_group: Option<usize> = None;
         for (user, idx) in super::rows_by_user(&users) {
             let user = user.unwrap_or("");
             let user_name = model_name(&self.family, Some(user));
-            let (version, kind, name) = match self.resolve(&user_name)? {
-                Some(v) => (v, "user", user_name),
-                None => {
-                    let generic = model_name(&self.family, None);
-                    match self.resolve(&generic)? {
-                        Some(v) => (v, "generic", generic),
-                        None => {
-                            let broken = self.broken.iter().find(|((n, _), _)| *n == generic);
-                            return Err(StageError::Other(match (&self.registry_down, broken) {
-                                (_, Some(((_, v), why))) => format!(
-                                    "no model for user \"{user}\" and the generic model {generic} v{v} cannot be used: {why}"
-                                ),
-                                (Some(why), None) => format!(
-                                    "no model for user \"{user}\" and the generic model {generic} is not cached while the registry fails: {why}"
-                                ),
-                                (None, None) => format!(
-                                    "no model for user \"{user}\" and no generic model {generic} in {}: run the training pipeline first",
-                                    self.config.registry
-                                ),
-                            }));
-                        }
+            if let Some(v) = self.resolve(&user_name)? {
+                groups.push((user_name, v, "user", idx));
+                continue;
+            }
+            let generic = model_name(&self.family, None);
+            match self.resolve(&generic)? {
+                Some(v) => match generic_group {
+                    Some(g) => groups[g].3.extend(idx),
+                    None => {
+                        generic_group = Some(groups.len());
+                        groups.push((generic, v, "generic", idx));
                     }
+                },
+                None => {
+                    let broken = self.broken.iter().find(|((n, _), _)| *n == generic);
+                    return Err(StageError::Other(match (&self.registry_down, broken) {
+                        (_, Some(((_, v), why))) => format!(
+                            "no model for user \"{user}\" and the generic model {generic} v{v} cannot be used: {why}"
+                        ),
+                        (Some(why), None) => format!(
+                            "no model for user \"{user}\" and the generic model {generic} is not cached while the registry fails: {why}"
+                        ),
+                        (None, None) => format!(
+                            "no model for user \"{user}\" and no generic model {generic} in {}: run the training pipeline first",
+                            self.config.registry
+                        ),
+                    }));
                 }
-            };
+            }
+        }
+        for (name, version, kind, idx) in groups {
             let model = self
                 .cache
                 .get(&name)
                 .and_then(|c| c.model.as_ref())
                 .ok_or_else(|| StageError::Other(format!("model {name} vanished from the cache")))?;
-            let rows = take_record_batch(&inputs, &UInt32Array::from(idx.clone()))?;
-            let scores = model
-                .score_with(&rows, self.config.z)
-                .map_err(|e| StageError::Data(format!("scoring with {name}: {e}")))?;
+            // The generic model's rows come from whichever users share this worker and batch: they are
+            // scored in chunks of a fixed size (the last one padded), so that a row's score never depends
+            // on the rows scored with it (the numeric kernels choose their path by shape).
+            let chunks: Vec<&[u32]> =
+                if kind == "generic" { idx.chunks(GENERIC_CHUNK).collect() } else { vec![idx.as_slice()] };
             models.push(name.clone());
             let model_index = (models.len() - 1) as u32;
-            let position: Vec<usize> =
-                names.iter().map(|f| scores.features.iter().position(|g| g == f).unwrap_or(usize::MAX)).collect();
-            for (k, &row) in idx.iter().enumerate() {
-                let row = row as usize;
-                for (j, &p) in position.iter().enumerate() {
-                    if p != usize::MAX {
-                        z[row * width + j] = scores.z[k][p];
-                    }
+            for chunk in chunks {
+                let mut take: Vec<u32> = chunk.to_vec();
+                if kind == "generic" {
+                    take.resize(GENERIC_CHUNK, chunk[0]);
                 }
-                mean[row] = scores.mean_abs_z[k];
-                max[row] = scores.max_abs_z[k];
-                model_of[row] = model_index;
-                versions[row] = version;
-                kinds[row] = kind;
+                let rows = take_record_batch(&inputs, &UInt32Array::from(take))?;
+                let scores = model
+                    .score_with(&rows, self.config.z)
+                    .map_err(|e| StageError::Data(format!("scoring with {name}: {e}")))?;
+                let position: Vec<usize> =
+                    names.iter().map(|f| scores.features.iter().position(|g| g == f).unwrap_or(usize::MAX)).collect();
+                for (k, &row) in chunk.iter().enumerate() {
+                    let row = row as usize;
+                    for (j, &p) in position.iter().enumerate() {
+                        if p != usize::MAX {
+                            z[row * width + j] = scores.z[k][p];
+                        }
+                    }
+                    mean[row] = scores.mean_abs_z[k];
+                    max[row] = scores.max_abs_z[k];
+                    model_of[row] = model_index;
+                    versions[row] = version;
+                    kinds[row] = kind;
+                }
             }
         }
         let mut fields: Vec<Field> = data.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
