@@ -378,7 +378,10 @@ impl MlflowRegistry {
     fn keep(&self, name: &str, version: u64, file: &str, bytes: &[u8]) {
         let Some(path) = self.cached_path(name, version, file) else { return };
         let Some(dir) = path.parent() else { return };
-        let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
+        // Workers of one process may keep the same file at once: each writes its own temporary file.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{file}.{}.{n}.tmp", std::process::id()));
         let written = std::fs::create_dir_all(dir)
             .and_then(|_| std::fs::write(&tmp, bytes))
             .and_then(|_| std::fs::rename(&tmp, &path));
@@ -579,7 +582,8 @@ impl ModelRegistry for MlflowRegistry {
         // The cached copy counts only if it came from the same artifact location (a server rebuilt at the
         // same address numbers its versions anew).
         let source = cached.as_ref().and_then(|p| p.parent()).map(|d| d.join(".source"));
-        let same_source = source.as_ref().and_then(|s| std::fs::read_to_string(s).ok()).is_some_and(|s| s == uri);
+        let recorded = source.as_ref().and_then(|s| std::fs::read_to_string(s).ok());
+        let same_source = recorded.as_deref() == Some(uri);
         if same_source {
             if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
                 return Ok(bytes);
@@ -589,7 +593,11 @@ impl ModelRegistry for MlflowRegistry {
         if let Some(source) = &source {
             if !same_source {
                 if let Some(dir) = source.parent() {
-                    let _ = std::fs::remove_dir_all(dir);
+                    // Files of another artifact location go; a folder without a `.source` yet is being
+                    // filled by another worker fetching the same version's other file, and stays.
+                    if recorded.is_some() {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
                     let _ = std::fs::create_dir_all(dir);
                 }
                 let _ = std::fs::write(source, uri);
