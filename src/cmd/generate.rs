@@ -34,6 +34,12 @@ pub(crate) struct GenerateArgs {
     /// Replace log files an earlier run left in the output directory.
     #[arg(long)]
     force: bool,
+    /// Share of light users (0–1): they sign in a tenth as often, so most never reach a model's min_history.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    light_users: f64,
+    /// Share of new joiners (0–1): they start signing in during the second half of the training period.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    joiners: f64,
     /// A plugin library whose log family to write (repeatable): `dfp generate okta --plugin
     /// libdfp_plugin_okta.so`.
     #[arg(long = "plugin", value_name = "PATH.so")]
@@ -51,6 +57,8 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<ExitCode> {
     options.seed = args.seed;
     options.start = parse_start(&args.start)?;
     options.force = args.force;
+    options.light_users = args.light_users;
+    options.joiners = args.joiners;
     let report = generate_with(&options, &registry)?;
     println!("{report}");
     Ok(ExitCode::SUCCESS)

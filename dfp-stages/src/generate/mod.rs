@@ -141,6 +141,11 @@ pub struct GenerateOptions {
     pub start: i64,
     /// Replace log files left in `train/` and `infer/` by an earlier run.
     pub force: bool,
+    /// Share of light users (0–1): they sign in a tenth as often, so most never reach a model's
+    /// `min_history`.
+    pub light_users: f64,
+    /// Share of new joiners (0–1): they start signing in during the second half of the training period.
+    pub joiners: f64,
 }
 
 /// 2026-10-01T00:00:00Z.
@@ -158,6 +163,8 @@ impl GenerateOptions {
             seed: 1,
             start: DEFAULT_START,
             force: false,
+            light_users: 0.0,
+            joiners: 0.0,
         }
     }
 
@@ -352,6 +359,11 @@ fn validate(options: &GenerateOptions) -> Result<Timeline, GenerateError> {
             options.days
         ));
     }
+    for (name, share) in [("light-users", options.light_users), ("joiners", options.joiners)] {
+        if !(0.0..=1.0).contains(&share) {
+            return invalid(format!("{name} must be a share between 0 and 1, not {share}"));
+        }
+    }
     let start = options
         .start
         .checked_mul(TICKS_PER_SEC)
@@ -459,7 +471,8 @@ pub fn generate_with(
     let infer_dir = options.out.join("infer");
     prepare_dir(&train_dir, options.force)?;
     prepare_dir(&infer_dir, options.force)?;
-    let dataset = scenario::build(options.seed, options.users, timeline);
+    let spread = scenario::Spread { light: options.light_users, joiners: options.joiners };
+    let dataset = scenario::build(options.seed, options.users, timeline, spread);
     let mut writer = match (built_in, sample_writer) {
         (Some(b), _) => Writer::BuiltIn(b, azure::AzureContext::new(&dataset.population)),
         (None, Some(stage)) => Writer::Stage(StageWriter::new(registry, &family, stage)?),

@@ -67,6 +67,8 @@ pub(crate) struct User {
     pub(crate) work_end: u32,
     /// Sign-ins per working day.
     pub(crate) volume: f64,
+    /// The first day the user signs in (0: from the start; later for new joiners).
+    pub(crate) joined: u32,
     /// Weekend volume as a share of `volume`.
     pub(crate) weekend_factor: f64,
     pub(crate) failure_rate: f64,
@@ -222,6 +224,7 @@ impl Population {
             work_start,
             work_end,
             volume,
+            joined: 0,
             weekend_factor: rng.random_range(0.03..0.25),
             failure_rate: rng.random_range(0.02..0.05),
             noninteractive_rate: rng.random_range(0.1..0.35),

@@ -171,6 +171,7 @@ struct Plan {
 const STREAM_POPULATION: u64 = 0;
 const STREAM_PLAN: u64 = 1;
 const STREAM_ATTACKS: u64 = 2;
+const STREAM_SPREAD: u64 = 3;
 const STREAM_USERS: u64 = 1 << 32;
 
 fn stream(seed: u64, n: u64) -> ChaCha8Rng {
@@ -179,9 +180,31 @@ fn stream(seed: u64, n: u64) -> ChaCha8Rng {
     rng
 }
 
+/// How users' amounts of history spread: shares of light users and of new joiners (both 0 by default,
+/// which leaves every other choice of a seed as it was).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Spread {
+    /// Share of users who sign in a tenth as often as usual (0.5 to 8 times a working day).
+    pub(crate) light: f64,
+    /// Share of users who join during the second half of the training period.
+    pub(crate) joiners: f64,
+}
+
 /// Builds the data set for `users` users over `timeline`.
-pub(crate) fn build(seed: u64, users: usize, timeline: Timeline) -> Dataset {
+pub(crate) fn build(seed: u64, users: usize, timeline: Timeline, spread: Spread) -> Dataset {
     let mut population = Population::build(users, &mut stream(seed, STREAM_POPULATION));
+    if spread != Spread::default() {
+        let mut rng = stream(seed, STREAM_SPREAD);
+        let joining = (timeline.train_days / 2).max(1)..timeline.train_days.max(2);
+        for u in &mut population.users {
+            if rng.random_bool(spread.light) {
+                u.volume /= 10.0;
+            }
+            if rng.random_bool(spread.joiners) {
+                u.joined = rng.random_range(joining.clone());
+            }
+        }
+    }
     let plan = make_plan(&mut stream(seed, STREAM_PLAN), &mut population, timeline);
     let mut builder = Builder { population, timeline, events: Vec::new() };
     for user in 0..users {
@@ -328,7 +351,8 @@ impl Builder {
     /// The user's sign-ins of every day, with the benign changes of the plan applied.
     fn ordinary_days(&mut self, rng: &mut ChaCha8Rng, user: usize, plan: &Plan) {
         let mut rollout_seen = false;
-        for day in 0..self.timeline.days {
+        let joined = self.population.users[user].joined;
+        for day in joined..self.timeline.days {
             let trip = plan.trips.iter().find(|t| t.user == user && (t.first..=t.last).contains(&day));
             let laptop = plan.laptops.iter().find(|l| l.user == user && day >= l.day);
             let new_laptop_day = plan.laptops.iter().any(|l| l.user == user && l.day == day);

@@ -80,6 +80,12 @@ fn options_are_checked() {
     o.days = 4;
     o.users = 0;
     assert!(generate(&o).unwrap_err().to_string().contains("users"));
+    o.users = 2;
+    o.joiners = 1.5;
+    assert!(generate(&o).unwrap_err().to_string().contains("joiners must be a share between 0 and 1"));
+    o.joiners = 0.0;
+    o.light_users = f64::NAN;
+    assert!(generate(&o).unwrap_err().to_string().contains("light-users"));
     assert_eq!(default_train_days(30), 23);
     assert_eq!(default_train_days(4), 2);
     assert_eq!(parse_start("2026-10-01").unwrap(), DEFAULT_START);
@@ -453,7 +459,7 @@ fn a_family_that_cannot_be_generated_says_why() {
 
 fn default_dataset(seed: u64) -> Dataset {
     let timeline = Timeline { start: DEFAULT_START * TICKS_PER_SEC, days: 30, train_days: 23 };
-    scenario::build(seed, 60, timeline)
+    scenario::build(seed, 60, timeline, scenario::Spread::default())
 }
 
 #[test]
@@ -581,5 +587,33 @@ fn injected_events_look_like_their_kind() {
     assert!(adopters.len() * 10 >= users.len() * 9, "{} of {} users", adopters.len(), users.len());
     for kind in Kind::ALL {
         assert!(d.instances[kind.index()] > 0 && d.events.iter().any(|e| e.kind == kind), "{kind}");
+    }
+}
+
+#[test]
+fn light_users_and_joiners_have_less_history_and_change_nothing_else() {
+    let timeline = Timeline { start: DEFAULT_START * TICKS_PER_SEC, days: 30, train_days: 23 };
+    let plain = default_dataset(1);
+    let spread = scenario::build(1, 60, timeline, scenario::Spread { light: 0.5, joiners: 0.3 });
+    let training = |d: &Dataset| {
+        let mut per_user = vec![0usize; d.population.users.len()];
+        for e in d.events.iter().filter(|e| e.ticks < d.timeline.infer_start()) {
+            per_user[e.user as usize] += 1;
+        }
+        per_user
+    };
+    let (before, after) = (training(&plain), training(&spread));
+    let enough = |v: &[usize]| v.iter().filter(|n| **n >= 300).count();
+    assert!(enough(&after) * 2 < enough(&before), "{} of 60 reach 300, before {}", enough(&after), enough(&before));
+    // The same people, homes and apps; joiners have nothing before they joined.
+    for (a, b) in plain.population.users.iter().zip(&spread.population.users) {
+        assert_eq!((&a.upn, a.home, &a.apps), (&b.upn, b.home, &b.apps));
+        assert!(b.volume == a.volume || (b.volume - a.volume / 10.0).abs() < 1e-9);
+    }
+    let joiners: Vec<usize> = (0..60).filter(|&u| spread.population.users[u].joined > 0).collect();
+    assert!((8..=30).contains(&joiners.len()), "{} joiners", joiners.len());
+    for e in &spread.events {
+        let joined = spread.population.users[e.user as usize].joined;
+        assert!(e.ticks >= spread.timeline.start + i64::from(joined) * 86_400 * TICKS_PER_SEC);
     }
 }
