@@ -75,7 +75,8 @@ pub struct TrainStageConfig {
     /// Leave out each user's events of the first this many days of the input (they still built the
     /// user's history in `features`): in those days every app, country and device is "new" because the
     /// history starts empty, which inference (starting from the user's profile) never sees. A user whose
-    /// events span less than twice this keeps them all. Ignored with `features.morpheus`.
+    /// events span less than twice this, or who would fall below `min_history` without them, keeps them
+    /// all. Ignored with `features.morpheus`.
     #[serde(default)]
     pub warmup_days: f64,
     /// Fine-tune each model from its latest version in the registry (when there is one) instead of
@@ -225,27 +226,44 @@ fn timestamps(batch: &RecordBatch) -> Result<&arrow::array::PrimitiveArray<Times
 }
 
 /// Which rows a model trains on: inside the window (from `from` on) and past their user's warm-up. Each
-/// user's first event starts the warm-up; a user whose events span less than twice the warm-up keeps them
-/// all (a short export must not lose most of its rows).
-fn trained_rows(times: &[Option<i64>], users: &[Option<&str>], from: i64, warmup: i64) -> Vec<bool> {
+/// user's first event starts the warm-up; a user keeps the warm-up rows when the events span less than
+/// twice the warm-up (a short export must not lose most of its rows), or when without them fewer than
+/// `min_rows` would be left but with them enough (the warm-up must not cost a user the model).
+fn trained_rows(times: &[Option<i64>], users: &[Option<&str>], from: i64, warmup: i64, min_rows: usize) -> Vec<bool> {
+    let in_window = |t: &Option<i64>| t.is_some_and(|t| t >= from);
+    if warmup == 0 {
+        return times.iter().map(in_window).collect();
+    }
     let mut span: std::collections::HashMap<Option<&str>, (i64, i64)> = std::collections::HashMap::new();
-    if warmup > 0 {
-        for (t, user) in times.iter().zip(users) {
-            if let Some(t) = *t {
-                let e = span.entry(*user).or_insert((t, t));
-                *e = (e.0.min(t), e.1.max(t));
-            }
+    for (t, user) in times.iter().zip(users) {
+        if let Some(t) = *t {
+            let e = span.entry(*user).or_insert((t, t));
+            *e = (e.0.min(t), e.1.max(t));
         }
+    }
+    let warm = |t: &Option<i64>, user: &Option<&str>| {
+        in_window(t)
+            && span
+                .get(user)
+                .is_none_or(|(first, last)| last - first < 2 * warmup || t.is_some_and(|t| t >= first + warmup))
+    };
+    // Per user: rows in the window, and of those past the warm-up.
+    let mut counts: std::collections::HashMap<Option<&str>, (usize, usize)> = std::collections::HashMap::new();
+    for (t, user) in times.iter().zip(users) {
+        let e = counts.entry(*user).or_default();
+        e.0 += usize::from(in_window(t));
+        e.1 += usize::from(warm(t, user));
     }
     times
         .iter()
         .zip(users)
         .map(|(t, user)| {
-            t.is_some_and(|t| {
-                let warm = warmup == 0
-                    || span.get(user).is_none_or(|(first, last)| last - first < 2 * warmup || t >= first + warmup);
-                t >= from && warm
-            })
+            let (whole, past) = counts.get(user).copied().unwrap_or_default();
+            if past < min_rows && whole >= min_rows {
+                in_window(t)
+            } else {
+                warm(t, user)
+            }
         })
         .collect()
 }
@@ -253,7 +271,7 @@ fn trained_rows(times: &[Option<i64>], users: &[Option<&str>], from: i64, warmup
 impl Train {
     /// Rows of `batch` within the window before its latest event, past each user's warm-up, sampled when
     /// asked.
-    fn window(&self, batch: &RecordBatch, seed_name: &str) -> Result<RecordBatch, StageError> {
+    fn window(&self, batch: &RecordBatch, seed_name: &str, min_rows: usize) -> Result<RecordBatch, StageError> {
         let ts = timestamps(batch)?;
         let last = ts.iter().flatten().max().unwrap_or(0);
         let from = last - i64::from(self.config.max_history_days) * DAY_MICROS;
@@ -262,7 +280,7 @@ impl Train {
         let users = super::users(batch, "train")?;
         let users: Vec<Option<&str>> = (0..users.len()).map(|i| users.is_valid(i).then(|| users.value(i))).collect();
         let times: Vec<Option<i64>> = ts.iter().collect();
-        let keep = arrow::array::BooleanArray::from(trained_rows(&times, &users, from, warmup));
+        let keep = arrow::array::BooleanArray::from(trained_rows(&times, &users, from, warmup, min_rows));
         let mut rows = filter_record_batch(batch, &keep)?;
         if let Some(n) = self.config.sample.filter(|n| *n < rows.num_rows()) {
             let mut rng = ChaCha8Rng::seed_from_u64(
@@ -369,7 +387,7 @@ impl Transform for Train {
         match self.config.scope {
             Scope::Generic => {
                 let name = model_name(&self.family, None);
-                let rows = self.window(&all, &name)?;
+                let rows = self.window(&all, &name, 0)?;
                 tracing::info!(stage = %self.stage, rows = rows.num_rows(), "training the generic model");
                 self.train_one(&name, "generic", &rows, &mut report)?;
             }
@@ -383,7 +401,7 @@ impl Transform for Train {
                 for (done, (user, idx)) in by_user.iter().enumerate() {
                     let name = model_name(&self.family, Some(user));
                     let rows = take_record_batch(&all, &arrow::array::UInt32Array::from(idx.clone()))?;
-                    let rows = self.window(&rows, &name)?;
+                    let rows = self.window(&rows, &name, self.config.min_history)?;
                     if rows.num_rows() < self.config.min_history {
                         report.skipped(
                             &name,
@@ -438,13 +456,19 @@ mod tests {
         users.extend([Some("b"); 5]);
         times.push(None);
         users.push(Some("a"));
-        let kept = trained_rows(&times, &users, 0, 5 * day);
+        let kept = trained_rows(&times, &users, 0, 5 * day, 0);
         assert_eq!(kept[..20].iter().filter(|k| **k).count(), 15, "a's first 5 days are left out");
         assert!(!kept[4] && kept[5]);
         assert!(kept[20..25].iter().all(|k| *k), "b's 4-day span is shorter than twice the warm-up");
         assert!(!kept[25], "a row without a time never trains");
         // No warm-up: only the window counts.
-        let kept = trained_rows(&times, &users, 12 * day, 0);
+        let kept = trained_rows(&times, &users, 12 * day, 0, 0);
         assert_eq!(kept.iter().filter(|k| **k).count(), 8 + 3);
+        // a has 20 rows, 15 past the warm-up: with min_history 18 the warm-up would cost the model, so a
+        // keeps all 20; with 25 a has too few either way and stays as the warm-up leaves it.
+        let kept = trained_rows(&times, &users, 0, 5 * day, 18);
+        assert_eq!(kept[..20].iter().filter(|k| **k).count(), 20);
+        let kept = trained_rows(&times, &users, 0, 5 * day, 25);
+        assert_eq!(kept[..20].iter().filter(|k| **k).count(), 15);
     }
 }
