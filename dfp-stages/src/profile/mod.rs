@@ -58,6 +58,10 @@ pub const FORMAT: u32 = 1;
 
 /// Shards of a profile set.
 pub const SHARDS: usize = 64;
+/// Default days a value stays in a user's history without being seen again (`history_days`).
+pub const DEFAULT_HISTORY_DAYS: u32 = 30;
+/// Default most values kept per role and user (`max_values_per_user`).
+pub const DEFAULT_MAX_VALUES: usize = 1000;
 /// The `kind` of a profile set's manifest.
 pub const SET_KIND: &str = "dfp-profiles";
 

@@ -20,9 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Float64Builder, RecordBatch, StringBuilder, UInt64Builder};
+use arrow::array::RecordBatch;
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
-use arrow::datatypes::{DataType, Field, Schema};
 use dfp_core::{
     register_stage, Batch, ConfigContext, ConfigError, Emitter, Family, Partitioning, StageConfig, StageContext,
     StageError, StageInstance, StageKind, Transform,
@@ -66,10 +65,10 @@ pub struct ProfilesConfig {
 }
 
 fn d_history_days() -> u32 {
-    30
+    crate::profile::DEFAULT_HISTORY_DAYS
 }
 fn d_max_values() -> usize {
-    1000
+    crate::profile::DEFAULT_MAX_VALUES
 }
 fn d_share() -> f64 {
     0.05
@@ -251,49 +250,16 @@ impl Transform for Profiles {
             bytes,
             "profile set published"
         );
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("model", DataType::Utf8, false),
-            Field::new("kind", DataType::Utf8, false),
-            Field::new("status", DataType::Utf8, false),
-            Field::new("version", DataType::UInt64, true),
-            Field::new("rows", DataType::UInt64, false),
-            Field::new("epochs_run", DataType::UInt64, true),
-            Field::new("train_loss", DataType::Float64, true),
-            Field::new("validation_loss", DataType::Float64, true),
-            Field::new("seconds", DataType::Float64, true),
-            Field::new("reason", DataType::Utf8, true),
-        ]));
-        let text = |v: &str| {
-            let mut b = StringBuilder::new();
-            b.append_value(v);
-            Arc::new(b.finish()) as arrow::array::ArrayRef
-        };
-        let mut nulls_u = UInt64Builder::new();
-        nulls_u.append_null();
-        let mut nulls_f = Float64Builder::new();
-        nulls_f.append_null();
-        let mut version_b = UInt64Builder::new();
-        version_b.append_value(version);
-        let mut rows_b = UInt64Builder::new();
-        rows_b.append_value(self.events);
-        let mut secs = Float64Builder::new();
-        secs.append_value(seconds);
-        let nf = Arc::new(nulls_f.finish());
-        let data = RecordBatch::try_new(
-            schema,
-            vec![
-                text(&set_name(&self.family)),
-                text("profiles"),
-                text("published"),
-                Arc::new(version_b.finish()),
-                Arc::new(rows_b.finish()),
-                Arc::new(nulls_u.finish()),
-                nf.clone(),
-                nf,
-                Arc::new(secs.finish()),
-                text(&format!("{} users, {} KiB", self.users.len(), bytes.div_ceil(1024))),
-            ],
-        )?;
+        let mut report = crate::transforms::train::Report::default();
+        report.published(
+            &set_name(&self.family),
+            "profiles",
+            version,
+            self.events,
+            seconds,
+            &format!("{} users, {} KiB", self.users.len(), bytes.div_ceil(1024)),
+        );
+        let data = report.finish()?;
         out.emit(Batch::new(data, self.stage.clone()));
         Ok(())
     }

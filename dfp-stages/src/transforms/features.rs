@@ -109,10 +109,10 @@ pub struct FeaturesConfig {
 }
 
 fn default_history_days() -> u32 {
-    30
+    crate::profile::DEFAULT_HISTORY_DAYS
 }
 fn default_max_values() -> usize {
-    1000
+    crate::profile::DEFAULT_MAX_VALUES
 }
 fn default_max_users() -> usize {
     1_000_000

@@ -159,8 +159,10 @@ struct Train {
     stage: String,
 }
 
+/// The rows of a training report: one per model trained or skipped (also written by the `profiles`
+/// stage for the profile set it publishes).
 #[derive(Default)]
-struct Report {
+pub(crate) struct Report {
     model: StringBuilder,
     kind: StringBuilder,
     status: StringBuilder,
@@ -174,6 +176,20 @@ struct Report {
 }
 
 impl Report {
+    /// A model (or profile set) published without training figures: its version, rows and seconds.
+    pub(crate) fn published(&mut self, model: &str, kind: &str, version: u64, rows: u64, seconds: f64, reason: &str) {
+        self.model.append_value(model);
+        self.kind.append_value(kind);
+        self.status.append_value("published");
+        self.version.append_value(version);
+        self.rows.append_value(rows);
+        self.epochs.append_null();
+        self.train_loss.append_null();
+        self.val_loss.append_null();
+        self.seconds.append_value(seconds);
+        self.reason.append_value(reason);
+    }
+
     fn skipped(&mut self, model: &str, kind: &str, rows: usize, reason: String) {
         self.model.append_value(model);
         self.kind.append_value(kind);
@@ -187,7 +203,7 @@ impl Report {
         self.reason.append_value(reason);
     }
 
-    fn finish(mut self) -> Result<RecordBatch, StageError> {
+    pub(crate) fn finish(mut self) -> Result<RecordBatch, StageError> {
         let schema = Arc::new(Schema::new(vec![
             Field::new("model", DataType::Utf8, false),
             Field::new("kind", DataType::Utf8, false),
