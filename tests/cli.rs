@@ -377,26 +377,8 @@ fn the_stage_reference_documents_every_stage_and_field() {
 #[test]
 fn ctrl_c_stops_gracefully_and_everything_read_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = dir.path().join("long.yaml");
-    std::fs::write(
-        &pipeline,
-        "version: 1\nruntime: { workers: 2 }\nstages:\n  rows: { type: generator, rows: 100000000000, batch_size: 1024 }\n  out: { type: file-sink, inputs: [rows], path: out.jsonl }\n",
-    )
-    .unwrap();
-    let child = dfp()
-        .current_dir(dir.path())
-        .args(["run", pipeline.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until rows are flowing (into the temporary file renamed to out.jsonl at the end), then interrupt.
+    let child = endless_run_writing(dir.path(), "out");
     let out_file = dir.path().join("out.jsonl");
-    let started = std::time::Instant::now();
-    while largest_file(dir.path()) < 100_000 {
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no output after 60 s");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
@@ -453,24 +435,7 @@ fn a_pipeline_with_very_many_variables_validates() {
 #[test]
 fn a_second_ctrl_c_aborts_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = dir.path().join("long.yaml");
-    std::fs::write(
-        &pipeline,
-        "version: 1\nruntime: { workers: 2 }\nstages:\n  rows: { type: generator, rows: 100000000000, batch_size: 1024 }\n  slow: { type: file-sink, inputs: [rows], path: out.jsonl }\n",
-    )
-    .unwrap();
-    let child = dfp()
-        .current_dir(dir.path())
-        .args(["run", pipeline.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while largest_file(dir.path()) < 100_000 {
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no output after 60 s");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let child = endless_run_writing(dir.path(), "slow");
     for _ in 0..2 {
         assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -479,6 +444,31 @@ fn a_second_ctrl_c_aborts_without_a_panic() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(130), "{t}");
     assert!(t.contains("aborted") && !t.contains("panicked") && !t.contains("backtrace"), "{t}");
+}
+
+/// `dfp run` of an endless generator into `dir/out.jsonl` through a sink named `sink`, in `dir`, returned
+/// once its output passed 100 kB (rows are flowing).
+fn endless_run_writing(dir: &Path, sink: &str) -> std::process::Child {
+    let pipeline = dir.join("long.yaml");
+    std::fs::write(
+        &pipeline,
+        format!("version: 1\nruntime: {{ workers: 2 }}\nstages:\n  rows: {{ type: generator, rows: 100000000000, batch_size: 1024 }}\n  {sink}: {{ type: file-sink, inputs: [rows], path: out.jsonl }}\n"),
+    )
+    .unwrap();
+    let child = dfp()
+        .current_dir(dir)
+        .args(["run", pipeline.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Rows go to a temporary file, renamed to out.jsonl at the end.
+    let started = std::time::Instant::now();
+    while largest_file(dir) < 100_000 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no output after 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
 }
 
 /// The size of the largest file in `dir`.

@@ -299,18 +299,7 @@ mod tests {
             "location":{"city":"Oslo","state":"Oslo","countryOrRegion":"NO","geoCoordinates":{"latitude":59.9,"longitude":10.7}},
             "status":{"errorCode":0,"failureReason":"Other."}}}"#;
         let mut row: Vec<String> = Vec::new();
-        parse(raw, &mut |r: &[Val<'_>]| {
-            row = r
-                .iter()
-                .map(|v| match v {
-                    Val::Text(t) => t.unwrap_or("∅").to_string(),
-                    Val::Time(t) => t.to_string(),
-                    Val::Float(f) => f.map_or("∅".into(), |f| f.to_string()),
-                    Val::Bool(b) => b.to_string(),
-                })
-                .collect()
-        })
-        .unwrap();
+        parse(raw, &mut |r: &[Val<'_>]| row = r.iter().map(Val::shown).collect()).unwrap();
         let by_name: std::collections::HashMap<&str, &str> =
             family.columns.iter().map(|c| c.name.as_str()).zip(row.iter().map(String::as_str)).collect();
         assert_eq!(row.len(), family.columns.len());

@@ -335,17 +335,7 @@ mod tests {
         let f = family();
         let plan = Plan::of(&f).unwrap();
         let mut out = Vec::new();
-        parse(&plan, &f, raw, &mut |r: &[Val<'_>]| {
-            out = r
-                .iter()
-                .map(|v| match v {
-                    Val::Text(t) => t.unwrap_or("∅").to_string(),
-                    Val::Time(t) => t.to_string(),
-                    Val::Float(x) => x.map_or("∅".into(), |x| x.to_string()),
-                    Val::Bool(b) => b.to_string(),
-                })
-                .collect()
-        })?;
+        parse(&plan, &f, raw, &mut |r: &[Val<'_>]| out = r.iter().map(Val::shown).collect())?;
         Ok(out)
     }
 

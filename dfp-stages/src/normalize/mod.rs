@@ -208,6 +208,19 @@ pub(crate) enum Val<'a> {
     Bool(bool),
 }
 
+impl Val<'_> {
+    /// The value as text for tests (`∅` for a null).
+    #[cfg(test)]
+    pub(crate) fn shown(&self) -> String {
+        match self {
+            Val::Text(t) => t.unwrap_or("∅").to_string(),
+            Val::Time(t) => t.to_string(),
+            Val::Float(f) => f.map_or("∅".into(), |f| f.to_string()),
+            Val::Bool(b) => b.to_string(),
+        }
+    }
+}
+
 /// The Arrow type of `timestamp` columns.
 pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))

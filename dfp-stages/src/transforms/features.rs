@@ -48,7 +48,6 @@
 //! restart — after kill -9 too — resumes with every user's state and computes the same features as an
 //! uninterrupted run (see [`crate::profile::checkpoint`]).
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -377,15 +376,19 @@ impl Features {
         let mut i = 0;
         while i < n {
             let user = rows.users.value(i);
-            let state = match self.users.entry(user.to_string()) {
-                Entry::Occupied(o) => o.into_mut(),
-                Entry::Vacant(v) => v.insert(match self.profiles.as_mut() {
+            // The name is copied only for a user met for the first time.
+            if !self.users.contains_key(user) {
+                let seeded = match self.profiles.as_mut() {
                     None => UserState::default(),
                     Some(cache) => match cache.seed(user, &mut self.interner) {
                         Seed::Own(s) | Seed::Population(s) => s,
                         Seed::Empty => UserState::default(),
                     },
-                }),
+                };
+                self.users.insert(user.to_string(), seeded);
+            }
+            let Some(state) = self.users.get_mut(user) else {
+                return Err(StageError::Other(format!("features: the state of user {user:?} vanished")));
             };
             while i < n && rows.users.value(i) == user {
                 let mut values: [Option<&str>; 8] = [None; 8];
