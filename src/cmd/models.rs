@@ -16,7 +16,8 @@ pub(crate) struct ModelsArgs {
 /// What `dfp models` does.
 #[derive(Subcommand)]
 pub(crate) enum ModelsCommand {
-    /// List the models of a registry: name, latest version, kind, rows, trained window.
+    /// List the models of a registry: name, latest version, kind (user, finetuned, group, generic), rows,
+    /// trained window, and why the model is what it is.
     List {
         /// The registry: a directory or an s3:// prefix (S3 settings from the AWS_* variables).
         #[arg(long, value_name = "LOCATION")]
@@ -60,7 +61,10 @@ pub(crate) fn models(args: ModelsArgs) -> Result<ExitCode> {
     let reg = dfp_stages::registry::open(&registry, &s3, &dfp_stages::registry::MlflowOptions::default())?;
     let list = reg.list()?;
     if !json {
-        println!("{:<48} {:>7} {:>8} {:>8}  {:<24} {:<24}", "MODEL", "VERSION", "KIND", "ROWS", "TRAINED FROM", "TO");
+        println!(
+            "{:<48} {:>7} {:>9} {:>8}  {:<19} {:<19}  WHY",
+            "MODEL", "VERSION", "KIND", "ROWS", "TRAINED FROM", "TO"
+        );
     }
     let mut bad = 0usize;
     for m in &list {
@@ -82,7 +86,7 @@ pub(crate) fn models(args: ModelsArgs) -> Result<ExitCode> {
                     let span = |t: Option<i64>| t.map(dfp_stages::time::format_micros).unwrap_or_default();
                     let (from, to) = (span(set.population.first), span(set.population.last));
                     println!(
-                        "{:<48} {:>7} {:>8} {:>8}  {:<24} {:<24}",
+                        "{:<48} {:>7} {:>9} {:>8}  {:<19} {:<19}  every user's history (ROWS: users)",
                         m.name,
                         version,
                         "profiles",
@@ -96,13 +100,20 @@ pub(crate) fn models(args: ModelsArgs) -> Result<ExitCode> {
                     if json {
                         println!("{}", json!({"model": m.name, "kind": "profiles", "problem": problem}));
                     } else {
-                        println!("{:<48} {:>7} {:>8}  cannot be used: {problem}", m.name, "-", "profiles");
+                        println!("{:<48} {:>7} {:>9}  cannot be used: {problem}", m.name, "-", "profiles");
                     }
                 }
             }
             continue;
         }
-        let kind = if m.name.ends_with(dfp_stages::model::GENERIC) { "generic" } else { "user" };
+        // Told by the name until the manifest is read (it says `finetuned` for fine-tuned user models).
+        let kind = if m.name.ends_with(dfp_stages::model::GENERIC) {
+            "generic"
+        } else if m.name.contains("-=group-") {
+            "group"
+        } else {
+            "user"
+        };
         let manifest = m.latest.clone().and_then(|version| {
             let bytes = reg.fetch(&m.name, version, "manifest.json").map_err(|e| e.message)?;
             let manifest: Manifest =
@@ -122,29 +133,32 @@ pub(crate) fn models(args: ModelsArgs) -> Result<ExitCode> {
                 if json {
                     println!("{}", json!({"model": m.name, "kind": kind, "problem": problem}));
                 } else {
-                    println!("{:<48} {:>7} {:>8}  cannot be used: {problem}", m.name, "-", kind);
+                    println!("{:<48} {:>7} {:>9}  cannot be used: {problem}", m.name, "-", kind);
                 }
                 continue;
             }
         };
         let t = &manifest.training;
+        let kind = manifest.kind().as_str();
         let from = dfp_stages::time::format_micros(t.start_micros);
         let to = dfp_stages::time::format_micros(t.end_micros);
         if json {
             println!(
                 "{}",
                 json!({"model": m.name, "version": version, "kind": kind, "rows": t.rows, "start": from, "end": to,
-                       "epochs_run": t.epochs_run, "dfp_version": manifest.dfp_version, "family": manifest.family})
+                       "epochs_run": t.epochs_run, "dfp_version": manifest.dfp_version, "family": manifest.family,
+                       "group": manifest.group, "reason": manifest.reason})
             );
         } else {
             println!(
-                "{:<48} {:>7} {:>8} {:>8}  {:<24} {:<24}",
+                "{:<48} {:>7} {:>9} {:>8}  {:<19} {:<19}  {}",
                 m.name,
                 version,
                 kind,
                 t.rows,
                 from.get(..19).unwrap_or(&from),
-                to.get(..19).unwrap_or(&to)
+                to.get(..19).unwrap_or(&to),
+                manifest.reason.as_deref().unwrap_or("")
             );
         }
     }

@@ -12,7 +12,10 @@
 //!   the window start plus a few seconds, e.g. `AZUREAD_2026-10-01T00_00_03.207Z.json` (`DUO_…`; other
 //!   families: the family name in capitals); events sorted by time; empty windows have no file;
 //! - `labels.csv`: `id,label,kind` for every inference-period event (Duo enrollment records, which are not
-//!   authentications, have no row). `label` is 1 for attacks.
+//!   authentications, have no row). `label` is 1 for attacks;
+//! - `directory.csv`: `username,department,office`, one row per user (the user name as the family's logs
+//!   write it), as an HR or directory export would give it: for `add-user-data`'s `directory` and for
+//!   peer groups by department (`train`'s `groups`).
 //!
 //! The same options and seed give the same bytes. Generated addresses come from reserved blocks (see
 //! `tables.rs`); names, devices and ids are made up.
@@ -266,6 +269,8 @@ pub struct GenerateReport {
     pub labels: PathBuf,
     /// Rows in the labels file.
     pub label_rows: u64,
+    /// The directory export (`directory.csv`).
+    pub directory: PathBuf,
     /// Per kind, in [`Kind::ALL`] order.
     pub kinds: Vec<KindSummary>,
     /// Wall time of generating and writing.
@@ -323,6 +328,7 @@ impl fmt::Display for GenerateReport {
             self.attack_events(),
             self.labels.display()
         )?;
+        writeln!(f, "  directory {} users: {}", self.options.users, self.directory.display())?;
         writeln!(f, "  {:<18} {:>5} {:>6} {:>8}", "kind", "label", "users", "events")?;
         for k in &self.kinds {
             writeln!(
@@ -490,12 +496,14 @@ pub fn generate_with(
         enrollments: 0,
         labels: options.out.join("labels.csv"),
         label_rows: 0,
+        directory: options.out.join("directory.csv"),
         kinds: Vec::new(),
         elapsed: Duration::ZERO,
     };
     let prefix = built_in.map_or_else(|| family.name.to_ascii_uppercase().replace('-', "_"), |b| b.prefix.to_string());
     write_logs(&dataset, options, &prefix, &mut writer, enrollment_records, &mut report)?;
     write_labels(&dataset, enrollment_records, &mut report)?;
+    write_directory(&dataset.population, &family.name, &report.directory)?;
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -653,6 +661,23 @@ fn write_logs(
         }
     }
     Ok(())
+}
+
+/// `directory.csv`: each user's name as the family's logs write it (Duo: the e-mail local part), department
+/// and office city.
+fn write_directory(population: &population::Population, family: &str, path: &Path) -> Result<(), GenerateError> {
+    let file = File::create(path).map_err(io_error(path))?;
+    let mut out = BufWriter::new(file);
+    let written: io::Result<()> = (|| {
+        out.write_all(b"username,department,office\n")?;
+        for u in &population.users {
+            let name = if family == "duo" { u.local_part() } else { u.upn.as_str() };
+            let (department, _) = tables::DEPARTMENTS[u.department];
+            writeln!(out, "{name},{department},{}", tables::CITIES[u.home].name)?;
+        }
+        out.flush()
+    })();
+    written.map_err(io_error(path))
 }
 
 fn write_labels(dataset: &Dataset, enrollment_records: bool, report: &mut GenerateReport) -> Result<(), GenerateError> {

@@ -15,6 +15,43 @@ use super::FeatureDef;
 pub const MANIFEST: &str = "manifest.json";
 /// The weights' file name.
 pub const WEIGHTS: &str = "model.safetensors";
+/// A shared model's per-user z statistics (`calibration`), when it has any.
+pub const CALIBRATION: &str = "calibration.json";
+/// The generic model's peer-group membership (`user → group`), when groups were trained.
+pub const GROUPS: &str = "groups.json";
+
+/// What a model is for (recorded in its manifest, shown in scores as `model_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// One user's model, trained from scratch on at least `min_history` of the user's events.
+    #[default]
+    User,
+    /// One user's model fine-tuned from a shared (generic or group) model on fewer events.
+    Finetuned,
+    /// A peer group's model: the generic model fine-tuned on the events of the group's users.
+    Group,
+    /// The model of everybody's events.
+    Generic,
+}
+
+impl ModelKind {
+    /// `user`, `finetuned`, `group` or `generic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::User => "user",
+            ModelKind::Finetuned => "finetuned",
+            ModelKind::Group => "group",
+            ModelKind::Generic => "generic",
+        }
+    }
+
+    /// Whether the model scores many users (their rows are then scored in fixed-size chunks, and may use
+    /// per-user calibration).
+    pub fn shared(self) -> bool {
+        matches!(self, ModelKind::Group | ModelKind::Generic)
+    }
+}
 
 /// Per-feature loss statistics, in model order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +152,18 @@ pub struct Manifest {
     pub hyper_parameters: TrainConfig,
     /// The training run.
     pub training: TrainingInfo,
+    /// What the model is for (absent in models of dfp before model kinds: then told by the name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ModelKind>,
+    /// Why the model is what it is, e.g. `fine-tuned from DFP-azure-=generic on 120 events`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A group model's group; a user model's peer group, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Files of the version beyond the manifest and the weights ([`CALIBRATION`], [`GROUPS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 impl Manifest {
@@ -160,7 +209,43 @@ impl Manifest {
             loss_stats,
             hyper_parameters,
             training,
+            kind: None,
+            reason: None,
+            group: None,
+            files: Vec::new(),
         }
+    }
+
+    /// The model's kind: as recorded, or (models of dfp before model kinds) told by its name.
+    pub fn kind(&self) -> ModelKind {
+        self.kind.unwrap_or(if self.name.ends_with(super::GENERIC) { ModelKind::Generic } else { ModelKind::User })
+    }
+}
+
+/// One user's z statistics through a shared model (`calibration.json` maps user ids to these): the
+/// user's own per-feature loss centre and spread, shrunk toward the model's by `prior_rows` pseudo-rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserStats {
+    /// The user's rows the statistics come from.
+    pub rows: usize,
+    /// Centre per feature, in model order.
+    pub center: Vec<f64>,
+    /// Spread per feature; never below 1e-6.
+    pub scale: Vec<f64>,
+}
+
+impl UserStats {
+    /// Shrinks the statistics of `rows` losses toward the model's `prior` by `prior_rows` pseudo-rows:
+    /// centre `(n·c_u + k·c_m)/(n + k)`, spread `√((n·s_u² + k·s_m²)/(n + k))`. A user with few rows stays
+    /// near the model's statistics; one with many gets their own.
+    pub fn shrunk(rows: &[Vec<f32>], prior: &LossStats, prior_rows: f64) -> Self {
+        let own = LossStats::compute(rows, prior.center.len(), StatsMode::Training);
+        let n = rows.len() as f64;
+        let k = prior_rows.max(0.0);
+        let w = |a: f64, b: f64| if n + k > 0.0 { (n * a + k * b) / (n + k) } else { b };
+        let center = own.center.iter().zip(&prior.center).map(|(c, p)| w(*c, *p)).collect();
+        let scale = own.scale.iter().zip(&prior.scale).map(|(s, p)| w(s * s, p * p).sqrt().max(1e-6)).collect();
+        UserStats { rows: rows.len(), center, scale }
     }
 }
 
@@ -219,6 +304,10 @@ pub struct Model {
     pub(crate) encoder: FeatureEncoder,
     pub(crate) net: Net,
     pub(crate) vs: nn::VarStore,
+    /// A shared model's per-user z statistics ([`CALIBRATION`]), by user id.
+    pub calibration: std::collections::BTreeMap<String, UserStats>,
+    /// The generic model's peer groups ([`GROUPS`]): user id → group.
+    pub groups: std::collections::BTreeMap<String, String>,
 }
 
 /// Tensors read from a safetensors file: name → (shape, little-endian f32 bytes).
@@ -290,9 +379,51 @@ impl Model {
         let path = dir.path().join(WEIGHTS);
         self.vs.save(&path).map_err(|source| ArtifactError::Weights { name: self.manifest.name.clone(), source })?;
         let weights = std::fs::read(&path)?;
-        let manifest = serde_json::to_vec_pretty(&self.manifest)
-            .map_err(|source| ArtifactError::Manifest { name: self.manifest.name.clone(), source })?;
-        Ok(vec![(WEIGHTS, weights), (MANIFEST, manifest)])
+        let mut files = vec![(WEIGHTS, weights)];
+        let mut manifest = self.manifest.clone();
+        manifest.files.clear();
+        if !self.calibration.is_empty() {
+            files.push((CALIBRATION, self.json(&self.calibration, false)?));
+            manifest.files.push(CALIBRATION.into());
+        }
+        if !self.groups.is_empty() {
+            files.push((GROUPS, self.json(&self.groups, false)?));
+            manifest.files.push(GROUPS.into());
+        }
+        files.push((MANIFEST, self.json(&manifest, true)?));
+        Ok(files)
+    }
+
+    fn json<T: Serialize>(&self, value: &T, pretty: bool) -> Result<Vec<u8>, ArtifactError> {
+        let bytes = if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) };
+        bytes.map_err(|source| ArtifactError::Manifest { name: self.manifest.name.clone(), source })
+    }
+
+    /// Reads one of the version's further files (those the manifest lists in `files`) into the model.
+    pub fn attach(&mut self, file: &str, bytes: &[u8]) -> Result<(), ArtifactError> {
+        let name = self.manifest.name.clone();
+        let bad = |detail: String| ArtifactError::Invalid { name: name.clone(), detail };
+        match file {
+            CALIBRATION => {
+                let calibration: std::collections::BTreeMap<String, UserStats> =
+                    serde_json::from_slice(bytes).map_err(|e| bad(format!("{CALIBRATION}: {e}")))?;
+                let n = self.manifest.features.len();
+                for (user, s) in &calibration {
+                    let finite = s.center.iter().chain(&s.scale).all(|v| v.is_finite());
+                    if s.center.len() != n || s.scale.len() != n || !finite || s.scale.iter().any(|v| *v <= 0.0) {
+                        return Err(bad(format!(
+                            "{CALIBRATION}: the statistics of user \"{user}\" do not fit the model's {n} features"
+                        )));
+                    }
+                }
+                self.calibration = calibration;
+            }
+            GROUPS => {
+                self.groups = serde_json::from_slice(bytes).map_err(|e| bad(format!("{GROUPS}: {e}")))?;
+            }
+            other => return Err(bad(format!("the manifest lists an unknown file {other}"))),
+        }
+        Ok(())
     }
 
     /// Loads an artifact from its files.
@@ -323,7 +454,7 @@ impl Model {
             Ok(())
         })?;
         net.merge_heads();
-        Ok(Model { manifest, encoder, net, vs })
+        Ok(Model { manifest, encoder, net, vs, calibration: Default::default(), groups: Default::default() })
     }
 
     /// Switches the hidden layers (the bulk of the work) to bfloat16 for scoring (CPUs with AVX-512 BF16 or
@@ -405,18 +536,35 @@ impl Model {
         rows: &arrow::array::RecordBatch,
         mode: ZMode,
     ) -> Result<Scores, super::encode::EncodeError> {
-        let encoded = self.encoder.encode(rows)?;
-        let losses = row_losses(&self.net, &encoded);
-        let stats = &self.manifest.loss_stats;
+        self.score_calibrated(rows, mode, &[])
+    }
+
+    /// Per-feature losses of `rows` (`rows × features`, model order), as scoring computes them.
+    pub fn losses(&self, rows: &arrow::array::RecordBatch) -> Result<Vec<Vec<f32>>, super::encode::EncodeError> {
+        Ok(row_losses(&self.net, &self.encoder.encode(rows)?))
+    }
+
+    /// Scores rows; row `i` takes its z statistics from `stats[i]` when that is `Some` (a user's
+    /// calibration), else from the model's. `stats` may be shorter than the rows (empty: the model's for
+    /// every row).
+    pub fn score_calibrated(
+        &self,
+        rows: &arrow::array::RecordBatch,
+        mode: ZMode,
+        stats: &[Option<&UserStats>],
+    ) -> Result<Scores, super::encode::EncodeError> {
+        let losses = self.losses(rows)?;
+        let model_stats = &self.manifest.loss_stats;
         let mut z = Vec::with_capacity(losses.len());
         let mut mean_abs_z = Vec::with_capacity(losses.len());
         let mut max_abs_z = Vec::with_capacity(losses.len());
-        for row in losses {
-            let zs: Vec<f32> = row
-                .iter()
-                .enumerate()
-                .map(|(j, l)| ((f64::from(*l) - stats.center[j]) / stats.scale[j]) as f32)
-                .collect();
+        for (i, row) in losses.into_iter().enumerate() {
+            let (center, scale) = match stats.get(i).copied().flatten() {
+                Some(u) => (&u.center, &u.scale),
+                None => (&model_stats.center, &model_stats.scale),
+            };
+            let zs: Vec<f32> =
+                row.iter().enumerate().map(|(j, l)| ((f64::from(*l) - center[j]) / scale[j]) as f32).collect();
             let abs: Vec<f64> = zs
                 .iter()
                 .map(|v| match mode {
@@ -429,5 +577,74 @@ impl Model {
             z.push(zs);
         }
         Ok(Scores { features: self.feature_names(), z, mean_abs_z, max_abs_z })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_statistics_shrink_toward_the_models_by_the_prior_rows() {
+        let prior = LossStats { mode: StatsMode::Training, center: vec![1.0], scale: vec![1.0] };
+        // Ten rows of loss 3.0 (spread 0): centre (10·3 + 10·1)/20 = 2, spread √((10·0 + 10·1)/20).
+        let rows = vec![vec![3.0f32]; 10];
+        let s = UserStats::shrunk(&rows, &prior, 10.0);
+        assert_eq!(s.rows, 10);
+        assert!((s.center[0] - 2.0).abs() < 1e-9, "{s:?}");
+        assert!((s.scale[0] - 0.5f64.sqrt()).abs() < 1e-6, "{s:?}");
+        // No prior: the user's own statistics (the spread kept above zero).
+        let s = UserStats::shrunk(&rows, &prior, 0.0);
+        assert!((s.center[0] - 3.0).abs() < 1e-9 && s.scale[0] >= 1e-6, "{s:?}");
+        // Many rows outweigh the prior.
+        let many = vec![vec![3.0f32]; 10_000];
+        assert!((UserStats::shrunk(&many, &prior, 20.0).center[0] - 3.0).abs() < 0.01);
+    }
+
+    /// A small model on two features: a number and a category.
+    fn tiny() -> (Model, arrow::array::RecordBatch) {
+        use arrow::array::{Float64Array, StringArray, TimestampMicrosecondArray};
+        use std::sync::Arc;
+        let n = 64;
+        let rows = arrow::array::RecordBatch::try_from_iter([
+            ("timestamp", Arc::new(TimestampMicrosecondArray::from_iter_values(0..n)) as arrow::array::ArrayRef),
+            ("count", Arc::new(Float64Array::from_iter_values((0..n).map(|i| (i % 7) as f64)))),
+            ("app", Arc::new(StringArray::from_iter_values((0..n).map(|i| ["mail", "chat", "crm"][i as usize % 3])))),
+        ])
+        .unwrap();
+        let defs = vec![
+            FeatureDef { name: "count".into(), kind: super::super::FeatureKind::Numeric, log: false },
+            FeatureDef { name: "app".into(), kind: super::super::FeatureKind::Categorical, log: false },
+        ];
+        let config = TrainConfig { epochs: 2, ..TrainConfig::default() };
+        (super::super::train("tiny", &defs, &rows, &config, Device::Cpu).unwrap(), rows)
+    }
+
+    #[test]
+    fn calibration_and_groups_travel_with_the_artifact_and_are_checked() {
+        let (mut model, rows) = tiny();
+        let losses = model.losses(&rows).unwrap();
+        let shifted: Vec<Vec<f32>> = losses.iter().map(|r| r.iter().map(|l| l + 5.0).collect()).collect();
+        model.calibration.insert("alice".into(), UserStats::shrunk(&shifted, &model.manifest.loss_stats, 0.0));
+        model.groups.insert("alice".into(), "b1".into());
+        let files = model.to_files().unwrap();
+        let file = |name: &str| files.iter().find(|(n, _)| *n == name).map(|(_, b)| b.clone()).unwrap();
+        let mut back = Model::from_files("tiny", &file(MANIFEST), &file(WEIGHTS), Device::Cpu).unwrap();
+        assert_eq!(back.manifest.files, vec![CALIBRATION.to_string(), GROUPS.to_string()]);
+        for f in back.manifest.files.clone() {
+            back.attach(&f, &file(&f)).unwrap();
+        }
+        assert_eq!(back.calibration, model.calibration);
+        assert_eq!(back.groups["alice"], "b1");
+        // Alice's statistics sit 5 above the model's losses: her rows score far below the model's z.
+        let alice = back.calibration.get("alice");
+        let own = back.score_calibrated(&rows, ZMode::Abs, &vec![alice; rows.num_rows()]).unwrap();
+        let plain = back.score_with(&rows, ZMode::Abs).unwrap();
+        assert!(own.z[0][0] < plain.z[0][0] - 1.0, "{:?} vs {:?}", own.z[0], plain.z[0]);
+        // Statistics that do not fit the model are refused with the user's name.
+        let bad = br#"{"bob": {"rows": 3, "center": [0.0], "scale": [1.0]}}"#;
+        let err = back.attach(CALIBRATION, bad).unwrap_err().to_string();
+        assert!(err.contains("\"bob\"") && err.contains("2 features"), "{err}");
+        assert!(back.attach("other.json", b"{}").unwrap_err().to_string().contains("unknown file other.json"));
     }
 }

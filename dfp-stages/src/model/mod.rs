@@ -18,13 +18,14 @@ pub mod artifact;
 pub mod config;
 pub mod encode;
 pub mod net;
+pub mod peers;
 pub mod train;
 
 use dfp_core::Family;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use artifact::{Manifest, Model};
+pub use artifact::{Manifest, Model, ModelKind, UserStats};
 pub use config::TrainConfig;
 pub use encode::{Encoded, FeatureEncoder};
 pub use train::{train, train_from};
@@ -255,6 +256,12 @@ pub fn escape_user(user: &str) -> String {
 /// The user part of the generic model's name. No user id escapes to it: an escaped `=` is always followed
 /// by two hex digits.
 pub const GENERIC: &str = "=generic";
+
+/// The registry name of a peer group's model: `DFP-<model prefix>-=group-<escaped group>` (no user id
+/// escapes to it, as for [`GENERIC`]).
+pub fn group_model_name(family: &Family, group: &str) -> String {
+    format!("DFP-{}-=group-{}", family.model_prefix, escape_user(group))
+}
 
 /// The registry name of a user's model in a family (`None`: the family's generic model):
 /// `DFP-<model prefix>-<escaped user>`.

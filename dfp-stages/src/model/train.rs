@@ -236,5 +236,5 @@ pub fn train_from(
             warm_start_from: None,
         },
     );
-    Ok(Model { manifest, encoder, net, vs })
+    Ok(Model { manifest, encoder, net, vs, calibration: Default::default(), groups: Default::default() })
 }

@@ -7,11 +7,14 @@
 //! Input is partitioned by `username`, so each worker keeps the models of its own users in a cache
 //! (`cache_capacity` models, least recently used evicted first). A cached model is re-checked against the
 //! registry after `cache_ttl_secs`: a newer version is loaded without a restart. A user without a model is
-//! scored with the generic model. Models are named, and their inputs chosen, by the log family (the
+//! scored by a shared model: its peer group's model when training recorded a group for the user (see
+//! `train`'s `groups:`), else the generic model; a shared model holds per-user z statistics for users
+//! with enough events (`calibrate:`), and those users' z-scores use them. Models are named, and their inputs chosen, by the log family (the
 //! pipeline's `family:`); a model trained for another family is refused with both names. Scoring runs
 //! without autograd; each input row is scored exactly once.
 //!
-//! Added columns: `model_name`, `model_version`, `model_kind` (`user` or `generic`), one `<feature>_z_loss`
+//! Added columns: `model_name`, `model_version`, `model_kind` (`user`, `finetuned`, `group` or `generic`),
+//! `calibrated` (the z-scores come from the user's own statistics through a shared model), one `<feature>_z_loss`
 //! per model input, `mean_abs_z`, `max_abs_z`, and `top_features` (the `top_features` inputs with the
 //! largest |z|, comma-separated, largest first).
 
@@ -33,7 +36,9 @@ use serde::Deserialize;
 
 use crate::model::artifact::ZMode;
 use crate::model::artifact::{MANIFEST, WEIGHTS};
-use crate::model::{feature_set, model_name, DeviceChoice, FeatureDef, FeatureOptions, Model};
+use crate::model::{
+    feature_set, group_model_name, model_name, DeviceChoice, FeatureDef, FeatureOptions, Model, ModelKind,
+};
 use crate::registry::MlflowOptions;
 use crate::store::S3Options;
 
@@ -99,8 +104,8 @@ pub enum Precision {
     Bf16,
 }
 
-/// Rows per forward pass of the generic model (the last chunk of a batch is padded to it).
-const GENERIC_CHUNK: usize = 128;
+/// Rows per forward pass of a shared (generic or group) model (the last chunk of a batch is padded to it).
+const SHARED_CHUNK: usize = 128;
 
 fn d_ttl() -> f64 {
     60.0
@@ -323,7 +328,18 @@ impl Score {
             Some(v) => {
                 let manifest = registry.fetch(name, v, MANIFEST).map_err(|e| StageError::Registry(e.to_string()))?;
                 let weights = registry.fetch(name, v, WEIGHTS).map_err(|e| StageError::Registry(e.to_string()))?;
-                match self.usable(name, &manifest, &weights)? {
+                let mut usable = self.usable(name, &manifest, &weights)?;
+                if let Ok(model) = &mut usable {
+                    // The version's further files: a shared model's calibration, the generic model's groups.
+                    for file in model.manifest.files.clone() {
+                        let bytes = registry.fetch(name, v, &file).map_err(|e| StageError::Registry(e.to_string()))?;
+                        if let Err(e) = model.attach(&file, &bytes) {
+                            usable = Err(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                match usable {
                     Ok(model) => {
                         if cached_version.is_some() {
                             tracing::info!(model = name, version = v, "newer model version loaded");
@@ -358,6 +374,11 @@ impl Score {
             self.lru.remove(&old.used);
         }
         Ok(self.touch(name).filter(|_| found))
+    }
+
+    /// The cached model under `name`, if it holds one.
+    fn cached(&self, name: &str) -> Option<&Model> {
+        self.cache.get(name).and_then(|c| c.model.as_ref())
     }
 
     /// A model from its files, checked against this pipeline: `Ok(Err(why))` when it cannot be used.
@@ -520,64 +541,77 @@ impl Score {
         let mut model_of = vec![0u32; n];
         let mut versions = vec![0u64; n];
         let mut kinds: Vec<&'static str> = vec![""; n];
-        // Each user's rows go to the user's model; the rows of every user scored by the generic model are
-        // scored together (one forward pass per user would make a spray of distinct names slow).
-        let mut groups: Vec<(String, u64, &'static str, Vec<u32>)> = Vec::new();
-        let mut generic_group: Option<usize> = None;
+        let mut calibrated = vec![false; n];
+        // Each user's rows go to the user's model (`user` or `finetuned`); the rows of every user scored by
+        // a shared model (the user's peer group's, else the generic one) are scored together per model (one
+        // forward pass per user would make a spray of distinct names slow).
+        let mut groups: Vec<(String, u64, ModelKind, Vec<u32>)> = Vec::new();
+        let mut shared: HashMap<String, usize> = HashMap::new();
+        let generic = model_name(&self.family, None);
         for (user, idx) in super::rows_by_user(&users) {
             let user = user.unwrap_or("");
             let user_name = model_name(&self.family, Some(user));
             if let Some(v) = self.resolve(&user_name)? {
-                groups.push((user_name, v, "user", idx));
+                let kind = self.cached(&user_name).map_or(ModelKind::User, |m| m.manifest.kind());
+                groups.push((user_name, v, kind, idx));
                 continue;
             }
-            let generic = model_name(&self.family, None);
-            match self.resolve(&generic)? {
-                Some(v) => match generic_group {
-                    Some(g) => groups[g].3.extend(idx),
-                    None => {
-                        generic_group = Some(groups.len());
-                        groups.push((generic, v, "generic", idx));
-                    }
+            let Some(generic_version) = self.resolve(&generic)? else {
+                let broken = self.broken.iter().find(|((n, _), _)| *n == generic);
+                return Err(StageError::Other(match (&self.registry_down, broken) {
+                    (_, Some(((_, v), why))) => format!(
+                        "no model for user \"{user}\" and the generic model {generic} v{v} cannot be used: {why}"
+                    ),
+                    (Some(why), None) => format!(
+                        "no model for user \"{user}\" and the generic model {generic} is not cached while the registry fails: {why}"
+                    ),
+                    (None, None) => format!(
+                        "no model for user \"{user}\" and no generic model {generic} in {}: run the training pipeline first",
+                        self.config.registry
+                    ),
+                }));
+            };
+            // The user's peer group (recorded with the generic model), when its model can be had.
+            let group =
+                self.cached(&generic).and_then(|g| g.groups.get(user)).map(|g| group_model_name(&self.family, g));
+            let (name, version, kind) = match group {
+                Some(name) => match self.resolve(&name)? {
+                    Some(v) => (name, v, ModelKind::Group),
+                    None => (generic.clone(), generic_version, ModelKind::Generic),
                 },
+                None => (generic.clone(), generic_version, ModelKind::Generic),
+            };
+            match shared.get(&name) {
+                Some(&g) => groups[g].3.extend(idx),
                 None => {
-                    let broken = self.broken.iter().find(|((n, _), _)| *n == generic);
-                    return Err(StageError::Other(match (&self.registry_down, broken) {
-                        (_, Some(((_, v), why))) => format!(
-                            "no model for user \"{user}\" and the generic model {generic} v{v} cannot be used: {why}"
-                        ),
-                        (Some(why), None) => format!(
-                            "no model for user \"{user}\" and the generic model {generic} is not cached while the registry fails: {why}"
-                        ),
-                        (None, None) => format!(
-                            "no model for user \"{user}\" and no generic model {generic} in {}: run the training pipeline first",
-                            self.config.registry
-                        ),
-                    }));
+                    shared.insert(name.clone(), groups.len());
+                    groups.push((name, version, kind, idx));
                 }
             }
         }
         for (name, version, kind, idx) in groups {
-            let model = self
-                .cache
-                .get(&name)
-                .and_then(|c| c.model.as_ref())
-                .ok_or_else(|| StageError::Other(format!("model {name} vanished from the cache")))?;
-            // The generic model's rows come from whichever users share this worker and batch: they are
-            // scored in chunks of a fixed size (the last one padded), so that a row's score never depends
-            // on the rows scored with it (the numeric kernels choose their path by shape).
-            let chunks: Vec<&[u32]> =
-                if kind == "generic" { idx.chunks(GENERIC_CHUNK).collect() } else { vec![idx.as_slice()] };
+            let model =
+                self.cached(&name).ok_or_else(|| StageError::Other(format!("model {name} vanished from the cache")))?;
+            // A shared model's rows come from whichever users share this worker and batch: they are scored
+            // in chunks of a fixed size (the last one padded), so that a row's score never depends on the
+            // rows scored with it (the numeric kernels choose their path by shape).
+            let is_shared = kind.shared();
+            let chunks: Vec<&[u32]> = if is_shared { idx.chunks(SHARED_CHUNK).collect() } else { vec![idx.as_slice()] };
             models.push(name.clone());
             let model_index = (models.len() - 1) as u32;
             for chunk in chunks {
                 let mut take: Vec<u32> = chunk.to_vec();
-                if kind == "generic" {
-                    take.resize(GENERIC_CHUNK, chunk[0]);
+                // A shared model's z statistics: the user's own (calibration) where training recorded them.
+                let mut stats: Vec<Option<&crate::model::UserStats>> = Vec::new();
+                if is_shared {
+                    take.resize(SHARED_CHUNK, chunk[0]);
+                    if !model.calibration.is_empty() {
+                        stats = chunk.iter().map(|&r| model.calibration.get(users.value(r as usize))).collect();
+                    }
                 }
                 let rows = take_record_batch(&inputs, &UInt32Array::from(take))?;
                 let scores = model
-                    .score_with(&rows, self.config.z)
+                    .score_calibrated(&rows, self.config.z, &stats)
                     .map_err(|e| StageError::Data(format!("scoring with {name}: {e}")))?;
                 let position: Vec<usize> =
                     names.iter().map(|f| scores.features.iter().position(|g| g == f).unwrap_or(usize::MAX)).collect();
@@ -592,7 +626,8 @@ impl Score {
                     max[row] = scores.max_abs_z[k];
                     model_of[row] = model_index;
                     versions[row] = version;
-                    kinds[row] = kind;
+                    kinds[row] = kind.as_str();
+                    calibrated[row] = stats.get(k).is_some_and(Option::is_some);
                 }
             }
         }
@@ -608,6 +643,8 @@ impl Score {
         cols.push(Arc::new(vb.finish()));
         fields.push(Field::new("model_kind", DataType::Utf8, false));
         cols.push(Arc::new(arrow::array::StringArray::from(kinds)));
+        fields.push(Field::new("calibrated", DataType::Boolean, false));
+        cols.push(Arc::new(arrow::array::BooleanArray::from(calibrated)));
         for (j, f) in names.iter().enumerate() {
             let mut b = Float32Builder::with_capacity(n);
             for row in z.chunks_exact(width.max(1)) {

@@ -12,10 +12,31 @@
 //! `model::escape_user`). The family (the pipeline's `family:`) also gives the model's input features, and
 //! each model's manifest records it.
 //! `scope: generic` gathers every row on one worker and trains `DFP-{prefix}-=generic` on the window before
-//! the latest event. Each model is trained once per run, when the input ends. The stage emits one report
-//! row per user or model: `model`, `kind`, `status` (`trained` or `skipped`), `version`, `rows`,
-//! `epochs_run`, `train_loss`, `validation_loss`, `seconds`, `reason`.
+//! the latest event. Each model is trained once per run, when the input ends.
+//!
+//! **Users with little history** (fewer than `min_history` events) are scored by shared models. The
+//! generic stage can serve them better (docs/models.md, "Users with little history"):
+//!
+//! ```yaml
+//! generic:
+//!   type: train
+//!   scope: generic
+//!   min_history: 300                  # as on the users stage: those users get their own model there
+//!   finetune: { min_history: 40 }     # 40–299 events: a model fine-tuned from the shared one (kind finetuned)
+//!   groups: { by: behaviour }         # or a directory field: { by: department, directory: hr.csv }
+//!   calibrate: { min_history: 20 }    # the user's own z statistics through the shared model
+//! ```
+//!
+//! Peer groups (`DFP-{prefix}-=group-{group}`, kind `group`) are the generic model fine-tuned on the events
+//! of the group's users; membership is stored with the generic model (`groups.json`), per-user statistics
+//! with the shared model that scores the user (`calibration.json`). Fine-tuning costs at most
+//! `finetune.epochs` passes over the rows of the users fine-tuned, on the one worker of the generic stage.
+//!
+//! The stage emits one report row per user or model: `model`, `kind` (`user`, `finetuned`, `group`,
+//! `generic`), `status` (`trained`, `skipped`, or `shared`: a user scored by a shared model), `version`,
+//! `rows`, `epochs_run`, `train_loss`, `validation_loss`, `seconds`, `reason`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,7 +56,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::model::artifact::{MANIFEST, WEIGHTS};
-use crate::model::{feature_set, model_name, train_from, DeviceChoice, FeatureDef, FeatureOptions, Model, TrainConfig};
+use crate::model::{
+    feature_set, group_model_name, model_name, peers, train_from, DeviceChoice, FeatureDef, FeatureOptions, Model,
+    ModelKind, TrainConfig, UserStats,
+};
 use crate::registry::MlflowOptions;
 use crate::store::S3Options;
 use crate::time::DAY_MICROS;
@@ -89,6 +113,16 @@ pub struct TrainStageConfig {
     /// Hyper-parameters.
     #[serde(default)]
     pub training: TrainConfig,
+    /// Fine-tuned models for users with fewer than `min_history` events (`scope: generic` only: they start
+    /// from the model this stage trains).
+    #[serde(default)]
+    pub finetune: FinetuneConfig,
+    /// Peer-group models (`scope: generic` only).
+    #[serde(default)]
+    pub groups: GroupsConfig,
+    /// Per-user z statistics through the shared models (`scope: generic` only).
+    #[serde(default)]
+    pub calibrate: CalibrateConfig,
     /// `auto` (CUDA when available), `cpu` or `cuda`.
     #[serde(default)]
     pub device: DeviceChoice,
@@ -100,6 +134,106 @@ pub struct TrainStageConfig {
     pub mlflow: MlflowOptions,
 }
 
+/// `finetune:` of a `scope: generic` train stage.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// Fewest events in the window for a fine-tuned model (users with `min_history` or more get their own
+    /// model from the `scope: users` stage); 0, the default, fine-tunes none.
+    #[serde(default)]
+    pub min_history: usize,
+    /// Epochs of fine-tuning.
+    #[serde(default = "d_finetune_epochs")]
+    pub epochs: usize,
+    /// Rows per step while fine-tuning (a user with 50 events then takes a few steps per epoch, not one).
+    #[serde(default = "d_finetune_batch")]
+    pub batch_size: usize,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig { min_history: 0, epochs: d_finetune_epochs(), batch_size: d_finetune_batch() }
+    }
+}
+
+/// `groups:` of a `scope: generic` train stage.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// `behaviour` (users whose events look alike: k-means on apps, devices, places, hours, volumes), a
+    /// directory attribute (a field of `directory`, e.g. `department`; without `directory`, a column of
+    /// the input, each user's most frequent value), or empty (the default): no groups.
+    #[serde(default)]
+    pub by: String,
+    /// A directory export (CSV with a header row, or JSON lines) with one row per user, as for
+    /// `add-user-data`: `by` names one of its fields. Users missing from it get no group.
+    #[serde(default)]
+    pub directory: Option<String>,
+    /// The directory's user-name field.
+    #[serde(default = "d_directory_key")]
+    pub directory_key: String,
+    /// `by: behaviour`: how many groups.
+    #[serde(default = "d_group_count")]
+    pub count: usize,
+    /// Fewest events (of all its users) a group needs for a model.
+    #[serde(default = "d_min_history")]
+    pub min_history: usize,
+    /// Epochs of fine-tuning the generic model on a group's events.
+    #[serde(default = "d_group_epochs")]
+    pub epochs: usize,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            by: String::new(),
+            directory: None,
+            directory_key: d_directory_key(),
+            count: d_group_count(),
+            min_history: d_min_history(),
+            epochs: d_group_epochs(),
+        }
+    }
+}
+
+/// `calibrate:` of a `scope: generic` train stage.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrateConfig {
+    /// Fewest events of a user scored by a shared model for the user's own z statistics; 0, the default,
+    /// calibrates nobody.
+    #[serde(default)]
+    pub min_history: usize,
+    /// How many rows' worth of the model's own statistics are mixed into a user's (a user with few events
+    /// stays near the model's statistics).
+    #[serde(default = "d_prior_rows")]
+    pub prior_rows: f64,
+}
+
+impl Default for CalibrateConfig {
+    fn default() -> Self {
+        CalibrateConfig { min_history: 0, prior_rows: d_prior_rows() }
+    }
+}
+
+fn d_finetune_epochs() -> usize {
+    20
+}
+fn d_finetune_batch() -> usize {
+    32
+}
+fn d_directory_key() -> String {
+    "username".into()
+}
+fn d_group_count() -> usize {
+    8
+}
+fn d_group_epochs() -> usize {
+    20
+}
+fn d_prior_rows() -> f64 {
+    100.0
+}
 fn d_min_history() -> usize {
     300
 }
@@ -131,6 +265,45 @@ impl StageConfig for TrainStageConfig {
         if !(0.0..0.9).contains(&self.training.validation_fraction) {
             return Err(ConfigError::field("training.validation_fraction", "must be in [0, 0.9)"));
         }
+        if self.scope == Scope::Users {
+            let why = "only a `scope: generic` train stage trains the shared models that users with little \
+                       history start from; move it to the generic stage";
+            for (set, field) in [
+                (self.finetune.min_history > 0, "finetune"),
+                (!self.groups.by.is_empty(), "groups"),
+                (self.calibrate.min_history > 0, "calibrate"),
+            ] {
+                if set {
+                    return Err(ConfigError::field(field, why));
+                }
+            }
+        }
+        if self.finetune.min_history > 0 {
+            if self.finetune.min_history >= self.min_history {
+                return Err(ConfigError::field(
+                    "finetune.min_history",
+                    format!(
+                        "must be below min_history ({}): users with that many get their own model",
+                        self.min_history
+                    ),
+                ));
+            }
+            if self.finetune.epochs == 0 || self.finetune.batch_size == 0 {
+                return Err(ConfigError::field("finetune", "epochs and batch_size must be at least 1"));
+            }
+        }
+        if self.groups.directory.is_some() && (self.groups.by.is_empty() || self.groups.by == "behaviour") {
+            return Err(ConfigError::field(
+                "groups.by",
+                "with a directory, name the directory field to group by (e.g. department)",
+            ));
+        }
+        if !self.groups.by.is_empty() && (self.groups.count == 0 || self.groups.epochs == 0) {
+            return Err(ConfigError::field("groups", "count and epochs must be at least 1"));
+        }
+        if !self.calibrate.prior_rows.is_finite() || self.calibrate.prior_rows < 0.0 {
+            return Err(ConfigError::field("calibrate.prior_rows", "must be zero or more"));
+        }
         Ok(())
     }
     fn check(&self, ctx: &ConfigContext<'_>) -> Result<(), ConfigError> {
@@ -144,6 +317,7 @@ impl StageConfig for TrainStageConfig {
             config: self.clone(),
             rows: Vec::new(),
             registry: None,
+            directory: None,
             stage: String::new(),
         })))
     }
@@ -156,6 +330,8 @@ struct Train {
     defs: Vec<FeatureDef>,
     rows: Vec<RecordBatch>,
     registry: Option<Arc<dyn ModelRegistry>>,
+    /// `groups.directory`, read at start-up (a bad file stops the run before any training).
+    directory: Option<super::user_data::Directory>,
     stage: String,
 }
 
@@ -191,9 +367,18 @@ impl Report {
     }
 
     fn skipped(&mut self, model: &str, kind: &str, rows: usize, reason: String) {
+        self.not_trained(model, kind, "skipped", rows, reason);
+    }
+
+    /// A user without a model of their own: scored by the shared model `kind` (`group` or `generic`).
+    fn shared(&mut self, user_model: &str, kind: &str, rows: usize, reason: String) {
+        self.not_trained(user_model, kind, "shared", rows, reason);
+    }
+
+    fn not_trained(&mut self, model: &str, kind: &str, status: &str, rows: usize, reason: String) {
         self.model.append_value(model);
         self.kind.append_value(kind);
-        self.status.append_value("skipped");
+        self.status.append_value(status);
         self.version.append_null();
         self.rows.append_value(rows as u64);
         self.epochs.append_null();
@@ -309,11 +494,23 @@ impl Train {
         Ok(rows)
     }
 
-    fn train_one(&self, name: &str, kind: &str, rows: &RecordBatch, report: &mut Report) -> Result<(), StageError> {
+    fn registry(&self) -> Result<&Arc<dyn ModelRegistry>, StageError> {
+        self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))
+    }
+
+    /// Trains `name` on `rows`: from `base` (a shared model to fine-tune) when given, else from its latest
+    /// version (`warm_start`) or from scratch.
+    fn fit(
+        &self,
+        name: &str,
+        rows: &RecordBatch,
+        training: &TrainConfig,
+        base: Option<&Model>,
+    ) -> Result<Model, StageError> {
         let defs = &self.defs;
-        let registry = self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))?;
         let device = self.config.device.device().map_err(StageError::Other)?;
-        let previous = if self.config.warm_start {
+        let registry = self.registry()?;
+        let previous = if self.config.warm_start && base.is_none() {
             match registry.latest(name).map_err(|e| StageError::Other(e.to_string()))? {
                 Some(v) => {
                     let manifest = registry.fetch(name, v, MANIFEST).map_err(|e| StageError::Other(e.to_string()))?;
@@ -329,12 +526,21 @@ impl Train {
         } else {
             None
         };
-        let mut model = train_from(name, defs, rows, &self.config.training, device, previous.as_ref().map(|p| &p.1))
+        let start = base.or(previous.as_ref().map(|p| &p.1));
+        let mut model = train_from(name, defs, rows, training, device, start)
             .map_err(|e| StageError::Other(format!("training {name}: {e}")))?;
         model.manifest.training.warm_start_from = previous.map(|p| p.0);
         model.manifest.family = Some(self.family.name.clone());
+        Ok(model)
+    }
+
+    /// Publishes a trained model and reports it.
+    fn publish(&self, model: &Model, report: &mut Report) -> Result<(), StageError> {
+        let registry = self.registry()?;
+        let name = model.manifest.name.as_str();
+        let kind = model.manifest.kind().as_str();
         let files = model.to_files().map_err(|e| StageError::Other(e.to_string()))?;
-        let labels = [KeyValue::new("stage", self.stage.clone()), KeyValue::new("kind", kind.to_string())];
+        let labels = [KeyValue::new("stage", self.stage.clone()), KeyValue::new("kind", kind)];
         let version = registry.publish(name, &files).map_err(|e| {
             if let Some(m) = metrics() {
                 m.registry_errors
@@ -347,7 +553,7 @@ impl Train {
             m.training_seconds.record(model.manifest.training.seconds, &labels);
         }
         let t = &model.manifest.training;
-        tracing::debug!(stage = %self.stage, model = name, version, rows = t.rows, epochs = t.epochs_run, seconds = t.seconds, "model trained");
+        tracing::debug!(stage = %self.stage, model = name, kind, version, rows = t.rows, epochs = t.epochs_run, seconds = t.seconds, "model trained");
         report.model.append_value(name);
         report.kind.append_value(kind);
         report.status.append_value("trained");
@@ -357,8 +563,268 @@ impl Train {
         report.train_loss.append_value(t.train_loss);
         report.val_loss.append_value(t.validation_loss);
         report.seconds.append_value(t.seconds);
-        report.reason.append_null();
+        report.reason.append_option(model.manifest.reason.as_deref());
         Ok(())
+    }
+
+    fn train_one(
+        &self,
+        name: &str,
+        kind: ModelKind,
+        rows: &RecordBatch,
+        report: &mut Report,
+    ) -> Result<(), StageError> {
+        let mut model = self.fit(name, rows, &self.config.training, None)?;
+        model.manifest.kind = Some(kind);
+        self.publish(&model, report)
+    }
+
+    /// Whether the generic stage also serves users with little history.
+    fn serves_low_history(&self) -> bool {
+        let c = &self.config;
+        c.finetune.min_history > 0 || !c.groups.by.is_empty() || c.calibrate.min_history > 0
+    }
+
+    /// `scope: generic`: the generic model, then (when asked) peer-group models, fine-tuned models for users
+    /// with some history and per-user calibration for the rest; the generic model is published last, with
+    /// its group membership, so that a scorer that sees it finds the group models too.
+    fn train_shared(&self, all: &RecordBatch, report: &mut Report) -> Result<(), StageError> {
+        let c = &self.config;
+        let name = model_name(&self.family, None);
+        let rows = self.window(all, &name, 0)?;
+        tracing::info!(stage = %self.stage, rows = rows.num_rows(), "training the generic model");
+        let mut generic = self.fit(&name, &rows, &c.training, None)?;
+        generic.manifest.kind = Some(ModelKind::Generic);
+        if !self.serves_low_history() {
+            return self.publish(&generic, report);
+        }
+        let started = Instant::now();
+        // Each user's rows as the users stage counts them: who gets an own model, who has some history.
+        let users = super::users(all, "train")?;
+        let mut per_user: Vec<(String, RecordBatch)> = Vec::new();
+        for (user, idx) in super::rows_by_user(users) {
+            let Some(user) = user else { continue };
+            let rows = take_record_batch(all, &arrow::array::UInt32Array::from(idx))?;
+            let rows = self.window(&rows, &model_name(&self.family, Some(user)), c.min_history)?;
+            per_user.push((user.to_string(), rows));
+        }
+        let own = |rows: &RecordBatch| rows.num_rows() >= c.min_history;
+
+        // Peer groups: membership of every user, a model per group with enough events.
+        let membership = self.group_users(&generic, &per_user)?;
+        let mut group_models: BTreeMap<String, Model> = BTreeMap::new();
+        let mut members: BTreeMap<&str, Vec<&RecordBatch>> = BTreeMap::new();
+        for (user, rows) in &per_user {
+            if let Some(g) = membership.get(user) {
+                members.entry(g.as_str()).or_default().push(rows);
+            }
+        }
+        let group_training = TrainConfig { epochs: c.groups.epochs, ..c.training.clone() };
+        for (group, parts) in &members {
+            let name = group_model_name(&self.family, group);
+            let rows = concat_batches(&all.schema(), parts.iter().copied())?;
+            let how = &c.groups.by;
+            if rows.num_rows() < c.groups.min_history {
+                report.skipped(
+                    &name,
+                    ModelKind::Group.as_str(),
+                    rows.num_rows(),
+                    format!(
+                        "group {group} (by {how}): {} users with {} events, fewer than groups.min_history {}; its users are scored by the generic model",
+                        parts.len(),
+                        rows.num_rows(),
+                        c.groups.min_history
+                    ),
+                );
+                continue;
+            }
+            let mut model = self.fit(&name, &rows, &group_training, Some(&generic))?;
+            model.manifest.kind = Some(ModelKind::Group);
+            model.manifest.group = Some(group.to_string());
+            model.manifest.reason = Some(format!(
+                "group {group} (by {how}): {} users, fine-tuned from {} on their {} events",
+                parts.len(),
+                generic.manifest.name,
+                rows.num_rows()
+            ));
+            group_models.insert(group.to_string(), model);
+        }
+        generic.groups = membership
+            .iter()
+            .filter(|(_, g)| group_models.contains_key(*g))
+            .map(|(u, g)| (u.clone(), g.clone()))
+            .collect();
+
+        // Fine-tuned models for users with some history, from their group's model or the generic one.
+        let finetune_training =
+            TrainConfig { epochs: c.finetune.epochs, batch_size: c.finetune.batch_size, ..c.training.clone() };
+        let mut finetuned = std::collections::HashSet::new();
+        let mut last_progress = Instant::now();
+        if c.finetune.min_history > 0 {
+            for (done, (user, rows)) in per_user.iter().enumerate() {
+                let n = rows.num_rows();
+                if own(rows) || n < c.finetune.min_history {
+                    continue;
+                }
+                let group = generic.groups.get(user);
+                let base = group.and_then(|g| group_models.get(g)).unwrap_or(&generic);
+                let name = model_name(&self.family, Some(user));
+                let mut model = self.fit(&name, rows, &finetune_training, Some(base))?;
+                model.manifest.kind = Some(ModelKind::Finetuned);
+                model.manifest.group = group.cloned();
+                model.manifest.reason = Some(format!(
+                    "{n} events (finetune.min_history {} ≤ {n} < min_history {}): fine-tuned from {}",
+                    c.finetune.min_history, c.min_history, base.manifest.name
+                ));
+                self.publish(&model, report)?;
+                finetuned.insert(user.as_str());
+                if last_progress.elapsed().as_secs() >= 5 {
+                    last_progress = Instant::now();
+                    tracing::info!(stage = %self.stage, users_done = done + 1, users = per_user.len(), elapsed_s = started.elapsed().as_secs(), "fine-tuning progress");
+                }
+            }
+        }
+
+        // Per-user calibration of the shared model that scores each remaining user.
+        if c.calibrate.min_history > 0 {
+            for (user, rows) in &per_user {
+                if own(rows) || finetuned.contains(user.as_str()) || rows.num_rows() < c.calibrate.min_history {
+                    continue;
+                }
+                let target = match generic.groups.get(user).and_then(|g| group_models.get_mut(g)) {
+                    Some(m) => m,
+                    None => &mut generic,
+                };
+                let losses = target.losses(rows).map_err(|e| StageError::Data(format!("calibrating {user}: {e}")))?;
+                let stats = UserStats::shrunk(&losses, &target.manifest.loss_stats, c.calibrate.prior_rows);
+                target.calibration.insert(user.clone(), stats);
+            }
+        }
+
+        // Who the shared models score, and why.
+        for (user, rows) in &per_user {
+            let n = rows.num_rows();
+            if own(rows) || finetuned.contains(user.as_str()) {
+                continue;
+            }
+            let group = generic.groups.get(user);
+            let model = group.and_then(|g| group_models.get(g)).unwrap_or(&generic);
+            let mut why = format!("{n} events, fewer than min_history {}", c.min_history);
+            if c.finetune.min_history > 0 {
+                why.push_str(&format!(" and finetune.min_history {}", c.finetune.min_history));
+            }
+            why.push_str(&format!(": scored by {}", model.manifest.name));
+            if let Some(g) = group {
+                why.push_str(&format!(" (peer group {g})"));
+            }
+            if model.calibration.contains_key(user) {
+                why.push_str(&format!(", with z statistics of the user's own {n} events"));
+            } else if c.calibrate.min_history > 0 {
+                why.push_str(&format!(
+                    ", with its own z statistics (fewer than calibrate.min_history {})",
+                    c.calibrate.min_history
+                ));
+            }
+            report.shared(&model_name(&self.family, Some(user)), model.manifest.kind().as_str(), n, why);
+        }
+        let calibrated = |m: &Model| m.calibration.len();
+        for model in group_models.values_mut() {
+            if calibrated(model) > 0 {
+                let why = model.manifest.reason.take().unwrap_or_default();
+                model.manifest.reason = Some(format!("{why}; {} users calibrated", calibrated(model)));
+            }
+            self.publish(model, report)?;
+        }
+        let own_models = per_user.iter().filter(|(_, r)| own(r)).count();
+        generic.manifest.reason = Some(format!(
+            "{} users: {own_models} with min_history {} (own models), {} fine-tuned, {} in {} peer groups, {} calibrated on the generic model",
+            per_user.len(),
+            c.min_history,
+            finetuned.len(),
+            generic.groups.len(),
+            group_models.len(),
+            calibrated(&generic)
+        ));
+        self.publish(&generic, report)?;
+        tracing::info!(
+            stage = %self.stage,
+            finetuned = finetuned.len(),
+            groups = group_models.len(),
+            elapsed_s = started.elapsed().as_secs(),
+            "models for users with little history done"
+        );
+        Ok(())
+    }
+
+    /// Each user's peer group (`groups.by`): by behaviour (k-means on the generic model's encoding of the
+    /// user's events), or the user's most frequent value of a column. Empty when groups are off.
+    fn group_users(
+        &self,
+        generic: &Model,
+        per_user: &[(String, RecordBatch)],
+    ) -> Result<BTreeMap<String, String>, StageError> {
+        let by = self.config.groups.by.as_str();
+        let mut membership = BTreeMap::new();
+        match by {
+            "" => {}
+            "behaviour" => {
+                let mut points = Vec::new();
+                let mut who = Vec::new();
+                for (user, rows) in per_user {
+                    let point = peers::signature(&generic.encoder, rows)
+                        .map_err(|e| StageError::Data(format!("grouping {user}: {e}")))?;
+                    if !point.is_empty() {
+                        points.push(point);
+                        who.push(user);
+                    }
+                }
+                let groups = peers::kmeans(&points, self.config.groups.count, self.config.training.seed);
+                for (user, g) in who.into_iter().zip(groups) {
+                    membership.insert(user.clone(), format!("b{}", g + 1));
+                }
+            }
+            field if self.config.groups.directory.is_some() => {
+                let path = self.config.groups.directory.as_deref().unwrap_or_default();
+                let key = &self.config.groups.directory_key;
+                let directory = self
+                    .directory
+                    .as_ref()
+                    .ok_or_else(|| StageError::Other("train: the directory was not read at start-up".into()))?;
+                for (user, _) in per_user {
+                    let id = self.family.user_ids.normalize(user);
+                    if let Some(Some(value)) = directory.rows.get(id.as_ref()).and_then(|v| v.first()) {
+                        if !value.trim().is_empty() {
+                            membership.insert(user.clone(), value.clone());
+                        }
+                    }
+                }
+                if membership.is_empty() {
+                    return Err(StageError::Data(format!(
+                        "train: groups.by: no user of the input has a \"{field}\" in the directory {path} (keyed by \"{key}\")"
+                    )));
+                }
+            }
+            column => {
+                for (user, rows) in per_user {
+                    let values = rows.column_by_name(column).ok_or_else(|| {
+                        StageError::Data(format!(
+                            "train: groups.by names the column \"{column}\", but the input has none (join a directory with add-user-data first)"
+                        ))
+                    })?;
+                    let values = arrow::compute::cast(values, &DataType::Utf8)?;
+                    let values = values.as_string::<i32>();
+                    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+                    for v in values.iter().flatten().filter(|v| !v.is_empty()) {
+                        *counts.entry(v).or_default() += 1;
+                    }
+                    // The most frequent value; ties go to the first in name order.
+                    if let Some((value, _)) = counts.into_iter().rev().max_by_key(|(_, n)| *n) {
+                        membership.insert(user.clone(), value.to_string());
+                    }
+                }
+            }
+        }
+        Ok(membership)
     }
 }
 
@@ -383,6 +849,12 @@ impl Transform for Train {
             crate::registry::open(&self.config.registry, &self.config.s3, &self.config.mlflow)
                 .map_err(|e| StageError::Other(e.to_string()))?,
         );
+        let groups = &self.config.groups;
+        if let (Some(path), Scope::Generic) = (&groups.directory, self.config.scope) {
+            let wanted = [groups.by.clone()];
+            self.directory =
+                Some(super::user_data::Directory::read("train", path, &groups.directory_key, &wanted, &self.family)?);
+        }
         Ok(())
     }
 
@@ -401,12 +873,7 @@ impl Transform for Train {
         let mut report = Report::default();
         let started = Instant::now();
         match self.config.scope {
-            Scope::Generic => {
-                let name = model_name(&self.family, None);
-                let rows = self.window(&all, &name, 0)?;
-                tracing::info!(stage = %self.stage, rows = rows.num_rows(), "training the generic model");
-                self.train_one(&name, "generic", &rows, &mut report)?;
-            }
+            Scope::Generic => self.train_shared(&all, &mut report)?,
             Scope::Users => {
                 let users = super::users(&all, "train")?;
                 let by_user: Vec<(&str, Vec<u32>)> =
@@ -432,7 +899,7 @@ impl Transform for Train {
                         );
                         continue;
                     }
-                    self.train_one(&name, "user", &rows, &mut report)?;
+                    self.train_one(&name, ModelKind::User, &rows, &mut report)?;
                     if last_progress.elapsed().as_secs() >= 5 {
                         last_progress = Instant::now();
                         tracing::info!(

@@ -114,7 +114,7 @@ impl StageConfig for UserDataConfig {
     fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
         let family = ctx.family(&self.family)?;
         let directory = match &self.directory {
-            Some(path) => Some(Directory::read(path, &self.directory_key, &self.fields, &family)?),
+            Some(path) => Some(Directory::read("add-user-data", path, &self.directory_key, &self.fields, &family)?),
             None => None,
         };
         Ok(StageInstance::Transform(Box::new(UserData {
@@ -133,13 +133,22 @@ impl StageConfig for UserDataConfig {
 register_stage!(UserDataConfig);
 
 /// The directory export: per user, the attached fields' values.
-struct Directory {
-    fields: Vec<String>,
-    rows: HashMap<String, Vec<Option<String>>>,
+pub(crate) struct Directory {
+    pub(crate) fields: Vec<String>,
+    /// By user id (normalized as the family compares them): the values of `fields`.
+    pub(crate) rows: HashMap<String, Vec<Option<String>>>,
 }
 
 impl Directory {
-    fn read(path: &str, key: &str, wanted: &[String], family: &Family) -> Result<Directory, StageError> {
+    /// Reads the export at `path` (CSV or JSON lines), keyed by `key`, keeping `wanted` (all fields when
+    /// empty); `stage` names the reader in messages.
+    pub(crate) fn read(
+        stage: &str,
+        path: &str,
+        key: &str,
+        wanted: &[String],
+        family: &Family,
+    ) -> Result<Directory, StageError> {
         let mut fields: Vec<String> = wanted.to_vec();
         let mut rows: HashMap<String, Vec<Option<String>>> = HashMap::new();
         let mut first_line: HashMap<String, String> = HashMap::new();
@@ -171,13 +180,14 @@ impl Directory {
             rows.insert(user, values);
             Ok(())
         })
-        .map_err(|e| StageError::Other(format!("add-user-data: directory {e}")))?;
+        .map_err(|e| StageError::Other(format!("{stage}: directory {e}")))?;
         if !twice.is_empty() {
             tracing::warn!(
                 directory = path,
                 users = twice.len(),
                 first = %twice[0],
-                "add-user-data: users listed more than once in the directory; the first row is used"
+                stage,
+                "users listed more than once in the directory; the first row is used"
             );
         }
         Ok(Directory { fields, rows })
