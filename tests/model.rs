@@ -88,8 +88,19 @@ fn train_then_score_every_event_exactly_once() {
         );
         assert_eq!(r["top_features"].as_str().unwrap().split(',').count(), 3);
         assert!(r["appDisplayName_z_loss"].is_number() && r["username"].is_string() && r["timestamp"].is_string());
+        // risk: mean |z| with each feature counting at most 50 (z_cap).
+        let z: Vec<f64> = r
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.ends_with("_z_loss"))
+            .map(|(_, v)| v.as_f64().unwrap().abs().min(50.0))
+            .collect();
+        let risk = r["risk"].as_f64().unwrap();
+        assert!((risk - z.iter().sum::<f64>() / z.len() as f64).abs() < 1e-4, "{r}");
+        assert!(risk <= r["mean_abs_z"].as_f64().unwrap() + 1e-9);
     }
-    // A higher threshold keeps a subset.
+    // A higher threshold keeps a subset (the shipped pipeline thresholds on risk).
     let alerts = dir.path().join("alerts.jsonl");
     let out = dfp()
         .args(["run", "pipelines/azure-inference.yaml", "--var", &format!("models={}", models.display())])
@@ -98,7 +109,7 @@ fn train_then_score_every_event_exactly_once() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let kept = ids(&alerts).len();
-    let above = rows.iter().filter(|r| r["mean_abs_z"].as_f64().unwrap() > 1.5).count();
+    let above = rows.iter().filter(|r| r["risk"].as_f64().unwrap() > 1.5).count();
     assert_eq!(kept, above);
     assert!(kept < rows.len());
 }

@@ -54,6 +54,22 @@ impl Origin<'_> {
     }
 }
 
+/// The score field the tools use unless told: `risk` when the scored events have it (the `score` stage
+/// writes it), else `mean_abs_z` (scores written before `risk`, or by Morpheus). Only the first row is read.
+pub fn default_field(spec: &str) -> &'static str {
+    const STOP: &str = "\u{0}first row seen";
+    let mut has_risk = false;
+    let _ = for_each_row(spec, |_, row| {
+        has_risk = row.contains_key("risk");
+        Err(ScoredError::Input(STOP.into()))
+    });
+    if has_risk {
+        "risk"
+    } else {
+        "mean_abs_z"
+    }
+}
+
 /// The files named by `spec`: a file, every non-hidden file of a directory, or a glob (sorted).
 pub fn files(spec: &str) -> Result<Vec<PathBuf>, ScoredError> {
     let path = Path::new(spec);
@@ -189,6 +205,18 @@ mod tests {
     use super::*;
 
     type Rows = Vec<(u64, Map<String, Value>)>;
+
+    #[test]
+    fn the_default_field_is_risk_when_the_scores_have_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = dir.path().join("with.jsonl");
+        std::fs::write(&with, "{\"id\":\"a\",\"mean_abs_z\":3.0,\"risk\":2.5}\nnot json\n").unwrap();
+        let without = dir.path().join("without.csv");
+        std::fs::write(&without, "id,mean_abs_z\na,3.0\n").unwrap();
+        assert_eq!(default_field(with.to_str().unwrap()), "risk", "only the first row is read");
+        assert_eq!(default_field(without.to_str().unwrap()), "mean_abs_z");
+        assert_eq!(default_field(dir.path().join("missing").to_str().unwrap()), "mean_abs_z");
+    }
 
     fn rows(spec: &str) -> Result<Rows, ScoredError> {
         let mut out = Vec::new();

@@ -21,8 +21,9 @@ pub(crate) struct ReportArgs {
     #[arg(long)]
     out: PathBuf,
     /// The score column; alerts are the rows where it is strictly above --threshold.
-    #[arg(long, default_value = "mean_abs_z")]
-    field: String,
+    /// Default: `risk` when the scored events have it, else `mean_abs_z`.
+    #[arg(long)]
+    field: Option<String>,
     /// Alert threshold on --field.
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     threshold: f64,
@@ -44,10 +45,11 @@ pub(crate) struct ReportArgs {
 /// Writes the report and prints a one-line summary on stdout.
 pub(crate) fn report(args: ReportArgs) -> Result<ExitCode> {
     let registry = registry_with(&args.plugins)?;
+    let field = args.field.unwrap_or_else(|| dfp_stages::scored::default_field(&args.scores).to_string());
     let options = ReportOptions {
         scores: args.scores,
         out: args.out,
-        field: args.field,
+        field,
         threshold: args.threshold,
         title: args.title,
         max_alerts: args.max_alerts,

@@ -12,8 +12,9 @@ pub(crate) struct SummaryArgs {
     /// or a glob.
     scores: String,
     /// The score column.
-    #[arg(long, default_value = "mean_abs_z")]
-    field: String,
+    /// Default: `risk` when the scored events have it, else `mean_abs_z`.
+    #[arg(long)]
+    field: Option<String>,
     /// Alerts are rows with the field strictly above this.
     #[arg(long, default_value_t = 2.0)]
     threshold: f64,
@@ -24,7 +25,8 @@ pub(crate) struct SummaryArgs {
 
 /// Prints the summary.
 pub(crate) fn summary(args: SummaryArgs) -> Result<ExitCode> {
-    let s = dfp_stages::summary::summarize(&args.scores, &args.field, args.threshold)?;
+    let field = args.field.unwrap_or_else(|| dfp_stages::scored::default_field(&args.scores).to_string());
+    let s = dfp_stages::summary::summarize(&args.scores, &field, args.threshold)?;
     print!("{}", s.display(args.top));
     Ok(ExitCode::SUCCESS)
 }

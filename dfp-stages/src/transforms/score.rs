@@ -15,7 +15,8 @@
 //!
 //! Added columns: `model_name`, `model_version`, `model_kind` (`user`, `finetuned`, `group` or `generic`),
 //! `calibrated` (the z-scores come from the user's own statistics through a shared model), one `<feature>_z_loss`
-//! per model input, `mean_abs_z`, `max_abs_z`, and `top_features` (the `top_features` inputs with the
+//! per model input, `mean_abs_z`, `max_abs_z`, `risk` (as `mean_abs_z`, each feature's |z| counting at most
+//! `z_cap`: what to rank and threshold on), and `top_features` (the `top_features` inputs with the
 //! largest |z|, comma-separated, largest first).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -81,6 +82,10 @@ pub struct ScoreConfig {
     /// becomes 0 in `mean_abs_z` and `max_abs_z`).
     #[serde(default)]
     pub z: ZMode,
+    /// Most a single feature's |z| counts in `risk` (a feature whose training spread was near zero can
+    /// otherwise reach z in the thousands and rank one odd value above every multi-feature anomaly).
+    #[serde(default = "d_z_cap")]
+    pub z_cap: f64,
     /// `f32` (as trained) or `bf16` (hidden layers in bfloat16: faster on CPUs with AVX-512 BF16/AMX; scores
     /// move slightly).
     #[serde(default)]
@@ -113,6 +118,9 @@ fn d_ttl() -> f64 {
 fn d_capacity() -> usize {
     10_000
 }
+fn d_z_cap() -> f64 {
+    50.0
+}
 fn d_top() -> usize {
     3
 }
@@ -143,6 +151,9 @@ impl StageConfig for ScoreConfig {
         }
         if self.cache_capacity == 0 {
             return Err(ConfigError::field("cache_capacity", "must be at least 1"));
+        }
+        if !(self.z_cap.is_finite() && self.z_cap > 0.0) {
+            return Err(ConfigError::field("z_cap", "must be a positive number"));
         }
         Ok(())
     }
@@ -661,6 +672,18 @@ impl Score {
         cols.push(Arc::new(mb.finish()));
         fields.push(Field::new("max_abs_z", DataType::Float64, false));
         cols.push(Arc::new(xb.finish()));
+        // risk: the mean over features of |z| (or z above 0 with `z: positive`), each at most `z_cap`.
+        let cap = self.config.z_cap;
+        let mut rb = Float64Builder::with_capacity(n);
+        for row in z.chunks_exact(width.max(1)).take(n) {
+            let part = |v: &f32| match self.config.z {
+                ZMode::Abs => f64::from(v.abs()),
+                ZMode::Positive => f64::from(v.max(0.0)),
+            };
+            rb.append_value(row.iter().map(|v| part(v).min(cap)).sum::<f64>() / width.max(1) as f64);
+        }
+        fields.push(Field::new("risk", DataType::Float64, false));
+        cols.push(Arc::new(rb.finish()));
         let mut top = StringBuilder::with_capacity(n, n * 48);
         let mut order: Vec<usize> = Vec::with_capacity(width);
         let mut text = String::with_capacity(96);
