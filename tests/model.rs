@@ -41,11 +41,11 @@ fn train_then_score_every_event_exactly_once() {
         "{listing}"
     );
 
-    // A second run with warm_start fine-tunes version 1 into version 2.
+    // A second run with warm_start fine-tunes version 1 into version 2 (with Adam this time).
     let out = dfp()
         .args(["run", "pipelines/azure-training.yaml", "--var", &format!("models={}", models.display())])
         .args(["--var", &format!("report={}", report.display()), "--var", "epochs=1", "--var", "min_history=100"])
-        .args(["--var", "warm_start=true"])
+        .args(["--var", "warm_start=true", "--var", "optimizer=adam"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -54,6 +54,12 @@ fn train_then_score_every_event_exactly_once() {
     )
     .unwrap();
     assert_eq!(manifest["training"]["warm_start_from"], 1);
+    let generic: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(models.join("DFP-azure-=generic/v000002/manifest.json")).unwrap())
+            .unwrap();
+    for m in [&manifest, &generic] {
+        assert_eq!(m["hyper_parameters"]["optimizer"], "adam", "--var optimizer reaches every train stage");
+    }
 
     // Threshold -1 keeps every scored event: each input id comes out exactly once.
     let scored = dir.path().join("scored.jsonl");
