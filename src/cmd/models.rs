@@ -107,13 +107,7 @@ pub(crate) fn models(args: ModelsArgs) -> Result<ExitCode> {
             continue;
         }
         // Told by the name until the manifest is read (it says `finetuned` for fine-tuned user models).
-        let kind = if m.name.ends_with(dfp_stages::model::GENERIC) {
-            "generic"
-        } else if m.name.contains("-=group-") {
-            "group"
-        } else {
-            "user"
-        };
+        let kind = dfp_stages::model::ModelKind::of_name(&m.name).as_str();
         let manifest = m.latest.clone().and_then(|version| {
             let bytes = reg.fetch(&m.name, version, "manifest.json").map_err(|e| e.message)?;
             let manifest: Manifest =

@@ -46,6 +46,18 @@ impl ModelKind {
         }
     }
 
+    /// The kind a registry name says (`…-=generic`, `…-=group-…`, else a user's model); a manifest, when
+    /// readable, says more (`finetuned`).
+    pub fn of_name(name: &str) -> ModelKind {
+        if name.ends_with(super::GENERIC) {
+            ModelKind::Generic
+        } else if name.contains(super::GROUP_INFIX) {
+            ModelKind::Group
+        } else {
+            ModelKind::User
+        }
+    }
+
     /// Whether the model scores many users (their rows are then scored in fixed-size chunks, and may use
     /// per-user calibration).
     pub fn shared(self) -> bool {
@@ -218,7 +230,7 @@ impl Manifest {
 
     /// The model's kind: as recorded, or (models of dfp before model kinds) told by its name.
     pub fn kind(&self) -> ModelKind {
-        self.kind.unwrap_or(if self.name.ends_with(super::GENERIC) { ModelKind::Generic } else { ModelKind::User })
+        self.kind.unwrap_or_else(|| ModelKind::of_name(&self.name))
     }
 }
 
@@ -357,6 +369,16 @@ pub enum ZMode {
     /// max(z, 0): only losses above normal count (a row that is reconstructed unusually well is not
     /// suspicious).
     Positive,
+}
+
+impl ZMode {
+    /// How much a feature's z counts in `mean_abs_z`, `max_abs_z` and `risk`: |z|, or z above 0.
+    pub fn magnitude(self, z: f32) -> f64 {
+        match self {
+            ZMode::Abs => f64::from(z.abs()),
+            ZMode::Positive => f64::from(z.max(0.0)),
+        }
+    }
 }
 
 /// Scores of a set of rows.
@@ -565,13 +587,7 @@ impl Model {
             };
             let zs: Vec<f32> =
                 row.iter().enumerate().map(|(j, l)| ((f64::from(*l) - center[j]) / scale[j]) as f32).collect();
-            let abs: Vec<f64> = zs
-                .iter()
-                .map(|v| match mode {
-                    ZMode::Abs => f64::from(v.abs()),
-                    ZMode::Positive => f64::from(v.max(0.0)),
-                })
-                .collect();
+            let abs: Vec<f64> = zs.iter().map(|v| mode.magnitude(*v)).collect();
             mean_abs_z.push(abs.iter().sum::<f64>() / abs.len().max(1) as f64);
             max_abs_z.push(abs.iter().copied().fold(0.0, f64::max));
             z.push(zs);

@@ -260,8 +260,11 @@ pub const GENERIC: &str = "=generic";
 /// The registry name of a peer group's model: `DFP-<model prefix>-=group-<escaped group>` (no user id
 /// escapes to it, as for [`GENERIC`]).
 pub fn group_model_name(family: &Family, group: &str) -> String {
-    format!("DFP-{}-=group-{}", family.model_prefix, escape_user(group))
+    format!("DFP-{}{GROUP_INFIX}{}", family.model_prefix, escape_user(group))
 }
+
+/// What stands between the family's model prefix and a group's name in a group model's name.
+pub const GROUP_INFIX: &str = "-=group-";
 
 /// The registry name of a user's model in a family (`None`: the family's generic model):
 /// `DFP-<model prefix>-<escaped user>`.

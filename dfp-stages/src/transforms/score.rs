@@ -617,7 +617,17 @@ impl Score {
                 if is_shared {
                     take.resize(SHARED_CHUNK, chunk[0]);
                     if !model.calibration.is_empty() {
-                        stats = chunk.iter().map(|&r| model.calibration.get(users.value(r as usize))).collect();
+                        // A user's rows are consecutive here: one lookup per user, not per row.
+                        let mut last: Option<(&str, Option<&crate::model::UserStats>)> = None;
+                        for &r in chunk {
+                            let user = users.value(r as usize);
+                            let found = match last {
+                                Some((u, found)) if u == user => found,
+                                _ => model.calibration.get(user),
+                            };
+                            last = Some((user, found));
+                            stats.push(found);
+                        }
                     }
                 }
                 let rows = take_record_batch(&inputs, &UInt32Array::from(take))?;
@@ -676,11 +686,8 @@ impl Score {
         let cap = self.config.z_cap;
         let mut rb = Float64Builder::with_capacity(n);
         for row in z.chunks_exact(width.max(1)).take(n) {
-            let part = |v: &f32| match self.config.z {
-                ZMode::Abs => f64::from(v.abs()),
-                ZMode::Positive => f64::from(v.max(0.0)),
-            };
-            rb.append_value(row.iter().map(|v| part(v).min(cap)).sum::<f64>() / width.max(1) as f64);
+            let capped = row.iter().map(|v| self.config.z.magnitude(*v).min(cap)).sum::<f64>();
+            rb.append_value(capped / width.max(1) as f64);
         }
         fields.push(Field::new("risk", DataType::Float64, false));
         cols.push(Arc::new(rb.finish()));

@@ -498,11 +498,12 @@ impl Train {
         self.registry.as_ref().ok_or_else(|| StageError::Other("registry not open".into()))
     }
 
-    /// Trains `name` on `rows`: from `base` (a shared model to fine-tune) when given, else from its latest
-    /// version (`warm_start`) or from scratch.
+    /// Trains the `kind` model `name` on `rows`: from `base` (a shared model to fine-tune) when given, else
+    /// from its latest version (`warm_start`) or from scratch.
     fn fit(
         &self,
         name: &str,
+        kind: ModelKind,
         rows: &RecordBatch,
         training: &TrainConfig,
         base: Option<&Model>,
@@ -531,6 +532,7 @@ impl Train {
             .map_err(|e| StageError::Other(format!("training {name}: {e}")))?;
         model.manifest.training.warm_start_from = previous.map(|p| p.0);
         model.manifest.family = Some(self.family.name.clone());
+        model.manifest.kind = Some(kind);
         Ok(model)
     }
 
@@ -567,18 +569,6 @@ impl Train {
         Ok(())
     }
 
-    fn train_one(
-        &self,
-        name: &str,
-        kind: ModelKind,
-        rows: &RecordBatch,
-        report: &mut Report,
-    ) -> Result<(), StageError> {
-        let mut model = self.fit(name, rows, &self.config.training, None)?;
-        model.manifest.kind = Some(kind);
-        self.publish(&model, report)
-    }
-
     /// Whether the generic stage also serves users with little history.
     fn serves_low_history(&self) -> bool {
         let c = &self.config;
@@ -593,8 +583,7 @@ impl Train {
         let name = model_name(&self.family, None);
         let rows = self.window(all, &name, 0)?;
         tracing::info!(stage = %self.stage, rows = rows.num_rows(), "training the generic model");
-        let mut generic = self.fit(&name, &rows, &c.training, None)?;
-        generic.manifest.kind = Some(ModelKind::Generic);
+        let mut generic = self.fit(&name, ModelKind::Generic, &rows, &c.training, None)?;
         if !self.serves_low_history() {
             return self.publish(&generic, report);
         }
@@ -638,8 +627,7 @@ impl Train {
                 );
                 continue;
             }
-            let mut model = self.fit(&name, &rows, &group_training, Some(&generic))?;
-            model.manifest.kind = Some(ModelKind::Group);
+            let mut model = self.fit(&name, ModelKind::Group, &rows, &group_training, Some(&generic))?;
             model.manifest.group = Some(group.to_string());
             model.manifest.reason = Some(format!(
                 "group {group} (by {how}): {} users, fine-tuned from {} on their {} events",
@@ -669,8 +657,7 @@ impl Train {
                 let group = generic.groups.get(user);
                 let base = group.and_then(|g| group_models.get(g)).unwrap_or(&generic);
                 let name = model_name(&self.family, Some(user));
-                let mut model = self.fit(&name, rows, &finetune_training, Some(base))?;
-                model.manifest.kind = Some(ModelKind::Finetuned);
+                let mut model = self.fit(&name, ModelKind::Finetuned, rows, &finetune_training, Some(base))?;
                 model.manifest.group = group.cloned();
                 model.manifest.reason = Some(format!(
                     "{n} events (finetune.min_history {} ≤ {n} < min_history {}): fine-tuned from {}",
@@ -899,7 +886,8 @@ impl Transform for Train {
                         );
                         continue;
                     }
-                    self.train_one(&name, ModelKind::User, &rows, &mut report)?;
+                    let model = self.fit(&name, ModelKind::User, &rows, &self.config.training, None)?;
+                    self.publish(&model, &mut report)?;
                     if last_progress.elapsed().as_secs() >= 5 {
                         last_progress = Instant::now();
                         tracing::info!(
