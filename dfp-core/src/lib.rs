@@ -62,8 +62,8 @@ pub use pipeline::{Pipeline, PipelineBuilder, PipelineInput, RunningPipeline};
 pub use registry::{ConfigContext, Registry, StageConfig, StageRegistration, StageType};
 pub use spec::{Diagnostic, Plan, SpecError};
 pub use stage::{
-    DeadLetter, Emitter, Partitioning, Resources, Sink, Source, SourceStatus, StageContext, StageInstance, StageKind,
-    Transform,
+    BatchStream, DataflowEnv, DataflowOutputs, DataflowTransform, DeadLetter, Emitter, Partitioning, Resources, Sink,
+    Source, SourceStatus, StageContext, StageInstance, StageKind, Transform,
 };
 
 /// Re-exported so that stage authors build against the exact versions dfp uses.

@@ -251,6 +251,7 @@ impl Plugin {
                     }),
                     plugin: Some(self.path.clone()),
                     renamed: &[],
+                    outputs: &[],
                 }
             })
             .collect()

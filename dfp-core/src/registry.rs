@@ -71,6 +71,9 @@ pub trait StageConfig: DeserializeOwned + JsonSchema + Send + Sync + 'static {
     /// Fields this type no longer accepts, with what to write instead: `("preset", "name the log family …")`.
     /// Validation reports them by name and line instead of a plain "unknown field".
     const RENAMED: &'static [(&'static str, &'static str)] = &[];
+    /// Named outputs besides the main one, read in YAML as `inputs: [stage.port]` (a
+    /// [`DataflowTransform`](crate::DataflowTransform) builds them).
+    const OUTPUTS: &'static [&'static str] = &[];
     /// Checks that go beyond types (mutually exclusive fields, ranges). Runs at validation time.
     fn validate(&self) -> Result<(), ConfigError> {
         Ok(())
@@ -148,6 +151,8 @@ pub struct StageRegistration {
     pub factory: RegisteredFactoryFn,
     /// Fields no longer accepted, with what to write instead.
     pub renamed: &'static [(&'static str, &'static str)],
+    /// Named outputs besides the main one.
+    pub outputs: &'static [&'static str],
 }
 
 impl StageRegistration {
@@ -160,6 +165,7 @@ impl StageRegistration {
             schema: schema_of::<C>,
             factory: factory_of::<C>,
             renamed: C::RENAMED,
+            outputs: C::OUTPUTS,
         }
     }
 }
@@ -195,6 +201,8 @@ pub struct StageType {
     pub plugin: Option<std::path::PathBuf>,
     /// Fields no longer accepted, with what to write instead.
     pub renamed: &'static [(&'static str, &'static str)],
+    /// Named outputs besides the main one (`inputs: [stage.port]`).
+    pub outputs: &'static [&'static str],
 }
 
 impl From<&StageRegistration> for StageType {
@@ -209,6 +217,7 @@ impl From<&StageRegistration> for StageType {
             factory: Arc::new(factory),
             plugin: None,
             renamed: r.renamed,
+            outputs: r.outputs,
         }
     }
 }
@@ -317,6 +326,7 @@ mod tests {
             factory: Arc::new(|_, _| Err(ConfigError { field: None, message: "not built in this test".into() })),
             plugin: plugin.map(std::path::PathBuf::from),
             renamed: &[],
+            outputs: &[],
         };
         registry.extend(vec![make("filter", None)]).unwrap();
         let err = registry.extend(vec![make("mine", Some("/p/a.so")), make("filter", Some("/p/a.so"))]).unwrap_err();

@@ -438,12 +438,65 @@ pub trait Sink: Send {
     }
 }
 
+/// A stream of batches inside one worker's dataflow; the timestamp is the source epoch.
+pub type BatchStream<'s> = timely::dataflow::Stream<'s, u64, Vec<Batch>>;
+
+/// What a [`DataflowTransform`] builds: its main output and its named outputs (read in YAML as
+/// `inputs: [stage.port]`, each port declared in [`StageConfig::OUTPUTS`](crate::StageConfig::OUTPUTS)).
+pub struct DataflowOutputs<'s> {
+    /// The main output (`inputs: [stage]`).
+    pub main: BatchStream<'s>,
+    /// The named outputs.
+    pub ports: Vec<(&'static str, BatchStream<'s>)>,
+}
+
+/// How a [`DataflowTransform`]'s operators report to the run: a stage failure stops the pipeline, as an
+/// error from [`Transform::process`] would.
+#[derive(Clone)]
+pub struct DataflowEnv {
+    /// Where the stage runs.
+    pub ctx: StageContext,
+    pub(crate) fail: Arc<dyn Fn(StageError) + Send + Sync>,
+    pub(crate) aborted: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl DataflowEnv {
+    /// An environment for building a dataflow stage outside the executor (tests, embedding): `fail`
+    /// receives the stage's errors, `aborted` says whether to drop input.
+    pub fn new(
+        ctx: StageContext,
+        fail: impl Fn(StageError) + Send + Sync + 'static,
+        aborted: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
+        DataflowEnv { ctx, fail: Arc::new(fail), aborted: Arc::new(aborted) }
+    }
+    /// Stops the pipeline with `error`, naming this stage (the first error of a run wins).
+    pub fn fail(&self, error: StageError) {
+        (self.fail)(error)
+    }
+    /// Whether the run is stopping after an error; operators drop their input then.
+    pub fn aborted(&self) -> bool {
+        (self.aborted)()
+    }
+}
+
+/// A transform that adds its own timely and differential-dataflow operators to each worker's dataflow,
+/// instead of being fed batch by batch (only static, built-in stages can: the operators are Rust generics).
+/// The runtime counts the rows in and out around what it builds; the stage routes its own data between
+/// workers (differential's arrangements exchange by key).
+pub trait DataflowTransform: Send {
+    /// Builds the operators on one worker, reading `input`.
+    fn build<'s>(self: Box<Self>, input: BatchStream<'s>, env: DataflowEnv) -> DataflowOutputs<'s>;
+}
+
 /// A built stage instance.
 pub enum StageInstance {
     /// A source.
     Source(Box<dyn Source>),
     /// A transform.
     Transform(Box<dyn Transform>),
+    /// A transform made of its own dataflow operators.
+    Dataflow(Box<dyn DataflowTransform>),
     /// A sink.
     Sink(Box<dyn Sink>),
 }
@@ -453,7 +506,7 @@ impl StageInstance {
     pub fn kind(&self) -> StageKind {
         match self {
             StageInstance::Source(_) => StageKind::Source,
-            StageInstance::Transform(_) => StageKind::Transform,
+            StageInstance::Transform(_) | StageInstance::Dataflow(_) => StageKind::Transform,
             StageInstance::Sink(_) => StageKind::Sink,
         }
     }

@@ -6,12 +6,14 @@
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use opentelemetry::KeyValue;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::core::{Concatenate, OkErr};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::Scope;
 
@@ -23,7 +25,10 @@ use crate::batch::Batch;
 use crate::cluster::cluster_control;
 use crate::error::StageError;
 use crate::spec::{Plan, PlannedStage, DEAD_LETTERS};
-use crate::stage::{DeadLetter, Partitioning, Resources, StageContext, StageInstance, StageKind, StopFlag};
+use crate::stage::{
+    DataflowEnv, DataflowOutputs, DataflowTransform, DeadLetter, Partitioning, Resources, StageContext, StageInstance,
+    StageKind, StopFlag,
+};
 
 /// Builds the operators of every stage of `plan` on worker `index` of `peers`.
 pub(super) fn build_dataflow<'s>(
@@ -99,6 +104,19 @@ pub(super) fn build_dataflow<'s>(
                 };
                 source_op(scope, env, src, &probe, plan.runtime.max_in_flight, Rc::clone(&live_sources))
             }
+            StageKind::Transform if matches!(instance, Some(StageInstance::Dataflow(_))) => {
+                let Some(StageInstance::Dataflow(t)) = instance else { unreachable!("matched above") };
+                let inputs: Vec<Batches<'s>> = stage.inputs.iter().filter_map(|i| outputs.get(i).cloned()).collect();
+                let built = dataflow_stage(scope.concatenate(inputs), env, t);
+                for (port, stream) in built.ports {
+                    if consumers.contains(format!("{}.{port}", stage.id).as_str()) {
+                        outputs.insert(format!("{}.{port}", stage.id), stream);
+                    } else {
+                        let _ = stream.probe_with(&probe);
+                    }
+                }
+                built.main.map(Ok)
+            }
             StageKind::Transform | StageKind::Sink => {
                 let inputs: Vec<Batches<'s>> = stage.inputs.iter().filter_map(|i| outputs.get(i).cloned()).collect();
                 let input = scope.concatenate(inputs);
@@ -150,4 +168,30 @@ pub(super) fn build_dataflow<'s>(
         let sink = dead_letter_file_op(all_dead, Arc::clone(shared));
         let _ = sink.probe_with(&probe);
     }
+}
+
+/// Builds a [`DataflowTransform`]'s operators, counting the rows in and out around them as the stage operator
+/// does for a [`Transform`](crate::Transform).
+fn dataflow_stage<'s>(input: Batches<'s>, env: OpEnv, stage: Box<dyn DataflowTransform>) -> DataflowOutputs<'s> {
+    let env = Arc::new(env);
+    let (fail_env, abort_env) = (Arc::clone(&env), Arc::clone(&env));
+    let denv = DataflowEnv {
+        ctx: env.ctx.clone(),
+        fail: Arc::new(move |e| fail_env.shared.fail(fail_env.id(), e)),
+        aborted: Arc::new(move || abort_env.shared.aborted()),
+    };
+    let in_env = Arc::clone(&env);
+    let input = input.inspect(move |b: &Batch| {
+        in_env.counters().rows_in.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+    });
+    let mut built = stage.build(input, denv);
+    let out_env = Arc::clone(&env);
+    built.main = built.main.inspect(move |b: &Batch| {
+        let c = out_env.counters();
+        c.rows_out.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+        c.batches_out.fetch_add(1, Ordering::Relaxed);
+        out_env.tap(b);
+    });
+    env.counters().opened.fetch_add(1, Ordering::Relaxed);
+    built
 }

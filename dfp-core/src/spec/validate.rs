@@ -323,9 +323,9 @@ impl Validator<'_> {
         registry: &Registry,
         families: &Families,
         family: Option<&(String, usize)>,
-    ) -> (Vec<PlannedStage>, HashMap<&'r str, StageKind>) {
+    ) -> (Vec<PlannedStage>, HashMap<&'r str, (StageKind, &'static [&'static str])>) {
         let mut stages: Vec<PlannedStage> = Vec::new();
-        let mut kinds: HashMap<&str, StageKind> = HashMap::new();
+        let mut kinds: HashMap<&str, (StageKind, &'static [&'static str])> = HashMap::new();
         if raw.stages.value.0.is_empty() {
             self.diag.push(
                 Some(line_of(&raw.stages)),
@@ -351,7 +351,7 @@ impl Validator<'_> {
             let reg = self.stage_type(id, line, body, registry);
             let (inputs, inputs_line) = self.stage_inputs(id, body);
             let Some(reg) = reg else { continue };
-            kinds.insert(id, reg.kind);
+            kinds.insert(id, (reg.kind, reg.outputs));
             match reg.kind {
                 StageKind::Source if !inputs.is_empty() => self.diag.push(
                     inputs_line,
@@ -507,7 +507,7 @@ impl Validator<'_> {
     }
 
     /// Graph checks across stages: every input names another stage that has an output.
-    fn inputs(&mut self, raw: &RawPipeline, kinds: &HashMap<&str, StageKind>) {
+    fn inputs(&mut self, raw: &RawPipeline, kinds: &HashMap<&str, (StageKind, &'static [&'static str])>) {
         let ids: HashSet<&str> = raw.stages.value.0.iter().map(|(k, _)| k.value.as_str()).collect();
         for (id_s, body) in &raw.stages.value.0 {
             let id = id_s.value.as_str();
@@ -530,13 +530,30 @@ impl Validator<'_> {
                     continue;
                 }
                 if !ids.contains(input) {
+                    if let Some((stage, port)) = input.rsplit_once('.').filter(|(s, _)| ids.contains(s)) {
+                        let ports = kinds.get(stage).map(|k| k.1).unwrap_or_default();
+                        if !ports.contains(&port) {
+                            let mut msg = format!("stage \"{stage}\" has no output \"{port}\"");
+                            match ports {
+                                [] => msg.push_str(&format!("; read its main output with \"{stage}\"")),
+                                _ => msg.push_str(&format!(
+                                    "; its outputs: \"{stage}\", {}",
+                                    ports.iter().map(|p| format!("\"{stage}.{p}\"")).collect::<Vec<_>>().join(", ")
+                                )),
+                            }
+                            self.diag.push(Some(line_of(v)), Some(id), msg);
+                        } else if stage == id {
+                            self.diag.push(Some(line_of(v)), Some(id), "a stage cannot read its own output");
+                        }
+                        continue;
+                    }
                     let mut msg = format!("input \"{input}\" is not a stage in this pipeline");
                     let all = raw.stages.value.0.iter().map(|(k, _)| k.value.as_str()).chain([DEAD_LETTERS]);
                     if let Some(s) = closest(input, all) {
                         msg.push_str(&format!("; did you mean \"{s}\"?"));
                     }
                     self.diag.push(Some(line_of(v)), Some(id), msg);
-                } else if let Some(StageKind::Sink) = kinds.get(input) {
+                } else if let Some((StageKind::Sink, _)) = kinds.get(input) {
                     self.diag.push(
                         Some(line_of(v)),
                         Some(id),
@@ -603,6 +620,14 @@ fn locate<V>(map: &SpannedMap<V>, field: &Option<String>, message: &str, known: 
     (None, message.to_string())
 }
 
+/// The stage an input names: the stage of that id, or for `stage.port` (a named output) that stage.
+pub(crate) fn stage_of_input<'a>(input: &'a str, ids: &[&str]) -> Option<&'a str> {
+    if ids.contains(&input) {
+        return Some(input);
+    }
+    input.rsplit_once('.').map(|(s, _)| s).filter(|s| ids.contains(s))
+}
+
 /// Stage ids ordered so that every stage follows its inputs (file order among equals); or the cycles.
 fn topological_order(stages: &SpannedMap<SpannedMap<Value>>) -> Result<Vec<String>, Vec<Vec<String>>> {
     let ids: Vec<&str> = stages.0.iter().map(|(k, _)| k.value.as_str()).collect();
@@ -617,6 +642,7 @@ fn topological_order(stages: &SpannedMap<SpannedMap<Value>>) -> Result<Vec<Strin
             })
             .unwrap_or_default()
             .into_iter()
+            .map(|i| stage_of_input(&i, &ids).unwrap_or(&i).to_string())
             .filter(|i| ids.contains(&i.as_str()) && i != id)
             .collect()
     };
