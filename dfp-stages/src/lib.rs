@@ -35,6 +35,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod correlate;
 pub mod encode;
 pub mod eval;
 pub mod families;

@@ -1,0 +1,318 @@
+//! The differential-dataflow half of `correlate`: sliding event-time windows kept as collections, one
+//! aggregate per key, and each event's view of its keys read as of its own time.
+//!
+//! Inside a child scope whose timestamps are `Product<epoch, event second>`, every event enters its views
+//! with `+1` at `(epoch, t)` and leaves them with `-1` at `(epoch, t + window)`, so the accumulation of a
+//! view at `(e, t)` is exactly the events of `(t - window, t]` known by epoch `e`, whatever order they arrived
+//! in. One `reduce` keeps the aggregate of every key (a key names its view: a place of a user, a source
+//! address or prefix, a user); each event's "pulse" (`+1` at its own time, `-1` one second later) is joined
+//! with the aggregates and only the join's output at exactly the event's time is kept: the aggregate as it
+//! stood when the event happened. Differential exchanges the keys between workers and processes.
+//!
+//! Memory: the operator that turns rows into updates holds a capability at `(epoch, watermark)` and
+//! downgrades it as the newest event time grows, so every arrangement downstream compacts to the
+//! watermark: an event whose window ended before it cancels out (`+1` and `-1` meet at the same time) and
+//! is dropped at the next merge. State is the events of the last `window` (per view), not the stream.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dfp_core::differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use dfp_core::differential_dataflow::{AsCollection, VecCollection};
+use dfp_core::timely::container::CapacityContainerBuilder;
+use dfp_core::timely::dataflow::channels::pact::Pipeline;
+use dfp_core::timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use dfp_core::timely::dataflow::operators::generic::OutputBuilder;
+use dfp_core::timely::dataflow::operators::vec::Filter;
+use dfp_core::timely::dataflow::operators::Enter;
+use dfp_core::timely::dataflow::Stream;
+use dfp_core::timely::order::Product;
+use dfp_core::timely::progress::Antichain;
+use serde::{Deserialize, Serialize};
+
+/// Time inside the views: (source epoch, event time in seconds).
+pub(crate) type Inner = Product<u64, u64>;
+
+/// One event of one worker: `seq` numbers the rows the worker took in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub(crate) struct Ev {
+    pub worker: u32,
+    pub seq: u64,
+}
+
+/// Which kind of place of a user a [`Key::Place`] is.
+pub(crate) const PLACE_DEVICE: u8 = 0;
+pub(crate) const PLACE_PREFIX: u8 = 1;
+pub(crate) const PLACE_COUNTRY: u8 = 2;
+pub(crate) const PLACE_SESSION: u8 = 3;
+/// Which kind of source a [`Key::Source`] is.
+pub(crate) const SOURCE_IP: u8 = 0;
+pub(crate) const SOURCE_PREFIX: u8 = 1;
+
+/// A view's key. Values are stable hashes of the text (user names, addresses, devices, countries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub(crate) enum Key {
+    /// A user's device, IP prefix, country or session: anomalous events that brought it in.
+    Place { user: u64, kind: u8, value: u64 },
+    /// A source address or its /24 (/48): who signs in from it, who fails.
+    Source { kind: u8, value: u64 },
+    /// A user: recent scores, places, failures.
+    User { user: u64 },
+}
+
+/// What one event adds to a view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub(crate) enum Val {
+    /// An anomalous event that brought a new value: its risk in thousandths.
+    Seed(i64),
+    /// A sign-in from a source: the user and whether it failed.
+    Attempt { user: u64, failed: bool },
+    /// A user's event.
+    Event { risk_m: i64, anomalous: bool, failed: bool, country: u64, prefix: u64, device: u64, seq: u64 },
+}
+
+/// A view's aggregate, as an event sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub(crate) struct Agg {
+    /// Place: highest seed risk (thousandths). User: highest risk; also the highest risk of a failure.
+    pub max_m: i64,
+    pub max_failed_m: i64,
+    /// User: sum of the risk of anomalous events (thousandths).
+    pub sum_m: i64,
+    /// Events in the window (user, source); anomalous events (user).
+    pub events: u32,
+    pub anomalous: u32,
+    /// Failed sign-ins; distinct users; distinct users with a failure (source).
+    pub failures: u32,
+    pub users: u32,
+    pub failed_users: u32,
+    /// Distinct countries, IP prefixes and devices (user).
+    pub countries: u32,
+    pub prefixes: u32,
+    pub devices: u32,
+}
+
+/// One event as the views take it in (what `extract` reads from a row).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub(crate) struct Row {
+    pub ev: Ev,
+    /// Event time in seconds; `None` when the row has none or no user (it joins no view).
+    pub t: Option<u64>,
+    /// Event time in microseconds, as read.
+    pub t_us: Option<i64>,
+    pub user: u64,
+    pub risk_m: i64,
+    pub anomalous: bool,
+    pub failed: bool,
+    /// Values new to the user (`new_values`, 0 without novelty columns).
+    pub new_values: u32,
+    pub ip: Option<u64>,
+    pub prefix: Option<u64>,
+    pub device: Option<u64>,
+    pub country: Option<u64>,
+    pub session: Option<u64>,
+    /// Places this event brought in while anomalous (a seed of those views), by `PLACE_*` bit.
+    pub seeds: u8,
+}
+
+/// Windows of the views, in seconds, and the allowed lateness.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Windows {
+    pub place: u64,
+    pub source: u64,
+    pub user: u64,
+    pub lateness: u64,
+}
+
+type Update<D> = Vec<(D, Inner, isize)>;
+
+/// Builds the views over `rows` (in the epoch scope) and returns, per event, the aggregates of the views
+/// it belongs to as of its own time: `((ev, key, agg), epoch, diff)` updates that add up to one per pair.
+pub(crate) fn views<'s>(
+    rows: Stream<'s, u64, Vec<Row>>,
+    windows: Windows,
+    newest: Arc<AtomicU64>,
+) -> Stream<'s, u64, Vec<((Ev, Key, Agg), u64, isize)>> {
+    let outer = rows.scope();
+    outer.scoped::<Inner, _, _>("CorrelateWindows", |inner| {
+        let (window, pulses) = explode(rows.enter(inner), windows, newest);
+        let aggregates = window
+            .arrange_by_key_named("CorrelateViews")
+            .reduce_abelian::<_, ValBuilder<Key, Agg, Inner, isize>, ValSpine<Key, Agg, Inner, isize>, _, _>(
+                "CorrelateAggregate",
+                |key, vals, out| out.push((aggregate(key, vals), 1)),
+                |vec, key, upds| {
+                    vec.clear();
+                    vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
+                },
+            );
+        let joined = pulses.join_core(aggregates, |key, (ev, at), agg| Some(((*ev, *key, *agg), *at)));
+        // Keep only the output at the event's own time: the aggregate as it stood then.
+        joined.inner.filter(|(((_, _, _), at), t, _)| t == at).as_collection().map(|(x, _)| x).leave(outer).inner
+    })
+}
+
+/// The aggregate of one key from the values in its window (with multiplicities).
+fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
+    let mut agg = Agg::default();
+    match key {
+        Key::Place { .. } => {
+            for (v, _) in vals {
+                if let Val::Seed(r) = v {
+                    agg.max_m = agg.max_m.max(*r);
+                    agg.events += 1;
+                }
+            }
+        }
+        Key::Source { .. } => {
+            let mut last_user = None;
+            let mut last_failed_user = None;
+            // Values are sorted: (user, failed=false) before (user, failed=true).
+            for (v, n) in vals {
+                if let Val::Attempt { user, failed } = v {
+                    let n = (*n).max(0) as u32;
+                    agg.events += n;
+                    if last_user != Some(*user) {
+                        agg.users += 1;
+                        last_user = Some(*user);
+                    }
+                    if *failed {
+                        agg.failures += n;
+                        if last_failed_user != Some(*user) {
+                            agg.failed_users += 1;
+                            last_failed_user = Some(*user);
+                        }
+                    }
+                }
+            }
+        }
+        Key::User { .. } => {
+            let (mut countries, mut prefixes, mut devices) = (Vec::new(), Vec::new(), Vec::new());
+            for (v, n) in vals {
+                if let Val::Event { risk_m, anomalous, failed, country, prefix, device, .. } = v {
+                    let n = (*n).max(0) as u32;
+                    agg.events += n;
+                    agg.max_m = agg.max_m.max(*risk_m);
+                    if *anomalous {
+                        agg.anomalous += n;
+                        agg.sum_m += risk_m * i64::from(n);
+                    }
+                    if *failed {
+                        agg.failures += n;
+                        agg.max_failed_m = agg.max_failed_m.max(*risk_m);
+                    }
+                    countries.push(*country);
+                    prefixes.push(*prefix);
+                    devices.push(*device);
+                }
+            }
+            for (list, out) in
+                [(countries, &mut agg.countries), (prefixes, &mut agg.prefixes), (devices, &mut agg.devices)]
+            {
+                let mut list = list;
+                list.sort_unstable();
+                list.dedup();
+                list.retain(|x| *x != 0);
+                *out = list.len() as u32;
+            }
+        }
+    }
+    agg
+}
+
+/// Turns rows into window updates (`+1` at the event's time, `-1` when its window ends) and pulses (each
+/// event's query, `+1` at its time, `-1` a second later). Its input is not connected to its outputs: it
+/// holds its own capability at `(lowest epoch to come, watermark)`, which is what lets everything
+/// downstream compact in event time. A row older than the watermark is placed at the watermark.
+fn explode<'i>(
+    rows: Stream<'i, Inner, Vec<Row>>,
+    windows: Windows,
+    newest: Arc<AtomicU64>,
+) -> (VecCollection<'i, Inner, (Key, Val)>, VecCollection<'i, Inner, (Key, (Ev, Inner))>) {
+    let mut builder = OperatorBuilder::new("CorrelateExplode".to_owned(), rows.scope());
+    let mut input = builder.new_input(rows, Pipeline);
+    let none = Vec::<(usize, Antichain<Inner>)>::new();
+    let (win_out, win) = builder.new_output_connection::<Update<(Key, Val)>, _>(none.clone());
+    let (pulse_out, pul) = builder.new_output_connection::<Update<(Key, (Ev, Inner))>, _>(none);
+    let mut win_out = OutputBuilder::<_, CapacityContainerBuilder<Update<(Key, Val)>>>::from(win_out);
+    let mut pulse_out = OutputBuilder::<_, CapacityContainerBuilder<Update<(Key, (Ev, Inner))>>>::from(pulse_out);
+    let held = Rc::new(());
+    builder.build(move |mut caps| {
+        let _held = held;
+        let mut cap_pulse = caps.pop();
+        let mut cap_win = caps.pop();
+        let mut watermark = 0u64;
+        move |frontiers| {
+            let mut win_out = win_out.activate();
+            let mut pulse_out = pulse_out.activate();
+            input.for_each(|incap, data| {
+                let Some(epoch) = incap.stamp().iter().map(|t| t.outer).min() else { return };
+                let (Some(cw), Some(cp)) = (&cap_win, &cap_pulse) else { return };
+                let at = Product::new(epoch, watermark);
+                let (cw, cp) = (cw.delayed(&at), cp.delayed(&at));
+                let mut sw = win_out.session(&cw);
+                let mut sp = pulse_out.session(&cp);
+                for row in data.drain(..) {
+                    let Some(t) = row.t else { continue };
+                    let t = t.max(watermark);
+                    let now = Product::new(epoch, t);
+                    let mut enter = |key: Key, val: Val, window: u64| {
+                        sw.give(((key, val), now, 1));
+                        sw.give(((key, val), Product::new(epoch, t.saturating_add(window)), -1));
+                    };
+                    let mut ask = |key: Key| {
+                        sp.give(((key, (row.ev, now)), now, 1));
+                        sp.give(((key, (row.ev, now)), Product::new(epoch, t.saturating_add(1)), -1));
+                    };
+                    let places = [
+                        (PLACE_DEVICE, row.device),
+                        (PLACE_PREFIX, row.prefix),
+                        (PLACE_COUNTRY, row.country),
+                        (PLACE_SESSION, row.session),
+                    ];
+                    for (kind, value) in places {
+                        let Some(value) = value else { continue };
+                        let key = Key::Place { user: row.user, kind, value };
+                        if row.seeds & (1 << kind) != 0 {
+                            enter(key, Val::Seed(row.risk_m), windows.place);
+                        }
+                        ask(key);
+                    }
+                    for (kind, value) in [(SOURCE_IP, row.ip), (SOURCE_PREFIX, row.prefix)] {
+                        let Some(value) = value else { continue };
+                        let key = Key::Source { kind, value };
+                        enter(key, Val::Attempt { user: row.user, failed: row.failed }, windows.source);
+                        ask(key);
+                    }
+                    let key = Key::User { user: row.user };
+                    let val = Val::Event {
+                        risk_m: row.risk_m,
+                        anomalous: row.anomalous,
+                        failed: row.failed,
+                        country: row.country.unwrap_or(0),
+                        prefix: row.prefix.unwrap_or(0),
+                        device: row.device.unwrap_or(0),
+                        seq: row.ev.seq,
+                    };
+                    enter(key, val, windows.user);
+                    ask(key);
+                }
+            });
+            let frontier = frontiers[0].frontier();
+            let Some(lowest) = frontier.iter().map(|t| t.outer).min() else {
+                cap_win = None;
+                cap_pulse = None;
+                return;
+            };
+            watermark = watermark.max(newest.load(Ordering::Relaxed).saturating_sub(windows.lateness));
+            let to = Product::new(lowest, watermark);
+            for cap in [&mut cap_win, &mut cap_pulse].into_iter().flatten() {
+                if cap.time() != &to {
+                    cap.downgrade(&to);
+                }
+            }
+        }
+    });
+    (win.as_collection(), pul.as_collection())
+}
