@@ -33,6 +33,10 @@ pub struct Summary {
     pub model_kinds: Vec<(String, usize)>,
     /// What the alerts say about each user (from `add-user-data`): directory fields and usual country.
     pub context: HashMap<String, String>,
+    /// Incidents (`correlate`'s `incident_id`): (id, user, events, highest score), highest score first.
+    pub incidents: Vec<(String, String, usize, f64)>,
+    /// Alerts raised by `correlate`'s signals (rows with `risk_signals`).
+    pub raised: usize,
 }
 
 /// Profile columns of `add-user-data` (the other `user_*` columns come from the directory).
@@ -59,13 +63,23 @@ pub fn summarize(spec: &str, field: &str, threshold: f64) -> Result<Summary, Sco
     let mut per_user: HashMap<String, (usize, f64)> = HashMap::new();
     let mut features: HashMap<String, usize> = HashMap::new();
     let mut kinds: HashMap<String, usize> = HashMap::new();
+    let mut incidents: HashMap<String, (String, usize, f64)> = HashMap::new();
     scored::for_each_row(spec, |origin, row| {
         s.events += 1;
         let score = scored::number(origin, &row, field)?;
+        if let Some(id) = row.get("incident_id").and_then(Value::as_str) {
+            let user = row.get("username").and_then(Value::as_str).unwrap_or("?");
+            let entry = incidents.entry(id.to_string()).or_insert((user.to_string(), 0, f64::NEG_INFINITY));
+            entry.1 += 1;
+            entry.2 = entry.2.max(score);
+        }
         if score <= threshold {
             return Ok(());
         }
         s.alerts += 1;
+        if row.get("risk_signals").is_some_and(|v| !v.is_null()) {
+            s.raised += 1;
+        }
         let user = row.get("username").and_then(Value::as_str).unwrap_or("?").to_string();
         if !s.context.contains_key(&user) {
             if let Some(c) = context_of(&row) {
@@ -87,6 +101,8 @@ pub fn summarize(spec: &str, field: &str, threshold: f64) -> Result<Summary, Sco
     s.features.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     s.model_kinds = kinds.into_iter().collect();
     s.model_kinds.sort();
+    s.incidents = incidents.into_iter().map(|(id, (u, n, max))| (id, u, n, max)).collect();
+    s.incidents.sort_by(|a, b| b.3.total_cmp(&a.3).then(a.0.cmp(&b.0)));
     Ok(s)
 }
 
@@ -126,6 +142,18 @@ impl fmt::Display for Shown<'_> {
         for (feature, n) in s.features.iter().take(self.top) {
             writeln!(f, "{feature:<40} {n:>7}")?;
         }
+        if !s.incidents.is_empty() {
+            writeln!(
+                f,
+                "\n{} incident(s); {} alert(s) raised by correlation signals (risk_signals)",
+                s.incidents.len(),
+                s.raised
+            )?;
+            writeln!(f, "{:<22} {:<40} {:>7} {:>10}", "incident", "user", "events", "max score")?;
+            for (id, u, n, max) in s.incidents.iter().take(self.top) {
+                writeln!(f, "{id:<22} {u:<40} {n:>7} {max:>10.2}")?;
+            }
+        }
         let kinds: Vec<String> = s.model_kinds.iter().map(|(k, n)| format!("{k} model {n}")).collect();
         writeln!(f, "\nscored by: {}", kinds.join(", "))
     }
@@ -134,6 +162,24 @@ impl fmt::Display for Shown<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lists_incidents_by_their_highest_score() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.jsonl");
+        let rows = [
+            r#"{"username":"a","risk":3.0,"incident_id":"inc-1","risk_signals":null}"#,
+            r#"{"username":"a","risk":2.5,"incident_id":"inc-1","risk_signals":"device first seen …"}"#,
+            r#"{"username":"b","risk":6.0,"incident_id":"inc-2","risk_signals":null}"#,
+            r#"{"username":"c","risk":1.0,"incident_id":null}"#,
+        ];
+        std::fs::write(&p, rows.join("\n")).unwrap();
+        let s = summarize(p.to_str().unwrap(), "risk", 2.0).unwrap();
+        assert_eq!(s.incidents, [("inc-2".into(), "b".into(), 1, 6.0), ("inc-1".into(), "a".into(), 2, 3.0)]);
+        assert_eq!(s.raised, 1);
+        let text = s.display(5).to_string();
+        assert!(text.contains("2 incident(s); 1 alert(s) raised by correlation signals"), "{text}");
+    }
 
     #[test]
     fn counts_alerts_per_user_feature_and_model_kind() {

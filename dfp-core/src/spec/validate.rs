@@ -323,9 +323,9 @@ impl Validator<'_> {
         registry: &Registry,
         families: &Families,
         family: Option<&(String, usize)>,
-    ) -> (Vec<PlannedStage>, HashMap<&'r str, (StageKind, &'static [&'static str])>) {
+    ) -> (Vec<PlannedStage>, StageKinds<'r>) {
         let mut stages: Vec<PlannedStage> = Vec::new();
-        let mut kinds: HashMap<&str, (StageKind, &'static [&'static str])> = HashMap::new();
+        let mut kinds: StageKinds<'_> = HashMap::new();
         if raw.stages.value.0.is_empty() {
             self.diag.push(
                 Some(line_of(&raw.stages)),
@@ -507,7 +507,7 @@ impl Validator<'_> {
     }
 
     /// Graph checks across stages: every input names another stage that has an output.
-    fn inputs(&mut self, raw: &RawPipeline, kinds: &HashMap<&str, (StageKind, &'static [&'static str])>) {
+    fn inputs(&mut self, raw: &RawPipeline, kinds: &StageKinds<'_>) {
         let ids: HashSet<&str> = raw.stages.value.0.iter().map(|(k, _)| k.value.as_str()).collect();
         for (id_s, body) in &raw.stages.value.0 {
             let id = id_s.value.as_str();
@@ -619,6 +619,9 @@ fn locate<V>(map: &SpannedMap<V>, field: &Option<String>, message: &str, known: 
     }
     (None, message.to_string())
 }
+
+/// Each stage's kind and named outputs, by id.
+type StageKinds<'r> = HashMap<&'r str, (StageKind, &'static [&'static str])>;
 
 /// The stage an input names: the stage of that id, or for `stage.port` (a named output) that stage.
 pub(crate) fn stage_of_input<'a>(input: &'a str, ids: &[&str]) -> Option<&'a str> {

@@ -361,6 +361,8 @@ struct Correlate {
 type Stash = (u64, Batch, Vec<Row>);
 
 impl DataflowTransform for Correlate {
+    // The `Err` sides of the split streams carry batches between operators by value, as `Ok` does.
+    #[allow(clippy::result_large_err)]
     fn build<'s>(self: Box<Self>, input: BatchStream<'s>, env: DataflowEnv) -> DataflowOutputs<'s> {
         let Correlate { config, columns, windows, gap, newest } = *self;
         let peers = env.ctx.workers;
@@ -441,7 +443,7 @@ impl DataflowTransform for Correlate {
             .binary_frontier::<_, CapacityContainerBuilder<Vec<Result<Batch, Batch>>>, _, _, _, _>(
                 results,
                 Pipeline,
-                Exchange::new(|x: &((Ev, views::Key, views::Agg), u64, isize)| u64::from((x.0).0.worker)),
+                Exchange::new(|x: &views::Found| u64::from((x.0).0.worker)),
                 "CorrelateAttach",
                 move |initial, _| {
                     let mut waiting: BTreeMap<u64, (Capability<u64>, Vec<Stash>)> = BTreeMap::new();
@@ -540,7 +542,13 @@ fn extract(
     let text = |name: &Option<String>| name.as_deref().and_then(|n| text_column(data, n));
     let (ips, devices, countries, sessions) =
         (text(&columns.ip), text(&columns.device), text(&columns.country), text(&columns.session));
-    let result = columns.result.as_ref().and_then(|(c, ok)| data.column_by_name(c).map(|col| (col, ok)));
+    let result = columns.result.as_ref().and_then(|(c, ok)| {
+        let col = data.column_by_name(c)?;
+        match col.data_type() {
+            DataType::Boolean => Some(Outcome::Flag(col.as_boolean().clone())),
+            _ => text_column(data, c).map(|t| Outcome::Text(t, ok)),
+        }
+    });
     let flag = |name: &str| data.column_by_name(name).and_then(|c| cast(c, &DataType::Boolean).ok());
     let (new_device, new_prefix, new_country) = (flag("new_device"), flag("new_ip_prefix"), flag("new_country"));
     let new_values = data.column_by_name("new_values").and_then(|c| cast(c, &DataType::UInt32).ok());
@@ -560,18 +568,10 @@ fn extract(
         let user = users.as_ref().filter(|u| !u.is_null(i)).map(|u| u.value(i));
         let t_us = times.filter(|t| !t.is_null(i)).map(|t| t.value(i));
         let risk = risk[i].filter(|r| r.is_finite()).unwrap_or(0.0);
-        let failed = match result {
-            Some((col, ok)) if !col.is_null(i) => match col.data_type() {
-                DataType::Boolean => !col.as_boolean().value(i),
-                _ => match cast(&col.slice(i, 1), &DataType::Utf8) {
-                    Ok(v) => {
-                        let v = v.as_string::<i32>();
-                        !v.is_null(0) && !ok.contains(&v.value(0).to_lowercase())
-                    }
-                    Err(_) => false,
-                },
-            },
-            _ => false,
+        let failed = match &result {
+            Some(Outcome::Flag(col)) => !col.is_null(i) && !col.value(i),
+            Some(Outcome::Text(col, ok)) => !col.is_null(i) && !ok.iter().any(|s| s.eq_ignore_ascii_case(col.value(i))),
+            None => false,
         };
         let (ip, ip_prefix) = match ips.as_ref().filter(|c| !c.is_null(i)).map(|c| c.value(i).trim()) {
             Some(text) if text.parse::<std::net::IpAddr>().is_ok() => {
@@ -620,6 +620,12 @@ fn extract(
         });
     }
     Ok(rows)
+}
+
+/// The result column, read once per batch.
+enum Outcome<'a> {
+    Flag(arrow::array::BooleanArray),
+    Text(arrow::array::StringArray, &'a [String]),
 }
 
 /// A numeric column as `f64`s (nulls as `None`); an error naming it when it is missing or not numeric.

@@ -98,24 +98,9 @@ impl Annotator {
             let mut prefix_agg: Option<Agg> = None;
             for (key, agg) in &mine {
                 match key {
-                    Key::Place { kind, .. } if agg.events > 0 => {
-                        let what = match *kind {
-                            PLACE_DEVICE => "device",
-                            PLACE_PREFIX => "IP prefix",
-                            PLACE_COUNTRY => "country",
-                            PLACE_SESSION => "session",
-                            _ => "place",
-                        };
-                        let seed = agg.max_m as f64 / 1000.0;
-                        proposals.push(Signal {
-                            label: format!("{what} first seen in an anomalous sign-in (risk {seed:.2})"),
-                            reason: "new place after an anomalous sign-in",
-                            floor: self.carry_place * seed,
-                        });
-                    }
                     Key::Source { kind, .. } => {
                         if *kind != SOURCE_IP {
-                            prefix_agg = Some(*agg);
+                            prefix_agg = Some(agg.clone());
                         }
                         let spraying = row.failed
                             && agg.failed_users >= self.source_min_users
@@ -133,7 +118,31 @@ impl Annotator {
                         }
                     }
                     Key::User { .. } => {
-                        user_agg = Some(*agg);
+                        for &(kind, value, seed_m) in &agg.seeds {
+                            let mine = match kind {
+                                PLACE_DEVICE => row.device,
+                                PLACE_PREFIX => row.prefix,
+                                PLACE_COUNTRY => row.country,
+                                PLACE_SESSION => row.session,
+                                _ => None,
+                            };
+                            if mine != Some(value) {
+                                continue;
+                            }
+                            let what = match kind {
+                                PLACE_DEVICE => "device",
+                                PLACE_PREFIX => "IP prefix",
+                                PLACE_COUNTRY => "country",
+                                _ => "session",
+                            };
+                            let seed = seed_m as f64 / 1000.0;
+                            proposals.push(Signal {
+                                label: format!("{what} first seen in an anomalous sign-in (risk {seed:.2})"),
+                                reason: "new place after an anomalous sign-in",
+                                floor: self.anomalous + self.carry_place * (seed - self.anomalous).max(0.0),
+                            });
+                        }
+                        user_agg = Some(agg.clone());
                         if !row.failed && row.new_values > 0 && agg.failures >= self.min_failures {
                             let worst = agg.max_failed_m as f64 / 1000.0;
                             proposals.push(Signal {
@@ -146,7 +155,6 @@ impl Annotator {
                             });
                         }
                     }
-                    _ => {}
                 }
             }
             let start = base.unwrap_or(0.0);
@@ -184,7 +192,7 @@ impl Annotator {
                     reasons,
                 });
             }
-            let u = user_agg.unwrap_or_default();
+            let u = user_agg.clone().unwrap_or_default();
             let have_user = user_agg.is_some();
             for (col, v) in
                 user_cols.iter_mut().zip([u.events, u.anomalous, u.countries, u.prefixes, u.devices, u.failures])
@@ -267,11 +275,11 @@ pub(crate) fn with_incidents(data: RecordBatch, ids: &[(usize, String)]) -> Resu
 /// One aggregate per key: the join's outputs at the event's time add up to exactly one per key (others
 /// cancel).
 fn consolidate(mut found: Vec<(Key, Agg, isize)>) -> Vec<(Key, Agg)> {
-    found.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    found.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let mut out: Vec<(Key, Agg)> = Vec::new();
     let mut i = 0;
     while i < found.len() {
-        let (key, agg, mut n) = found[i];
+        let (key, agg, mut n) = found[i].clone();
         let mut j = i + 1;
         while j < found.len() && found[j].0 == key && found[j].1 == agg {
             n += found[j].2;

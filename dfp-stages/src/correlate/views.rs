@@ -41,7 +41,7 @@ pub(crate) struct Ev {
     pub seq: u64,
 }
 
-/// Which kind of place of a user a [`Key::Place`] is.
+/// Which kind of place of a user a [`Val::Seed`] is.
 pub(crate) const PLACE_DEVICE: u8 = 0;
 pub(crate) const PLACE_PREFIX: u8 = 1;
 pub(crate) const PLACE_COUNTRY: u8 = 2;
@@ -53,19 +53,17 @@ pub(crate) const SOURCE_PREFIX: u8 = 1;
 /// A view's key. Values are stable hashes of the text (user names, addresses, devices, countries).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub(crate) enum Key {
-    /// A user's device, IP prefix, country or session: anomalous events that brought it in.
-    Place { user: u64, kind: u8, value: u64 },
     /// A source address or its /24 (/48): who signs in from it, who fails.
     Source { kind: u8, value: u64 },
-    /// A user: recent scores, places, failures.
+    /// A user: recent scores, places, failures, and the places anomalous events brought in.
     User { user: u64 },
 }
 
 /// What one event adds to a view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub(crate) enum Val {
-    /// An anomalous event that brought a new value: its risk in thousandths.
-    Seed(i64),
+    /// An anomalous event that brought a new device, prefix, country or session: its risk in thousandths.
+    Seed { kind: u8, value: u64, risk_m: i64 },
     /// A sign-in from a source: the user and whether it failed.
     Attempt { user: u64, failed: bool },
     /// A user's event.
@@ -73,9 +71,11 @@ pub(crate) enum Val {
 }
 
 /// A view's aggregate, as an event sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 pub(crate) struct Agg {
-    /// Place: highest seed risk (thousandths). User: highest risk; also the highest risk of a failure.
+    /// User: the places seeded in the place window, `(kind, value, highest seed risk in thousandths)`.
+    pub seeds: Vec<(u8, u64, i64)>,
+    /// User: highest risk; also the highest risk of a failure (thousandths).
     pub max_m: i64,
     pub max_failed_m: i64,
     /// User: sum of the risk of anomalous events (thousandths).
@@ -126,6 +126,12 @@ pub(crate) struct Windows {
 }
 
 type Update<D> = Vec<(D, Inner, isize)>;
+/// One event's view of one key, at an epoch, with its multiplicity (they add up to one per pair).
+pub(crate) type Found = ((Ev, Key, Agg), u64, isize);
+/// What the events add to the views' windows.
+type Windowed<'i> = VecCollection<'i, Inner, (Key, Val)>;
+/// The events' queries, keyed like the views, with the event and its time.
+type Pulses<'i> = VecCollection<'i, Inner, (Key, (Ev, Inner))>;
 
 /// Builds the views over `rows` (in the epoch scope) and returns, per event, the aggregates of the views
 /// it belongs to as of its own time: `((ev, key, agg), epoch, diff)` updates that add up to one per pair.
@@ -133,7 +139,7 @@ pub(crate) fn views<'s>(
     rows: Stream<'s, u64, Vec<Row>>,
     windows: Windows,
     newest: Arc<AtomicU64>,
-) -> Stream<'s, u64, Vec<((Ev, Key, Agg), u64, isize)>> {
+) -> Stream<'s, u64, Vec<Found>> {
     let outer = rows.scope();
     outer.scoped::<Inner, _, _>("CorrelateWindows", |inner| {
         let (window, pulses) = explode(rows.enter(inner), windows, newest);
@@ -147,7 +153,7 @@ pub(crate) fn views<'s>(
                     vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
                 },
             );
-        let joined = pulses.join_core(aggregates, |key, (ev, at), agg| Some(((*ev, *key, *agg), *at)));
+        let joined = pulses.join_core(aggregates, |key, (ev, at), agg| Some(((*ev, *key, agg.clone()), *at)));
         // Keep only the output at the event's own time: the aggregate as it stood then.
         joined.inner.filter(|(((_, _, _), at), t, _)| t == at).as_collection().map(|(x, _)| x).leave(outer).inner
     })
@@ -157,14 +163,6 @@ pub(crate) fn views<'s>(
 fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
     let mut agg = Agg::default();
     match key {
-        Key::Place { .. } => {
-            for (v, _) in vals {
-                if let Val::Seed(r) = v {
-                    agg.max_m = agg.max_m.max(*r);
-                    agg.events += 1;
-                }
-            }
-        }
         Key::Source { .. } => {
             let mut last_user = None;
             let mut last_failed_user = None;
@@ -189,6 +187,14 @@ fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
         }
         Key::User { .. } => {
             let (mut countries, mut prefixes, mut devices) = (Vec::new(), Vec::new(), Vec::new());
+            for (v, _) in vals {
+                if let Val::Seed { kind, value, risk_m } = v {
+                    match agg.seeds.last_mut() {
+                        Some(last) if (last.0, last.1) == (*kind, *value) => last.2 = last.2.max(*risk_m),
+                        _ => agg.seeds.push((*kind, *value, *risk_m)),
+                    }
+                }
+            }
             for (v, n) in vals {
                 if let Val::Event { risk_m, anomalous, failed, country, prefix, device, .. } = v {
                     let n = (*n).max(0) as u32;
@@ -229,7 +235,7 @@ fn explode<'i>(
     rows: Stream<'i, Inner, Vec<Row>>,
     windows: Windows,
     newest: Arc<AtomicU64>,
-) -> (VecCollection<'i, Inner, (Key, Val)>, VecCollection<'i, Inner, (Key, (Ev, Inner))>) {
+) -> (Windowed<'i>, Pulses<'i>) {
     let mut builder = OperatorBuilder::new("CorrelateExplode".to_owned(), rows.scope());
     let mut input = builder.new_input(rows, Pipeline);
     let none = Vec::<(usize, Antichain<Inner>)>::new();
@@ -265,6 +271,7 @@ fn explode<'i>(
                         sp.give(((key, (row.ev, now)), now, 1));
                         sp.give(((key, (row.ev, now)), Product::new(epoch, t.saturating_add(1)), -1));
                     };
+                    let user = Key::User { user: row.user };
                     let places = [
                         (PLACE_DEVICE, row.device),
                         (PLACE_PREFIX, row.prefix),
@@ -272,20 +279,20 @@ fn explode<'i>(
                         (PLACE_SESSION, row.session),
                     ];
                     for (kind, value) in places {
-                        let Some(value) = value else { continue };
-                        let key = Key::Place { user: row.user, kind, value };
-                        if row.seeds & (1 << kind) != 0 {
-                            enter(key, Val::Seed(row.risk_m), windows.place);
+                        if let (Some(value), true) = (value, row.seeds & (1 << kind) != 0) {
+                            enter(user, Val::Seed { kind, value, risk_m: row.risk_m }, windows.place);
                         }
-                        ask(key);
                     }
                     for (kind, value) in [(SOURCE_IP, row.ip), (SOURCE_PREFIX, row.prefix)] {
                         let Some(value) = value else { continue };
                         let key = Key::Source { kind, value };
                         enter(key, Val::Attempt { user: row.user, failed: row.failed }, windows.source);
-                        ask(key);
+                        // Only failures read the source views (the spray signal is about failures): a busy
+                        // prefix then costs its failures, not its every sign-in, in the lookup.
+                        if row.failed {
+                            ask(key);
+                        }
                     }
-                    let key = Key::User { user: row.user };
                     let val = Val::Event {
                         risk_m: row.risk_m,
                         anomalous: row.anomalous,
@@ -295,8 +302,8 @@ fn explode<'i>(
                         device: row.device.unwrap_or(0),
                         seq: row.ev.seq,
                     };
-                    enter(key, val, windows.user);
-                    ask(key);
+                    enter(user, val, windows.user);
+                    ask(user);
                 }
             });
             let frontier = frontiers[0].frontier();
