@@ -102,3 +102,26 @@ fn correlate_catches_spray_token_theft_and_quiet_takeover_without_more_false_ala
     assert_eq!(members as u64, last.values().map(|i| i["events"].as_u64().unwrap()).sum::<u64>());
     assert!(last.values().all(|i| i["status"] == "closed"), "every incident closes when the input ends");
 }
+
+#[test]
+fn bad_windows_and_unknown_outputs_are_refused_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        "version: 1\nfamily: azure\nstages:\n  logs: { type: file-source, path: examples/data/azure/infer }\n  \
+         events: { type: normalize-azure, inputs: [logs] }\n  corr:\n    type: correlate\n    inputs: [events]\n    \
+         place: { window: 8x }\n  out: { type: file-sink, inputs: [corr.alerts], path: /tmp/x.jsonl }\n",
+    )
+    .unwrap();
+    let out = dfp().args(["validate", p.to_str().unwrap()]).output().unwrap();
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("p.yaml:9") && t.contains("place.window") && t.contains("unknown unit \"x\""), "{t}");
+    assert!(
+        t.contains("p.yaml:10")
+            && t.contains("stage \"corr\" has no output \"alerts\"")
+            && t.contains("\"corr.incidents\""),
+        "{t}"
+    );
+}
