@@ -102,9 +102,12 @@ fn train_then_score_every_event_exactly_once() {
             .filter(|(k, _)| k.ends_with("_z_loss"))
             .map(|(_, v)| v.as_f64().unwrap().abs().min(50.0))
             .collect();
+        // `correlate` keeps the model's risk in `risk_model` and may only raise `risk`.
+        let own = r["risk_model"].as_f64().unwrap();
+        assert!((own - z.iter().sum::<f64>() / z.len() as f64).abs() < 1e-4, "{r}");
+        assert!(own <= r["mean_abs_z"].as_f64().unwrap() + 1e-9);
         let risk = r["risk"].as_f64().unwrap();
-        assert!((risk - z.iter().sum::<f64>() / z.len() as f64).abs() < 1e-4, "{r}");
-        assert!(risk <= r["mean_abs_z"].as_f64().unwrap() + 1e-9);
+        assert!(risk >= own && (risk == own) == r["risk_signals"].is_null(), "{r}");
     }
     // A higher threshold keeps a subset (the shipped pipeline thresholds on risk).
     let alerts = dir.path().join("alerts.jsonl");
