@@ -74,6 +74,26 @@ impl Drop for Tansu {
     }
 }
 
+/// Up to `n` rows of `topic` from the start (30 s at most): (message key, JSON row).
+fn read_topic(brokers: &str, topic: &str, n: usize) -> Vec<(Option<String>, Value)> {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("check-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[topic]).unwrap();
+    let mut rows = Vec::new();
+    let started = Instant::now();
+    while rows.len() < n && started.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
+            let key = m.key().map(|k| String::from_utf8_lossy(k).to_string());
+            rows.push((key, serde_json::from_slice(m.payload().unwrap()).unwrap()));
+        }
+    }
+    rows
+}
+
 /// A broker with the `signins` (4 partitions), `alerts` (2) and `dfp-incidents` (2) topics, and models trained on the sample in
 /// a fresh folder: (broker, its address, the folder, the registry).
 fn set_up() -> (Tansu, String, tempfile::TempDir, PathBuf) {
@@ -207,26 +227,12 @@ fn produce_then_score_from_kafka_to_a_topic_and_a_file() {
     committed_everything(&brokers, "dfp-azure-inference", "signins", 4, expected.len());
 
     // The alerts topic holds the same alerts as the file.
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "check")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&["alerts"]).unwrap();
-    let mut on_topic = Vec::new();
-    let started = Instant::now();
-    while on_topic.len() < in_file.len() && started.elapsed() < Duration::from_secs(30) {
-        if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
-            let row: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            on_topic.push(row["id"].as_str().unwrap().to_string());
-        }
-    }
+    let on_topic = read_topic(&brokers, "alerts", in_file.len());
+    let mut on_topic: Vec<String> = on_topic.iter().map(|(_, row)| row["id"].as_str().unwrap().to_string()).collect();
     on_topic.sort();
     let mut in_file_sorted = in_file.clone();
     in_file_sorted.sort();
     assert_eq!(on_topic, in_file_sorted, "alerts on the topic equal alerts in the file");
-    drop(reader);
 
     // The incidents topic holds the incident rows of the file, keyed by incident id.
     let incidents: Vec<Value> = std::fs::read_to_string(dir.path().join("incidents.jsonl"))
@@ -234,24 +240,11 @@ fn produce_then_score_from_kafka_to_a_topic_and_a_file() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "check-incidents")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&["dfp-incidents"]).unwrap();
+    assert!(!incidents.is_empty(), "the sample has anomalous events, so incidents");
     let mut keyed = Vec::new();
-    let started = Instant::now();
-    while keyed.len() < incidents.len() && started.elapsed() < Duration::from_secs(30) {
-        if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
-            let row: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            assert_eq!(
-                m.key().map(|k| String::from_utf8_lossy(k).to_string()),
-                row["incident_id"].as_str().map(str::to_string)
-            );
-            keyed.push(row["incident_id"].as_str().unwrap().to_string());
-        }
+    for (key, row) in read_topic(&brokers, "dfp-incidents", incidents.len()) {
+        assert_eq!(key.as_deref(), row["incident_id"].as_str(), "{row}");
+        keyed.push(row["incident_id"].as_str().unwrap().to_string());
     }
     let mut in_file: Vec<String> = incidents.iter().map(|r| r["incident_id"].as_str().unwrap().to_string()).collect();
     in_file.sort();
