@@ -437,8 +437,7 @@ impl DataflowTransform for Correlate {
         // 3. Each batch with its rows' results, once its epoch is complete; incidents alongside.
         let attach_env = env.clone();
         let mut annotator = Annotator::new(&config, &columns);
-        let mut book = IncidentBook::new(gap, config.incidents.max_event_ids, config.anomalous);
-        let _ = worker;
+        let mut book = IncidentBook::new(gap, config.incidents.max_event_ids);
         let (events, incidents) = stash
             .binary_frontier::<_, CapacityContainerBuilder<Vec<Result<Batch, Batch>>>, _, _, _, _>(
                 results,

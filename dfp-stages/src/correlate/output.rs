@@ -317,7 +317,7 @@ pub(crate) struct IncidentBook {
 }
 
 impl IncidentBook {
-    pub(crate) fn new(gap_secs: u64, max_ids: usize, _anomalous: f64) -> Self {
+    pub(crate) fn new(gap_secs: u64, max_ids: usize) -> Self {
         IncidentBook {
             gap_us: i64::try_from(gap_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
             max_ids,
