@@ -282,7 +282,7 @@ fn an_unreachable_profile_store_keeps_the_pipeline_unready_and_scoring() {
     std::fs::write(
         &p,
         format!(
-            "version: 1\nfamily: azure\nruntime:\n  workers: 1\nstages:\n  logs: {{ type: file-source, path: \"{}\", raw: true }}\n  events: {{ type: normalize-azure, inputs: [logs] }}\n  features: {{ type: features, inputs: [events], profiles: \"{store}\" }}\n  out: {{ type: file-sink, inputs: [features], path: \"{}\" }}\n",
+            "version: 1\nfamily: azure\nruntime:\n  workers: 1\nstages:\n  logs: {{ type: file-source, path: \"{}\", raw: true, watch: true, poll_interval_secs: 0.2 }}\n  events: {{ type: normalize-azure, inputs: [logs] }}\n  features: {{ type: features, inputs: [events], profiles: \"{store}\" }}\n  out: {{ type: file-sink, inputs: [features], path: \"{}\" }}\n",
             dir.join("data/infer").display(),
             dir.join("unreachable.jsonl").display()
         ),
@@ -294,6 +294,8 @@ fn an_unreachable_profile_store_keeps_the_pipeline_unready_and_scoring() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The source watches its directory, so the run stays up until told to stop: readiness is read while it
+    // runs, whatever the machine's speed.
     let started = Instant::now();
     let mut readiness = String::new();
     while started.elapsed() < Duration::from_secs(90) && !readiness.contains("profile store") {
@@ -302,6 +304,18 @@ fn an_unreachable_profile_store_keeps_the_pipeline_unready_and_scoring() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Scoring goes on meanwhile: the sink receives every event of the directory.
+    let sunk = || -> u64 {
+        let Ok((200, body)) = http_get(port, "/stats") else { return 0 };
+        let stats: Value = serde_json::from_str(&body).unwrap_or_default();
+        let stages = stats["stages"].as_array().cloned().unwrap_or_default();
+        stages.iter().find(|s| s["id"] == "out").and_then(|s| s["rows_in"].as_u64()).unwrap_or(0)
+    };
+    while started.elapsed() < Duration::from_secs(90) && sunk() == 0 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
     let out = run.wait_with_output().unwrap();
     assert!(out.status.success(), "scoring goes on without profiles: {}", text(&out));
     // While the stages open, readiness may also list "0 of 1 instances open": the profile store's line is
