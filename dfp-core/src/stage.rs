@@ -414,6 +414,16 @@ pub trait Transform: Send {
     fn poll_timer(&mut self, _out: &mut Emitter) -> Result<Option<std::time::Duration>, StageError> {
         Ok(None)
     }
+    /// The lowest logical time ([`Envelope::time`](crate::Envelope::time)) of the rows this stage keeps
+    /// after a call returned (rows gathered for [`poll_timer`](Transform::poll_timer)), or `None` when it
+    /// keeps none. The runtime holds the stage's output at that time, so nothing downstream — sinks, and the
+    /// source commits that follow them — counts those rows as done while they wait here; each batch the
+    /// stage emits leaves at its own envelope time. A stage that keeps rows past `process` without saying
+    /// so here (or releasing them in [`advance`](Transform::advance)) breaks at-least-once delivery: a
+    /// Kafka source could commit their offsets before they reach a sink.
+    fn holding(&self) -> Option<u64> {
+        None
+    }
     /// Called once when the input is exhausted; may emit what it held back.
     fn finish(&mut self, _out: &mut Emitter) -> Result<(), StageError> {
         Ok(())

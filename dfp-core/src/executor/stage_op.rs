@@ -108,30 +108,37 @@ where
                     }
                     env.flush(&mut em, &mut buf);
                 }
-                if !buf.is_empty() {
+                // Each batch leaves at its own time (a gathering stage may emit rows that came earlier
+                // than this input), never below what the operator still holds.
+                if let Some(c) = held.as_ref() {
+                    for (t, items) in by_time(*c.time(), &mut buf) {
+                        output.session(&c.delayed(&t)).give_iterator(items.into_iter());
+                    }
+                } else if !buf.is_empty() {
                     output.session(&cap).give_iterator(buf.drain(..));
                 }
             });
+            let lowest = frontier.frontier().iter().min().copied();
             if let Some(c) = held.as_mut() {
-                let f = frontier.frontier();
-                if f.is_empty() {
-                    let r = match &mut op {
-                        Op::Transform(t) if !env.shared.aborted() => guard(|| t.finish(&mut em)),
-                        Op::Sink(s) => guard(|| s.finish()),
-                        _ => Ok(()),
-                    };
-                    if let Err(e) = r {
-                        env.shared.fail(env.id(), e);
+                match lowest {
+                    None => {
+                        let r = match &mut op {
+                            Op::Transform(t) if !env.shared.aborted() => guard(|| t.finish(&mut em)),
+                            Op::Sink(s) => guard(|| s.finish()),
+                            _ => Ok(()),
+                        };
+                        if let Err(e) = r {
+                            env.shared.fail(env.id(), e);
+                        }
+                        op = Op::Failed;
+                        env.flush(&mut em, &mut buf);
+                        for (t, items) in by_time(*c.time(), &mut buf) {
+                            output.session(&c.delayed(&t)).give_iterator(items.into_iter());
+                        }
+                        held = None;
                     }
-                    op = Op::Failed;
-                    env.flush(&mut em, &mut buf);
-                    if !buf.is_empty() {
-                        output.session(&*c).give_iterator(buf.drain(..));
-                    }
-                    held = None;
-                } else if let Some(t) = f.iter().min().copied() {
-                    if *c.time() < t {
-                        // Release what the stage held for earlier times, at the still-held earlier time.
+                    Some(t) if *c.time() < t => {
+                        // Release what the stage held for earlier times.
                         if let Op::Transform(tr) = &mut op {
                             if !env.shared.aborted() {
                                 if let Err(e) = guard(|| tr.advance(t, &mut em)) {
@@ -141,15 +148,15 @@ where
                             }
                         }
                         env.flush(&mut em, &mut buf);
-                        if !buf.is_empty() {
-                            output.session(&*c).give_iterator(buf.drain(..));
+                        for (at, items) in by_time(*c.time(), &mut buf) {
+                            output.session(&c.delayed(&at)).give_iterator(items.into_iter());
                         }
                         tracing::trace!(stage = %env.id(), worker = env.ctx.worker_index, frontier = t, "input frontier");
-                        c.downgrade(&t);
                     }
+                    Some(_) => {}
                 }
             }
-            // Timers last: what `advance` just did may be what a timer waits on (a checkpoint due once the
+            // Timers after `advance`: what it just did may be what a timer waits on (a checkpoint due once the
             // frontier moved), and nothing else wakes this operator if no more input comes.
             if let (Some(c), Op::Transform(tr)) = (held.as_ref(), &mut op) {
                 if !env.shared.aborted() {
@@ -159,11 +166,39 @@ where
                         Err(e) => env.shared.fail(env.id(), e),
                     }
                     env.flush(&mut em, &mut buf);
-                    if !buf.is_empty() {
-                        output.session(c).give_iterator(buf.drain(..));
+                    for (t, items) in by_time(*c.time(), &mut buf) {
+                        output.session(&c.delayed(&t)).give_iterator(items.into_iter());
                     }
+                }
+            }
+            // Last, the output moves up to the input frontier, or to the oldest rows the stage still keeps.
+            if let (Some(c), Some(t)) = (held.as_mut(), lowest) {
+                let kept = match &op {
+                    Op::Transform(tr) if !env.shared.aborted() => tr.holding(),
+                    _ => None,
+                };
+                let to = kept.map_or(t, |k| k.min(t));
+                if *c.time() < to {
+                    c.downgrade(&to);
                 }
             }
         }
     })
+}
+
+/// Drains `buf` into runs of consecutive items that leave at the same time: a batch at its envelope time,
+/// raised to `floor` (what the operator holds); dead letters at `floor`.
+fn by_time(floor: Time, buf: &mut Vec<Item>) -> Vec<(Time, Vec<Item>)> {
+    let mut runs: Vec<(Time, Vec<Item>)> = Vec::new();
+    for item in buf.drain(..) {
+        let t = match &item {
+            Ok(b) => b.envelope.time.map_or(floor, |t| t.max(floor)),
+            Err(_) => floor,
+        };
+        match runs.last_mut() {
+            Some((last, items)) if *last == t => items.push(item),
+            _ => runs.push((t, vec![item])),
+        }
+    }
+    runs
 }

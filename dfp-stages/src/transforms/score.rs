@@ -202,6 +202,13 @@ struct Listing {
     at: Instant,
 }
 
+/// Gathered rows waiting to be scored: `times` gives each row's logical time when they differ (else every
+/// row has the envelope's).
+struct Piece {
+    batch: Batch,
+    times: Option<Vec<Option<u64>>>,
+}
+
 struct Score {
     config: ScoreConfig,
     family: Arc<Family>,
@@ -220,7 +227,7 @@ struct Score {
     /// Gathered rows cut into pieces of whole users, scored one piece per activation: the worker's other
     /// stages (and, through the exchange, the other workers) keep running between pieces instead of
     /// waiting for a whole gather to be scored.
-    queue: VecDeque<Batch>,
+    queue: VecDeque<Piece>,
     /// Failed registry calls so far (logged; the stage keeps scoring with cached models).
     registry_errors: u64,
     /// The last registry failure, while the registry is failing.
@@ -482,6 +489,11 @@ impl Transform for Score {
         Ok(self.oldest.map(|t| wait.saturating_sub(t.elapsed())))
     }
 
+    fn holding(&self) -> Option<u64> {
+        let queued = self.queue.iter().map(|p| &p.batch);
+        self.pending.iter().chain(queued).filter_map(|b| b.envelope.time).min()
+    }
+
     fn finish(&mut self, out: &mut Emitter) -> Result<(), StageError> {
         self.enqueue()?;
         while !self.queue.is_empty() {
@@ -495,47 +507,79 @@ impl Transform for Score {
 }
 
 impl Score {
-    /// Moves everything gathered into the queue, cut into pieces of whole users.
+    /// Moves everything gathered into the queue, cut into pieces of whole users. Each row keeps the logical
+    /// time it came at: a piece's envelope has the oldest, and when its rows came at several times it leaves
+    /// as one batch per time (so downstream, and the commits of a Kafka source, see every row at its own
+    /// time however the rows were gathered).
     fn enqueue(&mut self) -> Result<(), StageError> {
         let pending = std::mem::take(&mut self.pending);
         self.pending_rows = 0;
         self.oldest = None;
         let Some(first) = pending.first() else { return Ok(()) };
-        let envelope = first.envelope.clone();
+        let mut envelope = first.envelope.clone();
+        envelope.time = pending.iter().filter_map(|b| b.envelope.time).min();
+        let mixed = pending.iter().any(|b| b.envelope.time != first.envelope.time);
+        let times: Option<Vec<Option<u64>>> =
+            mixed.then(|| pending.iter().flat_map(|b| std::iter::repeat_n(b.envelope.time, b.num_rows())).collect());
         let parts: Vec<&RecordBatch> = pending.iter().map(|b| &b.data).collect();
         let gathered = arrow::compute::concat_batches(&first.data.schema(), parts)
             .map_err(|e| StageError::Data(format!("score: input batches disagree on columns: {e}")))?;
+        let piece = |data: RecordBatch, times: Option<Vec<Option<u64>>>| {
+            let mut envelope = envelope.clone();
+            if let Some(t) = &times {
+                envelope.time = t.iter().flatten().min().copied();
+            }
+            Piece { batch: Batch { data, envelope }, times }
+        };
         if gathered.num_rows() <= self.config.piece_rows {
-            self.queue.push_back(Batch { data: gathered, envelope });
+            self.queue.push_back(piece(gathered, times));
             return Ok(());
         }
         let users = super::users(&gathered, "score")?;
-        let mut piece: Vec<u32> = Vec::with_capacity(self.config.piece_rows * 2);
+        let mut rows: Vec<u32> = Vec::with_capacity(self.config.piece_rows * 2);
         let mut pieces = Vec::new();
+        let take = |rows: Vec<u32>| -> Result<Piece, StageError> {
+            let part_times = times.as_ref().map(|t| rows.iter().map(|&i| t[i as usize]).collect());
+            Ok(piece(take_record_batch(&gathered, &UInt32Array::from(rows))?, part_times))
+        };
         for (_, idx) in super::rows_by_user(users) {
-            piece.extend_from_slice(&idx);
-            if piece.len() >= self.config.piece_rows {
-                pieces.push(take_record_batch(&gathered, &UInt32Array::from(std::mem::take(&mut piece)))?);
+            rows.extend_from_slice(&idx);
+            if rows.len() >= self.config.piece_rows {
+                pieces.push(take(std::mem::take(&mut rows))?);
             }
         }
-        if !piece.is_empty() {
-            pieces.push(take_record_batch(&gathered, &UInt32Array::from(piece))?);
+        if !rows.is_empty() {
+            pieces.push(take(rows)?);
         }
-        self.queue.extend(pieces.into_iter().map(|data| Batch { data, envelope: envelope.clone() }));
+        self.queue.extend(pieces);
         Ok(())
     }
 
     /// Scores the next queued piece, if any.
     fn score_piece(&mut self, out: &mut Emitter) -> Result<(), StageError> {
-        let Some(piece) = self.queue.pop_front() else { return Ok(()) };
+        let Some(Piece { batch, times }) = self.queue.pop_front() else { return Ok(()) };
         let started = Instant::now();
-        let rows = piece.num_rows();
-        self.score_batch(piece, out)?;
+        let rows = batch.num_rows();
+        let scored = self.score_batch(batch)?;
+        match times {
+            None => out.emit(scored),
+            Some(times) => {
+                let mut by_time: BTreeMap<Option<u64>, Vec<u32>> = BTreeMap::new();
+                for (i, t) in times.iter().enumerate() {
+                    by_time.entry(*t).or_default().push(i as u32);
+                }
+                for (t, idx) in by_time {
+                    let mut part = scored.with_data(take_record_batch(&scored.data, &UInt32Array::from(idx))?);
+                    part.envelope.time = t;
+                    out.emit(part);
+                }
+            }
+        }
         tracing::trace!(rows, ms = started.elapsed().as_millis() as u64, queued = self.queue.len(), "scored a piece");
         Ok(())
     }
 
-    fn score_batch(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError> {
+    fn score_batch(&mut self, batch: Batch) -> Result<Batch, StageError> {
         let data = &batch.data;
         let n = data.num_rows();
         let users = super::users(data, "score")?.clone();
@@ -710,7 +754,6 @@ impl Score {
         fields.push(Field::new("top_features", DataType::Utf8, false));
         cols.push(Arc::new(top.finish()));
         let scored = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
-        out.emit(batch.with_data(scored));
-        Ok(())
+        Ok(batch.with_data(scored))
     }
 }
