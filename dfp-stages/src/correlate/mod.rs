@@ -65,8 +65,10 @@ use dfp_core::partition::split_by_key;
 use dfp_core::timely::container::CapacityContainerBuilder;
 use dfp_core::timely::dataflow::channels::pact::{Exchange, Pipeline};
 use dfp_core::timely::dataflow::operators::core::OkErr;
-use dfp_core::timely::dataflow::operators::generic::Operator;
+use dfp_core::timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use dfp_core::timely::dataflow::operators::generic::{Operator, OutputBuilder};
 use dfp_core::timely::dataflow::operators::Capability;
+use dfp_core::timely::dataflow::Stream;
 use dfp_core::{
     register_stage, Batch, BatchStream, ConfigContext, ConfigError, DataflowEnv, DataflowOutputs, DataflowTransform,
     StageConfig, StageContext, StageError, StageInstance, StageKind,
@@ -438,88 +440,119 @@ impl DataflowTransform for Correlate {
         let attach_env = env.clone();
         let mut annotator = Annotator::new(&config, &columns);
         let mut book = IncidentBook::new(gap, config.incidents.max_event_ids);
-        let (events, incidents) = stash
-            .binary_frontier::<_, CapacityContainerBuilder<Vec<Result<Batch, Batch>>>, _, _, _, _>(
-                results,
-                Pipeline,
-                Exchange::new(|x: &views::Found| u64::from((x.0).0.worker)),
-                "CorrelateAttach",
-                move |initial, _| {
-                    let mut waiting: BTreeMap<u64, (Capability<u64>, Vec<Stash>)> = BTreeMap::new();
-                    let mut found: HashMap<u64, Vec<(views::Key, views::Agg, isize)>> = HashMap::new();
-                    // Held at the lowest time still to come, for the rows that close incidents at the end.
-                    let mut last = Some(initial);
-                    move |(batches, f1), (res, f2), output| {
-                        batches.for_each(|cap, data| {
-                            let (Some(&t), Some(held)) = (cap.least(), cap.retain_least(0)) else { return };
-                            waiting.entry(t).or_insert_with(|| (held, Vec::new())).1.append(data);
-                        });
-                        res.for_each(|_, data| {
-                            for ((ev, key, agg), _, diff) in data.drain(..) {
-                                found.entry(ev.seq).or_default().push((key, agg, diff));
+        let attached = stash.binary_frontier::<_, CapacityContainerBuilder<Vec<Result<Batch, Batch>>>, _, _, _, _>(
+            results,
+            Pipeline,
+            Exchange::new(|x: &views::Found| u64::from((x.0).0.worker)),
+            "CorrelateAttach",
+            move |initial, _| {
+                let mut waiting: BTreeMap<u64, (Capability<u64>, Vec<Stash>)> = BTreeMap::new();
+                let mut found: HashMap<u64, Vec<(views::Key, views::Agg, isize)>> = HashMap::new();
+                // Held at the lowest time still to come, for the rows that close incidents at the end.
+                let mut last = Some(initial);
+                // The latest epoch released: rows leave in non-decreasing time, so the closing rows at
+                // the end never come before the rows that grew their incidents.
+                let mut released = 0u64;
+                move |(batches, f1), (res, f2), output| {
+                    batches.for_each(|cap, data| {
+                        let (Some(&t), Some(held)) = (cap.least(), cap.retain_least(0)) else { return };
+                        waiting.entry(t).or_insert_with(|| (held, Vec::new())).1.append(data);
+                    });
+                    res.for_each(|_, data| {
+                        for ((ev, key, agg), _, diff) in data.drain(..) {
+                            found.entry(ev.seq).or_default().push((key, agg, diff));
+                        }
+                    });
+                    while let Some((&t, _)) = waiting.first_key_value() {
+                        if f1.less_equal(&t) || f2.less_equal(&t) {
+                            break;
+                        }
+                        let Some((_, (cap, stashed))) = waiting.pop_first() else { break };
+                        released = released.max(*cap.time());
+                        let mut session = output.session(&cap);
+                        // Raise every row of the epoch, then feed the anomalous ones to the incidents in
+                        // event-time order (the epoch's batches may come in any order).
+                        let mut annotated = Vec::with_capacity(stashed.len());
+                        let mut candidates = Vec::new();
+                        for (_, batch, rows) in stashed {
+                            if attach_env.aborted() {
+                                continue;
                             }
-                        });
-                        while let Some((&t, _)) = waiting.first_key_value() {
-                            if f1.less_equal(&t) || f2.less_equal(&t) {
-                                break;
-                            }
-                            let Some((_, (cap, stashed))) = waiting.pop_first() else { break };
-                            let mut session = output.session(&cap);
-                            // Raise every row of the epoch, then feed the anomalous ones to the incidents in
-                            // event-time order (the epoch's batches may come in any order).
-                            let mut annotated = Vec::with_capacity(stashed.len());
-                            let mut candidates = Vec::new();
-                            for (_, batch, rows) in stashed {
-                                if attach_env.aborted() {
-                                    continue;
+                            match annotator.annotate(&batch, &rows, &mut found) {
+                                Ok((data, cands)) => {
+                                    candidates.extend(cands.into_iter().map(|c| (annotated.len(), c)));
+                                    annotated.push((batch, data, Vec::new()));
                                 }
-                                match annotator.annotate(&batch, &rows, &mut found) {
-                                    Ok((data, cands)) => {
-                                        candidates.extend(cands.into_iter().map(|c| (annotated.len(), c)));
-                                        annotated.push((batch, data, Vec::new()));
-                                    }
-                                    Err(e) => attach_env.fail(e),
-                                }
-                            }
-                            candidates.sort_by(|a, b| (a.1.t_us, &a.1.event).cmp(&(b.1.t_us, &b.1.event)));
-                            for (at, c) in candidates {
-                                let id = book.add(&c.user, &c.event, c.t_us, c.risk, &c.reasons);
-                                annotated[at].2.push((c.row, id));
-                            }
-                            for (batch, data, ids) in annotated {
-                                match output::with_incidents(data, &ids) {
-                                    Ok(data) => session.give(Ok(batch.with_data(data))),
-                                    Err(e) => attach_env.fail(e),
-                                }
-                            }
-                            match book.take(false) {
-                                Ok(Some(rows)) => session.give(Err(Batch::new(rows, attach_env.ctx.stage_id.clone()))),
-                                Ok(None) => {}
                                 Err(e) => attach_env.fail(e),
                             }
                         }
-                        let lowest = f1.frontier().iter().chain(f2.frontier().iter()).min().copied();
-                        match (lowest, last.as_mut()) {
-                            (Some(l), Some(cap)) if *cap.time() < l => cap.downgrade(&l),
-                            (None, Some(cap)) => {
-                                // End of input: every open incident closes.
-                                match book.take(true) {
-                                    Ok(Some(rows)) => output
-                                        .session(&*cap)
-                                        .give(Err(Batch::new(rows, attach_env.ctx.stage_id.clone()))),
-                                    Ok(None) => {}
-                                    Err(e) => attach_env.fail(e),
-                                }
-                                last = None;
+                        candidates.sort_by(|a, b| (a.1.t_us, &a.1.event).cmp(&(b.1.t_us, &b.1.event)));
+                        for (at, c) in candidates {
+                            let id = book.add(&c.user, &c.event, c.t_us, c.risk, &c.reasons);
+                            annotated[at].2.push((c.row, id));
+                        }
+                        for (batch, data, ids) in annotated {
+                            match output::with_incidents(data, &ids) {
+                                Ok(data) => session.give(Ok(batch.with_data(data))),
+                                Err(e) => attach_env.fail(e),
                             }
-                            _ => {}
+                        }
+                        match book.take(false) {
+                            Ok(Some(rows)) => session.give(Err(Batch::new(rows, attach_env.ctx.stage_id.clone()))),
+                            Ok(None) => {}
+                            Err(e) => attach_env.fail(e),
                         }
                     }
-                },
-            )
-            .ok_err(|x| x);
+                    let lowest = f1.frontier().iter().chain(f2.frontier().iter()).min().copied();
+                    match (lowest, last.as_mut()) {
+                        (Some(l), Some(cap)) if *cap.time() < l => cap.downgrade(&l),
+                        (None, Some(cap)) => {
+                            // End of input: every open incident closes.
+                            match book.take(true) {
+                                Ok(Some(rows)) => output
+                                    .session(&cap.delayed(&released.max(*cap.time())))
+                                    .give(Err(Batch::new(rows, attach_env.ctx.stage_id.clone()))),
+                                Ok(None) => {}
+                                Err(e) => attach_env.fail(e),
+                            }
+                            last = None;
+                        }
+                        _ => {}
+                    }
+                }
+            },
+        );
+        let (events, incidents) = split_in_order(attached);
         DataflowOutputs { main: events, ports: vec![("incidents", incidents)] }
     }
+}
+
+/// Splits the attached output into events and incidents in the order the rows were given (timely's `ok_err`
+/// orders what it meets in one activation by time, which could put an incident's rows out of order).
+fn split_in_order<'s>(stream: Stream<'s, u64, Vec<Result<Batch, Batch>>>) -> (BatchStream<'s>, BatchStream<'s>) {
+    let mut builder = OperatorBuilder::new("CorrelateOutputs".to_owned(), stream.scope());
+    let mut input = builder.new_input(stream, Pipeline);
+    let (events_out, events) = builder.new_output::<Vec<Batch>>();
+    let (incidents_out, incidents) = builder.new_output::<Vec<Batch>>();
+    let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Batch>>>::from(events_out);
+    let mut incidents_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Batch>>>::from(incidents_out);
+    builder.build(move |_| {
+        move |_| {
+            let mut events_out = events_out.activate();
+            let mut incidents_out = incidents_out.activate();
+            input.for_each(|cap, data| {
+                let mut events = events_out.session(&cap);
+                let mut incidents = incidents_out.session(&cap);
+                for item in data.drain(..) {
+                    match item {
+                        Ok(batch) => events.give(batch),
+                        Err(batch) => incidents.give(batch),
+                    }
+                }
+            });
+        }
+    });
+    (events, incidents)
 }
 
 /// The rows of `batch` as the views take them in, numbered from `first_seq`.
