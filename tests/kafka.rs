@@ -94,12 +94,13 @@ fn read_topic(brokers: &str, topic: &str, n: usize) -> Vec<(Option<String>, Valu
     rows
 }
 
-/// A broker with the `signins` (4 partitions) and `alerts` (2) topics, and models trained on the sample in
+/// A broker with the `signins` (4 partitions), `alerts` (2) and `dfp-incidents` (2) topics, and models trained on the sample in
 /// a fresh folder: (broker, its address, the folder, the registry).
 fn set_up() -> (Tansu, String, tempfile::TempDir, PathBuf) {
     let broker = Tansu::start();
     broker.create_topic("signins", 4);
     broker.create_topic("alerts", 2);
+    broker.create_topic("dfp-incidents", 2);
     let brokers = broker.brokers();
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
@@ -177,6 +178,11 @@ fn send_to(producer: &BaseProducer, topic: &str, records: &[String]) {
 /// Checks that the group committed, over all partitions, exactly `messages` offsets: everything read.
 /// (tansu's high-watermarks are not reliable, so the count of produced messages is the reference.)
 fn committed_everything(brokers: &str, group: &str, topic: &str, partitions: i32, messages: usize) {
+    assert_eq!(committed(brokers, group, topic, partitions), messages, "committed offsets of {group} on {topic}");
+}
+
+/// How many messages of `topic` the consumer group `group` has committed, over all partitions.
+fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> usize {
     let consumer: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -191,8 +197,8 @@ fn committed_everything(brokers: &str, group: &str, topic: &str, partitions: i32
             other => assert!(matches!(other, Offset::Invalid), "{topic}[{p}]: {other:?}"),
         }
     }
-    assert_eq!(total as usize, messages, "committed offsets of {group} on {topic}");
     drop(committed);
+    total as usize
 }
 
 #[test]
@@ -214,6 +220,7 @@ fn produce_then_score_from_kafka_to_a_topic_and_a_file() {
         .args(["--var", "topic=signins", "--var", "alerts_topic=alerts", "--var", "threshold=0"])
         .args(["--var", &format!("models={}", models.display()), "--var", &format!("output={}", alerts.display())])
         .args(["--var", "idle_stop_secs=2", "--dead-letter", &dir.path().join("dead.jsonl").display().to_string()])
+        .args(["--var", &format!("incidents={}", dir.path().join("incidents.jsonl").display())])
         .args(["--var", &format!("checkpoints={}", dir.path().join("checkpoints").display())])
         .output()
         .unwrap();
@@ -231,6 +238,23 @@ fn produce_then_score_from_kafka_to_a_topic_and_a_file() {
     let mut in_file_sorted = in_file.clone();
     in_file_sorted.sort();
     assert_eq!(on_topic, in_file_sorted, "alerts on the topic equal alerts in the file");
+
+    // The incidents topic holds the incident rows of the file, keyed by incident id.
+    let incidents: Vec<Value> = std::fs::read_to_string(dir.path().join("incidents.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!incidents.is_empty(), "the sample has anomalous events, so incidents");
+    let mut keyed = Vec::new();
+    for (key, row) in read_topic(&brokers, "dfp-incidents", incidents.len()) {
+        assert_eq!(key.as_deref(), row["incident_id"].as_str(), "{row}");
+        keyed.push(row["incident_id"].as_str().unwrap().to_string());
+    }
+    let mut in_file: Vec<String> = incidents.iter().map(|r| r["incident_id"].as_str().unwrap().to_string()).collect();
+    in_file.sort();
+    keyed.sort();
+    assert_eq!(keyed, in_file, "incident rows on the topic equal those in the file");
 }
 
 #[test]
@@ -247,6 +271,7 @@ fn a_killed_pipeline_restarts_from_its_commits_without_losing_events() {
             .args(["--var", "topic=signins", "--var", "alerts_topic=alerts", "--var", "threshold=-1"])
             .args(["--var", &format!("models={}", models.display()), "--var", &format!("output={}", output.display())])
             .args(["--var", &format!("idle_stop_secs={idle}")])
+            .args(["--var", &format!("incidents={}", dir.path().join("incidents.jsonl").display())])
             .args(["--var", &format!("checkpoints={}", dir.path().join("checkpoints").display())])
             .args(["--var", "checkpoint_secs=0.5"])
             .args(["--dead-letter", &dir.path().join("dead.jsonl").display().to_string()])
@@ -327,6 +352,10 @@ fn a_two_process_cluster_reads_every_event_once_and_a_restart_after_a_lost_proce
             .args(["--var", &format!("topic={topic}"), "--var", "alerts_topic=alerts", "--var", "threshold=0"])
             .args(["--var", &format!("models={}", models.display()), "--var", &format!("group={group}")])
             .args(["--var", &format!("output={}", dir.path().join(format!("{stem}.jsonl")).display())])
+            .args([
+                "--var",
+                &format!("incidents={}", dir.path().join(format!("{stem}-incidents-{process}.jsonl")).display()),
+            ])
             .args(["--var", &format!("idle_stop_secs={idle}"), "--workers", "2"])
             .args(["--var", &format!("checkpoints={}", dir.path().join(format!("checkpoints-{topic}")).display())])
             .args(["--var", "checkpoint_secs=0.5"])
@@ -370,8 +399,10 @@ fn a_two_process_cluster_reads_every_event_once_and_a_restart_after_a_lost_proce
     while part_ids(dir.path(), "crash").len() < 3 * chunk && started.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Offsets are committed a moment after the rows reached the sinks.
-    std::thread::sleep(Duration::from_millis(500));
+    // Offsets are committed a moment after the rows reached the sinks (and the history's checkpoint).
+    while committed(&brokers, "cluster-live", "live", 4) == 0 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     b.kill().unwrap();
     b.wait().unwrap();
     let out = a.wait_with_output().unwrap();
