@@ -322,6 +322,53 @@ stages:
 }
 
 #[test]
+fn gathered_rows_leave_at_their_own_time_as_soon_as_the_input_pauses() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().to_str().unwrap().to_string();
+    let reg = LocalRegistry::open(&location, &S3Options::default()).unwrap();
+    publish(&reg, None, features(), 1);
+    // Gathering would wait ten minutes: the rows come out because no input follows them.
+    let yaml = format!(
+        r#"
+version: 1
+stages:
+  in:     {{ type: embedded-input }}
+  scored: {{ type: score, inputs: [in], registry: "{location}", family: azure, gather_ms: 600000, gather_idle_ms: 300 }}
+  out:    {{ type: embedded-output, inputs: [scored] }}
+"#
+    );
+    let running = Pipeline::from_yaml_str(&yaml, "score.yaml", &[]).unwrap().spawn(RunOptions::default()).unwrap();
+    let all = features();
+    let half = all.num_rows() / 2;
+    // Two pushes, two logical times, within the idle time: gathered and scored together.
+    running.input().push_batch(all.slice(0, half)).unwrap();
+    running.input().push_batch(all.slice(half, all.num_rows() - half)).unwrap();
+    let first_ids: std::collections::BTreeSet<String> = {
+        let ids = all.column_by_name("id").unwrap().as_string::<i32>();
+        (0..half).map(|i| ids.value(i).to_string()).collect()
+    };
+    let mut seen = 0;
+    let mut times: std::collections::BTreeMap<bool, std::collections::BTreeSet<u64>> = Default::default();
+    while seen < all.num_rows() {
+        let b = running
+            .output()
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("scored rows long before gather_ms: the input paused");
+        let ids = b.data.column_by_name("id").unwrap().as_string::<i32>();
+        let from_first: std::collections::BTreeSet<bool> =
+            (0..b.num_rows()).map(|i| first_ids.contains(ids.value(i))).collect();
+        assert_eq!(from_first.len(), 1, "a batch holds the rows of one push");
+        let time = b.envelope.time.expect("a logical time");
+        times.entry(*from_first.first().unwrap()).or_default().insert(time);
+        seen += b.num_rows();
+    }
+    let (first, second) = (&times[&true], &times[&false]);
+    assert!(first.len() == 1 && second.len() == 1, "each push's rows at one time: {times:?}");
+    assert!(first.first() < second.first(), "each at its own, in order: {times:?}");
+    running.finish().unwrap();
+}
+
+#[test]
 fn warm_start_continues_from_the_previous_version() {
     let rows = user_rows("kenji.lopez@contoso.com");
     let defs = feature_set(&azure(), &FeatureOptions::default());

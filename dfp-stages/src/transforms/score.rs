@@ -75,6 +75,11 @@ pub struct ScoreConfig {
     /// Longest wall-clock time rows wait to be gathered before they are scored.
     #[serde(default = "d_gather_ms")]
     pub gather_ms: u64,
+    /// Gathered rows are scored as soon as no input came for this long: rows held here hold back the
+    /// sinks' progress, so when the sources wait for it (backpressure, `runtime.max_in_flight`) or the
+    /// input pauses, waiting longer gains nothing.
+    #[serde(default = "d_gather_idle_ms")]
+    pub gather_idle_ms: u64,
     /// `auto` (CUDA when available), `cpu` or `cuda`.
     #[serde(default)]
     pub device: DeviceChoice,
@@ -133,6 +138,9 @@ fn d_piece_rows() -> usize {
 fn d_gather_ms() -> u64 {
     1000
 }
+fn d_gather_idle_ms() -> u64 {
+    10
+}
 
 impl StageConfig for ScoreConfig {
     const TYPE: &'static str = "score";
@@ -175,6 +183,7 @@ impl StageConfig for ScoreConfig {
             pending: Vec::new(),
             pending_rows: 0,
             oldest: None,
+            latest: Instant::now(),
             queue: VecDeque::new(),
             registry_errors: 0,
             registry_down: None,
@@ -224,6 +233,8 @@ struct Score {
     pending: Vec<Batch>,
     pending_rows: usize,
     oldest: Option<Instant>,
+    /// When the last input came.
+    latest: Instant,
     /// Gathered rows cut into pieces of whole users, scored one piece per activation: the worker's other
     /// stages (and, through the exchange, the other workers) keep running between pieces instead of
     /// waiting for a whole gather to be scored.
@@ -470,7 +481,8 @@ impl Transform for Score {
     fn process(&mut self, batch: Batch, out: &mut Emitter) -> Result<(), StageError> {
         self.pending_rows += batch.num_rows();
         self.pending.push(batch);
-        self.oldest.get_or_insert_with(Instant::now);
+        self.latest = Instant::now();
+        self.oldest.get_or_insert(self.latest);
         if self.pending_rows >= self.config.gather_rows {
             self.enqueue()?;
         }
@@ -479,14 +491,16 @@ impl Transform for Score {
 
     fn poll_timer(&mut self, out: &mut Emitter) -> Result<Option<Duration>, StageError> {
         let wait = Duration::from_millis(self.config.gather_ms);
-        if self.oldest.is_some_and(|t| t.elapsed() >= wait) {
+        let idle = Duration::from_millis(self.config.gather_idle_ms);
+        if self.oldest.is_some_and(|t| t.elapsed() >= wait) || (self.oldest.is_some() && self.latest.elapsed() >= idle)
+        {
             self.enqueue()?;
         }
         self.score_piece(out)?;
         if !self.queue.is_empty() {
             return Ok(Some(Duration::ZERO));
         }
-        Ok(self.oldest.map(|t| wait.saturating_sub(t.elapsed())))
+        Ok(self.oldest.map(|t| wait.saturating_sub(t.elapsed()).min(idle.saturating_sub(self.latest.elapsed()))))
     }
 
     fn holding(&self) -> Option<u64> {
