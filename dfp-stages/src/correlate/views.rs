@@ -2,9 +2,11 @@
 //! aggregate per key, and each event's view of its keys read as of its own time.
 //!
 //! Inside a child scope whose timestamps are `Product<epoch, event second>`, every event enters its views
-//! with `+1` at `(epoch, t)` and leaves them with `-1` at `(epoch, t + window)`, so the accumulation of a
-//! view at `(e, t)` is exactly the events of `(t - window, t]` known by epoch `e`, whatever order they arrived
-//! in. One `reduce` keeps the aggregate of every key (a key names its view: a place of a user, a source
+//! with `+1` at `(e, t)` and leaves them with `-1` at `(e, t + window)` (rounded up to 1/48 of the window),
+//! where `e` is the lowest epoch still to come when the row is taken in, so the accumulation of a view at
+//! `(e, t)` is the events of `(t - window, t]` taken in by then, whatever order they arrived in. (Each row's
+//! own epoch would be exact per epoch but costs the `reduce` a time for every meeting of an earlier epoch's
+//! later update with a later epoch's earlier one: the work grew with the epochs in flight.) One `reduce` keeps the aggregate of every key (a key names its view: a place of a user, a source
 //! address or prefix, a user); each event's "pulse" (`+1` at its own time, `-1` one second later) is joined
 //! with the aggregates and only the join's output at exactly the event's time is kept: the aggregate as it
 //! stood when the event happened. Differential exchanges the keys between workers and processes.
@@ -253,8 +255,12 @@ fn explode<'i>(
             let mut win_out = win_out.activate();
             let mut pulse_out = pulse_out.activate();
             input.for_each(|incap, data| {
-                let Some(epoch) = incap.stamp().iter().map(|t| t.outer).min() else { return };
+                if incap.stamp().is_empty() {
+                    return;
+                }
                 let (Some(cw), Some(cp)) = (&cap_win, &cap_pulse) else { return };
+                // Rows go in at the lowest epoch still to come (see the module docs), never below it.
+                let epoch = cw.time().outer;
                 let at = Product::new(epoch, watermark);
                 let (cw, cp) = (cw.delayed(&at), cp.delayed(&at));
                 let mut sw = win_out.session(&cw);
@@ -265,7 +271,11 @@ fn explode<'i>(
                     let now = Product::new(epoch, t);
                     let mut enter = |key: Key, val: Val, window: u64| {
                         sw.give(((key, val), now, 1));
-                        sw.give(((key, val), Product::new(epoch, t.saturating_add(window)), -1));
+                        // Expiries on a grid of 1/48 of the window: a key's aggregate changes at most 48
+                        // times per window as events leave it.
+                        let grid = (window / 48).max(1);
+                        let until = t.saturating_add(window).div_ceil(grid).saturating_mul(grid);
+                        sw.give(((key, val), Product::new(epoch, until), -1));
                     };
                     let mut ask = |key: Key| {
                         sp.give(((key, (row.ev, now)), now, 1));
