@@ -302,3 +302,97 @@ fn report_errors_name_the_file_line_and_field() {
 
     assert!(!dir.path().join("r.html").exists(), "a failed run wrote a page");
 }
+
+#[test]
+fn report_lists_each_incident_once_and_shows_its_alerts_on_a_click() {
+    let dir = tempfile::tempdir().unwrap();
+    let (scores, _) = write_fixture(dir.path());
+    // alice's alerts (ev-00, ev-21) belong to inc-a, bob's (ev-07, ev-28) to inc-b.
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let mut lines = String::new();
+    for line in text.lines() {
+        let mut row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let inc = match row["id"].as_str().unwrap() {
+            "ev-00" | "ev-21" => Some("inc-a"),
+            "ev-07" | "ev-28" => Some("inc-b"),
+            _ => None,
+        };
+        if let Some(inc) = inc {
+            row["incident_id"] = json!(inc);
+        }
+        lines.push_str(&row.to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&scores, lines).unwrap();
+    // Incidents are written again as they grow and close: the last row of each is the one shown.
+    let incident = |id: &str, status: &str, user: &str, events: u64, peak: f64| {
+        json!({"incident_id": id, "status": status, "entity": "user", "username": user,
+               "first_seen": "2026-01-01T00:00:00.123456Z", "last_seen": "2026-01-01T21:21:00.123456Z",
+               "events": events, "event_ids": "ev-00,ev-21", "reasons": "unusual for the user's model",
+               "peak_risk": peak})
+        .to_string()
+    };
+    let incidents = dir.path().join("incidents.jsonl");
+    std::fs::write(
+        &incidents,
+        [
+            incident("inc-a", "open", "alice@contoso.com", 1, 3.0),
+            incident("inc-b", "open", "bob@contoso.com", 1, 3.7),
+            incident("inc-a", "closed", "alice@contoso.com", 2, 5.1),
+            incident("inc-b", "updated", "bob@contoso.com", 2, 5.8),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let page = dir.path().join("report.html");
+    let out = common::dfp()
+        .args(["report", "--scores"])
+        .arg(&scores)
+        .arg("--incidents")
+        .arg(&incidents)
+        .arg("--out")
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert!(common::text(&out).contains("6 alerts of 40 events") && common::text(&out).contains("2 incidents"));
+
+    let profile = tempfile::tempdir().unwrap();
+    let dom = dump_dom(&file_url(&page), profile.path());
+    let rows: Vec<&str> = dom.match_indices(r#"<tr class="incident-row"#).map(|(i, _)| tag_at(&dom, i)).collect();
+    assert_eq!(rows.len(), 2, "one row per incident: {dom}");
+    assert!(rows[0].contains(r#"data-id="inc-b""#) && rows[0].contains(r#"data-status="updated""#), "{}", rows[0]);
+    assert!(rows[1].contains(r#"data-id="inc-a""#) && rows[1].contains(r#"data-status="closed""#), "{}", rows[1]);
+    assert!(rows[1].contains(r#"data-events="2""#), "{}", rows[1]);
+    assert!(dom.contains(">incidents<"), "the incident count is among the figures");
+
+    // An incident in the address shows its alerts only.
+    let dom = dump_dom(&format!("{}#incident=inc-a", file_url(&page)), profile.path());
+    assert!(dom.contains("2 of 6 alerts shown"), "{dom}");
+    let ids: Vec<&str> = dom.match_indices(r#"<tr class="alert-row"#).map(|(i, _)| tag_at(&dom, i)).collect();
+    assert!(ids[0].contains(r#"data-id="ev-21""#) && ids[1].contains(r#"data-id="ev-00""#), "{ids:?}");
+    assert!(dom.contains("incident: inc-a"), "the filter is shown as a chip");
+
+    // A row that is not an incident stops the command, naming the file and line.
+    let bad = dir.path().join("bad-incidents.jsonl");
+    std::fs::write(
+        &bad,
+        format!("{}\n{}\n", incident("inc-a", "open", "alice@contoso.com", 1, 3.0), json!({"id": "ev-00"})),
+    )
+    .unwrap();
+    let out = common::dfp()
+        .args(["report", "--scores"])
+        .arg(&scores)
+        .arg("--incidents")
+        .arg(&bad)
+        .arg("--out")
+        .arg(dir.path().join("bad.html"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        common::text(&out).contains("bad-incidents.jsonl:2") && common::text(&out).contains("incident_id"),
+        "{}",
+        common::text(&out)
+    );
+}

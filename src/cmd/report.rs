@@ -37,6 +37,10 @@ pub(crate) struct ReportArgs {
     /// whose model prefix the rows' `model_name` carries).
     #[arg(long)]
     family: Option<String>,
+    /// Incident rows as the `correlate` stage writes them (its `incidents` output: a file, a folder of part
+    /// files, or a glob): the page lists each incident and shows its alerts on a click.
+    #[arg(long)]
+    incidents: Option<String>,
     /// A plugin library whose log families the rows may belong to (repeatable).
     #[arg(long = "plugin", value_name = "PATH.so")]
     plugins: Vec<String>,
@@ -54,6 +58,7 @@ pub(crate) fn report(args: ReportArgs) -> Result<ExitCode> {
         title: args.title,
         max_alerts: args.max_alerts,
         family: args.family,
+        incidents: args.incidents,
     };
     let written = write_report(&options, registry.families())?;
     println!("{written}");

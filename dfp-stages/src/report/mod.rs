@@ -7,6 +7,10 @@
 //! JSON in `<script type="application/json" id="dfp-data">`. The script draws alerts over time, the top
 //! users, the alerts table with each alert's per-feature z-scores, and the filters that drive all three.
 //!
+//! With `incidents` (the `correlate` stage's second output: a row each time an incident opens, grows or
+//! closes), the page lists each incident once, as its last row says, highest peak risk first; clicking one
+//! shows its alerts (the rows whose `incident_id` is the incident's).
+//!
 //! The page's columns (app, browser, OS, place) are the columns of the rows' log family roles: the family
 //! given, else the one whose model prefix the rows' `model_name` carries. Feature columns are every key
 //! ending in `_z_loss`; every other scalar field is shown in the alert's details.
@@ -66,6 +70,8 @@ pub struct ReportOptions {
     pub max_alerts: usize,
     /// The rows' log family (default: found from the rows' model names).
     pub family: Option<String>,
+    /// Incident rows (a file, a folder or a glob) to list with the alerts.
+    pub incidents: Option<String>,
 }
 
 /// What [`write_report`] wrote.
@@ -87,6 +93,8 @@ pub struct Written {
     pub field: String,
     /// The threshold.
     pub threshold: f64,
+    /// Distinct incidents read, when incident rows were given.
+    pub incidents: Option<usize>,
 }
 
 impl std::fmt::Display for Written {
@@ -98,13 +106,14 @@ impl std::fmt::Display for Written {
         };
         write!(
             f,
-            "{}: {} alerts of {} events ({} > {}), {} users{kept}, {} KiB",
+            "{}: {} alerts of {} events ({} > {}), {} users{kept}{}, {} KiB",
             self.out.display(),
             self.alerts,
             self.events,
             self.field,
             self.threshold,
             self.alert_users,
+            self.incidents.map(|n| format!(", {n} incidents")).unwrap_or_default(),
             self.bytes.div_ceil(1024)
         )
     }
@@ -119,6 +128,7 @@ pub fn write_report(options: &ReportOptions, families: &Families) -> Result<Writ
         return Err(ReportError::Invalid("the threshold must be a number".into()));
     }
     let scan = scan(&options.scores, &options.field, options.threshold, options.max_alerts)?;
+    let incidents = options.incidents.as_deref().map(|spec| read_incidents(spec, options.max_alerts)).transpose()?;
     let family = match &options.family {
         Some(name) => Some(families.require(name).map_err(ReportError::Invalid)?.clone()),
         None => scan.model_prefix.as_deref().and_then(|p| families.by_model_prefix(p)).cloned(),
@@ -135,7 +145,11 @@ pub fn write_report(options: &ReportOptions, families: &Families) -> Result<Writ
         }
     };
     let generated = rfc3339_utc(SystemTime::now());
-    let data = page_data(&scan, &columns, &title, &options.scores, &options.field, options.threshold, &generated);
+    let mut data = page_data(&scan, &columns, &title, &options.scores, &options.field, options.threshold, &generated);
+    if let (Some((kept, count)), Value::Object(map)) = (&incidents, &mut data) {
+        map.insert("incidents".into(), Value::Array(kept.clone()));
+        map.insert("incident_count".into(), json!(count));
+    }
     let html = render(&title, &data)?;
     if let Some(dir) = options.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| ReportError::Write { path: dir.to_path_buf(), source })?;
@@ -150,7 +164,57 @@ pub fn write_report(options: &ReportOptions, families: &Families) -> Result<Writ
         bytes: html.len(),
         field: options.field.clone(),
         threshold: options.threshold,
+        incidents: incidents.map(|(_, count)| count),
     })
+}
+
+/// Reads incident rows (each incident's last row wins: incidents are written again as they grow and close)
+/// and returns at most `max` of them, highest peak risk first, in the page's shape
+/// `{id, status, user, first, last, events, peak, reasons, ids}`, with the number of distinct incidents.
+fn read_incidents(spec: &str, max: usize) -> Result<(Vec<Value>, usize), ScoredError> {
+    let mut last: std::collections::HashMap<String, (usize, Map<String, Value>)> = std::collections::HashMap::new();
+    let mut order = 0usize;
+    scored::for_each_row(spec, |origin, row| {
+        let id = match row.get("incident_id") {
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
+            Some(v) => return Err(origin.error(format!("`incident_id` is not an id: {v}"))),
+            None => {
+                return Err(
+                    origin.error("no `incident_id`: not an incident row (the correlate stage's `incidents` output)")
+                )
+            }
+        };
+        let peak = scored::number(origin, &row, "peak_risk")?;
+        if !peak.is_finite() {
+            return Err(origin.error(format!("`peak_risk` is not a finite number: {peak}")));
+        }
+        order += 1;
+        last.insert(id, (order, row));
+        Ok(())
+    })?;
+    let count = last.len();
+    let mut rows: Vec<(usize, Map<String, Value>)> = last.into_values().collect();
+    let peak = |row: &Map<String, Value>| row.get("peak_risk").and_then(Value::as_f64).unwrap_or(f64::MIN);
+    rows.sort_by(|a, b| peak(&b.1).total_cmp(&peak(&a.1)).then(a.0.cmp(&b.0)));
+    rows.truncate(max);
+    let text = |row: &Map<String, Value>, key: &str| first_text(row, key).map_or(Value::Null, Value::String);
+    let kept = rows
+        .iter()
+        .map(|(_, row)| {
+            json!({
+                "id": text(row, "incident_id"),
+                "status": text(row, "status"),
+                "user": text(row, "username"),
+                "first": row.get("first_seen").cloned().unwrap_or(Value::Null),
+                "last": row.get("last_seen").cloned().unwrap_or(Value::Null),
+                "events": row.get("events").cloned().unwrap_or(Value::Null),
+                "peak": number(peak(row)),
+                "reasons": text(row, "reasons"),
+                "ids": text(row, "event_ids"),
+            })
+        })
+        .collect();
+    Ok((kept, count))
 }
 
 /// The columns the page shows on their own: (page name, row key). The event's id, user and time are in
@@ -318,6 +382,7 @@ fn page_data(
                 out.insert((*name).to_string(), first_text(row, key).map_or(Value::Null, Value::String));
             }
             out.insert("ts".into(), row.get("timestamp").cloned().unwrap_or(Value::Null));
+            out.insert("inc".into(), first_text(row, "incident_id").map_or(Value::Null, Value::String));
             out.insert("score".into(), number(alert.score));
             out.insert("top".into(), Value::Array(top_features(row).into_iter().map(Value::String).collect()));
             let z = features
