@@ -340,6 +340,12 @@ fn report_lists_each_incident_once_and_shows_its_alerts_on_a_click() {
             incident("inc-b", "open", "bob@contoso.com", 1, 3.7),
             incident("inc-a", "closed", "alice@contoso.com", 2, 5.1),
             incident("inc-b", "updated", "bob@contoso.com", 2, 5.8),
+            // A source incident: a spray over bob and mallory from one /24, named by its prefix.
+            json!({"incident_id": "inc-s", "status": "closed", "entity": "source", "username": null,
+                   "source": "203.0.113.0/24", "users": 2, "first_seen": "2026-01-01T07:07:00.123456Z",
+                   "last_seen": "2026-01-02T11:35:00.123456Z", "events": 2, "event_ids": "ev-07,ev-35",
+                   "reasons": "password spray", "peak_risk": 4.0})
+            .to_string(),
         ]
         .join("\n"),
     )
@@ -355,16 +361,22 @@ fn report_lists_each_incident_once_and_shows_its_alerts_on_a_click() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", common::text(&out));
-    assert!(common::text(&out).contains("6 alerts of 40 events") && common::text(&out).contains("2 incidents"));
+    assert!(common::text(&out).contains("6 alerts of 40 events") && common::text(&out).contains("3 incidents"));
 
     let profile = tempfile::tempdir().unwrap();
     let dom = dump_dom(&file_url(&page), profile.path());
     let rows: Vec<&str> = dom.match_indices(r#"<tr class="incident-row"#).map(|(i, _)| tag_at(&dom, i)).collect();
-    assert_eq!(rows.len(), 2, "one row per incident: {dom}");
+    assert_eq!(rows.len(), 3, "one row per incident: {dom}");
     assert!(rows[0].contains(r#"data-id="inc-b""#) && rows[0].contains(r#"data-status="updated""#), "{}", rows[0]);
     assert!(rows[1].contains(r#"data-id="inc-a""#) && rows[1].contains(r#"data-status="closed""#), "{}", rows[1]);
     assert!(rows[1].contains(r#"data-events="2""#), "{}", rows[1]);
+    assert!(rows[2].contains(r#"data-id="inc-s""#), "{}", rows[2]);
+    assert!(dom.contains("<td class=\"user\">source 203.0.113.0/24</td>"), "a source incident is named by its prefix");
     assert!(dom.contains(">incidents<"), "the incident count is among the figures");
+
+    // A source incident shows the alerts it lists.
+    let dom = dump_dom(&format!("{}#incident=inc-s", file_url(&page)), profile.path());
+    assert!(dom.contains("2 of 6 alerts shown"), "{dom}");
 
     // An incident in the address shows its alerts only.
     let dom = dump_dom(&format!("{}#incident=inc-a", file_url(&page)), profile.path());

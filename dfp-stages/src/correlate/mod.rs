@@ -44,7 +44,8 @@
 //! **Incidents** (`inputs: [STAGE.incidents]`): a user's anomalous events (after raising) within `gap` of
 //! each other form one incident; a row is emitted when it opens (`open`), whenever it grows (`updated`), and
 //! when no anomalous event came for `gap` in event time or the input ended (`closed`), so that sinks can
-//! upsert by `incident_id`.
+//! upsert by `incident_id`. Anomalous failures from an address or /24 (/48) that users are failing from
+//! (a password spray) also form an incident of that source (`entity: source`), across users.
 //!
 //! `lateness` is how far behind the newest event time an event may be and still be placed at its own time;
 //! an older one is placed at the watermark (it still counts, in the windows that are open then). State is
@@ -67,17 +68,17 @@ use dfp_core::timely::dataflow::channels::pact::{Exchange, Pipeline};
 use dfp_core::timely::dataflow::operators::core::OkErr;
 use dfp_core::timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use dfp_core::timely::dataflow::operators::generic::{Operator, OutputBuilder};
-use dfp_core::timely::dataflow::operators::Capability;
+use dfp_core::timely::dataflow::operators::{Capability, Concat};
 use dfp_core::timely::dataflow::Stream;
 use dfp_core::{
     register_stage, Batch, BatchStream, ConfigContext, ConfigError, DataflowEnv, DataflowOutputs, DataflowTransform,
     StageConfig, StageContext, StageError, StageInstance, StageKind,
 };
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::output::{incident_schema, ADDED_COLUMNS};
-use self::output::{Annotator, IncidentBook};
+use self::output::{Annotator, Entity, IncidentBook};
 use self::views::{Ev, Row, Windows, PLACE_COUNTRY, PLACE_DEVICE, PLACE_PREFIX, PLACE_SESSION};
 
 /// Configuration of `correlate`.
@@ -439,8 +440,9 @@ impl DataflowTransform for Correlate {
         // 3. Each batch with its rows' results, once its epoch is complete; incidents alongside.
         let attach_env = env.clone();
         let mut annotator = Annotator::new(&config, &columns);
-        let mut book = IncidentBook::new(gap, config.incidents.max_event_ids);
-        let attached = stash.binary_frontier::<_, CapacityContainerBuilder<Vec<Result<Batch, Batch>>>, _, _, _, _>(
+        let max_ids = config.incidents.max_event_ids;
+        let mut book = IncidentBook::new(Entity::User, gap, max_ids);
+        let attached = stash.binary_frontier::<_, CapacityContainerBuilder<Vec<Attached>>, _, _, _, _>(
             results,
             Pipeline,
             Exchange::new(|x: &views::Found| u64::from((x.0).0.worker)),
@@ -488,17 +490,23 @@ impl DataflowTransform for Correlate {
                         }
                         candidates.sort_by(|a, b| (a.1.t_us, &a.1.event).cmp(&(b.1.t_us, &b.1.event)));
                         for (at, c) in candidates {
-                            let id = book.add(&c.user, &c.event, c.t_us, c.risk, &c.reasons);
+                            let id = book.add(&c.user, &c.user, &c.event, c.t_us, c.risk, &c.reasons);
                             annotated[at].2.push((c.row, id));
+                            if let Some(source) = c.source {
+                                let (user, event, t_us, risk) = (c.user, c.event, c.t_us, c.risk);
+                                session.give(Attached::Spray(SprayEvent { source, user, event, t_us, risk }));
+                            }
                         }
                         for (batch, data, ids) in annotated {
                             match output::with_incidents(data, &ids) {
-                                Ok(data) => session.give(Ok(batch.with_data(data))),
+                                Ok(data) => session.give(Attached::Events(batch.with_data(data))),
                                 Err(e) => attach_env.fail(e),
                             }
                         }
                         match book.take(false) {
-                            Ok(Some(rows)) => session.give(Err(Batch::new(rows, attach_env.ctx.stage_id.clone()))),
+                            Ok(Some(rows)) => {
+                                session.give(Attached::Incidents(Batch::new(rows, attach_env.ctx.stage_id.clone())))
+                            }
                             Ok(None) => {}
                             Err(e) => attach_env.fail(e),
                         }
@@ -511,7 +519,7 @@ impl DataflowTransform for Correlate {
                             match book.take(true) {
                                 Ok(Some(rows)) => output
                                     .session(&cap.delayed(&released.max(*cap.time())))
-                                    .give(Err(Batch::new(rows, attach_env.ctx.stage_id.clone()))),
+                                    .give(Attached::Incidents(Batch::new(rows, attach_env.ctx.stage_id.clone()))),
                                 Ok(None) => {}
                                 Err(e) => attach_env.fail(e),
                             }
@@ -522,37 +530,122 @@ impl DataflowTransform for Correlate {
                 }
             },
         );
-        let (events, incidents) = split_in_order(attached);
-        DataflowOutputs { main: events, ports: vec![("incidents", incidents)] }
+        let (events, incidents, sprays) = split_in_order(attached);
+        // 4. Spray events meet per source prefix (on the worker of its hash) in that source's incidents.
+        let sources = source_incidents(sprays, env, gap, max_ids);
+        DataflowOutputs { main: events, ports: vec![("incidents", incidents.concat(sources))] }
     }
 }
 
-/// Splits the attached output into events and incidents in the order the rows were given (timely's `ok_err`
-/// orders what it meets in one activation by time, which could put an incident's rows out of order).
-fn split_in_order<'s>(stream: Stream<'s, u64, Vec<Result<Batch, Batch>>>) -> (BatchStream<'s>, BatchStream<'s>) {
+/// What the attach step gives, in order: event batches, incident rows, and the events a password spray
+/// raised (for their source's incident).
+enum Attached {
+    Events(Batch),
+    Incidents(Batch),
+    Spray(SprayEvent),
+}
+
+/// An event a password-spray signal raised, on its way to its source prefix's incident.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SprayEvent {
+    source: String,
+    user: String,
+    event: String,
+    t_us: i64,
+    risk: f64,
+}
+
+/// Splits the attached output into events, incidents and spray events in the order they were given
+/// (timely's `ok_err` orders what it meets in one activation by time, which could put an incident's rows out
+/// of order).
+#[allow(clippy::type_complexity)]
+fn split_in_order<'s>(
+    stream: Stream<'s, u64, Vec<Attached>>,
+) -> (BatchStream<'s>, BatchStream<'s>, Stream<'s, u64, Vec<SprayEvent>>) {
     let mut builder = OperatorBuilder::new("CorrelateOutputs".to_owned(), stream.scope());
     let mut input = builder.new_input(stream, Pipeline);
     let (events_out, events) = builder.new_output::<Vec<Batch>>();
     let (incidents_out, incidents) = builder.new_output::<Vec<Batch>>();
+    let (sprays_out, sprays) = builder.new_output::<Vec<SprayEvent>>();
     let mut events_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Batch>>>::from(events_out);
     let mut incidents_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Batch>>>::from(incidents_out);
+    let mut sprays_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<SprayEvent>>>::from(sprays_out);
     builder.build(move |_| {
         move |_| {
             let mut events_out = events_out.activate();
             let mut incidents_out = incidents_out.activate();
+            let mut sprays_out = sprays_out.activate();
             input.for_each(|cap, data| {
                 let mut events = events_out.session(&cap);
                 let mut incidents = incidents_out.session(&cap);
+                let mut sprays = sprays_out.session(&cap);
                 for item in data.drain(..) {
                     match item {
-                        Ok(batch) => events.give(batch),
-                        Err(batch) => incidents.give(batch),
+                        Attached::Events(batch) => events.give(batch),
+                        Attached::Incidents(batch) => incidents.give(batch),
+                        Attached::Spray(event) => sprays.give(event),
                     }
                 }
             });
         }
     });
-    (events, incidents)
+    (events, incidents, sprays)
+}
+
+/// The incidents of source prefixes: each prefix's spray events meet on one worker and go into its
+/// incident in event-time order, epoch by epoch, as the users' incidents do.
+fn source_incidents<'s>(
+    sprays: Stream<'s, u64, Vec<SprayEvent>>,
+    env: DataflowEnv,
+    gap: u64,
+    max_ids: usize,
+) -> BatchStream<'s> {
+    let mut book = IncidentBook::new(Entity::Source, gap, max_ids);
+    sprays.unary_frontier::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
+        Exchange::new(|e: &SprayEvent| stable_hash(e.source.as_bytes())),
+        "CorrelateSources",
+        move |initial, _| {
+            let mut waiting: BTreeMap<u64, (Capability<u64>, Vec<SprayEvent>)> = BTreeMap::new();
+            let mut last = Some(initial);
+            let mut released = 0u64;
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    let (Some(&t), Some(held)) = (cap.least(), cap.retain_least(0)) else { return };
+                    waiting.entry(t).or_insert_with(|| (held, Vec::new())).1.append(data);
+                });
+                while let Some((&t, _)) = waiting.first_key_value() {
+                    if frontier.less_equal(&t) {
+                        break;
+                    }
+                    let Some((_, (cap, mut events))) = waiting.pop_first() else { break };
+                    released = released.max(*cap.time());
+                    events.sort_by(|a, b| (a.t_us, &a.event).cmp(&(b.t_us, &b.event)));
+                    for e in &events {
+                        book.add(&e.source, &e.user, &e.event, e.t_us, e.risk, &["password spray"]);
+                    }
+                    match book.take(false) {
+                        Ok(Some(rows)) => output.session(&cap).give(Batch::new(rows, env.ctx.stage_id.clone())),
+                        Ok(None) => {}
+                        Err(e) => env.fail(e),
+                    }
+                }
+                match (frontier.frontier().iter().min().copied(), last.as_mut()) {
+                    (Some(l), Some(cap)) if *cap.time() < l => cap.downgrade(&l),
+                    (None, Some(cap)) => {
+                        match book.take(true) {
+                            Ok(Some(rows)) => output
+                                .session(&cap.delayed(&released.max(*cap.time())))
+                                .give(Batch::new(rows, env.ctx.stage_id.clone())),
+                            Ok(None) => {}
+                            Err(e) => env.fail(e),
+                        }
+                        last = None;
+                    }
+                    _ => {}
+                }
+            }
+        },
+    )
 }
 
 /// The rows of `batch` as the views take them in, numbered from `first_seq`.

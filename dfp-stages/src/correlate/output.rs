@@ -37,6 +37,7 @@ pub(crate) struct Annotator {
     field: String,
     id: String,
     user: String,
+    ip: Option<String>,
     anomalous: f64,
     carry_place: f64,
     source_min_users: u32,
@@ -59,6 +60,7 @@ impl Annotator {
             field: config.field.clone(),
             id: columns.id.clone(),
             user: columns.user.clone(),
+            ip: columns.ip.clone(),
             anomalous: config.anomalous,
             carry_place: config.place.carry,
             source_min_users: config.source.min_users,
@@ -82,6 +84,7 @@ impl Annotator {
         let own = super::float_column(data, &self.field)?;
         let ids = super::text_column(data, &self.id);
         let users = super::text_column(data, &self.user);
+        let ips = self.ip.as_deref().and_then(|c| super::text_column(data, c));
         let mut risk = Vec::with_capacity(n);
         let mut risk_model = Vec::with_capacity(n);
         let mut signals: Vec<Option<String>> = Vec::with_capacity(n);
@@ -96,6 +99,7 @@ impl Annotator {
             let mut proposals: Vec<Signal> = Vec::new();
             let mut user_agg = None;
             let mut prefix_agg: Option<Agg> = None;
+            let mut sprayed = false;
             for (key, agg) in &mine {
                 match key {
                     Key::Source { kind, .. } => {
@@ -106,6 +110,7 @@ impl Annotator {
                             && agg.failed_users >= self.source_min_users
                             && f64::from(agg.failures) >= self.source_share * f64::from(agg.events);
                         if spraying {
+                            sprayed = true;
                             let what = if *kind == SOURCE_IP { "address" } else { "prefix" };
                             proposals.push(Signal {
                                 label: format!(
@@ -183,6 +188,13 @@ impl Annotator {
                 if reasons.is_empty() {
                     reasons.push("unusual for the user's model");
                 }
+                // An anomalous failure from an address or prefix that users are failing from (a spray,
+                // whatever raised the event) also goes into its source's incident.
+                let source = if sprayed {
+                    ips.as_ref().and_then(|a| (!a.is_null(i)).then(|| a.value(i))).and_then(source_label)
+                } else {
+                    None
+                };
                 candidates.push(Candidate {
                     row: i,
                     user: user.to_string(),
@@ -190,6 +202,7 @@ impl Annotator {
                     t_us: row.t_us.unwrap_or(0),
                     risk: value,
                     reasons,
+                    source,
                 });
             }
             let u = user_agg.clone().unwrap_or_default();
@@ -253,6 +266,23 @@ pub(crate) struct Candidate {
     pub t_us: i64,
     pub risk: f64,
     pub reasons: Vec<&'static str>,
+    /// The /24 (/48) of its address, when it failed from a source of a password spray (its source
+    /// incident's key).
+    pub source: Option<String>,
+}
+
+/// The /24 of an IPv4 address or the /48 of an IPv6 one, as CIDR text (`None` for text that is no address).
+pub(crate) fn source_label(ip: &str) -> Option<String> {
+    match ip.trim().parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            Some(format!("{}.{}.{}.0/24", o[0], o[1], o[2]))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            Some(format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]))
+        }
+    }
 }
 
 /// `data` with its `incident_id` column set from `ids` (row, id).
@@ -293,10 +323,13 @@ fn consolidate(mut found: Vec<(Key, Agg, isize)>) -> Vec<(Key, Agg)> {
     out
 }
 
-/// A user's incident while it is open.
+/// An incident while it is open: of one user, or of one source prefix.
 struct Incident {
     id: String,
-    user: String,
+    /// The user, or the source prefix.
+    key: String,
+    /// The users of its events.
+    users: BTreeSet<String>,
     first_us: i64,
     last_us: i64,
     events: u64,
@@ -306,8 +339,18 @@ struct Incident {
     opened_now: bool,
 }
 
-/// The open incidents of one worker's users, and the rows to emit.
+/// What an incident is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Entity {
+    /// One user's anomalous events.
+    User,
+    /// Password-spray events from one /24 (/48), over users.
+    Source,
+}
+
+/// The open incidents of one worker's users (or sources), and the rows to emit.
 pub(crate) struct IncidentBook {
+    entity: Entity,
     gap_us: i64,
     max_ids: usize,
     open: HashMap<String, Incident>,
@@ -317,8 +360,9 @@ pub(crate) struct IncidentBook {
 }
 
 impl IncidentBook {
-    pub(crate) fn new(gap_secs: u64, max_ids: usize) -> Self {
+    pub(crate) fn new(entity: Entity, gap_secs: u64, max_ids: usize) -> Self {
         IncidentBook {
+            entity,
             gap_us: i64::try_from(gap_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
             max_ids,
             open: HashMap::new(),
@@ -328,21 +372,31 @@ impl IncidentBook {
         }
     }
 
-    /// Adds an anomalous event of `user`; returns its incident's id.
-    pub(crate) fn add(&mut self, user: &str, event: &str, t_us: i64, risk: f64, reasons: &[&'static str]) -> String {
+    /// Adds an anomalous event of `user` to the incident of `key` (the user itself, or the source prefix);
+    /// returns the incident's id.
+    pub(crate) fn add(
+        &mut self,
+        key: &str,
+        user: &str,
+        event: &str,
+        t_us: i64,
+        risk: f64,
+        reasons: &[&'static str],
+    ) -> String {
         self.newest_us = self.newest_us.max(t_us);
-        if let Some(open) = self.open.get(user) {
+        if let Some(open) = self.open.get(key) {
             if t_us > open.last_us.saturating_add(self.gap_us) {
-                if let Some(done) = self.open.remove(user) {
-                    self.changed.remove(user);
+                if let Some(done) = self.open.remove(key) {
+                    self.changed.remove(key);
                     self.closed.push(done);
                 }
             }
         }
         let max_ids = self.max_ids;
-        let inc = self.open.entry(user.to_string()).or_insert_with(|| Incident {
-            id: format!("inc-{:016x}", stable_hash(format!("{user}\u{1f}{event}").as_bytes())),
-            user: user.to_string(),
+        let inc = self.open.entry(key.to_string()).or_insert_with(|| Incident {
+            id: format!("inc-{:016x}", stable_hash(format!("{key}\u{1f}{event}").as_bytes())),
+            key: key.to_string(),
+            users: BTreeSet::new(),
             first_us: t_us,
             last_us: t_us,
             events: 0,
@@ -354,12 +408,15 @@ impl IncidentBook {
         inc.first_us = inc.first_us.min(t_us);
         inc.last_us = inc.last_us.max(t_us);
         inc.events += 1;
+        if !inc.users.contains(user) {
+            inc.users.insert(user.to_string());
+        }
         if inc.event_ids.len() < max_ids {
             inc.event_ids.push(event.to_string());
         }
         inc.reasons.extend(reasons.iter().copied());
         inc.peak = inc.peak.max(risk);
-        self.changed.insert(user.to_string());
+        self.changed.insert(key.to_string());
         inc.id.clone()
     }
 
@@ -390,7 +447,7 @@ impl IncidentBook {
             return Ok(None);
         }
         rows.sort_by(|a, b| (a.0.first_us, &a.0.id).cmp(&(b.0.first_us, &b.0.id)));
-        let batch = incident_rows(&rows)?;
+        let batch = incident_rows(self.entity, &rows)?;
         for user in &changed {
             if let Some(inc) = self.open.get_mut(user) {
                 inc.opened_now = false;
@@ -407,7 +464,9 @@ pub fn incident_schema() -> Schema {
         Field::new("incident_id", DataType::Utf8, false),
         Field::new("status", DataType::Utf8, false),
         Field::new("entity", DataType::Utf8, false),
-        Field::new("username", DataType::Utf8, false),
+        Field::new("username", DataType::Utf8, true),
+        Field::new("source", DataType::Utf8, true),
+        Field::new("users", DataType::UInt64, false),
         Field::new("first_seen", ts.clone(), false),
         Field::new("last_seen", ts, false),
         Field::new("events", DataType::UInt64, false),
@@ -417,15 +476,22 @@ pub fn incident_schema() -> Schema {
     ])
 }
 
-fn incident_rows(rows: &[(&Incident, &'static str)]) -> Result<RecordBatch, StageError> {
+fn incident_rows(entity: Entity, rows: &[(&Incident, &'static str)]) -> Result<RecordBatch, StageError> {
     let col = |f: &dyn Fn(&Incident, &'static str) -> String| -> ArrayRef {
         Arc::new(StringArray::from(rows.iter().map(|(i, s)| f(i, s)).collect::<Vec<_>>()))
+    };
+    let keys = |of: Entity| -> ArrayRef {
+        Arc::new(StringArray::from(
+            rows.iter().map(|(i, _)| (entity == of).then(|| i.key.clone())).collect::<Vec<Option<String>>>(),
+        ))
     };
     let columns: Vec<ArrayRef> = vec![
         col(&|i, _| i.id.clone()),
         col(&|_, s| s.to_string()),
-        col(&|_, _| "user".to_string()),
-        col(&|i, _| i.user.clone()),
+        col(&|_, _| if entity == Entity::User { "user" } else { "source" }.to_string()),
+        keys(Entity::User),
+        keys(Entity::Source),
+        Arc::new(UInt64Array::from(rows.iter().map(|(i, _)| i.users.len() as u64).collect::<Vec<_>>())),
         Arc::new(
             TimestampMicrosecondArray::from(rows.iter().map(|(i, _)| i.first_us).collect::<Vec<_>>())
                 .with_timezone("+00:00"),

@@ -210,6 +210,24 @@ fn failures_of_several_users_from_one_prefix_are_a_spray() {
     let ids = b.column_by_name("id").unwrap().as_string::<i32>();
     let f3 = (0..b.num_rows()).find(|&i| ids.value(i) == "f3").unwrap();
     assert_eq!(users.value(f3), 3);
+    // The anomalous failures of the spray are also one incident of their /24, over its users.
+    let mut sources = Vec::new();
+    for b in &out.incidents {
+        let text = |c: &str| b.column_by_name(c).unwrap().as_string::<i32>().clone();
+        let (entity, source, event_ids, status) = (text("entity"), text("source"), text("event_ids"), text("status"));
+        let users = b.column_by_name("users").unwrap().as_primitive::<arrow::datatypes::UInt64Type>();
+        for i in 0..b.num_rows() {
+            if entity.value(i) == "source" {
+                assert!(b.column_by_name("username").unwrap().is_null(i), "a source incident names no one user");
+                let row = (source.value(i).to_string(), users.value(i), event_ids.value(i).to_string());
+                sources.push((status.value(i).to_string(), row));
+            } else {
+                assert!(source.is_null(i), "a user incident has no source");
+            }
+        }
+    }
+    let row = ("203.0.113.0/24".to_string(), 2, "f2,f3".to_string());
+    assert_eq!(sources, [("open".to_string(), row.clone()), ("closed".to_string(), row)], "{sources:?}");
 }
 
 #[test]

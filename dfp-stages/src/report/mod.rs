@@ -204,7 +204,11 @@ fn read_incidents(spec: &str, max: usize) -> Result<(Vec<Value>, usize), ScoredE
             json!({
                 "id": text(row, "incident_id"),
                 "status": text(row, "status"),
-                "user": text(row, "username"),
+                // A source incident (a password spray over users) is named by its address prefix.
+                "user": first_text(row, "username")
+                    .or_else(|| first_text(row, "source").map(|s| format!("source {s}")))
+                    .map_or(Value::Null, Value::String),
+                "entity": text(row, "entity"),
                 "first": row.get("first_seen").cloned().unwrap_or(Value::Null),
                 "last": row.get("last_seen").cloned().unwrap_or(Value::Null),
                 "events": row.get("events").cloned().unwrap_or(Value::Null),
