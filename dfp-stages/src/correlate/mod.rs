@@ -47,7 +47,8 @@
 //! upsert by `incident_id`. Anomalous failures from an address or /24 (/48) that users are failing from
 //! (a password spray) also form an incident of that source (`entity: source`), across users.
 //!
-//! `lateness` is how far behind the newest event time an event may be and still be placed at its own time;
+//! `lateness` is how far behind the newest event time of the epochs that have fully arrived an event may be
+//! and still be placed at its own time;
 //! an older one is placed at the watermark (it still counts, in the windows that are open then). State is
 //! bounded by the windows: roughly the events of the longest window, not the stream.
 
@@ -55,7 +56,6 @@ mod output;
 mod views;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -94,7 +94,8 @@ pub struct CorrelateConfig {
     /// An event whose score is at least this is anomalous: it can seed a place and it joins an incident.
     #[serde(default = "d_anomalous")]
     pub anomalous: f64,
-    /// How far behind the newest event time an event may arrive and still be placed at its own time
+    /// How far behind the newest event time (of the epochs that have fully arrived) an event may arrive and
+    /// still be placed at its own time
     /// (`30s`, `10m`, `2h`, `1d`).
     #[serde(default = "d_lateness")]
     pub lateness: String,
@@ -327,16 +328,16 @@ impl StageConfig for CorrelateConfig {
             columns,
             windows,
             gap,
-            newest: Arc::clone(&NEWEST),
+            clock: Arc::clone(&CLOCK),
         })))
     }
 }
 
 register_stage!(CorrelateConfig);
 
-/// The newest event time (seconds) any `correlate` worker of this process took in: the watermark's base,
-/// shared so that a worker with little data does not hold everyone's compaction back.
-static NEWEST: std::sync::LazyLock<Arc<AtomicU64>> = std::sync::LazyLock::new(|| Arc::new(AtomicU64::new(0)));
+/// The event times this process's `correlate` workers took in, by epoch: the watermark's base, shared so
+/// that a worker with little data does not hold everyone's compaction back.
+static CLOCK: std::sync::LazyLock<Arc<views::Clock>> = std::sync::LazyLock::new(|| Arc::new(views::Clock::default()));
 
 /// The columns the stage reads.
 #[derive(Debug, Clone)]
@@ -357,7 +358,7 @@ struct Correlate {
     columns: Columns,
     windows: Windows,
     gap: u64,
-    newest: Arc<AtomicU64>,
+    clock: Arc<views::Clock>,
 }
 
 /// A batch waiting for its rows' views: the sequence number of its first row, the batch, its rows.
@@ -367,7 +368,7 @@ impl DataflowTransform for Correlate {
     // The `Err` sides of the split streams carry batches between operators by value, as `Ok` does.
     #[allow(clippy::result_large_err)]
     fn build<'s>(self: Box<Self>, input: BatchStream<'s>, env: DataflowEnv) -> DataflowOutputs<'s> {
-        let Correlate { config, columns, windows, gap, newest } = *self;
+        let Correlate { config, columns, windows, gap, clock } = *self;
         let peers = env.ctx.workers;
         let worker = env.ctx.worker_index as u32;
         // 1. All of a user's events on one worker (incidents are per user).
@@ -405,7 +406,7 @@ impl DataflowTransform for Correlate {
         let extract_env = env.clone();
         let extract_columns = columns.clone();
         let extract_config = config.clone();
-        let extract_newest = Arc::clone(&newest);
+        let extract_clock = Arc::clone(&clock);
         let mut next_seq = 0u64;
         let (rows, stash) = by_user
             .unary::<CapacityContainerBuilder<Vec<Result<Row, Stash>>>, _, _, _>(
@@ -422,7 +423,9 @@ impl DataflowTransform for Correlate {
                                 match extract(&batch, &extract_columns, &extract_config, worker, next_seq) {
                                     Ok(rows) => {
                                         if let Some(t) = rows.iter().filter_map(|r| r.t).max() {
-                                            extract_newest.fetch_max(t, Ordering::Relaxed);
+                                            if let Some(&epoch) = cap.least() {
+                                                extract_clock.saw(epoch, t);
+                                            }
                                         }
                                         next_seq += batch.num_rows() as u64;
                                         session.give_iterator(rows.clone().into_iter().map(Ok));
@@ -436,7 +439,7 @@ impl DataflowTransform for Correlate {
                 },
             )
             .ok_err(|x| x);
-        let results = views::views(rows, windows, newest);
+        let results = views::views(rows, windows, clock);
         // 3. Each batch with its rows' results, once its epoch is complete; incidents alongside.
         let attach_env = env.clone();
         let mut annotator = Annotator::new(&config, &columns);

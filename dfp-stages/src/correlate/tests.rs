@@ -320,3 +320,17 @@ fn nonsense_windows_and_thresholds_are_refused_naming_the_field() {
     assert_eq!(parse_duration("90s"), Ok(90));
     assert_eq!(parse_duration("7d"), Ok(7 * 86_400));
 }
+
+#[test]
+fn the_watermark_follows_the_epochs_that_fully_arrived_not_rows_in_flight() {
+    let clock = super::views::Clock::default();
+    clock.saw(0, 100);
+    clock.saw(1, 50_000);
+    clock.saw(0, 120);
+    assert_eq!(clock.complete_below(0), 0, "nothing has fully arrived");
+    assert_eq!(clock.complete_below(1), 120, "a later file's rows in flight do not count");
+    assert_eq!(clock.complete_below(1), 120);
+    assert_eq!(clock.complete_below(2), 50_000);
+    clock.saw(2, 10);
+    assert_eq!(clock.complete_below(3), 50_000, "it never goes back");
+}

@@ -12,7 +12,8 @@
 //! stood when the event happened. Differential exchanges the keys between workers and processes.
 //!
 //! Memory: the operator that turns rows into updates holds a capability at `(epoch, watermark)` and
-//! downgrades it as the newest event time grows, so every arrangement downstream compacts to the
+//! downgrades it as the newest event time of the complete epochs grows ([`Clock`]), so every arrangement
+//! downstream compacts to the
 //! watermark: an event whose window ended before it cancels out (`+1` and `-1` meet at the same time) and
 //! is dropped at the next merge. State is the events of the last `window` (per view), not the stream.
 
@@ -118,6 +119,35 @@ pub(crate) struct Row {
     pub seeds: u8,
 }
 
+/// The newest event time of each epoch the process's workers took in, and the newest of the epochs that
+/// are complete: the watermark trails the epochs that have fully arrived, never rows still in flight (with
+/// files read in parallel, a later file's rows must not make an earlier file's rows late).
+#[derive(Default)]
+pub(crate) struct Clock {
+    open: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
+    complete: AtomicU64,
+}
+
+impl Clock {
+    /// A row of `epoch` at event second `t` was taken in.
+    pub(crate) fn saw(&self, epoch: u64, t: u64) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = open.entry(epoch).or_insert(t);
+        *newest = (*newest).max(t);
+    }
+
+    /// The newest event second of the epochs below `lowest` (every row of them has arrived).
+    pub(crate) fn complete_below(&self, lowest: u64) -> u64 {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let rest = open.split_off(&lowest);
+        for t in open.values() {
+            self.complete.fetch_max(*t, Ordering::Relaxed);
+        }
+        *open = rest;
+        self.complete.load(Ordering::Relaxed)
+    }
+}
+
 /// Windows of the views, in seconds, and the allowed lateness.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Windows {
@@ -140,11 +170,11 @@ type Pulses<'i> = VecCollection<'i, Inner, (Key, (Ev, Inner))>;
 pub(crate) fn views<'s>(
     rows: Stream<'s, u64, Vec<Row>>,
     windows: Windows,
-    newest: Arc<AtomicU64>,
+    clock: Arc<Clock>,
 ) -> Stream<'s, u64, Vec<Found>> {
     let outer = rows.scope();
     outer.scoped::<Inner, _, _>("CorrelateWindows", |inner| {
-        let (window, pulses) = explode(rows.enter(inner), windows, newest);
+        let (window, pulses) = explode(rows.enter(inner), windows, clock);
         let aggregates = window
             .arrange_by_key_named("CorrelateViews")
             .reduce_abelian::<_, ValBuilder<Key, Agg, Inner, isize>, ValSpine<Key, Agg, Inner, isize>, _, _>(
@@ -233,11 +263,7 @@ fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
 /// event's query, `+1` at its time, `-1` a second later). Its input is not connected to its outputs: it
 /// holds its own capability at `(lowest epoch to come, watermark)`, which is what lets everything
 /// downstream compact in event time. A row older than the watermark is placed at the watermark.
-fn explode<'i>(
-    rows: Stream<'i, Inner, Vec<Row>>,
-    windows: Windows,
-    newest: Arc<AtomicU64>,
-) -> (Windowed<'i>, Pulses<'i>) {
+fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<Clock>) -> (Windowed<'i>, Pulses<'i>) {
     let mut builder = OperatorBuilder::new("CorrelateExplode".to_owned(), rows.scope());
     let mut input = builder.new_input(rows, Pipeline);
     let none = Vec::<(usize, Antichain<Inner>)>::new();
@@ -322,7 +348,7 @@ fn explode<'i>(
                 cap_pulse = None;
                 return;
             };
-            watermark = watermark.max(newest.load(Ordering::Relaxed).saturating_sub(windows.lateness));
+            watermark = watermark.max(clock.complete_below(lowest).saturating_sub(windows.lateness));
             let to = Product::new(lowest, watermark);
             for cap in [&mut cap_win, &mut cap_pulse].into_iter().flatten() {
                 if cap.time() != &to {
