@@ -217,6 +217,16 @@ fn publish(reg: &LocalRegistry, user: Option<&str>, rows: &RecordBatch, seed: u6
 
 /// Scores `rows` through an embedded pipeline with extra `score` settings; id → (mean_abs_z, model).
 fn score_all(location: &str, rows: &RecordBatch, extra: &str) -> std::collections::BTreeMap<String, (f64, String)> {
+    score_all_by(location, rows, extra, rows.num_rows())
+}
+
+/// Scores `rows` pushed in batches of `by` rows; each row's `mean_abs_z` and model by event id.
+fn score_all_by(
+    location: &str,
+    rows: &RecordBatch,
+    extra: &str,
+    by: usize,
+) -> std::collections::BTreeMap<String, (f64, String)> {
     let yaml = format!(
         r#"
 version: 1
@@ -228,7 +238,9 @@ stages:
 "#
     );
     let running = Pipeline::from_yaml_str(&yaml, "score.yaml", &[]).unwrap().spawn(RunOptions::default()).unwrap();
-    running.input().push_batch(rows.clone()).unwrap();
+    for at in (0..rows.num_rows()).step_by(by.max(1)) {
+        running.input().push_batch(rows.slice(at, by.min(rows.num_rows() - at))).unwrap();
+    }
     let out = running.output().clone();
     running.finish().unwrap();
     let mut scored = std::collections::BTreeMap::new();
@@ -259,8 +271,12 @@ fn scoring_in_small_pieces_gives_the_same_rows_as_one_piece() {
     let all = features();
     let whole = score_all(&location, all, ", piece_rows: 1000000");
     let pieces = score_all(&location, all, ", piece_rows: 50");
+    // Batches of three rows scored one by one: a user's model sees one to three rows at a time, where the
+    // CPU kernels take another path than for many rows; the scores must still be the same to the last bit.
+    let tiny = score_all_by(&location, all, ", gather_rows: 1", 3);
     assert_eq!(whole.len(), all.num_rows(), "every row scored once");
     assert_eq!(pieces, whole, "same scores and models, piece by piece");
+    assert_eq!(tiny, whole, "same scores and models, three rows at a time");
     let users: std::collections::BTreeSet<&str> = whole.values().map(|v| v.1.as_str()).collect();
     assert_eq!(users.len(), 3, "both users' models and the generic one were used: {users:?}");
 }
