@@ -422,28 +422,42 @@ impl StageConfig for CommittingSourceConfig {
 }
 register_stage!(CommittingSourceConfig);
 
-#[test]
-fn a_source_learns_what_passed_every_sink_before_it_finishes() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+/// Runs `batches` from the committing source through `middle` (a stage type and its config, if any) into
+/// the slow sink; checks that at every completion the source heard everything below it was written, and
+/// that the last covers every batch.
+fn run_committing(name: &str, batches: u64, in_flight: u64, middle: Option<(&str, serde_json::Value)>) {
     WRITTEN.store(0, Ordering::SeqCst);
     COMPLETIONS.lock().unwrap().clear();
-    let pipeline = Pipeline::builder("commit")
-        .workers(1)
-        .runtime("max_in_flight", json!(4))
-        .stage("src", "test-committing-source", &[], json!({"batches": 50}))
-        .stage("sink", "test-slow-sink", &["src"], json!({}))
-        .build()
-        .unwrap();
-    pipeline.run(RunOptions::default()).unwrap();
+    let mut builder = Pipeline::builder(name).workers(1).runtime("max_in_flight", json!(in_flight)).stage(
+        "src",
+        "test-committing-source",
+        &[],
+        json!({ "batches": batches }),
+    );
+    let last = match middle {
+        Some((kind, config)) => {
+            builder = builder.stage("mid", kind, &["src"], config);
+            "mid"
+        }
+        None => "src",
+    };
+    builder.stage("sink", "test-slow-sink", &[last], json!({})).build().unwrap().run(RunOptions::default()).unwrap();
     let calls = COMPLETIONS.lock().unwrap().clone();
     assert!(calls.len() > 1, "told along the way, not only at the end: {calls:?}");
     for (frontier, written) in &calls {
-        // One batch per logical time: everything below the frontier was written when the source was told.
+        // One batch per logical time: everything below the frontier was written when the source was told
+        // (while batches wait in a gathering stage too: a Kafka source would commit offsets no sink has).
         assert!(*written >= *frontier, "told {frontier} had passed when only {written} batches were written");
     }
-    assert_eq!(calls.last().unwrap().0, 50, "the last call covers every batch");
-    assert_eq!(*FINISHED_AFTER.lock().unwrap(), Some(50), "finish comes after the last completion");
+    assert_eq!(calls.last().unwrap().0, batches, "the last call covers every batch");
     WRITTEN.store(0, Ordering::SeqCst);
+}
+
+#[test]
+fn a_source_learns_what_passed_every_sink_before_it_finishes() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    run_committing("commit", 50, 4, None);
+    assert_eq!(*FINISHED_AFTER.lock().unwrap(), Some(50), "finish comes after the last completion");
 }
 
 // ---- a stage that gathers rows for a while (as `score` does) ------------------------------------------
@@ -506,24 +520,5 @@ register_stage!(GatherConfig);
 #[test]
 fn rows_a_stage_holds_do_not_count_as_done_until_a_sink_wrote_them() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    WRITTEN.store(0, Ordering::SeqCst);
-    COMPLETIONS.lock().unwrap().clear();
-    let pipeline = Pipeline::builder("gathered-commit")
-        .workers(1)
-        .runtime("max_in_flight", json!(8))
-        .stage("src", "test-committing-source", &[], json!({"batches": 60}))
-        .stage("gather", "test-gather", &["src"], json!({"ms": 25}))
-        .stage("sink", "test-slow-sink", &["gather"], json!({}))
-        .build()
-        .unwrap();
-    pipeline.run(RunOptions::default()).unwrap();
-    let calls = COMPLETIONS.lock().unwrap().clone();
-    assert!(calls.len() > 1, "told along the way, not only at the end: {calls:?}");
-    for (frontier, written) in &calls {
-        // While batches wait in the gathering stage the source must not hear that they passed: a Kafka
-        // source would commit offsets of rows no sink has.
-        assert!(*written >= *frontier, "told {frontier} had passed when only {written} batches were written");
-    }
-    assert_eq!(calls.last().unwrap().0, 60, "the last call covers every batch");
-    WRITTEN.store(0, Ordering::SeqCst);
+    run_committing("gathered-commit", 60, 8, Some(("test-gather", json!({"ms": 25}))));
 }
