@@ -51,6 +51,9 @@ pub struct Output {
     pub categorical: Vec<Tensor>,
 }
 
+/// Fewest rows a forward pass runs on (f32): measured, up to 5 rows round differently from many.
+const MIN_ROWS: i64 = 16;
+
 /// `rows` rounded up to 8 steps per power of two (at least 16): few distinct shapes, at most 1/8 padding.
 fn padded_rows(rows: i64) -> i64 {
     if rows <= 16 {
@@ -192,23 +195,26 @@ impl Net {
         }
         let mut x = Tensor::cat(&parts, 1);
         let rows = x.size()[0];
+        // The CPU kernels take another path (and round differently) for a handful of rows, so a few rows
+        // are padded to `MIN_ROWS`: an event scores the same to the last bit whether it comes alone or with
+        // others. oneDNN (bf16) compiles a kernel per matrix shape: there the row count is rounded up to
+        // one of a few sizes (at most 1/8 padding) so that per-user batches of every size reuse them.
+        let padded = if kind != Kind::Float { padded_rows(rows) } else { rows.max(MIN_ROWS) };
+        if padded > rows {
+            x = x.constant_pad_nd([0, 0, 0, padded - rows]);
+        }
         if kind != Kind::Float {
-            // oneDNN compiles a kernel per matrix shape: rounding the row count up to one of a few sizes
-            // (at most 1/8 padding) lets per-user batches of every size reuse them.
-            let padded = padded_rows(rows);
-            if padded > rows {
-                x = x.constant_pad_nd([0, 0, 0, padded - rows]);
-            }
             x = x.to_kind(kind);
         }
         for l in &self.hidden {
             x = x.linear(&l.w, Some(&l.b)).relu();
         }
         if kind != Kind::Float {
-            x = x.narrow(0, 0, rows).to_kind(Kind::Float);
+            x = x.to_kind(Kind::Float);
         }
+        let trim = |t: Tensor| if padded > rows { t.narrow(0, 0, rows) } else { t };
         if let Some(m) = &self.merged_head {
-            let all = x.linear(&m.w, Some(&m.b));
+            let all = trim(x.linear(&m.w, Some(&m.b)));
             let mut at = 0;
             let mut take = |width: usize| {
                 let part = all.narrow(1, at, width as i64);
@@ -221,7 +227,7 @@ impl Net {
                 categorical: self.arch.cardinalities.iter().map(|n| take(*n)).collect(),
             };
         }
-        let head = |l: &Layer| x.linear(&l.w, Some(&l.b));
+        let head = |l: &Layer| trim(x.linear(&l.w, Some(&l.b)));
         Output {
             numeric: self.numeric_head.as_ref().map(head),
             binary: self.binary_head.as_ref().map(head),

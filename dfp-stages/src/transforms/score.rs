@@ -117,11 +117,6 @@ pub enum Precision {
 /// Rows per forward pass of a shared (generic or group) model (the last chunk of a batch is padded to it).
 const SHARED_CHUNK: usize = 128;
 
-/// Fewest rows per forward pass of a user's model: the CPU kernels take another path (and round
-/// differently) for a handful of rows, so a user's rows are padded up to this many and an event scores
-/// the same whether it arrives alone or with others (measured: up to 5 rows differ in the last bit).
-const MIN_ROWS: usize = 16;
-
 fn d_ttl() -> f64 {
     60.0
 }
@@ -668,9 +663,7 @@ impl Score {
                 self.cached(&name).ok_or_else(|| StageError::Other(format!("model {name} vanished from the cache")))?;
             // A shared model's rows come from whichever users share this worker and batch: they are scored
             // in chunks of a fixed size (the last one padded), so that a row's score never depends on the
-            // rows scored with it (the numeric kernels choose their path by shape). A user's rows are all
-            // scored at once, padded to `MIN_ROWS` (beyond a few rows the kernels round a row alike
-            // whatever the row count).
+            // rows scored with it (the numeric kernels choose their path by shape).
             let is_shared = kind.shared();
             let chunks: Vec<&[u32]> = if is_shared { idx.chunks(SHARED_CHUNK).collect() } else { vec![idx.as_slice()] };
             models.push(name.clone());
@@ -679,9 +672,6 @@ impl Score {
                 let mut take: Vec<u32> = chunk.to_vec();
                 // A shared model's z statistics: the user's own (calibration) where training recorded them.
                 let mut stats: Vec<Option<&crate::model::UserStats>> = Vec::new();
-                if !is_shared && take.len() < MIN_ROWS {
-                    take.resize(MIN_ROWS, chunk[0]);
-                }
                 if is_shared {
                     take.resize(SHARED_CHUNK, chunk[0]);
                     if !model.calibration.is_empty() {
