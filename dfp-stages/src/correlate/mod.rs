@@ -6,7 +6,7 @@
 //!   type: correlate
 //!   inputs: [scored]
 //!   anomalous: 2.0              # risk at or above which an event is anomalous (seeds, incidents)
-//!   place:  { window: 8h, carry: 0.7, new_values: 2 }
+//!   place:  { window: 8h, carry: 0.7, new_values: 2, fresh_risk: 3.0, fresh_min: 1.0 }
 //!   source: { window: 24h, min_users: 2, min_failure_share: 0.5, per_user: 1.0 }
 //!   user:   { window: 24h, min_failures: 3, carry: 1.0 }
 //!   incidents: { gap: 8h }
@@ -21,7 +21,8 @@
 //!   `features` stage's novelty columns) is a *seed* of the places it came from; for `window` after it,
 //!   the user's events from that device, prefix, country or session get a risk of at least `carry` × the
 //!   seed's risk. A quiet takeover or a stolen token is one odd first sign-in and then ordinary-looking
-//!   ones from the same place.
+//!   ones from the same place. An event that brings a device and an IP prefix both new to the user, and
+//!   that the model finds at least `fresh_min`, is anomalous with at least `fresh_risk` (and so a seed).
 //! - **source** (per IP address and per /24 for IPv4, /48 for IPv6): distinct users, distinct users with
 //!   a failed sign-in, failures. When at least `min_users` users failed from it and failures are at least
 //!   `min_failure_share` of its sign-ins, each failed sign-in from it gets a risk of at least `per_user` ×
@@ -126,6 +127,14 @@ pub struct PlaceView {
     /// How many values new to the user (`new_values`) a seed brings at least.
     #[serde(default = "d_new_values")]
     pub new_values: u32,
+    /// An event that brings a device and an IP prefix the user never used, both at once (a replayed token
+    /// or an attacker's own machine), is anomalous with at least this risk, and so a seed of its places,
+    /// when the model finds it at least `fresh_min`; 0 turns the signal off.
+    #[serde(default = "d_fresh_risk")]
+    pub fresh_risk: f64,
+    /// The model's risk (`field`) such an event needs at least to count as fresh.
+    #[serde(default = "d_one")]
+    pub fresh_min: f64,
 }
 
 /// The source view (see the module docs).
@@ -191,6 +200,9 @@ fn d_day() -> String {
 fn d_carry() -> f64 {
     0.7
 }
+fn d_fresh_risk() -> f64 {
+    3.0
+}
 fn d_new_values() -> u32 {
     2
 }
@@ -212,7 +224,13 @@ fn d_max_ids() -> usize {
 
 impl Default for PlaceView {
     fn default() -> Self {
-        PlaceView { window: d_place_window(), carry: d_carry(), new_values: d_new_values() }
+        PlaceView {
+            window: d_place_window(),
+            carry: d_carry(),
+            new_values: d_new_values(),
+            fresh_risk: d_fresh_risk(),
+            fresh_min: d_one(),
+        }
     }
 }
 impl Default for SourceView {
@@ -294,8 +312,14 @@ impl StageConfig for CorrelateConfig {
                 return Err(ConfigError::field(field, format!("must be between 0 and 1, not {v}")));
             }
         }
-        if !self.source.per_user.is_finite() || self.source.per_user < 0.0 {
-            return Err(ConfigError::field("source.per_user", "must be a number ≥ 0"));
+        for (field, v) in [
+            ("source.per_user", self.source.per_user),
+            ("place.fresh_risk", self.place.fresh_risk),
+            ("place.fresh_min", self.place.fresh_min),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(ConfigError::field(field, format!("must be a number ≥ 0, not {v}")));
+            }
         }
         if self.source.min_users == 0 {
             return Err(ConfigError::field("source.min_users", "must be at least 1"));
@@ -696,6 +720,10 @@ fn extract(
         let user = users.as_ref().filter(|u| !u.is_null(i)).map(|u| u.value(i));
         let t_us = times.filter(|t| !t.is_null(i)).map(|t| t.value(i));
         let risk = risk[i].filter(|r| r.is_finite()).unwrap_or(0.0);
+        // A device and a network both new to the user: anomalous with at least `fresh_risk`.
+        let fresh =
+            config.place.fresh_risk > 0.0 && risk >= config.place.fresh_min && on(&new_device, i) && on(&new_prefix, i);
+        let risk = if fresh { risk.max(config.place.fresh_risk) } else { risk };
         let failed = match &result {
             Some(Outcome::Flag(col)) => !col.is_null(i) && !col.value(i),
             Some(Outcome::Text(col, ok)) => !col.is_null(i) && !ok.iter().any(|s| s.eq_ignore_ascii_case(col.value(i))),
@@ -745,6 +773,7 @@ fn extract(
             country: get(&countries, i),
             session: get(&sessions, i),
             seeds,
+            fresh,
         });
     }
     Ok(rows)

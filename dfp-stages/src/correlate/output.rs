@@ -40,6 +40,7 @@ pub(crate) struct Annotator {
     ip: Option<String>,
     anomalous: f64,
     carry_place: f64,
+    fresh_risk: f64,
     source_min_users: u32,
     source_share: f64,
     per_user: f64,
@@ -63,6 +64,7 @@ impl Annotator {
             ip: columns.ip.clone(),
             anomalous: config.anomalous,
             carry_place: config.place.carry,
+            fresh_risk: config.place.fresh_risk,
             source_min_users: config.source.min_users,
             source_share: config.source.min_failure_share,
             per_user: config.source.per_user,
@@ -100,6 +102,13 @@ impl Annotator {
             let mut user_agg = None;
             let mut prefix_agg: Option<Agg> = None;
             let mut sprayed = false;
+            if row.fresh {
+                proposals.push(Signal {
+                    label: "a device and an IP prefix the user never used, at once".into(),
+                    reason: "new device from a new network",
+                    floor: self.fresh_risk,
+                });
+            }
             for (key, agg) in &mine {
                 match key {
                     Key::Source { kind, .. } => {

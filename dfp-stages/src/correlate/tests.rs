@@ -176,6 +176,37 @@ fn a_new_place_seen_in_an_anomalous_sign_in_raises_the_users_later_events_from_i
 }
 
 #[test]
+fn a_device_and_a_network_both_new_make_a_mildly_odd_sign_in_a_seed() {
+    // A replayed token: the model finds the first sign-in only a little odd (1.5), the next ones ordinary.
+    let events = vec![
+        E { new: 2, ..ev("first", "ann", 0, "198.19.1.10", "EVIL-PC", 1.5) },
+        ev("next", "ann", 20, "198.19.1.10", "EVIL-PC", 0.6),
+        E { new: 2, ..ev("ordinary-new", "bob", 0, "198.19.2.10", "NEW-PHONE", 0.5) },
+        ev("bob-next", "bob", 20, "198.19.2.10", "NEW-PHONE", 0.4),
+    ];
+    let out = run(config(serde_json::json!({})), vec![vec![batch(&events)]]);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let m = by_id(&out);
+    let (risk, model, sig, inc) = &m["first"];
+    assert_eq!((*risk, *model), (3.0, 1.5), "raised to fresh_risk: {sig:?}");
+    assert!(sig.as_deref().unwrap_or("").contains("never used, at once → 3.00 (+1.50)"), "{sig:?}");
+    assert!(inc.is_some(), "it opens an incident");
+    let (risk, _, sig, inc) = &m["next"];
+    assert!((risk - (2.0 + 0.7 * 1.0)).abs() < 1e-9, "the place's next sign-in is carried: {risk} {sig:?}");
+    assert_eq!(inc, &m["first"].3);
+    // Below `fresh_min` (1.0) the model's word stands: a new phone on a new network it finds ordinary.
+    for id in ["ordinary-new", "bob-next"] {
+        let (risk, model, sig, _) = &m[id];
+        assert_eq!(risk, model, "{id}: {sig:?}");
+    }
+    // 0 turns the signal off.
+    let out = run(config(serde_json::json!({ "place": { "fresh_risk": 0.0 } })), vec![vec![batch(&events)]]);
+    let m = by_id(&out);
+    assert_eq!(m["first"].0, 1.5, "{:?}", m["first"]);
+    assert_eq!(m["next"].0, 0.6, "{:?}", m["next"]);
+}
+
+#[test]
 fn out_of_order_events_are_placed_at_their_own_time() {
     // The later event arrives first, in the same epoch: it still sees the seed that happened before it.
     let later = ev("later", "ann", 30, "198.19.1.10", "EVIL-PC", 0.5);
@@ -317,6 +348,10 @@ fn nonsense_windows_and_thresholds_are_refused_naming_the_field() {
     assert!(bad(serde_json::json!({ "anomalous": 0.0 })).starts_with("anomalous:"));
     assert!(bad(serde_json::json!({ "place": { "carry": 1.5 } })).starts_with("place.carry:"));
     assert!(bad(serde_json::json!({ "incidents": { "gap": "soon" } })).starts_with("incidents.gap:"));
+    assert_eq!(
+        bad(serde_json::json!({ "place": { "fresh_risk": -1.0 } })),
+        "place.fresh_risk: must be a number ≥ 0, not -1"
+    );
     assert_eq!(parse_duration("90s"), Ok(90));
     assert_eq!(parse_duration("7d"), Ok(7 * 86_400));
 }

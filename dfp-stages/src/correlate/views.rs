@@ -117,6 +117,8 @@ pub(crate) struct Row {
     pub session: Option<u64>,
     /// Places this event brought in while anomalous (a seed of those views), by `PLACE_*` bit.
     pub seeds: u8,
+    /// It brought a device and an IP prefix both new to the user (its risk is at least `fresh_risk`).
+    pub fresh: bool,
 }
 
 /// The newest event time of each epoch the process's workers took in, and the newest of the epochs that
