@@ -1,4 +1,5 @@
 //! Sinks: stages that consume batches.
+pub mod alert_store;
 pub mod blackhole;
 pub mod file;
 pub mod kafka;
