@@ -282,6 +282,39 @@ fn at(col: &Option<arrow::array::StringArray>, i: usize) -> Option<&str> {
     col.as_ref().filter(|c| !c.is_null(i)).map(|c| c.value(i))
 }
 
+/// Rows per `INSERT` statement.
+const ROWS_PER_INSERT: usize = 64;
+
+/// `INSERT OR REPLACE` of `rows` events.
+fn insert_sql(rows: usize) -> String {
+    let one = format!("({})", ["?"; 16].join(", "));
+    format!(
+        "INSERT OR REPLACE INTO events (key, id, username, app, country, city, browser, device, ip, model_kind,
+         incident_id, time_us, score, mean_abs_z, alert, detail) VALUES {}",
+        vec![one; rows].join(", ")
+    )
+}
+
+/// One event's values, in `insert_sql`'s column order.
+struct EventRow<'a> {
+    key: i64,
+    /// id, username, app, country, city, browser, device, ip, model_kind, incident_id.
+    text: [Option<&'a str>; 10],
+    time: Option<i64>,
+    score: Option<f64>,
+    mean: Option<f64>,
+    alert: bool,
+    detail: Option<String>,
+}
+
+impl EventRow<'_> {
+    fn values(&self) -> impl Iterator<Item = &dyn rusqlite::ToSql> {
+        std::iter::once(&self.key as &dyn rusqlite::ToSql)
+            .chain(self.text.iter().map(|t| t as &dyn rusqlite::ToSql))
+            .chain([&self.time as &dyn rusqlite::ToSql, &self.score, &self.mean, &self.alert, &self.detail])
+    }
+}
+
 impl AlertStore {
     fn write_events(&mut self, tx: &Transaction<'_>, data: &RecordBatch) -> Result<(), StageError> {
         let n = data.num_rows();
@@ -323,20 +356,14 @@ impl AlertStore {
             details = String::from_utf8_lossy(&buf).lines().map(str::to_string).collect();
         }
         let mut details = details.into_iter();
-        let mut insert = tx
-            .prepare(
-                "INSERT OR REPLACE INTO events (key, id, time_us, username, score, mean_abs_z, alert, app, country,
-                 city, browser, device, ip, model_kind, incident_id, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            )
-            .map_err(|e| self.fail(e))?;
+        let value =
+            |a: &arrow::array::Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i)).filter(|v| v.is_finite());
+        let mut rows: Vec<EventRow<'_>> = Vec::with_capacity(n);
         for (i, &is_alert) in alert.iter().enumerate() {
             let time = times.as_ref().filter(|t| !t.is_null(i)).map(|t| t.value(i));
             if let Some(t) = time {
                 self.newest_us = Some(self.newest_us.map_or(t, |m| m.max(t)));
             }
-            let value = |a: &arrow::array::Float64Array| (!a.is_null(i)).then(|| a.value(i)).filter(|v| v.is_finite());
-            let detail = if is_alert { details.next() } else { None };
             // The unique key is the id's 63-bit hash: an 8-byte index instead of one on the id text (the
             // bench's run with every event stored: 55.8 s → 51.5 s). A row without an id gets a key of its own.
             let key = match at(&ids, i) {
@@ -346,28 +373,34 @@ impl AlertStore {
                     -self.anonymous
                 }
             };
-            insert
-                .execute(params![
-                    key,
-                    at(&ids, i),
-                    time,
-                    at(&users, i),
-                    value(&score),
-                    mean.as_ref().and_then(value),
-                    is_alert,
-                    at(&app, i),
-                    at(&country, i),
-                    at(&city, i),
-                    at(&browser, i),
-                    at(&device, i),
-                    at(&ip, i),
-                    at(&kinds, i),
-                    at(&incidents, i),
-                    detail,
-                ])
-                .map_err(|e| {
-                    StageError::Other(format!("{}: storing event {:?}: {e}", self.config.path, at(&ids, i)))
-                })?;
+            rows.push(EventRow {
+                key,
+                time,
+                score: value(&score, i),
+                mean: mean.as_ref().and_then(|m| value(m, i)),
+                alert: is_alert,
+                text: [&ids, &users, &app, &country, &city, &browser, &device, &ip, &kinds, &incidents]
+                    .map(|c| at(c, i)),
+                detail: if is_alert { details.next() } else { None },
+            });
+        }
+        // Many rows per statement: fewer statement runs per batch.
+        let mut full = tx.prepare(&insert_sql(ROWS_PER_INSERT)).map_err(|e| self.fail(e))?;
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let values: Vec<&dyn rusqlite::ToSql> = chunk.iter().flat_map(EventRow::values).collect();
+            let done = if chunk.len() == ROWS_PER_INSERT {
+                full.execute(rusqlite::params_from_iter(values))
+            } else {
+                tx.prepare(&insert_sql(chunk.len()))
+                    .and_then(|mut stmt| stmt.execute(rusqlite::params_from_iter(values)))
+            };
+            done.map_err(|e| {
+                StageError::Other(format!(
+                    "{}: storing events {:?}…: {e}",
+                    self.config.path,
+                    chunk.first().and_then(|r| r.text[0])
+                ))
+            })?;
         }
         Ok(())
     }
