@@ -440,8 +440,15 @@ pub trait Sink: Send {
     fn open(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
         Ok(())
     }
-    /// Writes one batch.
+    /// Writes one batch. A batch counts as written once this returns, unless the sink makes it durable
+    /// later, in [`advance`](Sink::advance): then it counts once that returns.
     fn write(&mut self, batch: Batch) -> Result<(), StageError>;
+    /// Called when the input frontier advances, before anything the sink took in below `frontier` counts
+    /// as written (before a Kafka source may commit it): a sink that groups writes (one transaction for
+    /// many batches) makes them durable here. Default: nothing.
+    fn advance(&mut self, _frontier: u64) -> Result<(), StageError> {
+        Ok(())
+    }
     /// Called once when the input is exhausted: flush and close.
     fn finish(&mut self) -> Result<(), StageError> {
         Ok(())

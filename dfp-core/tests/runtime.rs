@@ -178,10 +178,16 @@ struct SlowSinkConfig {
     /// Route every batch to worker 0.
     #[serde(default)]
     single: bool,
+    /// Make batches durable only in `advance` (as a sink writing one transaction per logical time does).
+    #[serde(default)]
+    grouped: bool,
 }
 
 struct SlowSink {
     single: bool,
+    grouped: bool,
+    /// Batches taken in but not yet made durable (with `grouped`).
+    pending: u64,
     seen: u64,
     fail_at: Option<u64>,
     panic: bool,
@@ -204,8 +210,19 @@ impl Sink for SlowSink {
             return Err(StageError::Data(format!("refusing batch {}", self.seen)));
         }
         std::thread::sleep(Duration::from_millis(1));
-        WRITTEN.fetch_add(1, Ordering::SeqCst);
+        if self.grouped {
+            self.pending += 1;
+        } else {
+            WRITTEN.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(())
+    }
+    fn advance(&mut self, _frontier: u64) -> Result<(), StageError> {
+        WRITTEN.fetch_add(std::mem::take(&mut self.pending), Ordering::SeqCst);
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), StageError> {
+        self.advance(u64::MAX)
     }
 }
 
@@ -216,6 +233,8 @@ impl StageConfig for SlowSinkConfig {
     fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
         Ok(StageInstance::Sink(Box::new(SlowSink {
             single: self.single,
+            grouped: self.grouped,
+            pending: 0,
             seen: 0,
             fail_at: self.fail_at,
             panic: self.panic,
@@ -426,6 +445,17 @@ register_stage!(CommittingSourceConfig);
 /// the slow sink; checks that at every completion the source heard everything below it was written, and
 /// that the last covers every batch.
 fn run_committing(name: &str, batches: u64, in_flight: u64, middle: Option<(&str, serde_json::Value)>) {
+    run_committing_into(name, batches, in_flight, middle, json!({}));
+}
+
+/// [`run_committing`] into a slow sink configured with `sink`.
+fn run_committing_into(
+    name: &str,
+    batches: u64,
+    in_flight: u64,
+    middle: Option<(&str, serde_json::Value)>,
+    sink: serde_json::Value,
+) {
     WRITTEN.store(0, Ordering::SeqCst);
     COMPLETIONS.lock().unwrap().clear();
     let mut builder = Pipeline::builder(name).workers(1).runtime("max_in_flight", json!(in_flight)).stage(
@@ -441,7 +471,7 @@ fn run_committing(name: &str, batches: u64, in_flight: u64, middle: Option<(&str
         }
         None => "src",
     };
-    builder.stage("sink", "test-slow-sink", &[last], json!({})).build().unwrap().run(RunOptions::default()).unwrap();
+    builder.stage("sink", "test-slow-sink", &[last], sink).build().unwrap().run(RunOptions::default()).unwrap();
     let calls = COMPLETIONS.lock().unwrap().clone();
     assert!(calls.len() > 1, "told along the way, not only at the end: {calls:?}");
     for (frontier, written) in &calls {
@@ -451,6 +481,12 @@ fn run_committing(name: &str, batches: u64, in_flight: u64, middle: Option<(&str
     }
     assert_eq!(calls.last().unwrap().0, batches, "the last call covers every batch");
     WRITTEN.store(0, Ordering::SeqCst);
+}
+
+#[test]
+fn a_sink_that_makes_batches_durable_in_advance_counts_them_written_only_then() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    run_committing_into("grouped", 50, 4, None, json!({ "grouped": true }));
 }
 
 #[test]

@@ -138,13 +138,16 @@ where
                         held = None;
                     }
                     Some(t) if *c.time() < t => {
-                        // Release what the stage held for earlier times.
-                        if let Op::Transform(tr) = &mut op {
-                            if !env.shared.aborted() {
-                                if let Err(e) = guard(|| tr.advance(t, &mut em)) {
-                                    env.shared.fail(env.id(), e);
-                                    op = Op::Failed;
-                                }
+                        // Release what the stage held for earlier times; a sink makes what it took in durable.
+                        if !env.shared.aborted() {
+                            let r = match &mut op {
+                                Op::Transform(tr) => guard(|| tr.advance(t, &mut em)),
+                                Op::Sink(s) => env.timed(|| guard(|| s.advance(t))),
+                                Op::Failed => Ok(()),
+                            };
+                            if let Err(e) = r {
+                                env.shared.fail(env.id(), e);
+                                op = Op::Failed;
                             }
                         }
                         env.flush(&mut em, &mut buf);

@@ -21,9 +21,11 @@
 //! **Incidents.** Rows with `incident_id` and `status` but no `id` (the `correlate.incidents` output) upsert
 //! `incidents` by `incident_id`: the last row of an incident wins, as it does for any upserting sink.
 //!
-//! **Nothing half-written.** Each batch is written in one transaction on a write-ahead log: a process killed
-//! while writing loses at most the batch in flight — which the runtime has not counted as written, so a
-//! Kafka source reads it again — and never leaves a damaged file. All rows go to worker 0 (SQLite has one
+//! **Nothing half-written.** The batches of one logical time (a file, a Kafka poll) are written in one
+//! transaction on a write-ahead log, committed when the input frontier passes that time — before the
+//! runtime counts them as written (so before a Kafka source commits them) — or every 100,000 rows. A
+//! process killed while writing loses only what was not committed, which a Kafka source reads again, and
+//! never leaves a damaged file. All rows go to worker 0 (SQLite has one
 //! writer); readers (the console, `sqlite3`) may read while a pipeline writes.
 //!
 //! **Retention.** When the newest stored event time enters a new day, events and incidents whose (last)
@@ -42,7 +44,7 @@ use dfp_core::{
     register_stage, Batch, ConfigContext, ConfigError, Partitioning, Sink, StageConfig, StageContext, StageError,
     StageInstance, StageKind,
 };
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -119,6 +121,7 @@ impl StageConfig for AlertStoreConfig {
             newest_us: None,
             swept_day: None,
             anonymous: 0,
+            uncommitted: 0,
         })))
     }
 }
@@ -223,9 +226,23 @@ struct AlertStore {
     swept_day: Option<i64>,
     /// Rows without an id stored so far (their keys count down from -1, below the smallest stored key).
     anonymous: i64,
+    /// Rows written in the open transaction (0: none open).
+    uncommitted: usize,
 }
 
+/// Rows after which an open transaction is committed even if its epoch is not complete.
+const MAX_UNCOMMITTED: usize = 100_000;
+
 impl AlertStore {
+    /// Commits the open transaction, if any.
+    fn commit(&mut self, db: &Connection) -> Result<(), StageError> {
+        if self.uncommitted > 0 {
+            db.execute_batch("COMMIT").map_err(|e| self.fail(e))?;
+            self.uncommitted = 0;
+        }
+        Ok(())
+    }
+
     fn path(&self) -> PathBuf {
         PathBuf::from(&self.config.path)
     }
@@ -235,7 +252,7 @@ impl AlertStore {
     }
 
     /// Deletes what is older than `keep_days` before the newest event, once per day of event time.
-    fn sweep(&mut self, tx: &Transaction<'_>) -> Result<(), StageError> {
+    fn sweep(&mut self, tx: &Connection) -> Result<(), StageError> {
         const DAY_US: i64 = 86_400_000_000;
         let (Some(newest), true) = (self.newest_us, self.config.keep_days > 0) else { return Ok(()) };
         let day = newest.div_euclid(DAY_US);
@@ -316,7 +333,7 @@ impl EventRow<'_> {
 }
 
 impl AlertStore {
-    fn write_events(&mut self, tx: &Transaction<'_>, data: &RecordBatch) -> Result<(), StageError> {
+    fn write_events(&mut self, tx: &Connection, data: &RecordBatch) -> Result<(), StageError> {
         let n = data.num_rows();
         let score = number(data, &self.config.field)?.ok_or_else(|| {
             StageError::Data(format!(
@@ -405,7 +422,7 @@ impl AlertStore {
         Ok(())
     }
 
-    fn write_incidents(&self, tx: &Transaction<'_>, data: &RecordBatch) -> Result<(), StageError> {
+    fn write_incidents(&self, tx: &Connection, data: &RecordBatch) -> Result<(), StageError> {
         let col = |name: &str| text(data, Some(name));
         let (ids, status, entity, users, source, event_ids, reasons) = (
             col("incident_id")?,
@@ -488,16 +505,20 @@ impl Sink for AlertStore {
     }
 
     fn write(&mut self, batch: Batch) -> Result<(), StageError> {
-        let Some(mut db) = self.db.take() else { return Ok(()) };
+        let Some(db) = self.db.take() else { return Ok(()) };
         let result = (|| {
             let data = &batch.data;
             let schema = data.schema();
             let has = |name: &str| schema.column_with_name(name).is_some();
-            let tx = db.transaction().map_err(|e| self.fail(e))?;
+            if self.uncommitted == 0 {
+                db.execute_batch("BEGIN").map_err(|e| self.fail(e))?;
+            }
+            self.uncommitted += data.num_rows().max(1);
+            let tx = &db;
             if has("id") {
-                self.write_events(&tx, data)?;
+                self.write_events(tx, data)?;
             } else if has("incident_id") && has("status") {
-                self.write_incidents(&tx, data)?;
+                self.write_incidents(tx, data)?;
             } else {
                 return Err(StageError::Data(format!(
                     "alert-store: rows with neither an id column (events) nor incident_id and status (incidents); \
@@ -505,15 +526,31 @@ impl Sink for AlertStore {
                     schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
                 )));
             }
-            self.sweep(&tx)?;
-            tx.commit().map_err(|e| self.fail(e))
+            self.sweep(tx)?;
+            // A long epoch (a large file) is committed in parts: committing early is always safe.
+            if self.uncommitted >= MAX_UNCOMMITTED {
+                self.commit(tx)?;
+            }
+            Ok(())
         })();
         self.db = Some(db);
         result
     }
 
+    fn advance(&mut self, _frontier: u64) -> Result<(), StageError> {
+        match self.db.take() {
+            Some(db) => {
+                let r = self.commit(&db);
+                self.db = Some(db);
+                r
+            }
+            None => Ok(()),
+        }
+    }
+
     fn finish(&mut self) -> Result<(), StageError> {
         if let Some(db) = self.db.take() {
+            self.commit(&db)?;
             // Fold the write-ahead log into the file, so that the store is one file at rest.
             db.pragma_update(None, "wal_checkpoint", "TRUNCATE").map_err(|e| self.fail(e))?;
             db.close().map_err(|(_, e)| self.fail(e))?;
