@@ -56,8 +56,8 @@ const MIN_ROWS: i64 = 16;
 
 /// `rows` rounded up to 8 steps per power of two (at least 16): few distinct shapes, at most 1/8 padding.
 fn padded_rows(rows: i64) -> i64 {
-    if rows <= 16 {
-        return 16;
+    if rows <= MIN_ROWS {
+        return MIN_ROWS;
     }
     let step = 1i64 << (63 - rows.leading_zeros() as i64 - 3).max(0);
     (rows + step - 1) / step * step

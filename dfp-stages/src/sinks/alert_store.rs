@@ -270,10 +270,10 @@ impl AlertStore {
     }
 }
 
-/// A column as text (any string or dictionary column, or anything Arrow casts to text), when present.
-fn text(data: &RecordBatch, name: Option<&str>) -> Result<Option<arrow::array::StringArray>, StageError> {
-    let Some(col) = name.and_then(|n| data.column_by_name(n)) else { return Ok(None) };
-    Ok(Some(cast(col, &DataType::Utf8)?.as_string::<i32>().clone()))
+/// A column as text (any string or dictionary column, or anything Arrow casts to text), when named and
+/// present.
+fn text(data: &RecordBatch, name: Option<&str>) -> Option<arrow::array::StringArray> {
+    name.and_then(|n| crate::correlate::text_column(data, n))
 }
 
 /// A column as `f64`s, when present; an error naming it when it is not numeric.
@@ -281,7 +281,7 @@ fn number(data: &RecordBatch, name: &str) -> Result<Option<arrow::array::Float64
     let Some(col) = data.column_by_name(name) else { return Ok(None) };
     if !col.data_type().is_numeric() {
         return Err(StageError::Data(format!(
-            "alert-store: the score column \"{name}\" is {}, not a number",
+            "alert-store: the column \"{name}\" is {}, not a number",
             col.data_type()
         )));
     }
@@ -358,8 +358,6 @@ impl AlertStore {
             c.ip.as_deref(),
         ]
         .map(|name| text(data, name));
-        let (ids, users, kinds, incidents) = (ids?, users?, kinds?, incidents?);
-        let (app, country, city, browser, device, ip) = (app?, country?, city?, browser?, device?, ip?);
         // Alerts keep their whole row: encoded as JSON lines in one go, then one line per alert.
         let alert: Vec<bool> = (0..n).map(|i| !score.is_null(i) && score.value(i) > self.config.threshold).collect();
         let mut details: Vec<String> = Vec::new();
@@ -424,15 +422,8 @@ impl AlertStore {
 
     fn write_incidents(&self, tx: &Connection, data: &RecordBatch) -> Result<(), StageError> {
         let col = |name: &str| text(data, Some(name));
-        let (ids, status, entity, users, source, event_ids, reasons) = (
-            col("incident_id")?,
-            col("status")?,
-            col("entity")?,
-            col("username")?,
-            col("source")?,
-            col("event_ids")?,
-            col("reasons")?,
-        );
+        let [ids, status, entity, users, source, event_ids, reasons] =
+            ["incident_id", "status", "entity", "username", "source", "event_ids", "reasons"].map(col);
         let count = |name: &str| data.column_by_name(name).and_then(|c| cast(c, &DataType::UInt64).ok());
         let (user_count, events) = (count("users"), count("events"));
         let (first, last) = (micros(data, "first_seen"), micros(data, "last_seen"));
@@ -669,7 +660,8 @@ mod tests {
         db.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         drop(db);
         let err = open_store(&path).unwrap_err().to_string();
-        assert!(err.contains("schema version 2, written by a newer dfp"), "{err}");
+        let newer = format!("schema version {}, written by a newer dfp", SCHEMA_VERSION + 1);
+        assert!(err.contains(&newer), "{err}");
 
         let path = dir.path().join("ok.db");
         let mut s = sink(&path, json!({}));
