@@ -321,7 +321,13 @@ fn an_unreachable_registry_makes_the_pipeline_not_ready_and_is_counted() {
     }
     let out = run.wait_with_output().unwrap();
     // Every stage that reads the registry says so: the profile readers and the scorer.
-    assert!(readiness.starts_with("not ready\n"), "{readiness}");
+    assert!(
+        readiness.starts_with("not ready\n"),
+        "no not-ready answer naming {registry} in {:?}; last /metrics had the error counter: {}; the run printed:\n{}",
+        started.elapsed(),
+        metrics.contains(counted),
+        text(&out)
+    );
     assert!(readiness.contains("\nstage \"scored\": model registry"), "{readiness}");
     assert!(readiness.contains("\nstage \"features\": profile store"), "{readiness}");
     assert!(metrics.contains(counted), "{metrics}");
