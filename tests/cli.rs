@@ -113,6 +113,34 @@ fn cycles_are_reported() {
 }
 
 #[test]
+fn enabled_false_leaves_a_stage_out_and_its_readers_must_follow() {
+    // A second sink, optional by variable: off, the pipeline is valid without it; on, with it.
+    let optional =
+        "  copy:\n    type: file-sink\n    enabled: ${copy}\n    inputs: [failures]\n    path: out/copy.jsonl\n";
+    let yaml = format!("{}{optional}", shipped()).replace("vars:\n", "vars:\n  copy: false\n");
+    for flag in ["copy=false", "copy=true"] {
+        let (_dir, _, ok, out) = validate_text(&yaml, &["--var", flag]);
+        assert!(ok, "{flag}: {out}");
+        let stages = if flag.ends_with("true") { "5 stages" } else { "4 stages" };
+        assert!(out.contains(stages), "{flag}: {out}");
+    }
+    // A stage that reads a disabled one is an error naming the line that disabled it.
+    let yaml = shipped().replace("    type: filter\n", "    type: filter\n    enabled: false\n");
+    let off = line_of(&yaml, "enabled: false");
+    let line = line_of(&yaml, "inputs: [failures]");
+    expect_error(
+        &yaml,
+        &[],
+        Some(line),
+        Some("slim"),
+        &format!("input \"failures\" is disabled (`enabled: false` at line {off}): enable it, or disable \"slim\" too"),
+    );
+    let yaml = shipped().replace("    type: filter\n", "    type: filter\n    enabled: maybe\n");
+    let line = line_of(&yaml, "enabled: maybe");
+    expect_error(&yaml, &[], Some(line), Some("failures"), "`enabled` must be true or false, found a string");
+}
+
+#[test]
 fn a_source_with_inputs_and_a_sink_as_input_are_errors() {
     let yaml = shipped().replace("    path: \"${input}\"", "    path: \"${input}\"\n    inputs: [slim]");
     let line = line_of(&yaml, "inputs: [slim]");

@@ -17,6 +17,11 @@ pub fn pipeline_schema(registry: &Registry) -> Value {
         let props = obj.entry("properties").or_insert_with(|| Value::Object(Map::new()));
         if let Some(props) = props.as_object_mut() {
             props.insert("type".into(), json!({ "const": reg.type_name, "description": reg.description }));
+            props.insert(
+                "enabled".into(),
+                json!({ "type": ["boolean", "string"], "default": true,
+                        "description": "false leaves the stage out (write `enabled: ${var}` to make it optional)" }),
+            );
             if reg.kind != crate::stage::StageKind::Source {
                 props.insert(
                     "inputs".into(),

@@ -74,7 +74,8 @@ pub fn validate(
         }
         value
     };
-    let mut v = Validator { diag: Collector { file, out: Vec::new() }, env: &recording, file };
+    let mut v =
+        Validator { diag: Collector { file, out: Vec::new() }, env: &recording, file, disabled: HashMap::new() };
 
     v.version(raw);
     let vars = v.vars(raw, overrides);
@@ -113,6 +114,8 @@ struct Validator<'a> {
     diag: Collector<'a>,
     env: EnvLookup<'a>,
     file: &'a str,
+    /// Stages left out with `enabled: false`, and the line that says so.
+    disabled: HashMap<String, usize>,
 }
 
 impl Validator<'_> {
@@ -348,6 +351,9 @@ impl Validator<'_> {
                 );
             }
             let body = &body.value;
+            if !self.enabled(id, body, vars) {
+                continue;
+            }
             let reg = self.stage_type(id, line, body, registry);
             let (inputs, inputs_line) = self.stage_inputs(id, body);
             let Some(reg) = reg else { continue };
@@ -372,7 +378,7 @@ impl Validator<'_> {
             let mut config = serde_json::Map::new();
             let mut config_ok = true;
             for (k, v) in &body.0 {
-                if k.value == "type" || k.value == "inputs" {
+                if k.value == "type" || k.value == "inputs" || k.value == "enabled" {
                     continue;
                 }
                 if let Some((_, message)) = reg.renamed.iter().find(|(old, _)| *old == k.value) {
@@ -506,11 +512,49 @@ impl Validator<'_> {
         (inputs, Some(line_of(k)))
     }
 
+    /// `enabled:` (default true; a variable makes a stage optional): false leaves the stage out of the
+    /// pipeline, as if it were not written.
+    fn enabled(&mut self, id: &str, body: &SpannedMap<Value>, vars: &BTreeMap<String, Value>) -> bool {
+        let Some((k, v)) = body.get("enabled") else { return true };
+        let value = match vars::interpolate(&v.value, vars, self.env) {
+            Ok(value) => value,
+            Err(e) => {
+                self.diag.push(Some(line_of(v)), Some(id), format!("field `enabled`: {e}"));
+                return true;
+            }
+        };
+        match value {
+            Value::Bool(b) => {
+                if !b {
+                    self.disabled.insert(id.to_string(), line_of(k));
+                }
+                b
+            }
+            Value::String(t) if t == "true" || t == "false" => {
+                if t == "false" {
+                    self.disabled.insert(id.to_string(), line_of(k));
+                }
+                t == "true"
+            }
+            other => {
+                self.diag.push(
+                    Some(line_of(v)),
+                    Some(id),
+                    format!("`enabled` must be true or false, found {}", crate::json::kind_of(&other)),
+                );
+                true
+            }
+        }
+    }
+
     /// Graph checks across stages: every input names another stage that has an output.
     fn inputs(&mut self, raw: &RawPipeline, kinds: &StageKinds<'_>) {
         let ids: HashSet<&str> = raw.stages.value.0.iter().map(|(k, _)| k.value.as_str()).collect();
         for (id_s, body) in &raw.stages.value.0 {
             let id = id_s.value.as_str();
+            if self.disabled.contains_key(id) {
+                continue;
+            }
             let Some((_, v)) = body.value.get("inputs") else { continue };
             let names: Vec<&str> = match &v.value {
                 Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
@@ -527,6 +571,17 @@ impl Validator<'_> {
                 }
                 if input == id {
                     self.diag.push(Some(line_of(v)), Some(id), "a stage cannot read its own output");
+                    continue;
+                }
+                let source = input.rsplit_once('.').map_or(input, |(s, _)| s);
+                if let Some(off) = self.disabled.get(source).or_else(|| self.disabled.get(input)) {
+                    self.diag.push(
+                        Some(line_of(v)),
+                        Some(id),
+                        format!(
+                            "input \"{input}\" is disabled (`enabled: false` at line {off}): enable it, or disable \"{id}\" too"
+                        ),
+                    );
                     continue;
                 }
                 if !ids.contains(input) {
