@@ -14,13 +14,16 @@
 //! | `profiles` | transform | [`profile::stage`] |
 //! | `train` | transform | [`transforms::train`] |
 //! | `score` | transform | [`transforms::score`] |
+//! | `correlate` | transform | [`correlate`] |
 //! | `threshold` | transform | [`transforms::threshold`] |
+//! | `suppress` | transform | [`transforms::suppress`] |
 //! | `add-user-data` | transform | [`transforms::user_data`] |
 //! | `filter` | transform | [`transforms::filter`] |
 //! | `select` | transform | [`transforms::select`] |
 //! | `passthrough` | transform | [`transforms::passthrough`] |
 //! | `kafka-sink` | sink | [`sinks::kafka`] |
 //! | `file-sink` | sink | [`sinks::file`] |
+//! | `alert-store` | sink | [`sinks::alert_store`] |
 //! | `stdout-sink` | sink | [`sinks::stdout`] |
 //! | `blackhole` | sink | [`sinks::blackhole`] |
 //!
@@ -28,13 +31,15 @@
 //! [`registry`], user profiles (stored history, checkpoints) in [`profile`].
 //!
 //! Besides the stages: [`generate`] writes labelled synthetic sign-in logs (`dfp generate`) and [`eval`]
-//! measures detection quality against those labels (`dfp eval`).
+//! measures detection quality against those labels (`dfp eval`); [`console`] answers the analyst console's
+//! queries over an alert store (`dfp serve`).
 //!
 //! Stages register themselves through `inventory`. A program must link this crate for them to be
 //! available; calling [`link`] once (the `dfp` binary does) guarantees the linker keeps it.
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod console;
 pub mod correlate;
 pub mod encode;
 pub mod eval;

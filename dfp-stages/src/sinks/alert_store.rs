@@ -16,7 +16,8 @@
 //! above `threshold`) also keeps the whole row as JSON in `detail` (every z-score, the top features, the
 //! signals that raised it, the user's profile columns). Events are upserted by id (the unique key is the
 //! id's 63-bit hash): rows that a restarted stream reads again are stored once. A row without an id is
-//! still stored.
+//! still stored. A row that the `suppress` stage marked (`suppressed`: the suppression it met) is stored
+//! with that text and is not an alert, though it keeps its whole row as an alert does.
 //!
 //! **Incidents.** Rows with `incident_id` and `status` but no `id` (the `correlate.incidents` output) upsert
 //! `incidents` by `incident_id`: the last row of an incident wins, as it does for any upserting sink.
@@ -30,6 +31,10 @@
 //!
 //! **Retention.** When the newest stored event time enters a new day, events and incidents whose (last)
 //! event time is more than `keep_days` before it are deleted, so the file stays the size of the window.
+//!
+//! **Triage.** `dfp serve` keeps analysts' marks on events and incidents (`marks`, the latest per target;
+//! `mark_log`, every mark) and suppressions (`suppressions`) in the same file; the sink never touches them,
+//! and retention does not delete them.
 //!
 //! **Schema.** Versioned with SQLite's `user_version`: a file of an older version is migrated when it is
 //! opened, a file written by a newer dfp is refused (naming both versions). `docs/stages.md` lists the
@@ -162,6 +167,38 @@ const MIGRATIONS: &[&str] = &[
         peak_risk REAL
     );
     CREATE INDEX incidents_last ON incidents(last_us);",
+    // 2: triage (the console's marks, with their history) and suppressions; the suppression an event met.
+    "ALTER TABLE events ADD COLUMN suppressed TEXT;
+    CREATE INDEX suppressed_time ON events(time_us) WHERE suppressed IS NOT NULL;
+    CREATE TABLE marks (
+        target TEXT NOT NULL,
+        target_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        note TEXT NOT NULL,
+        who TEXT NOT NULL,
+        at_us INTEGER NOT NULL,
+        PRIMARY KEY (target, target_id)
+    );
+    CREATE TABLE mark_log (
+        seq INTEGER PRIMARY KEY,
+        target TEXT NOT NULL,
+        target_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        note TEXT NOT NULL,
+        who TEXT NOT NULL,
+        at_us INTEGER NOT NULL
+    );
+    CREATE TABLE suppressions (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL,
+        field TEXT NOT NULL,
+        value TEXT NOT NULL,
+        until_us INTEGER,
+        note TEXT NOT NULL,
+        who TEXT NOT NULL,
+        created_us INTEGER NOT NULL,
+        removed_us INTEGER
+    );",
 ];
 
 /// The schema version this dfp writes.
@@ -304,10 +341,10 @@ const ROWS_PER_INSERT: usize = 64;
 
 /// `INSERT OR REPLACE` of `rows` events.
 fn insert_sql(rows: usize) -> String {
-    let one = format!("({})", ["?"; 16].join(", "));
+    let one = format!("({})", ["?"; 17].join(", "));
     format!(
         "INSERT OR REPLACE INTO events (key, id, username, app, country, city, browser, device, ip, model_kind,
-         incident_id, time_us, score, mean_abs_z, alert, detail) VALUES {}",
+         incident_id, suppressed, time_us, score, mean_abs_z, alert, detail) VALUES {}",
         vec![one; rows].join(", ")
     )
 }
@@ -315,8 +352,8 @@ fn insert_sql(rows: usize) -> String {
 /// One event's values, in `insert_sql`'s column order.
 struct EventRow<'a> {
     key: i64,
-    /// id, username, app, country, city, browser, device, ip, model_kind, incident_id.
-    text: [Option<&'a str>; 10],
+    /// id, username, app, country, city, browser, device, ip, model_kind, incident_id, suppressed.
+    text: [Option<&'a str>; 11],
     time: Option<i64>,
     score: Option<f64>,
     mean: Option<f64>,
@@ -345,11 +382,12 @@ impl AlertStore {
         let mean = number(data, "mean_abs_z")?;
         let times = micros(data, "timestamp");
         let c = &self.columns;
-        let [ids, users, kinds, incidents, app, country, city, browser, device, ip] = [
+        let [ids, users, kinds, incidents, suppressed, app, country, city, browser, device, ip] = [
             Some("id"),
             Some("username"),
             Some("model_kind"),
             Some("incident_id"),
+            Some("suppressed"),
             c.app.as_deref(),
             c.country.as_deref(),
             c.city.as_deref(),
@@ -359,10 +397,12 @@ impl AlertStore {
         ]
         .map(|name| text(data, name));
         // Alerts keep their whole row: encoded as JSON lines in one go, then one line per alert.
-        let alert: Vec<bool> = (0..n).map(|i| !score.is_null(i) && score.value(i) > self.config.threshold).collect();
+        // A suppressed event (the `suppress` stage matched it) is not an alert, but keeps its row like one.
+        let above: Vec<bool> = (0..n).map(|i| !score.is_null(i) && score.value(i) > self.config.threshold).collect();
+        let alert: Vec<bool> = above.iter().enumerate().map(|(i, a)| *a && at(&suppressed, i).is_none()).collect();
         let mut details: Vec<String> = Vec::new();
-        if alert.iter().any(|a| *a) {
-            let mask = arrow::array::BooleanArray::from(alert.clone());
+        if above.iter().any(|a| *a) {
+            let mask = arrow::array::BooleanArray::from(above.clone());
             let rows = arrow::compute::filter_record_batch(data, &mask)?;
             let mut buf = Vec::with_capacity(rows.num_rows() * 2048);
             let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
@@ -374,7 +414,7 @@ impl AlertStore {
         let value =
             |a: &arrow::array::Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i)).filter(|v| v.is_finite());
         let mut rows: Vec<EventRow<'_>> = Vec::with_capacity(n);
-        for (i, &is_alert) in alert.iter().enumerate() {
+        for (i, (&is_alert, &kept)) in alert.iter().zip(&above).enumerate() {
             let time = times.as_ref().filter(|t| !t.is_null(i)).map(|t| t.value(i));
             if let Some(t) = time {
                 self.newest_us = Some(self.newest_us.map_or(t, |m| m.max(t)));
@@ -394,9 +434,9 @@ impl AlertStore {
                 score: value(&score, i),
                 mean: mean.as_ref().and_then(|m| value(m, i)),
                 alert: is_alert,
-                text: [&ids, &users, &app, &country, &city, &browser, &device, &ip, &kinds, &incidents]
+                text: [&ids, &users, &app, &country, &city, &browser, &device, &ip, &kinds, &incidents, &suppressed]
                     .map(|c| at(c, i)),
-                detail: if is_alert { details.next() } else { None },
+                detail: if kept { details.next() } else { None },
             });
         }
         // Many rows per statement: fewer statement runs per batch.

@@ -4,6 +4,7 @@ pub mod filter;
 pub mod passthrough;
 pub mod score;
 pub mod select;
+pub mod suppress;
 pub mod threshold;
 pub mod train;
 pub mod user_data;
