@@ -54,6 +54,9 @@ enum Command {
     /// Write a self-contained HTML report of scored events for analysts (alerts over time, top users,
     /// per-alert feature z-scores, filters).
     Report(cmd::report::ReportArgs),
+    /// The analyst console: a web application over an alert store (overview, heat map, alerts, incidents,
+    /// one event in depth, triage marks, suppressions, labels for `dfp eval`).
+    Serve(cmd::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -104,5 +107,6 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Report(args) => cmd::report::report(args),
         Command::Tap(args) => cmd::admin::tap(args),
         Command::Top(args) => cmd::admin::top(args),
+        Command::Serve(args) => cmd::serve::serve(args),
     }
 }

@@ -10,6 +10,7 @@ pub(crate) mod models;
 pub(crate) mod produce;
 pub(crate) mod report;
 pub(crate) mod run;
+pub(crate) mod serve;
 pub(crate) mod stages;
 pub(crate) mod summary;
 pub(crate) mod validate;
