@@ -48,7 +48,7 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
     let incident = json!({
         "incident_id": "inc-cat", "status": "closed", "entity": "user", "username": "cat@corp.example", "users": 1,
         "first_seen": "2026-11-01T00:00:00Z", "last_seen": "2026-11-10T23:00:00Z", "events": cat_alerts.len(),
-        "event_ids": serde_json::to_string(&cat_alerts).unwrap(), "reasons": "new country", "peak_risk": 5.5,
+        "event_ids": cat_alerts.join(","), "reasons": "new country", "peak_risk": 5.5,
     });
     std::fs::write(dir.join("incidents.jsonl"), format!("{incident}\n")).unwrap();
     let store = dir.join("alerts.db");

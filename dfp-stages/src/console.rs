@@ -171,6 +171,11 @@ fn like(v: &str) -> Sql {
     Sql::Text(s)
 }
 
+/// A user's alerts in the overview: the highest score, how many, their incidents.
+type UserAlerts = (f64, i64, std::collections::HashSet<String>);
+/// The overview's alert figures: total, per bin, by country/browser/app/model kind, per user.
+type AlertScan = (i64, Vec<i64>, [HashMap<String, i64>; 4], HashMap<String, UserAlerts>);
+
 /// The columns of an event in lists.
 const EVENT_COLUMNS: &str = "id, time_us, username, score, mean_abs_z, alert, app, country, city, browser, device, ip,
     model_kind, incident_id, suppressed, (SELECT label FROM marks m WHERE m.target = 'event' AND m.target_id = e.id)";
@@ -211,6 +216,9 @@ impl Console {
             Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .map_err(|e| self.fail(e))?;
         db.busy_timeout(Duration::from_secs(5)).map_err(|e| self.fail(e))?;
+        // Pages read through a memory map rather than a read call each: a fresh connection scanning an
+        // index of a million events otherwise spends most of its time in the kernel.
+        db.pragma_update(None, "mmap_size", 1i64 << 30).map_err(|e| self.fail(e))?;
         Ok(db)
     }
 
@@ -258,78 +266,119 @@ impl Console {
         }
         let bins = p.count("bins", 48, 1, 500)? as i64;
         let width = ((to - from) / bins + 1).max(1);
-        let mut series: Vec<Value> =
-            (0..bins).map(|b| json!({ "start": iso(Some(from + b * width)), "events": 0, "alerts": 0 })).collect();
-        for (column, sql) in [
-            ("events", "SELECT (time_us - ?1) / ?3, COUNT(*) FROM events WHERE time_us BETWEEN ?1 AND ?2 GROUP BY 1"),
-            (
-                "alerts",
-                "SELECT (time_us - ?1) / ?3, COUNT(*) FROM events WHERE alert = 1 AND time_us BETWEEN ?1 AND ?2 GROUP BY 1",
-            ),
-        ] {
-            let mut stmt = db.prepare(sql).map_err(|e| self.fail(e))?;
-            let counts = stmt
-                .query_map([from, to, width], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(|e| self.fail(e))?;
-            for c in counts {
-                let (bin, n) = c.map_err(|e| self.fail(e))?;
-                if let Some(slot) = series.get_mut(bin.clamp(0, bins - 1) as usize) {
-                    slot[column] = json!(slot[column].as_i64().unwrap_or(0) + n);
-                }
-            }
-        }
-        let mut out = Map::new();
-        for by in ["country", "browser", "app", "model_kind"] {
-            let sql = format!(
-                "SELECT COALESCE({by}, '(none)'), COUNT(*) FROM events WHERE alert = 1 AND time_us BETWEEN ?1 AND ?2
-                 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 12"
-            );
-            let mut stmt = db.prepare(&sql).map_err(|e| self.fail(e))?;
-            let rows = stmt
-                .query_map([from, to], |r| {
-                    Ok(json!({ "value": r.get::<_, String>(0)?, "alerts": r.get::<_, i64>(1)? }))
-                })
-                .map_err(|e| self.fail(e))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| self.fail(e))?;
-            out.insert(format!("by_{by}"), Value::Array(rows));
-        }
-        let mut stmt = db
-            .prepare(
-                "SELECT username, MAX(score), COUNT(*), COUNT(DISTINCT incident_id) FROM events
-                 WHERE alert = 1 AND time_us BETWEEN ?1 AND ?2 AND username IS NOT NULL
-                 GROUP BY username ORDER BY 2 DESC LIMIT 20",
-            )
-            .map_err(|e| self.fail(e))?;
-        let users = stmt
-            .query_map([from, to], |r| {
-                Ok(json!({ "username": r.get::<_, String>(0)?, "max_score": r.get::<_, f64>(1)?,
-                           "alerts": r.get::<_, i64>(2)?, "incidents": r.get::<_, i64>(3)? }))
+        // Events per bin: one range count each on the time index (a GROUP BY over an expression would sort
+        // every event of the range instead), on a second connection while this one reads the alerts.
+        let (events_per_bin, scanned) = std::thread::scope(|scope| {
+            let counting = scope.spawn(|| -> Result<Vec<i64>> {
+                let db = self.read()?;
+                let mut count = db
+                    .prepare("SELECT COUNT(*) FROM events WHERE time_us >= ?1 AND time_us < ?2 AND time_us <= ?3")
+                    .map_err(|e| self.fail(e))?;
+                (0..bins)
+                    .map(|b| {
+                        let start = from + b * width;
+                        count.query_row([start, start + width, to], |r| r.get(0)).map_err(|e| self.fail(e))
+                    })
+                    .collect()
+            });
+            let scanned = self.scan_alerts(&db, from, to, width, bins);
+            let counted = counting.join().unwrap_or_else(|_| Err(ConsoleError::Store("counting events failed".into())));
+            (counted, scanned)
+        });
+        let (events_per_bin, (alerts, alerts_per_bin, by, users)) = (events_per_bin?, scanned?);
+        let series: Vec<Value> = (0..bins as usize)
+            .map(|b| {
+                json!({ "start": iso(Some(from + b as i64 * width)), "events": events_per_bin[b],
+                        "alerts": alerts_per_bin[b] })
             })
-            .map_err(|e| self.fail(e))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.fail(e))?;
-        let totals: (i64, i64, i64, i64) = db
+            .collect();
+        let mut out = Map::new();
+        for (name, map) in ["country", "browser", "app", "model_kind"].iter().zip(by) {
+            let mut counts: Vec<(String, i64)> = map.into_iter().collect();
+            counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let rows: Vec<Value> =
+                counts.into_iter().take(12).map(|(value, n)| json!({ "value": value, "alerts": n })).collect();
+            out.insert(format!("by_{name}"), Value::Array(rows));
+        }
+        let mut users: Vec<(String, UserAlerts)> = users.into_iter().collect();
+        users.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
+        let top: Vec<Value> = users
+            .into_iter()
+            .take(20)
+            .map(|(u, (max, n, inc))| json!({ "username": u, "max_score": max, "alerts": n, "incidents": inc.len() }))
+            .collect();
+        let (incidents, marks): (i64, i64) = db
             .query_row(
-                "SELECT (SELECT COUNT(*) FROM events WHERE time_us BETWEEN ?1 AND ?2),
-                        (SELECT COUNT(*) FROM events WHERE alert = 1 AND time_us BETWEEN ?1 AND ?2),
-                        (SELECT COUNT(*) FROM incidents WHERE last_us >= ?1 AND first_us <= ?2),
+                "SELECT (SELECT COUNT(*) FROM incidents WHERE last_us >= ?1 AND first_us <= ?2),
                         (SELECT COUNT(*) FROM marks)",
                 [from, to],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(|e| self.fail(e))?;
         out.insert("from".into(), iso(Some(from)));
         out.insert("to".into(), iso(Some(to)));
         out.insert("stored_from".into(), iso(first));
         out.insert("stored_to".into(), iso(last));
-        out.insert("events".into(), json!(totals.0));
-        out.insert("alerts".into(), json!(totals.1));
-        out.insert("incidents".into(), json!(totals.2));
-        out.insert("marks".into(), json!(totals.3));
+        out.insert("events".into(), json!(events_per_bin.iter().sum::<i64>()));
+        out.insert("alerts".into(), json!(alerts));
+        out.insert("incidents".into(), json!(incidents));
+        out.insert("marks".into(), json!(marks));
         out.insert("series".into(), Value::Array(series));
-        out.insert("top_users".into(), Value::Array(users));
+        out.insert("top_users".into(), Value::Array(top));
         Ok(Value::Object(out))
+    }
+
+    /// Everything the overview shows about alerts, from one scan of the alerts' covering index: how many,
+    /// per bin, by country, browser, app and model kind, and per user.
+    fn scan_alerts(&self, db: &Connection, from: i64, to: i64, width: i64, bins: i64) -> Result<AlertScan> {
+        let mut alerts_per_bin = vec![0i64; bins as usize];
+        let mut by: [HashMap<String, i64>; 4] = Default::default();
+        // Per user: highest score, alerts, incidents.
+        let mut users: HashMap<String, UserAlerts> = HashMap::new();
+        let mut scan = db
+            .prepare(
+                "SELECT time_us, country, browser, app, model_kind, username, score, incident_id FROM events
+                 WHERE alert = 1 AND time_us BETWEEN ?1 AND ?2",
+            )
+            .map_err(|e| self.fail(e))?;
+        let mut rows = scan.query([from, to]).map_err(|e| self.fail(e))?;
+        let mut alerts = 0i64;
+        while let Some(r) = rows.next().map_err(|e| self.fail(e))? {
+            alerts += 1;
+            let t: i64 = r.get(0).map_err(|e| self.fail(e))?;
+            alerts_per_bin[((t - from) / width).clamp(0, bins - 1) as usize] += 1;
+            // Text read in place; a key is allocated once, when first seen.
+            let text = |i: usize| -> Result<Option<&str>> {
+                match r.get_ref(i).map_err(|e| self.fail(e))? {
+                    rusqlite::types::ValueRef::Text(t) => Ok(std::str::from_utf8(t).ok()),
+                    _ => Ok(None),
+                }
+            };
+            for (i, map) in by.iter_mut().enumerate() {
+                let v = text(1 + i)?.unwrap_or("(none)");
+                match map.get_mut(v) {
+                    Some(n) => *n += 1,
+                    None => {
+                        map.insert(v.to_string(), 1);
+                    }
+                }
+            }
+            if let Some(user) = text(5)? {
+                let score: f64 = r.get::<_, Option<f64>>(6).map_err(|e| self.fail(e))?.unwrap_or(f64::NEG_INFINITY);
+                if !users.contains_key(user) {
+                    users.insert(user.to_string(), (f64::NEG_INFINITY, 0, Default::default()));
+                }
+                let Some(entry) = users.get_mut(user) else { continue };
+                entry.0 = entry.0.max(score);
+                entry.1 += 1;
+                if let Some(inc) = text(7)? {
+                    if !entry.2.contains(inc) {
+                        entry.2.insert(inc.to_string());
+                    }
+                }
+            }
+        }
+        Ok((alerts, alerts_per_bin, by, users))
     }
 
     /// Users × time bins, each cell the worst score of the user's events in it, for the users with the
@@ -435,13 +484,11 @@ impl Console {
             w.add("e.score >= ?", [Sql::Real(min)]);
         }
         match status {
-            Some("unmarked") => {
-                w.add("NOT EXISTS (SELECT 1 FROM marks m WHERE m.target = 'event' AND m.target_id = e.id)", [])
+            // `IN (subquery)`: SQLite builds the marked ids once, instead of a lookup per event.
+            Some("unmarked") => w.add("e.id NOT IN (SELECT target_id FROM marks WHERE target = 'event')", []),
+            Some(label @ ("malicious" | "benign" | "needs_review")) => {
+                w.add("e.id IN (SELECT target_id FROM marks WHERE target = 'event' AND label = ?)", [text(label)])
             }
-            Some(label @ ("malicious" | "benign" | "needs_review")) => w.add(
-                "EXISTS (SELECT 1 FROM marks m WHERE m.target = 'event' AND m.target_id = e.id AND m.label = ?)",
-                [text(label)],
-            ),
             _ => {}
         }
         if let Some(q) = p.text("q") {
@@ -655,9 +702,23 @@ impl Console {
         let Some((row, ids)) = found else {
             return Err(ConsoleError::NotFound(format!("no incident with id \"{id}\" in the store")));
         };
-        let ids: Vec<String> = ids.and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok()).unwrap_or_default();
+        let ids: Vec<String> = ids.as_deref().map(event_ids).unwrap_or_default();
         let mut events = Vec::new();
-        for chunk in ids.chunks(200) {
+        // A user's incident: its events are the user's with its id (all of them, not only the listed ones).
+        if let (Some("user"), Some(user)) = (row["entity"].as_str(), row["username"].as_str()) {
+            events = self.rows(
+                &db,
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events e WHERE username = ?1 AND incident_id = ?2 ORDER BY time_us"
+                ),
+                &[text(user), text(id)],
+            )?;
+        }
+        // And the listed ids (a source's incident has only those).
+        let known: std::collections::HashSet<String> =
+            events.iter().filter_map(|e| e["id"].as_str().map(str::to_string)).collect();
+        let listed: Vec<&String> = ids.iter().filter(|i| !known.contains(*i)).collect();
+        for chunk in listed.chunks(200) {
             let keys: Vec<Sql> =
                 chunk.iter().map(|i| Sql::Integer((dfp_core::hash::stable_hash(i.as_bytes()) >> 1) as i64)).collect();
             let sql = format!(
@@ -749,7 +810,7 @@ impl Console {
             .map_err(|e| self.fail(e))?
         {
             let (ids, label) = r.map_err(|e| self.fail(e))?;
-            let ids: Vec<String> = ids.and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok()).unwrap_or_default();
+            let ids: Vec<String> = ids.as_deref().map(event_ids).unwrap_or_default();
             for id in ids {
                 if own.insert(id.clone()) {
                     labels.push((id, label == "malicious", "triage-incident"));
@@ -926,7 +987,7 @@ pub fn fill_synthetic(path: &Path, events: u64, users: u64) -> Result<u64> {
                 ])
                 .map_err(fail)?;
             if let Some(inc) = incident_id {
-                incident.execute(rusqlite::params![inc, user, t, format!("[\"{id}\"]"), score]).map_err(fail)?;
+                incident.execute(rusqlite::params![inc, user, t, id, score]).map_err(fail)?;
             }
             alerts += u64::from(alert);
         }
@@ -949,6 +1010,17 @@ fn incident_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Value> {
         "events": r.get::<_, Option<i64>>(8)?, "reasons": s(9)?, "peak_risk": r.get::<_, Option<f64>>(10)?,
         "mark": s(11)?,
     }))
+}
+
+/// An incident's `event_ids` as `correlate` writes them (comma-separated), or as a JSON array.
+fn event_ids(text: &str) -> Vec<String> {
+    let text = text.trim();
+    if text.starts_with('[') {
+        if let Ok(ids) = serde_json::from_str::<Vec<String>>(text) {
+            return ids;
+        }
+    }
+    text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 fn check_text(name: &str, v: &str, min: usize, max: usize) -> Result<()> {

@@ -14,7 +14,7 @@ function h(tag, attrs, ...children) {
     else if (k === "class") el.className = v;
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -28,7 +28,7 @@ function s(tag, attrs, ...children) {
     if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, String(v));
   }
-  for (const c of children.flat()) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  for (const c of children.flat(Infinity)) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   return el;
 }
 
@@ -300,7 +300,8 @@ async function eventView(route) {
     h("tbody", {}, d.features.map((f) => {
       const bar = h("div", { class: "zbar" + (f.z > 0 ? " pos" : "") });
       bar.style.width = Math.round((Math.abs(f.z) / maxZ) * 200) + "px";
-      return h("tr", {}, h("td", {}, f.feature), h("td", {}, f.value === null ? "" : String(f.value)), h("td", { class: "num" }, fmtScore(f.z)), h("td", {}, bar));
+      const value = f.value === null ? "" : typeof f.value === "number" && !Number.isInteger(f.value) ? f.value.toFixed(3) : String(f.value);
+      return h("tr", {}, h("td", {}, f.feature), h("td", { class: "wrap" }, value), h("td", { class: "num" }, fmtScore(f.z)), h("td", {}, bar));
     })));
   const profile = h("div", { class: "grid" }, ["country", "app", "browser", "device", "city"].filter((k) => (d.profile[k] || []).length).map((k) =>
     h("div", { class: "panel" }, h("h2", {}, `Usual ${k}`), h("table", {}, h("tbody", {}, d.profile[k].map((v) =>
