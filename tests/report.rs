@@ -64,23 +64,9 @@ fn write_fixture(dir: &Path) -> (PathBuf, usize) {
     (path, alerts)
 }
 
-/// The Chromium binary: `DFP_CHROMIUM`, else `chromium` on PATH; fails the test when there is none.
-fn chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("DFP_CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join("chromium")).find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!(
-            "headless Chromium is needed to test `dfp report` but `chromium` is not on PATH: install Debian's \
-             chromium (`apt-get install chromium`) or point DFP_CHROMIUM at a Chromium binary"
-        )
-    })
-}
-
 /// The DOM of `url` after its scripts ran, as headless Chromium dumps it (killed after 60 s).
 fn dump_dom(url: &str, profile: &Path) -> String {
-    let bin = chromium();
+    let bin = common::chromium();
     let mut child = Command::new(&bin)
         .args([
             "--headless",

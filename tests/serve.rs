@@ -4,7 +4,7 @@
 //! suppression, then the exported labels and a pipeline run that applies the suppression.
 
 mod common;
-use common::{dfp, text};
+use common::{chromium, dfp, text};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -372,19 +372,6 @@ fn a_token_guards_every_request_and_a_public_address_needs_one() {
 }
 
 // ---- headless Chromium over the DevTools protocol (on a pipe: --remote-debugging-pipe) ----------------
-
-fn chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("DFP_CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join("chromium")).find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!(
-            "headless Chromium is needed to test `dfp serve` but `chromium` is not on PATH: install Debian's \
-             chromium (`apt-get install chromium`) or point DFP_CHROMIUM at a Chromium binary"
-        )
-    })
-}
 
 /// A headless Chromium with one page, driven by DevTools messages on its pipe.
 struct Browser {

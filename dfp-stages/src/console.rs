@@ -501,22 +501,7 @@ impl Console {
             Some("score") => "e.score DESC, e.time_us DESC",
             _ => "e.time_us DESC, e.key",
         };
-        let (page, per_page) = (p.count("page", 1, 1, 1_000_000)?, p.count("per_page", 50, 1, 500)?);
-        let db = self.read()?;
-        let total: i64 = db
-            .query_row(&format!("SELECT COUNT(*) FROM events e {}", w.sql()), params_from_iter(w.values.iter()), |r| {
-                r.get(0)
-            })
-            .map_err(|e| self.fail(e))?;
-        let mut values = w.values.clone();
-        values.push(Sql::Integer(per_page as i64));
-        values.push(Sql::Integer(((page - 1) * per_page) as i64));
-        let rows = self.rows(
-            &db,
-            &format!("SELECT {EVENT_COLUMNS} FROM events e {} ORDER BY {order} LIMIT ? OFFSET ?", w.sql()),
-            &values,
-        )?;
-        Ok(json!({ "total": total, "page": page, "per_page": per_page, "rows": rows }))
+        self.paged(&p, "events e", EVENT_COLUMNS, &w, order, event_row)
     }
 
     /// Incidents, filtered and paged. Parameters: `user` (the user, or for a source incident one of its
@@ -539,12 +524,11 @@ impl Console {
         }
         match p.choice("status", &["open", "updated", "closed", "unmarked", "malicious", "benign", "needs_review"])? {
             Some(s @ ("open" | "updated" | "closed")) => w.add("i.status = ?", [text(s)]),
-            Some("unmarked") => w.add(
-                "NOT EXISTS (SELECT 1 FROM marks m WHERE m.target = 'incident' AND m.target_id = i.incident_id)",
-                [],
-            ),
+            Some("unmarked") => {
+                w.add("i.incident_id NOT IN (SELECT target_id FROM marks WHERE target = 'incident')", [])
+            }
             Some(label) => w.add(
-                "EXISTS (SELECT 1 FROM marks m WHERE m.target = 'incident' AND m.target_id = i.incident_id AND m.label = ?)",
+                "i.incident_id IN (SELECT target_id FROM marks WHERE target = 'incident' AND label = ?)",
                 [text(label)],
             ),
             None => {}
@@ -559,22 +543,33 @@ impl Console {
             Some("score") => "i.peak_risk DESC, i.last_us DESC",
             _ => "i.last_us DESC, i.incident_id",
         };
+        self.paged(&p, "incidents i", INCIDENT_COLUMNS, &w, order, incident_row)
+    }
+
+    /// One page of `from` (a table and its alias) under `w`, in `order`, with the exact count of all rows.
+    fn paged(
+        &self,
+        p: &Params<'_>,
+        from: &str,
+        columns: &str,
+        w: &Where,
+        order: &str,
+        row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<Value>,
+    ) -> Result<Value> {
         let (page, per_page) = (p.count("page", 1, 1, 1_000_000)?, p.count("per_page", 50, 1, 500)?);
         let db = self.read()?;
         let total: i64 = db
-            .query_row(
-                &format!("SELECT COUNT(*) FROM incidents i {}", w.sql()),
-                params_from_iter(w.values.iter()),
-                |r| r.get(0),
-            )
+            .query_row(&format!("SELECT COUNT(*) FROM {from} {}", w.sql()), params_from_iter(w.values.iter()), |r| {
+                r.get(0)
+            })
             .map_err(|e| self.fail(e))?;
         let mut values = w.values.clone();
         values.push(Sql::Integer(per_page as i64));
         values.push(Sql::Integer(((page - 1) * per_page) as i64));
-        let sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents i {} ORDER BY {order} LIMIT ? OFFSET ?", w.sql());
+        let sql = format!("SELECT {columns} FROM {from} {} ORDER BY {order} LIMIT ? OFFSET ?", w.sql());
         let mut stmt = db.prepare(&sql).map_err(|e| self.fail(e))?;
         let rows = stmt
-            .query_map(params_from_iter(values.iter()), incident_row)
+            .query_map(params_from_iter(values.iter()), row)
             .map_err(|e| self.fail(e))?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| self.fail(e))?;

@@ -160,3 +160,18 @@ pub fn finish_within(mut child: Child, secs: u64, what: &str) -> Output {
     }
     child.wait_with_output().expect("output of a finished child")
 }
+
+/// The Chromium binary: `DFP_CHROMIUM`, else `chromium` on PATH; fails the test when there is none.
+#[allow(dead_code)]
+pub fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("DFP_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|d| d.join("chromium")).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!(
+            "headless Chromium is needed by this test but `chromium` is not on PATH: install Debian's chromium \
+             (`apt-get install chromium`) or point DFP_CHROMIUM at a Chromium binary"
+        )
+    })
+}
