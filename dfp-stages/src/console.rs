@@ -145,6 +145,25 @@ impl Where {
         self.clauses.push(clause.to_string());
         self.values.extend(values);
     }
+    /// Free text: any of `columns` holds `q` (ASCII case ignored, `%` and `_` literal).
+    fn search(&mut self, columns: &[&str], q: &str) {
+        let clause: Vec<String> = columns.iter().map(|c| format!("{c} LIKE ? ESCAPE '\\'")).collect();
+        self.add(&format!("({})", clause.join(" OR ")), columns.iter().map(|_| like(q)));
+    }
+
+    /// A triage status of `target`s whose id is `id_column`: `unmarked`, or the latest mark's label. An
+    /// `IN (subquery)`: SQLite builds the marked ids once, instead of a lookup per row.
+    fn marked(&mut self, target: &str, id_column: &str, status: &str) {
+        if status == "unmarked" {
+            self.add(&format!("{id_column} NOT IN (SELECT target_id FROM marks WHERE target = ?)"), [text(target)]);
+        } else {
+            self.add(
+                &format!("{id_column} IN (SELECT target_id FROM marks WHERE target = ? AND label = ?)"),
+                [text(target), text(status)],
+            );
+        }
+    }
+
     fn sql(&self) -> String {
         if self.clauses.is_empty() {
             String::new()
@@ -483,19 +502,11 @@ impl Console {
         if let Some(min) = p.number("min_score")? {
             w.add("e.score >= ?", [Sql::Real(min)]);
         }
-        match status {
-            // `IN (subquery)`: SQLite builds the marked ids once, instead of a lookup per event.
-            Some("unmarked") => w.add("e.id NOT IN (SELECT target_id FROM marks WHERE target = 'event')", []),
-            Some(label @ ("malicious" | "benign" | "needs_review")) => {
-                w.add("e.id IN (SELECT target_id FROM marks WHERE target = 'event' AND label = ?)", [text(label)])
-            }
-            _ => {}
+        if let Some(status) = status.filter(|s| *s != "suppressed") {
+            w.marked("event", "e.id", status);
         }
         if let Some(q) = p.text("q") {
-            w.add(
-                "(e.username LIKE ? ESCAPE '\\' OR e.app LIKE ? ESCAPE '\\' OR e.ip LIKE ? ESCAPE '\\')",
-                [like(q), like(q), like(q)],
-            );
+            w.search(&["e.username", "e.app", "e.ip"], q);
         }
         let order = match p.choice("sort", &["time", "score"])? {
             Some("score") => "e.score DESC, e.time_us DESC",
@@ -524,20 +535,11 @@ impl Console {
         }
         match p.choice("status", &["open", "updated", "closed", "unmarked", "malicious", "benign", "needs_review"])? {
             Some(s @ ("open" | "updated" | "closed")) => w.add("i.status = ?", [text(s)]),
-            Some("unmarked") => {
-                w.add("i.incident_id NOT IN (SELECT target_id FROM marks WHERE target = 'incident')", [])
-            }
-            Some(label) => w.add(
-                "i.incident_id IN (SELECT target_id FROM marks WHERE target = 'incident' AND label = ?)",
-                [text(label)],
-            ),
+            Some(status) => w.marked("incident", "i.incident_id", status),
             None => {}
         }
         if let Some(q) = p.text("q") {
-            w.add(
-                "(i.username LIKE ? ESCAPE '\\' OR i.source LIKE ? ESCAPE '\\' OR i.reasons LIKE ? ESCAPE '\\')",
-                [like(q), like(q), like(q)],
-            );
+            w.search(&["i.username", "i.source", "i.reasons"], q);
         }
         let order = match p.choice("sort", &["time", "score"])? {
             Some("score") => "i.peak_risk DESC, i.last_us DESC",
