@@ -270,11 +270,8 @@ impl Console {
         .map_err(|e| self.fail(e))
     }
 
-    /// Events and alerts over time, alerts by country, browser, app and model kind, users ranked by risk.
-    /// Parameters: `from`, `to` (default: everything stored), `bins` (default 48).
-    pub fn overview(&self, params: &[(String, String)]) -> Result<Value> {
-        let p = Params::new(params, &["from", "to", "bins"])?;
-        let db = self.read()?;
+    /// The stored events' first and last times, and the range asked for (`from`, `to`; default: all).
+    fn range(&self, db: &Connection, p: &Params<'_>) -> Result<(Option<i64>, Option<i64>, i64, i64)> {
         let (first, last): (Option<i64>, Option<i64>) = db
             .query_row("SELECT MIN(time_us), MAX(time_us) FROM events", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(|e| self.fail(e))?;
@@ -283,6 +280,15 @@ impl Console {
         if to < from {
             return Err(bad("parameter \"to\" is before \"from\""));
         }
+        Ok((first, last, from, to))
+    }
+
+    /// Events and alerts over time, alerts by country, browser, app and model kind, users ranked by risk.
+    /// Parameters: `from`, `to` (default: everything stored), `bins` (default 48).
+    pub fn overview(&self, params: &[(String, String)]) -> Result<Value> {
+        let p = Params::new(params, &["from", "to", "bins"])?;
+        let db = self.read()?;
+        let (first, last, from, to) = self.range(&db, &p)?;
         let bins = p.count("bins", 48, 1, 500)? as i64;
         let width = ((to - from) / bins + 1).max(1);
         // Events per bin: one range count each on the time index (a GROUP BY over an expression would sort
@@ -405,14 +411,7 @@ impl Console {
     pub fn heatmap(&self, params: &[(String, String)]) -> Result<Value> {
         let p = Params::new(params, &["from", "to", "bins", "users"])?;
         let db = self.read()?;
-        let (first, last): (Option<i64>, Option<i64>) = db
-            .query_row("SELECT MIN(time_us), MAX(time_us) FROM events", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| self.fail(e))?;
-        let from = p.time("from", false)?.or(first).unwrap_or(0);
-        let to = p.time("to", true)?.or(last).unwrap_or(0);
-        if to < from {
-            return Err(bad("parameter \"to\" is before \"from\""));
-        }
+        let (_, _, from, to) = self.range(&db, &p)?;
         let bins = p.count("bins", 48, 1, 200)? as i64;
         let limit = p.count("users", 30, 1, 200)? as i64;
         let width = ((to - from) / bins + 1).max(1);
