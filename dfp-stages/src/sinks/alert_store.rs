@@ -675,6 +675,41 @@ mod tests {
     }
 
     #[test]
+    fn a_store_of_version_1_is_migrated_and_suppressed_rows_are_kept_but_not_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        // A file as the first alert-store wrote it, with one event.
+        let db = Connection::open(&path).unwrap();
+        db.execute_batch(MIGRATIONS[0]).unwrap();
+        db.execute(
+            "INSERT INTO events (key, id, time_us, username, score, alert) VALUES (1, 'old', 0, 'ann', 3.0, 1)",
+            [],
+        )
+        .unwrap();
+        db.pragma_update(None, "user_version", 1).unwrap();
+        drop(db);
+        let mut s = sink(&path, json!({ "keep_days": 0 }));
+        let mut muted = event("muted", 2, "bob", 4.0);
+        muted["suppressed"] = json!("#1 country=PT: trip (ann)");
+        s.write(rows(&[muted, event("loud", 2, "bob", 4.0)])).unwrap();
+        s.finish().unwrap();
+        let db = open_store(&path).unwrap();
+        let version: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let row = |id: &str| {
+            db.query_row("SELECT alert, suppressed, detail IS NOT NULL FROM events WHERE id = ?1", [id], |r| {
+                Ok((r.get::<_, bool>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, bool>(2)?))
+            })
+            .unwrap()
+        };
+        assert_eq!(row("old"), (true, None, false), "the old row survives the migration");
+        assert_eq!(row("muted"), (false, Some("#1 country=PT: trip (ann)".into()), true), "kept, not an alert");
+        assert_eq!(row("loud"), (true, None, true));
+        let n: i64 = db.query_row("SELECT COUNT(*) FROM marks", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0, "the triage tables exist");
+    }
+
+    #[test]
     fn rows_older_than_keep_days_are_deleted_as_event_time_moves_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("alerts.db");
