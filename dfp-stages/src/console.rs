@@ -20,7 +20,8 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
 use serde_json::{json, Map, Value};
 
-use crate::sinks::alert_store::open_store;
+use crate::sinks::alert_store::{event_key, open_store};
+use crate::time::{format_micros, now_micros, parse_bound};
 
 /// Why a console request failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +101,7 @@ impl<'a> Params<'a> {
     /// A time: RFC 3339, a date (its start, or its end with `end_of_day`), or microseconds since the epoch.
     fn time(&self, name: &str, end_of_day: bool) -> Result<Option<i64>> {
         self.text(name)
-            .map(|v| parse_time(v, end_of_day).map_err(|m| bad(format!("parameter \"{name}\": {m}"))))
+            .map(|v| parse_bound(v, end_of_day).map_err(|m| bad(format!("parameter \"{name}\": {m}"))))
             .transpose()
     }
 
@@ -111,21 +112,6 @@ impl<'a> Params<'a> {
             Some(v) => Err(bad(format!("parameter \"{name}\" must be one of {}, not \"{v}\"", allowed.join(", ")))),
         }
     }
-}
-
-/// Parses a time as the console takes it: RFC 3339, `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM` (UTC), or µs.
-pub fn parse_time(v: &str, end_of_day: bool) -> std::result::Result<i64, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
-        return Ok(t.timestamp_micros());
-    }
-    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M") {
-        return Ok(t.and_utc().timestamp_micros());
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-        let t = if end_of_day { d.and_hms_micro_opt(23, 59, 59, 999_999) } else { d.and_hms_opt(0, 0, 0) };
-        return t.map(|t| t.and_utc().timestamp_micros()).ok_or_else(|| format!("\"{v}\" is not a date"));
-    }
-    v.parse::<i64>().map_err(|_| format!("\"{v}\" is not a time (2026-11-30, 2026-11-30T08:00:00Z or microseconds)"))
 }
 
 fn iso(us: Option<i64>) -> Value {
@@ -235,9 +221,6 @@ impl Console {
             Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
                 .map_err(|e| self.fail(e))?;
         db.busy_timeout(Duration::from_secs(5)).map_err(|e| self.fail(e))?;
-        // Pages read through a memory map rather than a read call each: a fresh connection scanning an
-        // index of a million events otherwise spends most of its time in the kernel.
-        db.pragma_update(None, "mmap_size", 1i64 << 30).map_err(|e| self.fail(e))?;
         Ok(db)
     }
 
@@ -249,10 +232,21 @@ impl Console {
         ConsoleError::Store(format!("{}: {e}", self.path.display()))
     }
 
-    fn rows(&self, db: &Connection, sql: &str, values: &[Sql]) -> Result<Vec<Value>> {
+    /// The rows `sql` selects, each made a JSON object by `row` (events unless said otherwise).
+    fn rows_as(
+        &self,
+        db: &Connection,
+        sql: &str,
+        values: &[Sql],
+        row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<Value>,
+    ) -> Result<Vec<Value>> {
         let mut stmt = db.prepare(sql).map_err(|e| self.fail(e))?;
-        let rows = stmt.query_map(params_from_iter(values.iter()), event_row).map_err(|e| self.fail(e))?;
+        let rows = stmt.query_map(params_from_iter(values.iter()), row).map_err(|e| self.fail(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.fail(e))
+    }
+
+    fn rows(&self, db: &Connection, sql: &str, values: &[Sql]) -> Result<Vec<Value>> {
+        self.rows_as(db, sql, values, event_row)
     }
 
     /// A token that changes whenever the store does (new events, incidents, marks, suppressions): the
@@ -568,12 +562,7 @@ impl Console {
         values.push(Sql::Integer(per_page as i64));
         values.push(Sql::Integer(((page - 1) * per_page) as i64));
         let sql = format!("SELECT {columns} FROM {from} {} ORDER BY {order} LIMIT ? OFFSET ?", w.sql());
-        let mut stmt = db.prepare(&sql).map_err(|e| self.fail(e))?;
-        let rows = stmt
-            .query_map(params_from_iter(values.iter()), row)
-            .map_err(|e| self.fail(e))?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.fail(e))?;
+        let rows = self.rows_as(&db, &sql, &values, row)?;
         Ok(json!({ "total": total, "page": page, "per_page": per_page, "rows": rows }))
     }
 
@@ -599,15 +588,17 @@ impl Console {
     /// browsers, devices), the user's neighbouring events, its incident and its marks.
     pub fn event(&self, id: &str) -> Result<Value> {
         let db = self.read()?;
-        let key = (dfp_core::hash::stable_hash(id.as_bytes()) >> 1) as i64;
+        let key = event_key(id);
         let mut stmt = db
-            .prepare(&format!("SELECT {EVENT_COLUMNS}, detail FROM events e WHERE key = ?1 AND id = ?2"))
+            .prepare(&format!("SELECT {EVENT_COLUMNS}, detail, time_us FROM events e WHERE key = ?1 AND id = ?2"))
             .map_err(|e| self.fail(e))?;
         let found = stmt
-            .query_row(rusqlite::params![key, id], |r| Ok((event_row(r)?, r.get::<_, Option<String>>(16)?)))
+            .query_row(rusqlite::params![key, id], |r| {
+                Ok((event_row(r)?, r.get::<_, Option<String>>(16)?, r.get::<_, Option<i64>>(17)?))
+            })
             .optional()
             .map_err(|e| self.fail(e))?;
-        let Some((row, detail)) = found else {
+        let Some((row, detail, t)) = found else {
             return Err(ConsoleError::NotFound(format!("no event with id \"{id}\" in the store")));
         };
         let detail: Option<Map<String, Value>> =
@@ -648,10 +639,7 @@ impl Console {
                 .query_row("SELECT COUNT(*) FROM events WHERE username = ?1", [user], |r| r.get(0))
                 .map_err(|e| self.fail(e))?;
             profile.insert("events".into(), json!(total));
-            let t = db
-                .query_row("SELECT time_us FROM events WHERE key = ?1", [key], |r| r.get::<_, Option<i64>>(0))
-                .map_err(|e| self.fail(e))?
-                .unwrap_or(0);
+            let t = t.unwrap_or(0);
             let before = self.rows(
                 &db,
                 &format!(
@@ -715,8 +703,7 @@ impl Console {
             events.iter().filter_map(|e| e["id"].as_str().map(str::to_string)).collect();
         let listed: Vec<&String> = ids.iter().filter(|i| !known.contains(*i)).collect();
         for chunk in listed.chunks(200) {
-            let keys: Vec<Sql> =
-                chunk.iter().map(|i| Sql::Integer((dfp_core::hash::stable_hash(i.as_bytes()) >> 1) as i64)).collect();
+            let keys: Vec<Sql> = chunk.iter().map(|i| Sql::Integer(event_key(i))).collect();
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM events e WHERE key IN ({}) ORDER BY time_us",
                 vec!["?"; keys.len()].join(",")
@@ -742,7 +729,7 @@ impl Console {
         check_text("id", id, 1, 1000)?;
         let db = self.write()?;
         let exists = if target == "event" {
-            let key = (dfp_core::hash::stable_hash(id.as_bytes()) >> 1) as i64;
+            let key = event_key(id);
             db.query_row("SELECT 1 FROM events WHERE key = ?1 AND id = ?2", rusqlite::params![key, id], |_| Ok(()))
         } else {
             db.query_row("SELECT 1 FROM incidents WHERE incident_id = ?1", [id], |_| Ok(()))
@@ -753,7 +740,7 @@ impl Console {
         if !exists {
             return Err(ConsoleError::NotFound(format!("no {target} with id \"{id}\" in the store")));
         }
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = now_micros();
         let (note, who) = (note.trim(), who.trim());
         db.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.fail(e))?;
         let done = (|| {
@@ -813,14 +800,10 @@ impl Console {
                 }
             }
         }
-        let mut out = String::from("id,label,kind\n");
-        for (id, label, kind) in labels {
-            out.push_str(&csv_field(&id));
-            out.push_str(if label { ",1," } else { ",0," });
-            out.push_str(kind);
-            out.push('\n');
-        }
-        Ok(out)
+        csv_text(
+            ["id", "label", "kind"],
+            labels.into_iter().map(|(id, label, kind)| [id, (if label { "1" } else { "0" }).into(), kind.into()]),
+        )
     }
 
     /// The suppressions (active first, then removed), newest first.
@@ -864,10 +847,10 @@ impl Console {
         }
         let until_us = match until.trim() {
             "" => None,
-            t => Some(crate::transforms::suppress::parse_until(t).map_err(|m| bad(format!("\"until\": {m}")))?),
+            t => Some(parse_bound(t, true).map_err(|m| bad(format!("\"until\": {m}")))?),
         };
         let db = self.write()?;
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = now_micros();
         db.execute(
             "INSERT INTO suppressions (username, field, value, until_us, note, who, created_us)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -882,7 +865,7 @@ impl Console {
     /// Removes suppression `id` (it stays listed, as removed).
     pub fn unsuppress(&self, id: i64) -> Result<Value> {
         let db = self.write()?;
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = now_micros();
         let n = db
             .execute("UPDATE suppressions SET removed_us = ?2 WHERE id = ?1 AND removed_us IS NULL", [id, now])
             .map_err(|e| self.fail(e))?;
@@ -900,7 +883,6 @@ impl Console {
                 "SELECT username, field, value, until_us, note FROM suppressions WHERE removed_us IS NULL ORDER BY id",
             )
             .map_err(|e| self.fail(e))?;
-        let mut out = String::from("username,field,value,until,note\n");
         let rows = stmt
             .query_map([], |r| {
                 Ok((
@@ -912,17 +894,12 @@ impl Console {
                 ))
             })
             .map_err(|e| self.fail(e))?;
+        let mut records = Vec::new();
         for r in rows {
             let (user, field, value, until, note) = r.map_err(|e| self.fail(e))?;
-            let until = until
-                .and_then(chrono::DateTime::from_timestamp_micros)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-                .unwrap_or_default();
-            let line = [user, field, value, until, note].iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(",");
-            out.push_str(&line);
-            out.push('\n');
+            records.push([user, field, value, until.map(format_micros).unwrap_or_default(), note]);
         }
-        Ok(out)
+        csv_text(["username", "field", "value", "until", "note"], records)
     }
 }
 
@@ -933,7 +910,7 @@ pub fn fill_synthetic(path: &Path, events: u64, users: u64) -> Result<u64> {
     let db = open_store(path).map_err(|e| ConsoleError::Store(e.to_string()))?;
     let fail = |e: rusqlite::Error| ConsoleError::Store(format!("{}: {e}", path.display()));
     db.execute_batch("BEGIN").map_err(fail)?;
-    let start = parse_time("2026-10-01", false).map_err(bad)?;
+    let start = parse_bound("2026-10-01", false).map_err(bad)?;
     let span = 30 * 86_400_000_000i64;
     let (countries, apps, browsers) = (
         ["US", "GB", "DE", "PT", "FR", "IN"],
@@ -968,7 +945,7 @@ pub fn fill_synthetic(path: &Path, events: u64, users: u64) -> Result<u64> {
             });
             insert
                 .execute(rusqlite::params![
-                    (dfp_core::hash::stable_hash(id.as_bytes()) >> 1) as i64,
+                    event_key(&id),
                     id,
                     t,
                     user,
@@ -1033,13 +1010,16 @@ fn check_text(name: &str, v: &str, min: usize, max: usize) -> Result<()> {
     Ok(())
 }
 
-/// A CSV field, quoted when it needs to be.
-fn csv_field(v: &str) -> String {
-    if v.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", v.replace('"', "\"\""))
-    } else {
-        v.to_string()
+/// A CSV file's text: the header, then the records (quoted where they need it).
+fn csv_text<const N: usize>(header: [&str; N], records: impl IntoIterator<Item = [String; N]>) -> Result<String> {
+    let fail = |e: csv::Error| ConsoleError::Store(format!("writing CSV: {e}"));
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header).map_err(fail)?;
+    for r in records {
+        w.write_record(&r).map_err(fail)?;
     }
+    let bytes = w.into_inner().map_err(|e| ConsoleError::Store(format!("writing CSV: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| ConsoleError::Store(format!("writing CSV: {e}")))
 }
 
 #[cfg(test)]
@@ -1056,7 +1036,7 @@ mod tests {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .unwrap();
-        let base = parse_time("2026-11-01", false).unwrap();
+        let base = parse_bound("2026-11-01", false).unwrap();
         for i in 0..200i64 {
             let id = format!("ev-{i}");
             let user = if i % 2 == 0 { "ann@corp.example" } else { "<b>bob</b>" };
@@ -1066,7 +1046,7 @@ mod tests {
                 .then(|| json!({ "id": id, "app_z_loss": score, "app": "Office", "hour_z_loss": -0.5 }).to_string());
             insert
                 .execute(rusqlite::params![
-                    (dfp_core::hash::stable_hash(id.as_bytes()) >> 1) as i64,
+                    event_key(&id),
                     id,
                     base + i * 3_600_000_000,
                     user,

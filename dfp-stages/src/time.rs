@@ -197,6 +197,19 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     }
 }
 
+/// Parses a time a person wrote (a console filter, a suppression's end): any form [`parse_timestamp`]
+/// takes, or microseconds since the epoch. A bare date is its first microsecond, or with `end_of_day` its
+/// last (so that "until 2026-12-20" covers that day).
+pub fn parse_bound(text: &str, end_of_day: bool) -> Result<i64, String> {
+    let text = text.trim();
+    if let Some(t) = parse_timestamp(text) {
+        let bare_date = text.len() == 10 && text.as_bytes()[4] == b'-';
+        return Ok(if end_of_day && bare_date { t + DAY_MICROS - 1 } else { t });
+    }
+    text.parse::<i64>()
+        .map_err(|_| format!("\"{text}\" is not a time (2026-11-30, 2026-11-30T08:00:00Z or microseconds)"))
+}
+
 /// Finds an ISO date-time inside a file name (`_` may stand for `:`).
 pub fn parse_file_name_time(name: &str) -> Option<i64> {
     let b = name.as_bytes();
@@ -253,6 +266,17 @@ mod tests {
     use super::*;
 
     const BASE: i64 = 1_659_312_236_000_000; // 2022-08-01T00:03:56Z
+
+    #[test]
+    fn a_bound_is_a_day_s_start_or_last_microsecond_a_time_or_microseconds() {
+        let day = parse_timestamp("2022-08-01").unwrap();
+        assert_eq!(parse_bound("2022-08-01", false), Ok(day));
+        assert_eq!(parse_bound(" 2022-08-01 ", true), Ok(day + DAY_MICROS - 1));
+        assert_eq!(parse_bound("2022-08-01T00:03:56Z", true), Ok(BASE), "a time is itself, end or not");
+        assert_eq!(parse_bound("2022-08-01T00:03", false), Ok(BASE - 56_000_000));
+        assert_eq!(parse_bound("1659312236000000", true), Ok(BASE));
+        assert!(parse_bound("next week", true).unwrap_err().contains("\"next week\" is not a time"));
+    }
 
     #[test]
     fn iso_variants_give_the_same_instant() {

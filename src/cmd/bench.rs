@@ -183,8 +183,7 @@ fn bench_model(registry: &str, args: &BenchArgs) -> Result<ExitCode> {
 /// `dfp bench --profiles N`: features with profiles on, N known users.
 fn bench_profiles(users: u64, args: &BenchArgs) -> Result<ExitCode> {
     let workers = args.workers.first().copied().map_or(2, usize::from);
-    let dir = std::env::temp_dir().join(format!("dfp-bench-profiles-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = tempfile_dir("dfp-bench-profiles")?;
     println!("profiles benchmark: {users} users in the set, {} events through features ({workers} workers)", 3 * users);
     let result = dfp_stages::profile::bench::run(users, workers, &dir);
     let _ = std::fs::remove_dir_all(&dir);

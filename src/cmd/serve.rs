@@ -112,9 +112,8 @@ pub(crate) fn serve(args: ServeArgs) -> Result<ExitCode> {
             }
         }
         let app = Arc::new(App { console, token, csrf: random_hex(16), hosts });
-        let shown = if bound.ip().is_unspecified() { format!("port {}", bound.port()) } else { bound.to_string() };
         println!(
-            "dfp serve: http://{shown}/ (store {}{}; Ctrl-C stops)",
+            "dfp serve: http://{bound}/ (store {}{}; Ctrl-C stops)",
             args.store.display(),
             if app.token.is_some() { ", token required" } else { "" }
         );
@@ -136,10 +135,10 @@ pub(crate) fn serve(args: ServeArgs) -> Result<ExitCode> {
 
 fn router(app: Shared) -> Router {
     Router::new()
-        .route("/", get(page))
+        .route("/", get(|| async { asset(HTML, include_str!("serve/index.html")) }))
         .route("/app.js", get(|| async { asset("text/javascript; charset=utf-8", include_str!("serve/app.js")) }))
         .route("/app.css", get(|| async { asset("text/css; charset=utf-8", include_str!("serve/app.css")) }))
-        .route("/login", get(login_page).post(login))
+        .route("/login", get(|| async { asset(HTML, include_str!("serve/login.html")) }).post(login))
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/session", get(session))
         .route("/api/version", get(version))
@@ -175,6 +174,9 @@ fn console_error(e: ConsoleError) -> Response {
     }
 }
 
+const HTML: &str = "text/html; charset=utf-8";
+
+/// A file built into the binary (a page, the script, the styles).
 fn asset(kind: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
@@ -269,14 +271,6 @@ async fn guard(State(app): State<Shared>, req: Request, next: Next) -> Response 
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
-}
-
-async fn page() -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("serve/index.html")).into_response()
-}
-
-async fn login_page() -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("serve/login.html")).into_response()
 }
 
 #[derive(serde::Deserialize)]

@@ -523,28 +523,19 @@ impl Validator<'_> {
                 return true;
             }
         };
-        match value {
-            Value::Bool(b) => {
-                if !b {
-                    self.disabled.insert(id.to_string(), line_of(k));
-                }
-                b
-            }
-            Value::String(t) if t == "true" || t == "false" => {
-                if t == "false" {
-                    self.disabled.insert(id.to_string(), line_of(k));
-                }
-                t == "true"
-            }
+        let on = match value {
+            Value::Bool(b) => b,
+            Value::String(t) if t == "true" || t == "false" => t == "true",
             other => {
-                self.diag.push(
-                    Some(line_of(v)),
-                    Some(id),
-                    format!("`enabled` must be true or false, found {}", crate::json::kind_of(&other)),
-                );
-                true
+                let found = crate::json::kind_of(&other);
+                self.diag.push(Some(line_of(v)), Some(id), format!("`enabled` must be true or false, found {found}"));
+                return true;
             }
+        };
+        if !on {
+            self.disabled.insert(id.to_string(), line_of(k));
         }
+        on
     }
 
     /// Graph checks across stages: every input names another stage that has an output.

@@ -152,18 +152,6 @@ struct Suppress {
     loaded: Option<Instant>,
 }
 
-/// `2026-12-20` (the end of that day, UTC) or an RFC 3339 time, in µs.
-pub fn parse_until(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        let end = day.and_hms_micro_opt(23, 59, 59, 999_999).ok_or_else(|| format!("\"{text}\" is not a date"))?;
-        return Ok(end.and_utc().timestamp_micros());
-    }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_micros())
-        .map_err(|_| format!("\"{text}\" is neither a date (2026-12-20) nor an RFC 3339 time"))
-}
-
 /// The text an event suppressed by a rule carries.
 pub fn describe(id: Option<i64>, field: &str, value: &str, until_us: Option<i64>, note: &str, who: &str) -> String {
     let mut text = match id {
@@ -239,7 +227,7 @@ pub fn read_csv(path: &Path) -> Result<Vec<Rule>, StageError> {
         }
         let until = match get(until_col) {
             "" => None,
-            t => Some(parse_until(t).map_err(|m| at(line, format!("until: {m}")))?),
+            t => Some(crate::time::parse_bound(t, true).map_err(|m| at(line, format!("until: {m}")))?),
         };
         let note = get(note_col);
         rules.push(Rule {
@@ -299,13 +287,14 @@ impl Suppress {
                     .entry(rule.field.as_str())
                     .or_insert_with(|| crate::correlate::text_column(data, &self.column(&rule.field)));
             }
+            // The rules' users and values are lower case (`to_lowercase`): a row's are folded the same way,
+            // into one buffer (the user) or compared character by character (the value).
             let mut user = String::new();
             for i in 0..n {
                 let hit = users.as_ref().filter(|u| u.is_valid(i)).and_then(|u| {
                     user.clear();
-                    user.push_str(u.value(i).trim());
-                    user.make_ascii_lowercase();
-                    let rules = self.rules.get(user.as_str()).or_else(|| self.rules.get(&user.to_lowercase()))?;
+                    user.extend(u.value(i).trim().chars().flat_map(char::to_lowercase));
+                    let rules = self.rules.get(user.as_str())?;
                     let t = times.filter(|t| t.is_valid(i)).map(|t| t.value(i));
                     rules.iter().find(|r| {
                         let in_time = match (r.until_us, t) {
@@ -318,7 +307,9 @@ impl Suppress {
                                 .get(r.field.as_str())
                                 .and_then(|c| c.as_ref())
                                 .filter(|c| c.is_valid(i))
-                                .is_some_and(|c| c.value(i).trim().eq_ignore_ascii_case(&r.value))
+                                .is_some_and(|c| {
+                                    c.value(i).trim().chars().flat_map(char::to_lowercase).eq(r.value.chars())
+                                })
                     })
                 });
                 match hit {
