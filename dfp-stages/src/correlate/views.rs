@@ -2,21 +2,33 @@
 //! aggregate per key, and each event's view of its keys read as of its own time.
 //!
 //! Inside a child scope whose timestamps are `Product<epoch, event second>`, every event enters its views
-//! with `+1` at `(e, t)` and leaves them with `-1` at `(e, t + window)` (rounded up to 1/48 of the window),
+//! with `+1` at `(e, t)` and leaves them with `-1` at `(e', t + window)` (rounded up to 1/48 of the window),
 //! where `e` is the lowest epoch still to come when the row is taken in, so the accumulation of a view at
 //! `(e, t)` is the events of `(t - window, t]` taken in by then, whatever order they arrived in. (Each row's
 //! own epoch would be exact per epoch but costs the `reduce` a time for every meeting of an earlier epoch's
-//! later update with a later epoch's earlier one: the work grew with the epochs in flight.) One `reduce` keeps the aggregate of every key (a key names its view: a place of a user, a source
-//! address or prefix, a user); each event's "pulse" (`+1` at its own time, `-1` one second later) is joined
-//! with the aggregates and only the join's output at exactly the event's time is kept: the aggregate as it
-//! stood when the event happened. Differential exchanges the keys between workers and processes.
+//! later update with a later epoch's earlier one: the work grew with the epochs in flight.)
+//!
+//! The retraction is not sent with the row: it waits in a queue of the row operator until the process has
+//! taken in an event at or after its time (plus `lateness`), and then goes out at the epoch of that call,
+//! which is never later than the epoch of such an event. A retraction dated a day ahead would otherwise
+//! meet every later epoch's updates of its key, and the `reduce` would evaluate each meeting.
+//!
+//! One `reduce` keeps, per key (a key names its view: a place of a user, a source address or prefix, a
+//! user), the aggregate of its window paired with the events that asked for it and are the newest in the
+//! window: every event that asks carries its own time in its value, so at that exact time it is among the
+//! newest, and the `reduce`'s output at exactly the event's time is the aggregate as it stood when the event
+//! happened (outputs at other times, when the window moved on, are dropped). There is no second collection
+//! of queries and no join: each event is one value of each view it belongs to. Differential exchanges the
+//! keys between workers and processes.
 //!
 //! Memory: the operator that turns rows into updates holds a capability at `(epoch, watermark)` and
 //! downgrades it as the newest event time of the complete epochs grows ([`Clock`]), so every arrangement
-//! downstream compacts to the
-//! watermark: an event whose window ended before it cancels out (`+1` and `-1` meet at the same time) and
-//! is dropped at the next merge. State is the events of the last `window` (per view), not the stream.
+//! downstream compacts to the watermark: an event whose window ended before it cancels out (`+1` and `-1`
+//! meet at the same time) and is dropped at the next merge. State is the events of the last `window` (per
+//! view), not the stream, plus their queued retractions.
 
+use std::cmp::Reverse;
+use std::collections::binary_heap::{BinaryHeap, PeekMut};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -67,10 +79,12 @@ pub(crate) enum Key {
 pub(crate) enum Val {
     /// An anomalous event that brought a new device, prefix, country or session: its risk in thousandths.
     Seed { kind: u8, value: u64, risk_m: i64 },
-    /// A sign-in from a source: the user and whether it failed.
-    Attempt { user: u64, failed: bool },
-    /// A user's event.
-    Event { risk_m: i64, anomalous: bool, failed: bool, country: u64, prefix: u64, device: u64, seq: u64 },
+    /// A sign-in from a source: the user, whether it failed, and for a failure the event and its time (only
+    /// failures read the source views: the spray signal is about failures, and a busy prefix then costs its
+    /// failures, not its every sign-in, in the output).
+    Attempt { user: u64, failed: bool, asks: Option<(Ev, Inner)> },
+    /// A user's event, with its time.
+    Event { risk_m: i64, anomalous: bool, failed: bool, country: u64, prefix: u64, device: u64, ev: Ev, at: Inner },
 }
 
 /// A view's aggregate, as an event sees it.
@@ -128,6 +142,7 @@ pub(crate) struct Row {
 pub(crate) struct Clock {
     open: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
     complete: AtomicU64,
+    newest: AtomicU64,
 }
 
 impl Clock {
@@ -136,6 +151,12 @@ impl Clock {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let newest = open.entry(epoch).or_insert(t);
         *newest = (*newest).max(t);
+        self.newest.fetch_max(t, Ordering::Relaxed);
+    }
+
+    /// The newest event second any worker of the process took in.
+    pub(crate) fn newest(&self) -> u64 {
+        self.newest.load(Ordering::Relaxed)
     }
 
     /// The newest event second of the epochs below `lowest` (every row of them has arrived).
@@ -164,8 +185,6 @@ type Update<D> = Vec<(D, Inner, isize)>;
 pub(crate) type Found = ((Ev, Key, Agg), u64, isize);
 /// What the events add to the views' windows.
 type Windowed<'i> = VecCollection<'i, Inner, (Key, Val)>;
-/// The events' queries, keyed like the views, with the event and its time.
-type Pulses<'i> = VecCollection<'i, Inner, (Key, (Ev, Inner))>;
 
 /// Builds the views over `rows` (in the epoch scope) and returns, per event, the aggregates of the views
 /// it belongs to as of its own time: `((ev, key, agg), epoch, diff)` updates that add up to one per pair.
@@ -176,21 +195,52 @@ pub(crate) fn views<'s>(
 ) -> Stream<'s, u64, Vec<Found>> {
     let outer = rows.scope();
     outer.scoped::<Inner, _, _>("CorrelateWindows", |inner| {
-        let (window, pulses) = explode(rows.enter(inner), windows, clock);
-        let aggregates = window
+        type Out = (Ev, Inner, Agg);
+        let window = explode(rows.enter(inner), windows, clock);
+        let answers = window
             .arrange_by_key_named("CorrelateViews")
-            .reduce_abelian::<_, ValBuilder<Key, Agg, Inner, isize>, ValSpine<Key, Agg, Inner, isize>, _, _>(
+            .reduce_abelian::<_, ValBuilder<Key, Out, Inner, isize>, ValSpine<Key, Out, Inner, isize>, _, _>(
                 "CorrelateAggregate",
-                |key, vals, out| out.push((aggregate(key, vals), 1)),
+                |key, vals, out| {
+                    let newest = newest(vals);
+                    if newest.is_empty() {
+                        return;
+                    }
+                    let agg = aggregate(key, vals);
+                    out.extend(newest.into_iter().map(|(ev, at)| ((ev, at, agg.clone()), 1)));
+                },
                 |vec, key, upds| {
                     vec.clear();
                     vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
                 },
             );
-        let joined = pulses.join_core(aggregates, |key, (ev, at), agg| Some(((*ev, *key, agg.clone()), *at)));
         // Keep only the output at the event's own time: the aggregate as it stood then.
-        joined.inner.filter(|(((_, _, _), at), t, _)| t == at).as_collection().map(|(x, _)| x).leave(outer).inner
+        answers
+            .as_collection(|key, (ev, at, agg)| ((*ev, *key, agg.clone()), *at))
+            .inner
+            .filter(|((_, at), t, diff)| t == at && *diff > 0)
+            .as_collection()
+            .map(|(x, _)| x)
+            .leave(outer)
+            .inner
     })
+}
+
+/// The events in `vals` that ask for the aggregate and whose time is the newest of them (in both
+/// coordinates): at an event's own time it is among these, since everything accumulated is at or before it.
+fn newest(vals: &[(&Val, isize)]) -> Vec<(Ev, Inner)> {
+    let asking = || {
+        vals.iter().filter(|(_, n)| *n > 0).filter_map(|(v, _)| match v {
+            Val::Attempt { asks, .. } => *asks,
+            Val::Event { ev, at, .. } => Some((*ev, *at)),
+            Val::Seed { .. } => None,
+        })
+    };
+    let Some(top) = asking().map(|(_, at)| at).reduce(|a, b| Product::new(a.outer.max(b.outer), a.inner.max(b.inner)))
+    else {
+        return Vec::new();
+    };
+    asking().filter(|(_, at)| *at == top).collect()
 }
 
 /// The aggregate of one key from the values in its window (with multiplicities).
@@ -202,7 +252,7 @@ fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
             let mut last_failed_user = None;
             // Values are sorted: (user, failed=false) before (user, failed=true).
             for (v, n) in vals {
-                if let Val::Attempt { user, failed } = v {
+                if let Val::Attempt { user, failed, .. } = v {
                     let n = (*n).max(0) as u32;
                     agg.events += n;
                     if last_user != Some(*user) {
@@ -220,7 +270,8 @@ fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
             }
         }
         Key::User { .. } => {
-            let (mut countries, mut prefixes, mut devices) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut countries, mut prefixes, mut devices) =
+                (Distinct::default(), Distinct::default(), Distinct::default());
             for (v, _) in vals {
                 if let Val::Seed { kind, value, risk_m } = v {
                     match agg.seeds.last_mut() {
@@ -242,72 +293,86 @@ fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
                         agg.failures += n;
                         agg.max_failed_m = agg.max_failed_m.max(*risk_m);
                     }
-                    countries.push(*country);
-                    prefixes.push(*prefix);
-                    devices.push(*device);
+                    countries.insert(*country);
+                    prefixes.insert(*prefix);
+                    devices.insert(*device);
                 }
             }
-            for (list, out) in
-                [(countries, &mut agg.countries), (prefixes, &mut agg.prefixes), (devices, &mut agg.devices)]
-            {
-                let mut list = list;
-                list.sort_unstable();
-                list.dedup();
-                list.retain(|x| *x != 0);
-                *out = list.len() as u32;
-            }
+            agg.countries = countries.count();
+            agg.prefixes = prefixes.count();
+            agg.devices = devices.count();
         }
     }
     agg
 }
 
-/// Turns rows into window updates (`+1` at the event's time, `-1` when its window ends) and pulses (each
-/// event's query, `+1` at its time, `-1` a second later). Its input is not connected to its outputs: it
-/// holds its own capability at `(lowest epoch to come, watermark)`, which is what lets everything
+/// Distinct non-zero values, counted without allocating while there are few (a user's places in a window
+/// are a handful; the aggregate runs for every event of every user).
+#[derive(Default)]
+struct Distinct {
+    few: [u64; 8],
+    len: usize,
+    many: Vec<u64>,
+}
+
+impl Distinct {
+    fn insert(&mut self, value: u64) {
+        if value == 0 || self.few[..self.len].contains(&value) {
+            return;
+        }
+        if self.len < self.few.len() {
+            self.few[self.len] = value;
+            self.len += 1;
+        } else {
+            self.many.push(value);
+        }
+    }
+
+    fn count(mut self) -> u32 {
+        self.many.sort_unstable();
+        self.many.dedup();
+        (self.len + self.many.len()) as u32
+    }
+}
+
+/// Turns rows into window updates (`+1` at the event's time, `-1` when its window ends). Its input is not
+/// connected to its output: it holds its own capability at `(lowest epoch to come, watermark)`, which is what lets everything
 /// downstream compact in event time. A row older than the watermark is placed at the watermark.
-fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<Clock>) -> (Windowed<'i>, Pulses<'i>) {
+fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<Clock>) -> Windowed<'i> {
     let mut builder = OperatorBuilder::new("CorrelateExplode".to_owned(), rows.scope());
     let mut input = builder.new_input(rows, Pipeline);
     let none = Vec::<(usize, Antichain<Inner>)>::new();
-    let (win_out, win) = builder.new_output_connection::<Update<(Key, Val)>, _>(none.clone());
-    let (pulse_out, pul) = builder.new_output_connection::<Update<(Key, (Ev, Inner))>, _>(none);
+    let (win_out, win) = builder.new_output_connection::<Update<(Key, Val)>, _>(none);
     let mut win_out = OutputBuilder::<_, CapacityContainerBuilder<Update<(Key, Val)>>>::from(win_out);
-    let mut pulse_out = OutputBuilder::<_, CapacityContainerBuilder<Update<(Key, (Ev, Inner))>>>::from(pulse_out);
     let held = Rc::new(());
     builder.build(move |mut caps| {
         let _held = held;
-        let mut cap_pulse = caps.pop();
         let mut cap_win = caps.pop();
         let mut watermark = 0u64;
+        // Expiries not yet due, soonest first (see below).
+        let mut expiries: BinaryHeap<Reverse<(u64, Key, Val)>> = BinaryHeap::new();
         move |frontiers| {
             let mut win_out = win_out.activate();
-            let mut pulse_out = pulse_out.activate();
             input.for_each(|incap, data| {
                 if incap.stamp().is_empty() {
                     return;
                 }
-                let (Some(cw), Some(cp)) = (&cap_win, &cap_pulse) else { return };
+                let Some(cw) = &cap_win else { return };
                 // Rows go in at the lowest epoch still to come (see the module docs), never below it.
                 let epoch = cw.time().outer;
-                let at = Product::new(epoch, watermark);
-                let (cw, cp) = (cw.delayed(&at), cp.delayed(&at));
+                let cw = cw.delayed(&Product::new(epoch, watermark));
                 let mut sw = win_out.session(&cw);
-                let mut sp = pulse_out.session(&cp);
                 for row in data.drain(..) {
                     let Some(t) = row.t else { continue };
                     let t = t.max(watermark);
                     let now = Product::new(epoch, t);
+                    // Expiries on a grid of 1/48 of the window: a key's aggregate changes at most 48 times per
+                    // window as events leave it. They wait in `expiries` until they are due (see below).
                     let mut enter = |key: Key, val: Val, window: u64| {
                         sw.give(((key, val), now, 1));
-                        // Expiries on a grid of 1/48 of the window: a key's aggregate changes at most 48
-                        // times per window as events leave it.
                         let grid = (window / 48).max(1);
                         let until = t.saturating_add(window).div_ceil(grid).saturating_mul(grid);
-                        sw.give(((key, val), Product::new(epoch, until), -1));
-                    };
-                    let mut ask = |key: Key| {
-                        sp.give(((key, (row.ev, now)), now, 1));
-                        sp.give(((key, (row.ev, now)), Product::new(epoch, t.saturating_add(1)), -1));
+                        expiries.push(Reverse((until, key, val)));
                     };
                     let user = Key::User { user: row.user };
                     let places = [
@@ -324,12 +389,8 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
                     for (kind, value) in [(SOURCE_IP, row.ip), (SOURCE_PREFIX, row.prefix)] {
                         let Some(value) = value else { continue };
                         let key = Key::Source { kind, value };
-                        enter(key, Val::Attempt { user: row.user, failed: row.failed }, windows.source);
-                        // Only failures read the source views (the spray signal is about failures): a busy
-                        // prefix then costs its failures, not its every sign-in, in the lookup.
-                        if row.failed {
-                            ask(key);
-                        }
+                        let asks = row.failed.then_some((row.ev, now));
+                        enter(key, Val::Attempt { user: row.user, failed: row.failed, asks }, windows.source);
                     }
                     let val = Val::Event {
                         risk_m: row.risk_m,
@@ -338,26 +399,36 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
                         country: row.country.unwrap_or(0),
                         prefix: row.prefix.unwrap_or(0),
                         device: row.device.unwrap_or(0),
-                        seq: row.ev.seq,
+                        ev: row.ev,
+                        at: now,
                     };
                     enter(user, val, windows.user);
-                    ask(user);
                 }
             });
             let frontier = frontiers[0].frontier();
             let Some(lowest) = frontier.iter().map(|t| t.outer).min() else {
                 cap_win = None;
-                cap_pulse = None;
                 return;
             };
             watermark = watermark.max(clock.complete_below(lowest).saturating_sub(windows.lateness));
-            let to = Product::new(lowest, watermark);
-            for cap in [&mut cap_win, &mut cap_pulse].into_iter().flatten() {
-                if cap.time() != &to {
-                    cap.downgrade(&to);
+            // The expiries that are due: every row this process took in up to now is at most `newest`,
+            // and they go out at the epoch the rows of this call went in (the capability is not yet
+            // downgraded), so no event at or after an expiry's time misses it.
+            let horizon = clock.newest().saturating_add(windows.lateness);
+            if let Some(cap) = cap_win.as_ref().filter(|_| expiries.peek().is_some_and(|e| e.0 .0 <= horizon)) {
+                let at = *cap.time();
+                let mut session = win_out.session(cap);
+                while let Some(Reverse((until, key, val))) =
+                    expiries.peek_mut().filter(|e| e.0 .0 <= horizon).map(PeekMut::pop)
+                {
+                    session.give(((key, val), Product::new(at.outer, until.max(at.inner)), -1));
                 }
+            }
+            let to = Product::new(lowest, watermark);
+            if let Some(cap) = cap_win.as_mut().filter(|cap| cap.time() != &to) {
+                cap.downgrade(&to);
             }
         }
     });
-    (win.as_collection(), pul.as_collection())
+    win.as_collection()
 }
