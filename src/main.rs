@@ -7,12 +7,6 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-/// mimalloc rather than the system allocator: the correlate windows, the record batches and the JSON
-/// readers allocate many small short-lived values from several worker threads (the inference pipeline
-/// measured 15–20 % faster and 15 % smaller with it). Programs that embed dfp choose their own.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// dfp: digital fingerprinting for sign-in logs. Runs declarative YAML pipelines of stages.
 #[derive(Parser)]
 #[command(name = "dfp", version, about, long_about = None, propagate_version = true)]
