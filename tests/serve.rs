@@ -360,6 +360,11 @@ fn a_token_guards_every_request_and_a_public_address_needs_one() {
     let (status, headers, _) = http(a, "POST", "/login", &form, "token=wrong");
     assert_eq!((status, headers.get("location").map(String::as_str)), (303, Some("/login?wrong=1")));
     assert!(!headers.contains_key("set-cookie"));
+    let (status, _, page) = http(a, "GET", "/login?wrong=1", &[], "");
+    assert_eq!(status, 200);
+    assert!(page.contains("role=\"alert\"") && page.contains("That token is not"), "the page says why: {page}");
+    let (_, _, page) = http(a, "GET", "/login", &[], "");
+    assert!(!page.contains("That token is not"), "a first visit is not told it was wrong");
     let (status, headers, _) = http(a, "POST", "/login", &form, &format!("token={token}"));
     assert_eq!(status, 303);
     let cookie = headers["set-cookie"].clone();

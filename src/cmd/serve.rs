@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -138,7 +138,7 @@ fn router(app: Shared) -> Router {
         .route("/", get(|| async { asset(HTML, include_str!("serve/index.html")) }))
         .route("/app.js", get(|| async { asset("text/javascript; charset=utf-8", include_str!("serve/app.js")) }))
         .route("/app.css", get(|| async { asset("text/css; charset=utf-8", include_str!("serve/app.css")) }))
-        .route("/login", get(|| async { asset(HTML, include_str!("serve/login.html")) }).post(login))
+        .route("/login", get(login_page).post(login))
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/session", get(session))
         .route("/api/version", get(version))
@@ -276,6 +276,18 @@ async fn guard(State(app): State<Shared>, req: Request, next: Next) -> Response 
 #[derive(serde::Deserialize)]
 struct LoginForm {
     token: String,
+}
+
+/// The login page; after a wrong token (`?wrong=1`, where [`login`] sends it back) it says so.
+async fn login_page(RawQuery(query): RawQuery) -> Response {
+    const PAGE: &str = include_str!("serve/login.html");
+    if query.as_deref() != Some("wrong=1") {
+        return asset(HTML, PAGE);
+    }
+    let said = "<p class=\"error\" role=\"alert\">That token is not this console's: check the file or variable \
+                <code>dfp serve</code> was started with.</p>\n  <form";
+    let page = PAGE.replacen("<form", said, 1);
+    ([(header::CONTENT_TYPE, HTML), (header::CACHE_CONTROL, "no-cache")], page).into_response()
 }
 
 async fn login(

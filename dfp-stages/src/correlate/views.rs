@@ -27,8 +27,7 @@
 //! meet at the same time) and is dropped at the next merge. State is the events of the last `window` (per
 //! view), not the stream, plus their queued retractions.
 
-use std::cmp::Reverse;
-use std::collections::binary_heap::{BinaryHeap, PeekMut};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -350,7 +349,8 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
         let mut cap_win = caps.pop();
         let mut watermark = 0u64;
         // Expiries not yet due, soonest first (see below).
-        let mut expiries: BinaryHeap<Reverse<(u64, Key, Val)>> = BinaryHeap::new();
+        // (Their times are on the windows' grids: few distinct ones, each with many values.)
+        let mut expiries: BTreeMap<u64, Vec<(Key, Val)>> = BTreeMap::new();
         move |frontiers| {
             let mut win_out = win_out.activate();
             input.for_each(|incap, data| {
@@ -372,7 +372,7 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
                         sw.give(((key, val), now, 1));
                         let grid = (window / 48).max(1);
                         let until = t.saturating_add(window).div_ceil(grid).saturating_mul(grid);
-                        expiries.push(Reverse((until, key, val)));
+                        expiries.entry(until).or_default().push((key, val));
                     };
                     let user = Key::User { user: row.user };
                     let places = [
@@ -415,13 +415,14 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
             // and they go out at the epoch the rows of this call went in (the capability is not yet
             // downgraded), so no event at or after an expiry's time misses it.
             let horizon = clock.newest().saturating_add(windows.lateness);
-            if let Some(cap) = cap_win.as_ref().filter(|_| expiries.peek().is_some_and(|e| e.0 .0 <= horizon)) {
+            if let Some(cap) = cap_win.as_ref().filter(|_| expiries.first_key_value().is_some_and(|e| *e.0 <= horizon))
+            {
                 let at = *cap.time();
                 let mut session = win_out.session(cap);
-                while let Some(Reverse((until, key, val))) =
-                    expiries.peek_mut().filter(|e| e.0 .0 <= horizon).map(PeekMut::pop)
-                {
-                    session.give(((key, val), Product::new(at.outer, until.max(at.inner)), -1));
+                let later = expiries.split_off(&horizon.saturating_add(1));
+                for (until, due) in std::mem::replace(&mut expiries, later) {
+                    let when = Product::new(at.outer, until.max(at.inner));
+                    session.give_iterator(due.into_iter().map(|kv| (kv, when, -1)));
                 }
             }
             let to = Product::new(lowest, watermark);
