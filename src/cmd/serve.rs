@@ -177,7 +177,7 @@ fn console_error(e: ConsoleError) -> Response {
 const HTML: &str = "text/html; charset=utf-8";
 
 /// A file built into the binary (a page, the script, the styles).
-fn asset(kind: &'static str, body: &'static str) -> Response {
+fn asset(kind: &'static str, body: impl IntoResponse) -> Response {
     ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
@@ -286,8 +286,7 @@ async fn login_page(RawQuery(query): RawQuery) -> Response {
     }
     let said = "<p class=\"error\" role=\"alert\">That token is not this console's: check the file or variable \
                 <code>dfp serve</code> was started with.</p>\n  <form";
-    let page = PAGE.replacen("<form", said, 1);
-    ([(header::CONTENT_TYPE, HTML), (header::CACHE_CONTROL, "no-cache")], page).into_response()
+    asset(HTML, PAGE.replacen("<form", said, 1))
 }
 
 async fn login(

@@ -2,16 +2,11 @@
 //! aggregate per key, and each event's view of its keys read as of its own time.
 //!
 //! Inside a child scope whose timestamps are `Product<epoch, event second>`, every event enters its views
-//! with `+1` at `(e, t)` and leaves them with `-1` at `(e', t + window)` (rounded up to 1/48 of the window),
+//! with `+1` at `(e, t)` and leaves them with `-1` at `(e, t + window)` (rounded up to 1/48 of the window),
 //! where `e` is the lowest epoch still to come when the row is taken in, so the accumulation of a view at
 //! `(e, t)` is the events of `(t - window, t]` taken in by then, whatever order they arrived in. (Each row's
 //! own epoch would be exact per epoch but costs the `reduce` a time for every meeting of an earlier epoch's
 //! later update with a later epoch's earlier one: the work grew with the epochs in flight.)
-//!
-//! The retraction is not sent with the row: it waits in a queue of the row operator until the process has
-//! taken in an event at or after its time (plus `lateness`), and then goes out at the epoch of that call,
-//! which is never later than the epoch of such an event. A retraction dated a day ahead would otherwise
-//! meet every later epoch's updates of its key, and the `reduce` would evaluate each meeting.
 //!
 //! One `reduce` keeps, per key (a key names its view: a place of a user, a source address or prefix, a
 //! user), the aggregate of its window paired with the events that asked for it and are the newest in the
@@ -25,13 +20,13 @@
 //! downgrades it as the newest event time of the complete epochs grows ([`Clock`]), so every arrangement
 //! downstream compacts to the watermark: an event whose window ended before it cancels out (`+1` and `-1`
 //! meet at the same time) and is dropped at the next merge. State is the events of the last `window` (per
-//! view), not the stream, plus their queued retractions.
+//! view), not the stream.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use dfp_core::differential_dataflow::lattice::Lattice;
 use dfp_core::differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use dfp_core::differential_dataflow::{AsCollection, VecCollection};
 use dfp_core::timely::container::CapacityContainerBuilder;
@@ -141,7 +136,6 @@ pub(crate) struct Row {
 pub(crate) struct Clock {
     open: std::sync::Mutex<std::collections::BTreeMap<u64, u64>>,
     complete: AtomicU64,
-    newest: AtomicU64,
 }
 
 impl Clock {
@@ -150,12 +144,6 @@ impl Clock {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let newest = open.entry(epoch).or_insert(t);
         *newest = (*newest).max(t);
-        self.newest.fetch_max(t, Ordering::Relaxed);
-    }
-
-    /// The newest event second any worker of the process took in.
-    pub(crate) fn newest(&self) -> u64 {
-        self.newest.load(Ordering::Relaxed)
     }
 
     /// The newest event second of the epochs below `lowest` (every row of them has arrived).
@@ -201,12 +189,10 @@ pub(crate) fn views<'s>(
             .reduce_abelian::<_, ValBuilder<Key, Out, Inner, isize>, ValSpine<Key, Out, Inner, isize>, _, _>(
                 "CorrelateAggregate",
                 |key, vals, out| {
-                    let newest = newest(vals);
-                    if newest.is_empty() {
-                        return;
-                    }
+                    let Some(top) = asking(vals).map(|(_, at)| at).reduce(|a, b| a.join(&b)) else { return };
                     let agg = aggregate(key, vals);
-                    out.extend(newest.into_iter().map(|(ev, at)| ((ev, at, agg.clone()), 1)));
+                    // At an event's own time, everything accumulated is at or before it: it is at `top`.
+                    out.extend(asking(vals).filter(|(_, at)| *at == top).map(|(ev, at)| ((ev, at, agg.clone()), 1)));
                 },
                 |vec, key, upds| {
                     vec.clear();
@@ -225,21 +211,14 @@ pub(crate) fn views<'s>(
     })
 }
 
-/// The events in `vals` that ask for the aggregate and whose time is the newest of them (in both
-/// coordinates): at an event's own time it is among these, since everything accumulated is at or before it.
-fn newest(vals: &[(&Val, isize)]) -> Vec<(Ev, Inner)> {
-    let asking = || {
-        vals.iter().filter(|(_, n)| *n > 0).filter_map(|(v, _)| match v {
-            Val::Attempt { asks, .. } => *asks,
-            Val::Event { ev, at, .. } => Some((*ev, *at)),
-            Val::Seed { .. } => None,
-        })
-    };
-    let Some(top) = asking().map(|(_, at)| at).reduce(|a, b| Product::new(a.outer.max(b.outer), a.inner.max(b.inner)))
-    else {
-        return Vec::new();
-    };
-    asking().filter(|(_, at)| *at == top).collect()
+/// The events in `vals` that ask for the aggregate (each event of a user, a failure of a source), with their
+/// times.
+fn asking<'a>(vals: &'a [(&Val, isize)]) -> impl Iterator<Item = (Ev, Inner)> + 'a {
+    vals.iter().filter(|(_, n)| *n > 0).filter_map(|(v, _)| match v {
+        Val::Attempt { asks, .. } => *asks,
+        Val::Event { ev, at, .. } => Some((*ev, *at)),
+        Val::Seed { .. } => None,
+    })
 }
 
 /// The aggregate of one key from the values in its window (with multiplicities).
@@ -335,8 +314,9 @@ impl Distinct {
 }
 
 /// Turns rows into window updates (`+1` at the event's time, `-1` when its window ends). Its input is not
-/// connected to its output: it holds its own capability at `(lowest epoch to come, watermark)`, which is what lets everything
-/// downstream compact in event time. A row older than the watermark is placed at the watermark.
+/// connected to its output: it holds its own capability at `(lowest epoch to come, watermark)`, which is
+/// what lets everything downstream compact in event time. A row older than the watermark is placed at the
+/// watermark.
 fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<Clock>) -> Windowed<'i> {
     let mut builder = OperatorBuilder::new("CorrelateExplode".to_owned(), rows.scope());
     let mut input = builder.new_input(rows, Pipeline);
@@ -348,9 +328,6 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
         let _held = held;
         let mut cap_win = caps.pop();
         let mut watermark = 0u64;
-        // Expiries not yet due, soonest first (see below).
-        // (Their times are on the windows' grids: few distinct ones, each with many values.)
-        let mut expiries: BTreeMap<u64, Vec<(Key, Val)>> = BTreeMap::new();
         move |frontiers| {
             let mut win_out = win_out.activate();
             input.for_each(|incap, data| {
@@ -367,12 +344,12 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
                     let t = t.max(watermark);
                     let now = Product::new(epoch, t);
                     // Expiries on a grid of 1/48 of the window: a key's aggregate changes at most 48 times per
-                    // window as events leave it. They wait in `expiries` until they are due (see below).
+                    // window as events leave it.
                     let mut enter = |key: Key, val: Val, window: u64| {
                         sw.give(((key, val), now, 1));
                         let grid = (window / 48).max(1);
                         let until = t.saturating_add(window).div_ceil(grid).saturating_mul(grid);
-                        expiries.entry(until).or_default().push((key, val));
+                        sw.give(((key, val), Product::new(epoch, until), -1));
                     };
                     let user = Key::User { user: row.user };
                     let places = [
@@ -411,20 +388,6 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
                 return;
             };
             watermark = watermark.max(clock.complete_below(lowest).saturating_sub(windows.lateness));
-            // The expiries that are due: every row this process took in up to now is at most `newest`,
-            // and they go out at the epoch the rows of this call went in (the capability is not yet
-            // downgraded), so no event at or after an expiry's time misses it.
-            let horizon = clock.newest().saturating_add(windows.lateness);
-            if let Some(cap) = cap_win.as_ref().filter(|_| expiries.first_key_value().is_some_and(|e| *e.0 <= horizon))
-            {
-                let at = *cap.time();
-                let mut session = win_out.session(cap);
-                let later = expiries.split_off(&horizon.saturating_add(1));
-                for (until, due) in std::mem::replace(&mut expiries, later) {
-                    let when = Product::new(at.outer, until.max(at.inner));
-                    session.give_iterator(due.into_iter().map(|kv| (kv, when, -1)));
-                }
-            }
             let to = Product::new(lowest, watermark);
             if let Some(cap) = cap_win.as_mut().filter(|cap| cap.time() != &to) {
                 cap.downgrade(&to);
