@@ -453,6 +453,12 @@ pub trait Sink: Send {
     fn finish(&mut self) -> Result<(), StageError> {
         Ok(())
     }
+    /// The rows the sink's destination refused for their content (a document a search index cannot map),
+    /// each with the reason: the runtime takes them after every call above and routes them to the
+    /// pipeline's dead-letter output. Default: none.
+    fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
+        Vec::new()
+    }
 }
 
 /// A stream of batches inside one worker's dataflow; the timestamp is the source epoch.

@@ -98,7 +98,9 @@ where
                         Op::Transform(t) => env.timed(|| guard(|| t.process(batch, &mut em))),
                         Op::Sink(s) => {
                             env.tap(&batch);
-                            env.timed(|| guard(|| s.write(batch)))
+                            let r = env.timed(|| guard(|| s.write(batch)));
+                            em.dead.extend(s.take_dead_letters());
+                            r
                         }
                         Op::Failed => Ok(()),
                     };
@@ -124,7 +126,11 @@ where
                     None => {
                         let r = match &mut op {
                             Op::Transform(t) if !env.shared.aborted() => guard(|| t.finish(&mut em)),
-                            Op::Sink(s) => guard(|| s.finish()),
+                            Op::Sink(s) => {
+                                let r = guard(|| s.finish());
+                                em.dead.extend(s.take_dead_letters());
+                                r
+                            }
                             _ => Ok(()),
                         };
                         if let Err(e) = r {
@@ -142,7 +148,11 @@ where
                         if !env.shared.aborted() {
                             let r = match &mut op {
                                 Op::Transform(tr) => guard(|| tr.advance(t, &mut em)),
-                                Op::Sink(s) => env.timed(|| guard(|| s.advance(t))),
+                                Op::Sink(s) => {
+                                    let r = env.timed(|| guard(|| s.advance(t)));
+                                    em.dead.extend(s.take_dead_letters());
+                                    r
+                                }
                                 Op::Failed => Ok(()),
                             };
                             if let Err(e) = r {

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub tap_rows_dropped: Counter<u64>,
     /// [`names::PLUGIN_COUNTER`].
     pub plugin_counters: Counter<u64>,
+    /// [`names::SINK_DOCUMENTS`].
+    pub sink_documents: Counter<u64>,
+    /// [`names::SINK_REQUEST_SECONDS`].
+    pub sink_request_seconds: Histogram<f64>,
     labels: Mutex<HashMap<&'static str, HashSet<String>>>,
 }
 
@@ -113,6 +117,12 @@ pub fn enable_metrics() -> Result<&'static Metrics, ObserveError> {
         alerts: counter(names::ALERTS, "Alerts raised"),
         tap_rows_dropped: counter(names::TAP_ROWS_DROPPED, "Rows dfp tap dropped for a slow reader"),
         plugin_counters: counter(names::PLUGIN_COUNTER, "Counters added by plugin stages"),
+        sink_documents: counter(names::SINK_DOCUMENTS, "Documents a sink sent to an external store, by outcome"),
+        sink_request_seconds: seconds(
+            names::SINK_REQUEST_SECONDS,
+            "Time of one request of a sink to an external store (one bulk request)",
+            &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        ),
         labels: Mutex::new(HashMap::new()),
         registry,
         _provider: provider,

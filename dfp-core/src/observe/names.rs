@@ -81,3 +81,10 @@ pub const ALL: &[&str] = &[
     STAGE_COUNTER,
     PLUGIN_COUNTER,
 ];
+/// Documents a sink sent to an external store, by outcome (counter; labels `stage`, `result`: `sent`,
+/// `duplicate` — refused as already there, which counts as delivered —, `retried`, `rejected` — to the
+/// dead letters).
+pub const SINK_DOCUMENTS: &str = "dfp_sink_documents_total";
+/// Time of one request of a sink to an external store, such as one Elasticsearch bulk request
+/// (histogram, seconds; label `stage`).
+pub const SINK_REQUEST_SECONDS: &str = "dfp_sink_request_seconds";
