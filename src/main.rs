@@ -57,6 +57,8 @@ enum Command {
     /// The analyst console: a web application over an alert store (overview, heat map, alerts, incidents,
     /// one event in depth, triage marks, suppressions, labels for `dfp eval`).
     Serve(cmd::serve::ServeArgs),
+    /// Elasticsearch / OpenSearch: install the index templates `elasticsearch-sink` writes into.
+    Es(cmd::es::EsArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,5 +110,6 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Tap(args) => cmd::admin::tap(args),
         Command::Top(args) => cmd::admin::top(args),
         Command::Serve(args) => cmd::serve::serve(args),
+        Command::Es(args) => cmd::es::es(args),
     }
 }

@@ -1,9 +1,13 @@
 //! Streaming end to end through a real Kafka-protocol broker (tansu, installed by `./dev setup` into
 //! ~/.cache/dfp/tansu and started here on a free loopback port): `dfp produce` → the Kafka inference
 //! pipeline → alerts on a topic and in a file; a `kill -9` in the middle of a run loses nothing; and after
-//! one, every user's history resumes from the checkpoint, so features equal those of an uninterrupted run.
+//! one, every user's history resumes from the checkpoint, so features equal those of an uninterrupted run;
+//! the Kafka → Elasticsearch pipeline (against the stand-in of tests/common/es.rs), killed the same way,
+//! ends with every event in the index exactly once.
 
 mod common;
+#[path = "common/es.rs"]
+mod es;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -323,6 +327,69 @@ fn a_killed_pipeline_restarts_from_its_commits_without_losing_events() {
         all.len() - before.len()
     );
     committed_everything(&brokers, "dfp-azure-inference", "signins", 4, records.len());
+}
+
+#[test]
+fn a_killed_kafka_to_elasticsearch_pipeline_restarts_and_every_event_is_indexed_once() {
+    let _serial = common::one_at_a_time();
+    let (_broker, brokers, dir, models) = set_up();
+    let es = es::EsStandIn::start();
+    let (expected, records) = generate(dir.path(), 13);
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let send = |slice: &[String]| send_to(&producer, "signins", slice);
+    let pipeline = || {
+        dfp()
+            .args(["run", "pipelines/azure-kafka-elasticsearch.yaml", "--var", &format!("brokers={brokers}")])
+            .args(["--var", "topic=signins", "--var", "threshold=-1", "--var", &format!("es_url={}", es.url())])
+            .args(["--var", &format!("models={}", models.display())])
+            .args(["--var", &format!("checkpoints={}", dir.path().join("checkpoints").display())])
+            .args(["--var", "checkpoint_secs=0.5", "--var", "group=dfp-es"])
+            .args(["--var", &format!("store={}", dir.path().join("none.db").display())])
+            .args(["--dead-letter", &dir.path().join("dead.jsonl").display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = pipeline();
+    let chunk = records.len() / 10;
+    for i in 0..6 {
+        send(&records[i * chunk..(i + 1) * chunk]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let started = Instant::now();
+    while es.count("dfp-alerts-*") == 0 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = es.count("dfp-alerts-*");
+    assert!(before > 0, "the first run indexed something before it was killed");
+    send(&records[6 * chunk..]);
+    let mut child = pipeline();
+    let ids = || es.docs("dfp-alerts-*").into_iter().map(|d| d.1).collect::<BTreeSet<String>>();
+    let started = Instant::now();
+    while ids() != expected && started.elapsed() < Duration::from_secs(150) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM ends the run cleanly: {status:?}");
+    assert_eq!(ids(), expected, "every event is in the index");
+    assert_eq!(es.count("dfp-alerts-*"), expected.len(), "each exactly once");
+    let resent = es.docs("dfp-alerts-*").iter().filter(|d| d.2 > 1).count();
+    let incidents = es.docs("dfp-incidents");
+    assert!(!incidents.is_empty(), "incidents are indexed too");
+    let incident_ids: BTreeSet<&str> = incidents.iter().map(|d| d.3["incident_id"].as_str().unwrap()).collect();
+    assert_eq!(incident_ids.len(), incidents.len(), "one document per incident, upserted by incident_id");
+    assert!(incidents.iter().all(|d| d.1 == d.3["incident_id"].as_str().unwrap()));
+    eprintln!(
+        "Kafka → Elasticsearch crash test: {} events, {before} indexed before the kill, {resent} sent again and overwritten, {} incidents",
+        expected.len(),
+        incidents.len()
+    );
+    committed_everything(&brokers, "dfp-es", "signins", 4, records.len());
 }
 
 /// Every id in the part files `stem.part-*.jsonl` of `dir`, in file order.

@@ -4,6 +4,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod bench;
+pub(crate) mod es;
 pub(crate) mod eval;
 pub(crate) mod generate;
 pub(crate) mod models;
