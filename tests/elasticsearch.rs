@@ -321,57 +321,11 @@ fn es_setup_installs_the_templates_and_an_unreachable_cluster_fails_the_run_clea
     assert!(msg.contains(&url) && msg.contains("not delivered after 2 attempt(s)"), "{msg}");
 }
 
-/// A CA and a certificate for 127.0.0.1 signed by it, made with the openssl command: (ca.pem, cert.pem, key.pem).
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let sh = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
-    };
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    sh(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=dfp test CA",
-    ]);
-    sh(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]);
-    sh(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "cert.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-    ]);
-    (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"))
-}
-
 #[test]
 fn https_trusts_the_ca_file_and_refuses_a_certificate_nobody_vouches_for() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
+    let c = common::certificates(dir.path());
+    let (ca, cert, key) = (c.ca, c.cert, c.key);
     let es = EsStandIn::start_tls(&cert, &key);
     assert!(es.url().starts_with("https://127.0.0.1:"));
     generate(dir.path());
@@ -392,7 +346,7 @@ fn https_trusts_the_ca_file_and_refuses_a_certificate_nobody_vouches_for() {
     // A CA file that is not one is an error naming it.
     let p = pipeline(dir.path(), &es.url(), &format!("    index: dfp-events\n    ca_file: {}", key.display()));
     let msg = text(&run(&p));
-    assert!(msg.contains("key.pem") && msg.contains("CA file"), "{msg}");
+    assert!(msg.contains(key.to_str().unwrap()) && msg.contains("CA file"), "{msg}");
 }
 
 #[test]

@@ -25,6 +25,15 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
+/// The tansu binary (`DFP_TANSU`, or where ./dev installs it).
+fn tansu_bin() -> PathBuf {
+    let bin = std::env::var_os("DFP_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/dfp/tansu/bin/tansu"));
+    assert!(bin.exists(), "tansu is not installed at {} (run ./dev setup, or set DFP_TANSU)", bin.display());
+    bin
+}
+
 /// A tansu broker (in-memory storage) on a free loopback port; stopped when dropped.
 struct Tansu {
     child: Child,
@@ -33,19 +42,31 @@ struct Tansu {
 
 impl Tansu {
     fn start() -> Tansu {
-        let bin = std::env::var_os("DFP_TANSU").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/dfp/tansu/bin/tansu")
-        });
-        assert!(bin.exists(), "tansu is not installed at {} (run ./dev setup, or set DFP_TANSU)", bin.display());
+        Self::start_advertising(None)
+    }
+
+    /// A broker whose metadata sends clients to `advertised` (a TLS proxy in front of it) when given.
+    fn start_advertising(advertised: Option<u16>) -> Tansu {
+        Self::launch(advertised, "memory://tansu/", false, None)
+    }
+
+    /// A broker on `storage` (run in `dir`: tansu opens `sqlite://NAME` relative to it), advertising
+    /// `advertised` when given, requiring SASL with `authentication`.
+    fn launch(advertised: Option<u16>, storage: &str, authentication: bool, dir: Option<&Path>) -> Tansu {
+        let bin = tansu_bin();
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu starts");
+        let advertised = advertised.map_or_else(|| url.clone(), |p| format!("tcp://127.0.0.1:{p}"));
+        let mut cmd = Command::new(bin);
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
+            .args(["--storage-engine", storage]);
+        if authentication {
+            cmd.arg("--authentication");
+        }
+        if let Some(d) = dir {
+            cmd.current_dir(d);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("tansu starts");
         let broker = Tansu { child, port };
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -60,8 +81,28 @@ impl Tansu {
     }
 
     fn create_topic(&self, name: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", self.brokers()).create().unwrap();
+        self.create_topic_with(&self.brokers(), &[], name, partitions)
+    }
+
+    /// Creates a topic with tansu's own command on the broker's plain port (its metadata may send Kafka
+    /// clients to a TLS proxy instead).
+    fn create_topic_tansu(&self, name: &str, partitions: i32) {
+        let out = Command::new(tansu_bin())
+            .args(["topic", "create", "--broker", &format!("tcp://{}", self.brokers()), "--partitions"])
+            .args([&partitions.to_string(), name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tansu topic create {name}: {}", text(&out));
+    }
+
+    /// Creates a topic through `brokers` with more client properties.
+    fn create_topic_with(&self, brokers: &str, properties: &[(&str, &str)], name: &str, partitions: i32) {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", brokers);
+        for (k, v) in properties {
+            cfg.set(*k, *v);
+        }
+        let admin: AdminClient<DefaultClientContext> = cfg.create().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         let result = rt.block_on(admin.create_topics([&topic], &AdminOptions::new())).unwrap();
@@ -390,6 +431,283 @@ fn a_killed_kafka_to_elasticsearch_pipeline_restarts_and_every_event_is_indexed_
         incidents.len()
     );
     committed_everything(&brokers, "dfp-es", "signins", 4, records.len());
+}
+
+/// socat terminating TLS on `port` (127.0.0.1) in front of `to`; killed when dropped.
+struct TlsProxy(Child);
+
+impl TlsProxy {
+    fn start(port: u16, to: &str, cert: &Path, key: &Path) -> TlsProxy {
+        let listen = format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+            cert.display(),
+            key.display()
+        );
+        let child = Command::new("socat")
+            .args([listen.as_str(), &format!("TCP:{to}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is needed for the TLS test (./dev test installs it)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "socat did not listen on 127.0.0.1:{port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsProxy(child)
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn kafka_over_tls_trusts_the_ca_file_and_names_the_broker_and_the_certificate_when_it_cannot() {
+    let _serial = common::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let c = common::certificates(dir.path());
+    let (ca, cert, key, other_ca) = (c.ca, c.cert, c.key, c.other_ca);
+    let tls_port = free_port();
+    let broker = Tansu::start_advertising(Some(tls_port));
+    let _proxy = TlsProxy::start(tls_port, &broker.brokers(), &cert, &key);
+    let tls = format!("127.0.0.1:{tls_port}");
+    let ca_text = ca.display().to_string();
+    broker.create_topic_tansu("tls-signins", 2);
+    broker.create_topic_tansu("tls-alerts", 1);
+    let (expected, records) = generate(dir.path(), 21);
+
+    // dfp produce, as its --help shows, over TLS with the CA file.
+    let out = dfp()
+        .args(["produce", "--brokers", &tls, "--topic", "tls-signins", "-X", "security.protocol=SSL"])
+        .args(["-X", &format!("ssl.ca.location={ca_text}")])
+        .arg(dir.path().join("data/infer"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("produced {} records", records.len())), "{}", text(&out));
+
+    // A pipeline reading and writing over TLS.
+    let pipeline = |ca: &Path| {
+        let yaml = format!(
+            r#"version: 1
+family: azure
+runtime: {{ workers: 2, dead_letter: {dir}/dead.jsonl }}
+stages:
+  logs:
+    type: kafka-source
+    brokers: "{tls}"
+    topics: [tls-signins]
+    group: dfp-tls
+    idle_stop_secs: 3
+    properties: {{ security.protocol: SSL, ssl.ca.location: "{ca}" }}
+  events: {{ type: normalize-azure, inputs: [logs] }}
+  out: {{ type: file-sink, inputs: [events], path: "{dir}/events.jsonl" }}
+  to_kafka:
+    type: kafka-sink
+    inputs: [events]
+    brokers: "{tls}"
+    topic: tls-alerts
+    properties: {{ security.protocol: SSL, ssl.ca.location: "{ca}" }}
+"#,
+            dir = dir.path().display(),
+            ca = ca.display()
+        );
+        let p = dir.path().join("tls.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        dfp().args(["run", p.to_str().unwrap(), "-q"]).output().unwrap()
+    };
+    let out = pipeline(&ca);
+    assert!(out.status.success(), "{}", text(&out));
+    let got: BTreeSet<String> = ids(&dir.path().join("events.jsonl")).into_iter().collect();
+    assert_eq!(got, expected, "every record read over TLS");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &tls)
+        .set("group.id", "check")
+        .set("security.protocol", "SSL")
+        .set("ssl.ca.location", &ca_text)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("tls-alerts", 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    drop(tpl);
+    let mut n = 0;
+    let started = Instant::now();
+    while n < expected.len() && started.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(200)) {
+            n += 1;
+        }
+    }
+    assert_eq!(n, expected.len(), "every row written over TLS");
+    drop(consumer);
+
+    // The wrong CA: a clear error naming the broker and the certificate, quickly, from both.
+    let started = Instant::now();
+    let out = dfp()
+        .args(["produce", "--brokers", &tls, "--topic", "tls-signins", "-X", "security.protocol=SSL"])
+        .args(["-X", &format!("ssl.ca.location={}", other_ca.display())])
+        .arg(dir.path().join("data/infer"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(msg.contains(&tls) && msg.contains("certificate"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(20), "failed fast: {:?}", started.elapsed());
+    let out = pipeline(&other_ca);
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(msg.contains(&tls) && msg.contains("certificate"), "{msg}");
+}
+
+#[test]
+fn sasl_scram_over_tls_as_dfp_produce_help_shows_and_a_wrong_password_is_named_not_shown() {
+    let _serial = common::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let c = common::certificates(dir.path());
+    let tls_port = free_port();
+    // tansu keeps users in its storage: create the user and the topic without authentication, then start it
+    // again requiring SASL on the same storage.
+    let storage = "sqlite://tansu.db";
+    let setup = Tansu::launch(Some(tls_port), storage, false, Some(dir.path()));
+    let out = Command::new(tansu_bin())
+        .args(["user", "create", "--broker", &format!("tcp://{}", setup.brokers()), "--mechanism", "scram512"])
+        .args(["dfp", "pa55-w0rd-Zq"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tansu user create: {}", text(&out));
+    setup.create_topic_tansu("sasl-signins", 2);
+    drop(setup);
+    let broker = Tansu::launch(Some(tls_port), storage, true, Some(dir.path()));
+    let _proxy = TlsProxy::start(tls_port, &broker.brokers(), &c.cert, &c.key);
+    let tls = format!("127.0.0.1:{tls_port}");
+    let (expected, records) = generate(dir.path(), 5);
+    let produce = |password: &str| {
+        dfp()
+            .args(["produce", "--brokers", &tls, "--topic", "sasl-signins"])
+            .args(["-X", "security.protocol=SASL_SSL", "-X", &format!("ssl.ca.location={}", c.ca.display())])
+            .args(["-X", "sasl.mechanism=SCRAM-SHA-512", "-X", "sasl.username=dfp"])
+            .args(["-X", &format!("sasl.password={password}")])
+            .arg(dir.path().join("data/infer"))
+            .output()
+            .unwrap()
+    };
+    let out = produce("pa55-w0rd-Zq");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("produced {} records", records.len())), "{}", text(&out));
+    // Read back by a pipeline over SASL_SSL.
+    let yaml = format!(
+        r#"version: 1
+family: azure
+runtime: {{ workers: 2, dead_letter: {dir}/dead.jsonl }}
+stages:
+  logs:
+    type: kafka-source
+    brokers: "{tls}"
+    topics: [sasl-signins]
+    group: dfp-sasl
+    idle_stop_secs: 3
+    properties:
+      security.protocol: SASL_SSL
+      ssl.ca.location: "{ca}"
+      sasl.mechanism: SCRAM-SHA-512
+      sasl.username: dfp
+      sasl.password: "${{env:DFP_TEST_KAFKA_PASSWORD}}"
+  events: {{ type: normalize-azure, inputs: [logs] }}
+  out: {{ type: file-sink, inputs: [events], path: "{dir}/events.jsonl" }}
+"#,
+        dir = dir.path().display(),
+        ca = c.ca.display()
+    );
+    let p = dir.path().join("sasl.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    let out =
+        dfp().args(["run", p.to_str().unwrap(), "-q"]).env("DFP_TEST_KAFKA_PASSWORD", "pa55-w0rd-Zq").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let got: BTreeSet<String> = ids(&dir.path().join("events.jsonl")).into_iter().collect();
+    assert_eq!(got, expected, "every record read over SASL_SSL");
+    // A wrong password: refused at once, the broker and SASL named, the password nowhere.
+    let started = Instant::now();
+    let out = produce("wr0ng-pa55-Xy");
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(msg.contains(&tls) && msg.contains("SASL") && !msg.contains("wr0ng-pa55-Xy"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(20), "failed fast: {:?}", started.elapsed());
+}
+
+#[test]
+fn a_secret_in_a_kafka_property_appears_in_no_error_log_or_metric() {
+    let _serial = common::one_at_a_time();
+    let broker = Tansu::start();
+    broker.create_topic("plain", 1);
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), 4);
+    let secret = "hunter2-Zq81-s3cret";
+    // A mistyped property: librdkafka refuses it and would quote its value.
+    let out = dfp()
+        .args(["produce", "--brokers", &broker.brokers(), "--topic", "plain", "-X", &format!("sasl.pasword={secret}")])
+        .args(["--log", "debug"])
+        .arg(dir.path().join("data/infer"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(msg.contains("sasl.pasword") && !msg.contains(secret), "{msg}");
+    // In a pipeline, mistyped and well-typed (ignored without SASL), with debug logs and metrics on.
+    for (key, fails) in [("sasl.pasword", true), ("sasl.password", false)] {
+        let yaml = format!(
+            r#"version: 1
+family: azure
+runtime: {{ workers: 1, dead_letter: {dir}/dead.jsonl }}
+stages:
+  logs:
+    type: kafka-source
+    brokers: "{brokers}"
+    topics: [plain]
+    group: g
+    idle_stop_secs: 1
+    properties: {{ {key}: "{secret}", debug: "broker" }}
+  events: {{ type: normalize-azure, inputs: [logs] }}
+  out: {{ type: blackhole, inputs: [events] }}
+"#,
+            dir = dir.path().display(),
+            brokers = broker.brokers()
+        );
+        let p = dir.path().join("secret.yaml");
+        std::fs::write(&p, yaml).unwrap();
+        let port = free_port();
+        let mut child = dfp()
+            .args(["run", p.to_str().unwrap(), "--log", "debug", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut scraped = String::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if let Ok((200, body)) = common::http_get(port, "/metrics") {
+                scraped.push_str(&body);
+                if let Ok((_, stats)) = common::http_get(port, "/stats") {
+                    scraped.push_str(&stats);
+                }
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let all = format!("{}{scraped}", text(&out));
+        assert!(!all.contains(secret), "{key}: the secret leaked:\n{all}");
+        if fails {
+            assert!(all.contains("sasl.pasword"), "{all}");
+        }
+    }
 }
 
 /// Every id in the part files `stem.part-*.jsonl` of `dir`, in file order.

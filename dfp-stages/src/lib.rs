@@ -45,6 +45,7 @@ pub mod encode;
 pub mod eval;
 pub mod families;
 pub mod generate;
+pub mod kafka_client;
 pub mod model;
 pub mod normalize;
 pub mod profile;

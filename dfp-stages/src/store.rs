@@ -12,8 +12,9 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-/// S3 connection settings (all optional: the defaults read nothing from the environment).
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+/// S3 connection settings (all optional: the defaults read nothing from the environment). `Debug` shows
+/// `***` for the secret key and the session token.
+#[derive(Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct S3Options {
     /// Endpoint URL of an S3-compatible server (`http://127.0.0.1:9000`); AWS when unset.
@@ -40,6 +41,22 @@ pub struct S3Options {
     /// Send unsigned requests (public buckets).
     #[serde(default)]
     pub anonymous: bool,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "***");
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("session_token", &hidden(&self.session_token))
+            .field("allow_http", &self.allow_http)
+            .field("from_env", &self.from_env)
+            .field("anonymous", &self.anonymous)
+            .finish()
+    }
 }
 
 impl S3Options {
@@ -271,6 +288,18 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_the_secret_key_and_the_token() {
+        let o = S3Options {
+            access_key_id: Some("AKIDEXAMPLE".into()),
+            secret_access_key: Some("wJalrXUtnFEMI-s3cret".into()),
+            session_token: Some("FwoGZXIvYXdz-t0ken".into()),
+            ..Default::default()
+        };
+        let text = format!("{o:?}");
+        assert!(!text.contains("s3cret") && !text.contains("t0ken") && text.contains("AKIDEXAMPLE"), "{text}");
+    }
 
     #[test]
     fn glob_split_keeps_the_literal_directory() {

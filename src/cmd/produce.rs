@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use rdkafka::config::ClientConfig;
+use dfp_stages::kafka_client::{self, DfpContext, Redactor};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
@@ -34,7 +34,10 @@ pub(crate) struct ProduceArgs {
     /// A plugin library whose log families the records may belong to (repeatable).
     #[arg(long = "plugin", value_name = "PATH.so")]
     plugins: Vec<String>,
-    /// A librdkafka property (repeatable): -X security.protocol=SASL_SSL
+    /// A librdkafka property (repeatable), e.g. TLS with a private CA and SASL/SCRAM:
+    /// -X security.protocol=SASL_SSL -X ssl.ca.location=ca.pem -X sasl.mechanism=SCRAM-SHA-512
+    /// -X sasl.username=dfp -X sasl.password=… (secret values never appear in errors or logs;
+    /// docs/security.md)
     #[arg(short = 'X', value_name = "NAME=VALUE")]
     property: Vec<String>,
     /// Log files or folders (searched recursively; files in name order, which is time order for exports
@@ -157,12 +160,24 @@ pub(crate) fn produce(inputs: &[PathBuf], options: &ProduceOptions) -> Result<u6
             inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         );
     }
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &options.brokers).set("linger.ms", "20");
-    for (k, v) in &options.properties {
-        cfg.set(k, v);
-    }
-    let producer: BaseProducer = cfg.create().context("creating the Kafka producer")?;
+    let pairs = || options.properties.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let cfg = kafka_client::client_config(&options.brokers, &[("linger.ms", "20")], pairs());
+    let (producer, state): (BaseProducer<DfpContext>, _) = kafka_client::create(&cfg, Redactor::new(pairs()))
+        .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
+    // Reachable, trusted, authenticated, and the topic exists, before the first record.
+    let serve = |d: Duration| {
+        producer.poll(d);
+    };
+    kafka_client::connect(
+        producer.client(),
+        &state,
+        &options.brokers,
+        Some(&options.topic),
+        Duration::from_secs(30),
+        &serve,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let redact = |e: &rdkafka::error::KafkaError| state.redactor().error(e);
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut sent: u64 = 0;
@@ -196,7 +211,7 @@ pub(crate) fn produce(inputs: &[PathBuf], options: &ProduceOptions) -> Result<u6
                     )) => {
                         producer.poll(Duration::from_millis(20));
                     }
-                    Err((e, _)) => bail!("producing to {} on {}: {e}", options.topic, options.brokers),
+                    Err((e, _)) => bail!("producing to {} on {}: {}", options.topic, options.brokers, redact(&e)),
                 }
             }
             sent += 1;
@@ -214,7 +229,7 @@ pub(crate) fn produce(inputs: &[PathBuf], options: &ProduceOptions) -> Result<u6
     }
     producer
         .flush(Duration::from_secs(60))
-        .with_context(|| format!("waiting for {} to acknowledge", options.brokers))?;
+        .map_err(|e| anyhow::anyhow!("waiting for {} to acknowledge: {}", options.brokers, redact(&e)))?;
     eprintln!(
         "\rproduced {sent} records from {} file(s) to {} in {:.2} s ({:.0} records/s)",
         files.len(),

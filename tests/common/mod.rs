@@ -175,3 +175,62 @@ pub fn chromium() -> PathBuf {
         )
     })
 }
+
+/// Certificates made with the openssl command in `dir`: a CA, a certificate for 127.0.0.1 signed by it
+/// (with its key), and a second, unrelated CA with its own certificate for 127.0.0.1.
+#[allow(dead_code)]
+pub struct Certs {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub other_ca: PathBuf,
+    pub other_cert: PathBuf,
+    pub other_key: PathBuf,
+}
+
+#[allow(dead_code)]
+pub fn certificates(dir: &Path) -> Certs {
+    let sh = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    };
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    for (ca, leaf) in [("ca", "server"), ("other-ca", "other-server")] {
+        let (ca_key, ca_pem, subj) = (format!("{ca}.key"), format!("{ca}.pem"), format!("/CN=dfp test {ca}"));
+        sh(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca_pem, "-days", "2",
+            "-subj", &subj,
+        ]);
+        let (key, csr, pem) = (format!("{leaf}.key"), format!("{leaf}.csr"), format!("{leaf}.pem"));
+        sh(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", "/CN=127.0.0.1"]);
+        sh(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ]);
+    }
+    Certs {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        other_ca: dir.join("other-ca.pem"),
+        other_cert: dir.join("other-server.pem"),
+        other_key: dir.join("other-server.key"),
+    }
+}

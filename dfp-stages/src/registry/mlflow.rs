@@ -23,8 +23,9 @@ use serde_json::{json, Value};
 use crate::model::Manifest;
 use crate::store::{io_runtime, parse_s3, S3Options, S3Url};
 
-/// MLflow settings of the `train` and `score` stages (used when `registry` is an `mlflow://` URL).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// MLflow settings of the `train` and `score` stages (used when `registry` is an `mlflow://` URL). `Debug`
+/// shows `***` for the token and the password.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MlflowOptions {
     /// The alias that marks the version to serve (moved by training, followed by scoring).
@@ -53,6 +54,22 @@ pub struct MlflowOptions {
     /// `$XDG_CACHE_HOME/dfp/mlflow/HOST_PORT` (`~/.cache/…`); `""` turns the disk cache off.
     #[serde(default)]
     pub cache_dir: Option<String>,
+}
+
+impl std::fmt::Debug for MlflowOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "***");
+        f.debug_struct("MlflowOptions")
+            .field("alias", &self.alias)
+            .field("experiment", &self.experiment)
+            .field("token", &hidden(&self.token))
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("attempts", &self.attempts)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("cache_dir", &self.cache_dir)
+            .finish()
+    }
 }
 
 fn default_alias() -> String {
@@ -671,6 +688,16 @@ impl MlflowRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_the_token_and_the_password() {
+        let mut o: MlflowOptions = serde_json::from_str("{}").unwrap();
+        o.token = Some("tok-s3cret".into());
+        o.password = Some("pw-s3cret".into());
+        o.username = Some("alice".into());
+        let text = format!("{o:?}");
+        assert!(!text.contains("s3cret") && text.contains("alice") && text.contains("***"), "{text}");
+    }
 
     #[test]
     fn basic_auth_is_base64_and_queries_are_escaped() {

@@ -8,7 +8,6 @@
 //! Because `write` returns only once every row is acknowledged, a Kafka source upstream commits its
 //! offsets only after the sink has the rows: at least once end to end.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -16,10 +15,11 @@ use arrow::datatypes::DataType;
 use dfp_core::{
     register_stage, Batch, ConfigError, Sink, StageConfig, StageContext, StageError, StageInstance, StageKind,
 };
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+use crate::kafka_client::{client_config, connect, create, ClientState, DfpContext, Properties, Redactor};
 
 fn kafka_err(what: &str, e: impl std::fmt::Display) -> StageError {
     StageError::Other(format!("kafka: {what}: {e}"))
@@ -53,9 +53,10 @@ pub struct KafkaSinkConfig {
     /// Message compression.
     #[serde(default)]
     pub compression: Compression,
-    /// More librdkafka properties, passed through; values are never logged.
+    /// More librdkafka properties (TLS, SASL…), passed through; secret values (passwords, keys, tokens,
+    /// `sasl.*`) never appear in logs or errors.
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
     /// How long a message may wait for the broker's acknowledgement (librdkafka retries meanwhile).
     #[serde(default = "d_delivery_timeout")]
     pub delivery_timeout_secs: f64,
@@ -86,14 +87,20 @@ impl StageConfig for KafkaSinkConfig {
         Ok(())
     }
     fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
-        Ok(StageInstance::Sink(Box::new(KafkaSink { config: self.clone(), producer: None, runtime: None })))
+        Ok(StageInstance::Sink(Box::new(KafkaSink {
+            config: self.clone(),
+            producer: None,
+            state: None,
+            runtime: None,
+        })))
     }
 }
 register_stage!(KafkaSinkConfig);
 
 struct KafkaSink {
     config: KafkaSinkConfig,
-    producer: Option<FutureProducer>,
+    producer: Option<FutureProducer<DfpContext>>,
+    state: Option<std::sync::Arc<ClientState>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -109,23 +116,40 @@ pub(crate) fn json_lines(batch: &RecordBatch) -> Result<Vec<String>, StageError>
     Ok(text.lines().map(str::to_string).collect())
 }
 
+impl KafkaSink {
+    /// A librdkafka error as text, without secrets.
+    fn redact(&self, e: &rdkafka::error::KafkaError) -> String {
+        self.state.as_ref().map_or_else(|| e.to_string(), |s| s.redactor().error(e))
+    }
+}
+
 impl Sink for KafkaSink {
     fn open(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &self.config.brokers)
-            .set("message.timeout.ms", ((self.config.delivery_timeout_secs * 1000.0) as u64).to_string())
-            .set(
-                "compression.codec",
-                match self.config.compression {
-                    Compression::None => "none",
-                    Compression::Gzip => "gzip",
-                    Compression::Lz4 => "lz4",
-                },
-            );
-        for (k, v) in &self.config.properties {
-            cfg.set(k, v);
-        }
-        self.producer = Some(cfg.create().map_err(|e| kafka_err("creating the producer", e))?);
+        let timeout = ((self.config.delivery_timeout_secs * 1000.0) as u64).to_string();
+        let compression = match self.config.compression {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Lz4 => "lz4",
+        };
+        let defaults = [("message.timeout.ms", timeout.as_str()), ("compression.codec", compression)];
+        let cfg = client_config(&self.config.brokers, &defaults, self.config.properties.pairs());
+        let redactor = Redactor::new(self.config.properties.pairs());
+        let (producer, state): (FutureProducer<DfpContext>, _) =
+            create(&cfg, redactor).map_err(|e| kafka_err("creating the producer", e))?;
+        // Reachable, trusted and authenticated before any row comes (a wrong CA fails here, clearly).
+        // The future producer polls on its own thread.
+        let serve = |_: Duration| {};
+        connect(
+            producer.client(),
+            &state,
+            &self.config.brokers,
+            Some(&self.config.topic),
+            Duration::from_secs(30),
+            &serve,
+        )
+        .map_err(|e| kafka_err(&format!("topic {}", self.config.topic), e))?;
+        self.producer = Some(producer);
+        self.state = Some(state);
         self.runtime = Some(crate::store::io_runtime().map_err(|e| kafka_err("starting the delivery runtime", e))?);
         Ok(())
     }
@@ -135,6 +159,7 @@ impl Sink for KafkaSink {
         let (Some(producer), Some(runtime)) = (self.producer.as_ref(), self.runtime.as_ref()) else {
             return Err(kafka_err("kafka-sink", "not open"));
         };
+        let redact = |e: &rdkafka::error::KafkaError| self.redact(e);
         let lines = json_lines(&batch.data)?;
         let keys: Option<Vec<Option<String>>> = if self.config.key.is_empty() {
             None
@@ -169,7 +194,7 @@ impl Sink for KafkaSink {
                         producer.poll(Duration::from_millis(50));
                         record = r;
                     }
-                    Err((e, _)) => return Err(kafka_err(&format!("producing to {}", self.config.topic), e)),
+                    Err((e, _)) => return Err(kafka_err(&format!("producing to {}", self.config.topic), redact(&e))),
                 }
             }
         }
@@ -177,7 +202,9 @@ impl Sink for KafkaSink {
             for d in deliveries {
                 match d.await {
                     Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(kafka_err(&format!("delivery to {}", self.config.topic), e)),
+                    Ok(Err((e, _))) => {
+                        return Err(kafka_err(&format!("delivery to {}", self.config.topic), redact(&e)))
+                    }
                     Err(_) => return Err(kafka_err(&format!("delivery to {}", self.config.topic), "cancelled")),
                 }
             }
@@ -188,7 +215,7 @@ impl Sink for KafkaSink {
     fn finish(&mut self) -> Result<(), StageError> {
         if let Some(p) = self.producer.as_ref() {
             p.flush(Duration::from_secs_f64(self.config.delivery_timeout_secs))
-                .map_err(|e| kafka_err(&format!("flushing to {}", self.config.topic), e))?;
+                .map_err(|e| kafka_err(&format!("flushing to {}", self.config.topic), self.redact(&e)))?;
         }
         Ok(())
     }

@@ -24,12 +24,13 @@ use dfp_core::{
     register_stage, Batch, ConfigError, DeadLetter, Emitter, Source, SourceStatus, StageConfig, StageContext,
     StageError, StageInstance, StageKind,
 };
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+use crate::kafka_client::{client_config, connect, create, ClientState, DfpContext, Properties, Redactor};
 
 /// Where a consumer group without a committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
@@ -55,9 +56,10 @@ pub struct KafkaSourceConfig {
     /// Where to start when the group has no committed offset for a partition.
     #[serde(default)]
     pub start: StartAt,
-    /// More librdkafka properties (SASL, TLS, timeouts…), passed through; values are never logged.
+    /// More librdkafka properties (TLS, SASL, timeouts…), passed through; secret values (passwords, keys,
+    /// tokens, `sasl.*`) never appear in logs or errors.
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
     /// Most records per emitted batch.
     #[serde(default = "d_max_batch")]
     pub max_batch: usize,
@@ -101,6 +103,7 @@ impl StageConfig for KafkaSourceConfig {
         Ok(StageInstance::Source(Box::new(KafkaSource {
             config: self.clone(),
             consumer: None,
+            state: None,
             clock: self.clock.clone(),
             last_time: None,
             pending: BTreeMap::new(),
@@ -114,7 +117,9 @@ register_stage!(KafkaSourceConfig);
 
 struct KafkaSource {
     config: KafkaSourceConfig,
-    consumer: Option<BaseConsumer>,
+    consumer: Option<BaseConsumer<DfpContext>>,
+    /// What the consumer's context learnt (its redactor among it).
+    state: Option<Arc<ClientState>>,
     /// The stage's shared sequence of logical times.
     clock: Arc<std::sync::atomic::AtomicU64>,
     /// The logical time of this instance's latest batch.
@@ -154,35 +159,44 @@ fn records(payload: &str) -> Vec<String> {
     vec![payload.to_string()]
 }
 
+impl KafkaSource {
+    /// A librdkafka error as text, without secrets.
+    fn redact(&self, e: &rdkafka::error::KafkaError) -> String {
+        self.state.as_ref().map_or_else(|| e.to_string(), |s| s.redactor().error(e))
+    }
+}
+
 impl Source for KafkaSource {
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         self.stage = ctx.stage_id.clone();
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &self.config.brokers)
-            .set("group.id", &self.config.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set(
-                "auto.offset.reset",
-                match self.config.start {
-                    StartAt::Earliest => "earliest",
-                    StartAt::Latest => "latest",
-                },
-            )
+        let start = match self.config.start {
+            StartAt::Earliest => "earliest",
+            StartAt::Latest => "latest",
+        };
+        let defaults = [
+            ("group.id", self.config.group.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", start),
             // Low latency, and some brokers (tansu) hold every fetch for the whole wait: 10 ms instead of
             // librdkafka's 500 ms took consumption here from 22k to 280k records/s. `properties` override.
-            .set("fetch.wait.max.ms", "10")
-            .set("max.partition.fetch.bytes", "16777216");
-        for (k, v) in &self.config.properties {
-            cfg.set(k, v);
-        }
-        let consumer: BaseConsumer = cfg.create().map_err(|e| kafka_err("creating the consumer", e))?;
+            ("fetch.wait.max.ms", "10"),
+            ("max.partition.fetch.bytes", "16777216"),
+        ];
+        let cfg = client_config(&self.config.brokers, &defaults, self.config.properties.pairs());
+        let redactor = Redactor::new(self.config.properties.pairs());
+        let (consumer, state): (BaseConsumer<DfpContext>, _) =
+            create(&cfg, redactor.clone()).map_err(|e| kafka_err("creating the consumer", e))?;
         // Every worker lists the same partitions and takes every `workers`-th one.
         let mut all: Vec<(String, i32)> = Vec::new();
         for topic in &self.config.topics {
-            let meta = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(30))
-                .map_err(|e| kafka_err(&format!("metadata of topic {topic} from {}", self.config.brokers), e))?;
+            // Nothing is assigned yet: a poll serves librdkafka's events and reads no message.
+            let serve = |d: Duration| drop(consumer.poll(d));
+            connect(consumer.client(), &state, &self.config.brokers, Some(topic), Duration::from_secs(30), &serve)
+                .map_err(|e| kafka_err(&format!("metadata of topic {topic}"), e))?;
+            let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(30)).map_err(|e| {
+                kafka_err(&format!("metadata of topic {topic} from {}", self.config.brokers), redactor.error(&e))
+            })?;
             let t = meta.topics().iter().find(|t| t.name() == topic);
             let Some(t) = t.filter(|t| !t.partitions().is_empty()) else {
                 return Err(kafka_err(&format!("topic {topic}"), "does not exist (create it first)"));
@@ -200,6 +214,7 @@ impl Source for KafkaSource {
         consumer.assign(&tpl).map_err(|e| kafka_err("assigning partitions", e))?;
         drop(tpl);
         self.consumer = Some(consumer);
+        self.state = Some(state);
         self.idle_for = Duration::ZERO;
         Ok(())
     }
@@ -220,7 +235,7 @@ impl Source for KafkaSource {
         while rows < self.config.max_batch && self.config.max_events.is_none_or(|m| self.read < m) {
             let Some(message) = consumer.poll(wait) else { break };
             wait = Duration::ZERO;
-            let m = message.map_err(|e| kafka_err("consuming", e))?;
+            let m = message.map_err(|e| kafka_err("consuming", self.redact(&e)))?;
             // Message time (producer or broker): the source's lag is how far behind the topic it reads.
             if let Some(ms) = m.timestamp().to_millis() {
                 out.observe_event_time(ms.saturating_mul(1000));
@@ -296,7 +311,7 @@ impl Source for KafkaSource {
             // The committed offset is the next one to read.
             tpl.add_partition_offset(topic, *p, Offset::Offset(o + 1)).map_err(|e| kafka_err("commit list", e))?;
         }
-        let r = consumer.commit(&tpl, CommitMode::Sync).map_err(|e| kafka_err("committing offsets", e));
+        let r = consumer.commit(&tpl, CommitMode::Sync).map_err(|e| kafka_err("committing offsets", self.redact(&e)));
         drop(tpl);
         r
     }
