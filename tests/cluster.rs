@@ -174,6 +174,55 @@ fn a_process_running_another_pipeline_file_is_refused_at_start_up() {
     assert!(!msg.contains("panicked"), "{msg}");
 }
 
+#[test]
+fn processes_prove_the_cluster_secret_and_one_without_it_is_refused() {
+    let _serial = common::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hostfile(dir.path(), 2);
+    let (good, wrong) = (dir.path().join("secret"), dir.path().join("wrong"));
+    std::fs::write(&good, "correct horse battery staple\n").unwrap();
+    std::fs::write(&wrong, "a different secret of the right length\n").unwrap();
+    let out_dir = dir.path().display().to_string();
+    let args = |name: &str, secret: Option<&Path>| {
+        let mut a = strings(&["pipelines/failed-signins.yaml", "--var", &format!("output={out_dir}/{name}.jsonl")]);
+        if let Some(s) = secret {
+            a.extend(["--cluster-secret-file".to_string(), s.display().to_string()]);
+        }
+        a
+    };
+    // Both know it: the run goes through.
+    let a = start(&args("a", Some(&good)), &hosts, 2, 0);
+    let b = start(&args("b", Some(&good)), &hosts, 2, 1);
+    for out in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    // Another secret: both refuse, naming the other process; the secret is never printed.
+    let a = start(&args("c", Some(&good)), &hosts, 2, 0);
+    let b = start(&args("d", Some(&wrong)), &hosts, 2, 1);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(!a.status.success() && !b.status.success());
+    assert!(
+        text(&a).contains("process 1 (127.0.0.1:") && text(&a).contains("does not know the cluster secret"),
+        "{}",
+        text(&a)
+    );
+    assert!(
+        text(&b).contains("process 0 (127.0.0.1:") && text(&b).contains("does not know the cluster secret"),
+        "{}",
+        text(&b)
+    );
+    for out in [&a, &b] {
+        assert!(!text(out).contains("horse") && !text(out).contains("different secret"), "{}", text(out));
+    }
+    // None at all on one side: refused with what is missing.
+    let a = start(&args("e", Some(&good)), &hosts, 2, 0);
+    let b = start(&args("f", None), &hosts, 2, 1);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(!a.status.success() && !b.status.success());
+    assert!(text(&a).contains("it has no cluster secret and this process has one"), "{}", text(&a));
+    assert!(text(&b).contains("it has a cluster secret and this process none"), "{}", text(&b));
+}
+
 const ENDLESS: &str = "version: 1
 runtime: { workers: 1 }
 stages:

@@ -334,3 +334,174 @@ fn an_unreachable_registry_makes_the_pipeline_not_ready_and_is_counted() {
     assert!(!out.status.success());
     assert!(text(&out).contains("not cached while the registry fails"), "{}", text(&out));
 }
+
+/// `GET url` with an optional bearer token, trusting `ca` for https: (status, body), or the error text.
+fn fetch(url: &str, token: Option<&str>, ca: Option<&Path>) -> Result<(u16, String), String> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Some(ca) = ca {
+        let certs = reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap();
+        builder = builder.tls_certs_only(certs);
+    }
+    let client = builder.build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut req = client.get(url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| format!("{e:?}"))?;
+        let code = resp.status().as_u16();
+        Ok((code, resp.text().await.map_err(|e| e.to_string())?))
+    })
+}
+
+#[test]
+fn the_admin_endpoint_takes_a_token_serves_https_and_reloads_a_renewed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = common::certificates(dir.path());
+    // The endpoint's own copies of the certificate and key, replaced below by a renewal.
+    let (cert, key) = (dir.path().join("admin.pem"), dir.path().join("admin.key"));
+    std::fs::copy(&c.cert, &cert).unwrap();
+    std::fs::copy(&c.key, &key).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "t0ken-Qx81\n").unwrap();
+    let pipeline = dir.path().join("endless.yaml");
+    std::fs::write(
+        &pipeline,
+        ENDLESS.replace(
+            "runtime: { workers: 2 }",
+            &format!(
+                "runtime:\n  workers: 2\n  admin: {{ token_file: {}, tls_cert: {}, tls_key: {} }}",
+                token_file.display(),
+                cert.display(),
+                key.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("https://{addr}");
+    let mut run = Killed(
+        dfp()
+            .args(["run", pipeline.to_str().unwrap(), "--metrics-addr", &addr, "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while fetch(&format!("{url}/healthz"), None, Some(&c.ca)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the endpoint did not come up");
+        assert!(run.0.try_wait().unwrap().is_none(), "the run ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Probes stay open; everything else needs the token.
+    assert_eq!(fetch(&format!("{url}/healthz"), None, Some(&c.ca)).unwrap(), (200, "ok\n".to_string()));
+    assert_eq!(fetch(&format!("{url}/readyz"), None, Some(&c.ca)).unwrap().0, 200);
+    for path in ["/stats", "/metrics", "/tap?stage=sel", "/"] {
+        assert_eq!(fetch(&format!("{url}{path}"), None, Some(&c.ca)).unwrap().0, 401, "{path} without the token");
+        assert_eq!(
+            fetch(&format!("{url}{path}"), Some("t0ken-Qx8"), Some(&c.ca)).unwrap().0,
+            401,
+            "{path}, wrong token"
+        );
+    }
+    let (code, stats) = fetch(&format!("{url}/stats"), Some("t0ken-Qx81"), Some(&c.ca)).unwrap();
+    assert_eq!(code, 200);
+    assert!(stats.contains("\"stages\""), "{stats}");
+    // A client that does not trust the CA is refused by TLS itself.
+    assert!(fetch(&format!("{url}/healthz"), None, Some(&c.other_ca)).is_err());
+    // Plain HTTP on the TLS port gets nothing useful.
+    assert!(http_get(port, "/healthz").map(|(code, _)| code != 200).unwrap_or(true));
+
+    // dfp top and dfp tap over https with the token file.
+    let top = dfp()
+        .args(["top", "--addr", &url, "--iterations", "1", "--token-file", token_file.to_str().unwrap()])
+        .args(["--ca-file", c.ca.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(top.status.success(), "{}", text(&top));
+    assert!(String::from_utf8_lossy(&top.stdout).contains("workers 2"), "{}", text(&top));
+    let tap = dfp()
+        .args(["tap", "--addr", &url, "sel", "--limit", "3", "--token-file", token_file.to_str().unwrap()])
+        .args(["--ca-file", c.ca.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(tap.status.success(), "{}", text(&tap));
+    assert_eq!(String::from_utf8_lossy(&tap.stdout).lines().count(), 3, "{}", text(&tap));
+    let no_token =
+        dfp().args(["top", "--addr", &url, "--iterations", "1", "--ca-file", c.ca.to_str().unwrap()]).output().unwrap();
+    assert!(!no_token.status.success());
+    assert!(text(&no_token).contains("--token-file"), "{}", text(&no_token));
+
+    // A renewed certificate (here from another CA) is served without a restart.
+    std::fs::copy(&c.other_key, &key).unwrap();
+    std::fs::copy(&c.other_cert, &cert).unwrap();
+    let started = Instant::now();
+    while fetch(&format!("{url}/healthz"), None, Some(&c.other_ca)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the renewed certificate is not served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(fetch(&format!("{url}/healthz"), None, Some(&c.ca)).is_err(), "the old one is gone");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(run.0.id() as i32, libc::SIGTERM) };
+    let _ = run.0.wait();
+}
+
+/// Threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn idle_connections_and_huge_requests_do_not_take_the_admin_endpoint_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("endless.yaml");
+    std::fs::write(&pipeline, ENDLESS).unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut run = Killed(
+        dfp()
+            .args(["run", pipeline.to_str().unwrap(), "--metrics-addr", &addr, "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_http_ok(port, "/healthz", "dfp", 60);
+    let before = threads(run.0.id());
+    // 2,000 connections that send nothing.
+    let idle: Vec<TcpStream> = (0..2000).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (code, body) = http_get(port, "/healthz").unwrap();
+    let took = started.elapsed();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    assert!(took < Duration::from_secs(1), "/healthz answered in {took:?} with 2,000 idle connections open");
+    let during = threads(run.0.id());
+    assert!(during <= before + 4, "threads stay bounded: {before} before, {during} with 2,000 connections");
+    drop(idle);
+
+    // A 100 MB request line: refused long before its end.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    let mut sent = 0usize;
+    let _ = s.write_all(b"GET /");
+    while sent < 100 << 20 {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    assert!(sent < 100 << 20, "the server stopped reading a 100 MB request line (sent {sent} bytes)");
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200, "and it still serves");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(run.0.id() as i32, libc::SIGTERM) };
+    let _ = run.0.wait();
+}

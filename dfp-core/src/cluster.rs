@@ -144,6 +144,12 @@ pub struct Fingerprint {
     pub plugins: Vec<String>,
     /// Worker threads per process.
     pub workers: usize,
+    /// A fresh random value of this run (hex), challenged in the secret's proof.
+    #[serde(default)]
+    pub nonce: String,
+    /// Whether this process has a cluster secret.
+    #[serde(default)]
+    pub secret: bool,
 }
 
 impl Fingerprint {
@@ -157,7 +163,15 @@ impl Fingerprint {
             graph: plan.stages.iter().map(|s| format!("{} {} [{}]", s.id, s.type_name, s.inputs.join(", "))).collect(),
             plugins: plan.plugins.clone(),
             workers,
+            nonce: fresh_nonce(),
+            secret: false,
         }
+    }
+
+    /// The same fingerprint, saying whether this process has a cluster secret.
+    pub fn with_secret(mut self, secret: bool) -> Self {
+        self.secret = secret;
+        self
     }
 
     /// `None` when `other` runs the same thing, else what differs (from this process's point of view).
@@ -179,6 +193,13 @@ impl Fingerprint {
         }
         if self.plugins != other.plugins {
             why.push(format!("plugins {:?} there, {:?} here", other.plugins, self.plugins));
+        }
+        if self.secret != other.secret {
+            why.push(if other.secret {
+                "it has a cluster secret and this process none (runtime.cluster_secret_file)".to_string()
+            } else {
+                "it has no cluster secret and this process has one (runtime.cluster_secret_file)".to_string()
+            });
         }
         if self.digest != other.digest && why.is_empty() {
             why.push(format!(
@@ -277,13 +298,9 @@ pub(crate) fn resolve_cluster(
     Ok((spec.processes() > 1).then_some(spec))
 }
 
-/// Exchanges fingerprints with every worker of the cluster through a one-record dataflow (built the same
-/// by every dfp), before the pipeline's own dataflow exists: a mismatch is an error naming the process.
-pub(crate) fn handshake(
-    worker: &mut timely::worker::Worker,
-    mine: &Fingerprint,
-    cluster: &ClusterSpec,
-) -> Result<(), String> {
+/// Sends `text` (from the first worker of each process) to every worker of the cluster through a
+/// one-record dataflow (built the same by every dfp) and returns what every process sent.
+fn exchange(worker: &mut timely::worker::Worker, cluster: &ClusterSpec, text: String) -> Vec<String> {
     use timely::dataflow::operators::vec::Broadcast;
     use timely::dataflow::operators::Input;
     let received: Rc<RefCell<Vec<String>>> = Rc::new(RefCell::new(Vec::new()));
@@ -296,26 +313,84 @@ pub(crate) fn handshake(
     });
     let threads = worker.peers() / cluster.processes().max(1);
     if worker.index().is_multiple_of(threads.max(1)) {
-        input.send(serde_json::to_string(mine).map_err(|e| e.to_string())?);
+        input.send(text);
     }
     drop(input);
     while !probe.done() {
         worker.step_or_park(Some(Duration::from_millis(10)));
     }
+    received.take()
+}
+
+/// Exchanges fingerprints with every process of the cluster before the pipeline's own dataflow exists: a
+/// mismatch is an error naming the process. With a cluster `secret`, a second round proves that every
+/// process knows it without sending it: each sends HMAC-SHA256(secret, every process's fresh nonce, its
+/// index), which only a holder of the secret can compute for this run.
+pub(crate) fn handshake(
+    worker: &mut timely::worker::Worker,
+    mine: &Fingerprint,
+    cluster: &ClusterSpec,
+    secret: Option<&[u8]>,
+) -> Result<(), String> {
+    let refuse = |problems: Vec<String>| {
+        let mut problems = problems;
+        problems.sort();
+        problems.dedup();
+        Err(format!("{} refuses to start: {}", cluster.name(cluster.process), problems.join("; ")))
+    };
     let mut problems = Vec::new();
-    for text in received.borrow().iter() {
+    let mut peers = Vec::new();
+    for text in exchange(worker, cluster, serde_json::to_string(mine).map_err(|e| e.to_string())?) {
         let theirs: Fingerprint =
-            serde_json::from_str(text).map_err(|e| format!("unreadable peer fingerprint: {e}"))?;
+            serde_json::from_str(&text).map_err(|e| format!("unreadable peer fingerprint: {e}"))?;
         if let Some(why) = mine.differences(&theirs) {
             problems.push(format!("{} runs something else: {why}", cluster.name(theirs.process)));
+        }
+        peers.push(theirs);
+    }
+    if !problems.is_empty() {
+        return refuse(problems);
+    }
+    let Some(secret) = secret else { return Ok(()) };
+    peers.sort_by_key(|p| p.process);
+    let nonces: Vec<&str> = peers.iter().map(|p| p.nonce.as_str()).collect();
+    let proof = |process: usize| secret_proof(secret, &nonces, process);
+    let mine_proof = serde_json::json!({ "process": cluster.process, "proof": proof(cluster.process) }).to_string();
+    for text in exchange(worker, cluster, mine_proof) {
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("unreadable peer proof: {e}"))?;
+        let process = v["process"].as_u64().unwrap_or(u64::MAX) as usize;
+        let given = v["proof"].as_str().unwrap_or_default();
+        if !crate::hash::same_bytes(given.as_bytes(), proof(process).as_bytes()) {
+            problems.push(format!(
+                "{} does not know the cluster secret (its runtime.cluster_secret_file differs from this one's)",
+                cluster.name(process)
+            ));
         }
     }
     if problems.is_empty() {
         Ok(())
     } else {
-        problems.sort();
-        problems.dedup();
-        Err(format!("{} refuses to start: {}", cluster.name(cluster.process), problems.join("; ")))
+        refuse(problems)
+    }
+}
+
+/// HMAC-SHA256 of the run's nonces and a process index under the cluster secret, as hex.
+pub(crate) fn secret_proof(secret: &[u8], nonces: &[&str], process: usize) -> String {
+    let message = format!("dfp-cluster-secret-v1\n{}\n{process}", nonces.join("\n"));
+    crate::hash::hmac_sha256(secret, message.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 16 random bytes from the operating system, as hex (a time-based value if it has none).
+fn fresh_nonce() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        Err(_) => format!(
+            "{:x}-{:x}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            std::process::id()
+        ),
     }
 }
 
@@ -451,8 +526,18 @@ mod tests {
             graph: vec!["logs file-source []".into(), "out file-sink [logs]".into()],
             plugins: vec![],
             workers: 2,
+            nonce: "n0".into(),
+            secret: false,
         };
-        assert_eq!(base.differences(&Fingerprint { process: 1, ..base.clone() }), None);
+        assert_eq!(base.differences(&Fingerprint { process: 1, nonce: "n1".into(), ..base.clone() }), None);
+        let secret = Fingerprint { process: 1, secret: true, ..base.clone() };
+        assert!(base.differences(&secret).unwrap().contains("it has a cluster secret and this process none"));
+        // A proof depends on the secret, every nonce of the run and the process.
+        let proof = secret_proof(b"0123456789abcdef", &["n0", "n1"], 1);
+        assert_eq!(proof.len(), 64);
+        assert_ne!(proof, secret_proof(b"0123456789abcdeF", &["n0", "n1"], 1));
+        assert_ne!(proof, secret_proof(b"0123456789abcdef", &["n0", "n2"], 1));
+        assert_ne!(proof, secret_proof(b"0123456789abcdef", &["n0", "n1"], 0));
         let text = Fingerprint { process: 1, digest: "2".into(), ..base.clone() };
         assert!(base.differences(&text).unwrap().contains("another pipeline text"));
         let workers = Fingerprint { process: 1, workers: 1, ..base.clone() };

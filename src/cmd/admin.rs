@@ -1,7 +1,6 @@
 //! `dfp tap` and `dfp top`: clients of a running pipeline's admin endpoint.
 
-use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
-use std::net::TcpStream;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -14,9 +13,8 @@ use serde_json::Value;
 pub(crate) struct TapArgs {
     /// The stage whose output rows to print (sinks: the rows they receive).
     stage: String,
-    /// The pipeline's admin address (its --metrics-addr or runtime.metrics).
-    #[arg(long, default_value = "127.0.0.1:9464", env = "DFP_METRICS_ADDR")]
-    addr: String,
+    #[command(flatten)]
+    endpoint: Endpoint,
     /// Stop after this many rows.
     #[arg(long)]
     limit: Option<u64>,
@@ -28,9 +26,8 @@ pub(crate) struct TapArgs {
 /// Arguments of `dfp top`.
 #[derive(Args)]
 pub(crate) struct TopArgs {
-    /// The pipeline's admin address (its --metrics-addr or runtime.metrics).
-    #[arg(long, default_value = "127.0.0.1:9464", env = "DFP_METRICS_ADDR")]
-    addr: String,
+    #[command(flatten)]
+    endpoint: Endpoint,
     /// Seconds between refreshes.
     #[arg(long, default_value_t = 2.0)]
     interval: f64,
@@ -52,33 +49,89 @@ fn encode(s: &str) -> String {
     out
 }
 
-/// Sends `GET path` and returns the reader positioned at the body, with the status code.
-fn get(addr: &str, path: &str) -> Result<(u16, BufReader<TcpStream>)> {
-    let mut stream = TcpStream::connect(addr)
-        .with_context(|| format!("cannot reach dfp at {addr} (is the pipeline running with --metrics-addr {addr}?)"))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut reader = BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status).with_context(|| format!("no answer from {addr}"))?;
-    let code = status
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .with_context(|| format!("{addr} did not answer HTTP: {status:?}"))?;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
-            break;
-        }
-    }
-    Ok((code, reader))
+/// Where the admin endpoint is and how to get in.
+#[derive(Args)]
+pub(crate) struct Endpoint {
+    /// The pipeline's admin address (its --metrics-addr or runtime.metrics): HOST:PORT, or
+    /// https://HOST:PORT when it serves TLS.
+    #[arg(long, default_value = "127.0.0.1:9464", env = "DFP_METRICS_ADDR")]
+    addr: String,
+    /// A file holding the endpoint's bearer token (runtime.admin.token_file).
+    #[arg(long, value_name = "FILE", env = "DFP_ADMIN_TOKEN_FILE")]
+    token_file: Option<String>,
+    /// A PEM file of CA certificates to trust for https:// (besides the system's).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<String>,
 }
 
-fn get_body(addr: &str, path: &str) -> Result<(u16, String)> {
-    let (code, mut reader) = get(addr, path)?;
-    let mut body = String::new();
-    reader.read_to_string(&mut body)?;
-    Ok((code, body))
+/// An HTTP client of the admin endpoint.
+struct AdminClient {
+    base: String,
+    client: reqwest::Client,
+    token: Option<String>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl AdminClient {
+    fn new(e: &Endpoint, timeout: Option<Duration>) -> Result<Self> {
+        let base = if e.addr.starts_with("http://") || e.addr.starts_with("https://") {
+            e.addr.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", e.addr)
+        };
+        let token = match &e.token_file {
+            Some(path) => {
+                let t = std::fs::read_to_string(path).with_context(|| format!("reading the token file {path}"))?;
+                Some(t.trim().to_string())
+            }
+            None => None,
+        };
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Some(t) = timeout {
+            builder = builder.timeout(t);
+        }
+        if let Some(path) = &e.ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("reading the CA file {path}"))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("the CA file {path}"))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder.build().context("building the HTTP client")?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(AdminClient { base, client, token, runtime })
+    }
+
+    /// `GET path`: the status and the response (its body not read yet).
+    fn get(&self, path: &str) -> Result<(u16, reqwest::Response)> {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        // `send` starts the request's timer: inside the runtime.
+        let resp = self.runtime.block_on(async { req.send().await }).map_err(|e| {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            anyhow::anyhow!("cannot reach dfp at {} ({msg}; is the pipeline running with --metrics-addr?)", self.base)
+        })?;
+        let code = resp.status().as_u16();
+        if code == 401 {
+            bail!(
+                "{} needs a token: pass --token-file (the pipeline's runtime.admin.token_file){}",
+                self.base,
+                if self.token.is_some() { "; the one given was refused" } else { "" }
+            );
+        }
+        Ok((code, resp))
+    }
+
+    fn get_body(&self, path: &str) -> Result<(u16, String)> {
+        let (code, resp) = self.get(path)?;
+        let body = self.runtime.block_on(resp.text())?;
+        Ok((code, body))
+    }
 }
 
 /// `dfp tap`.
@@ -96,20 +149,31 @@ pub(crate) fn tap(args: TapArgs) -> Result<ExitCode> {
         }
         path.push_str(&format!("&filter={}", encode(f)));
     }
-    let (code, mut reader) = get(&args.addr, &path)?;
+    let client = AdminClient::new(&args.endpoint, None)?;
+    let (code, mut resp) = client.get(&path)?;
     if code != 200 {
-        let mut body = String::new();
-        reader.read_to_string(&mut body)?;
-        bail!("{} (from {})", body.trim(), args.addr);
+        let body = client.runtime.block_on(resp.text()).unwrap_or_default();
+        bail!("{} (from {})", body.trim(), client.base);
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut line = String::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut lines: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
+        let Some(line) = lines.pop_front() else {
+            match client.runtime.block_on(resp.chunk())? {
+                Some(chunk) => {
+                    pending.extend_from_slice(&chunk);
+                    while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                        let rest = pending.split_off(i + 1);
+                        lines.push_back(String::from_utf8_lossy(&pending).into_owned());
+                        pending = rest;
+                    }
+                    continue;
+                }
+                None => break,
+            }
+        };
         if !line.starts_with("{\"$tap\"") {
             out.write_all(line.as_bytes())?;
             out.flush()?;
@@ -143,12 +207,12 @@ pub(crate) fn tap(args: TapArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn stats(addr: &str) -> Result<Value> {
-    let (code, body) = get_body(addr, "/stats")?;
+fn stats(client: &AdminClient) -> Result<Value> {
+    let (code, body) = client.get_body("/stats")?;
     if code != 200 {
-        bail!("{addr}/stats answered {code}: {}", body.trim());
+        bail!("{}/stats answered {code}: {}", client.base, body.trim());
     }
-    serde_json::from_str(&body).with_context(|| format!("{addr}/stats is not JSON"))
+    serde_json::from_str(&body).with_context(|| format!("{}/stats is not JSON", client.base))
 }
 
 fn fmt_rate(r: f64) -> String {
@@ -167,11 +231,12 @@ pub(crate) fn top(args: TopArgs) -> Result<ExitCode> {
         bail!("--interval must be a positive number of seconds");
     }
     let tty = std::io::stdout().is_terminal();
+    let client = AdminClient::new(&args.endpoint, Some(Duration::from_secs(30)))?;
     let mut previous: Option<(Instant, Value)> = None;
     let mut shown = 0u64;
     loop {
         let now = Instant::now();
-        let current = match stats(&args.addr) {
+        let current = match stats(&client) {
             Ok(v) => v,
             Err(e) if previous.is_some() => {
                 println!("pipeline gone: {e:#}");

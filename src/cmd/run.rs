@@ -29,6 +29,9 @@ pub(crate) struct RunArgs {
     /// (overrides runtime.metrics; 127.0.0.1:9464 is the usual choice).
     #[arg(long, value_name = "HOST:PORT", env = "DFP_METRICS_ADDR")]
     metrics_addr: Option<String>,
+    /// A file holding the bearer token the admin endpoint requires (overrides runtime.admin.token_file).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<String>,
     /// Keep the metrics endpoint up for this many seconds after the run ends (so that a last scrape sees
     /// the final figures of a batch job).
     #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
@@ -42,6 +45,10 @@ pub(crate) struct RunArgs {
     /// The cluster's hostfile: host:port per process, in process order (overrides runtime.hostfile).
     #[arg(long, value_name = "FILE")]
     hostfile: Option<String>,
+    /// A file holding the cluster's shared secret, the same on every process (overrides
+    /// runtime.cluster_secret_file).
+    #[arg(long, value_name = "FILE")]
+    cluster_secret_file: Option<String>,
     /// Seconds to wait for every process of the cluster to connect (overrides runtime.connect_timeout_secs).
     #[arg(long, value_name = "SECONDS")]
     connect_timeout: Option<f64>,
@@ -74,9 +81,11 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
         dfp_core::observe::check_addr(addr).map_err(|e| anyhow::anyhow!("--metrics-addr: {e}"))?;
     }
     options.metrics = args.metrics_addr.clone();
+    options.admin_token_file = args.admin_token_file.clone();
     options.processes = args.processes.map(usize::from);
     options.process = args.process.map(usize::from);
     options.hostfile = args.hostfile.clone();
+    options.cluster_secret_file = args.cluster_secret_file.clone();
     if let Some(t) = args.connect_timeout {
         if !(t.is_finite() && t > 0.0) {
             anyhow::bail!("--connect-timeout must be a positive number of seconds");
@@ -85,7 +94,8 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     }
     if let Some(addr) = args.metrics_addr.as_ref().or(pipeline.plan().runtime.metrics.as_ref()) {
         if !args.quiet {
-            eprintln!("metrics on http://{addr}/metrics (also /healthz /readyz; dfp tap --addr {addr} STAGE; dfp top --addr {addr})");
+            let scheme = if pipeline.plan().runtime.admin.tls_cert.is_some() { "https" } else { "http" };
+            eprintln!("metrics on {scheme}://{addr}/metrics (also /healthz /readyz; dfp tap --addr {addr} STAGE; dfp top --addr {addr})");
         }
     }
     let report = pipeline.run(options).with_context(|| format!("pipeline {} failed", args.pipeline.display()))?;

@@ -38,7 +38,7 @@ use self::state::{Shared, Time};
 use crate::cluster::{handshake, resolve_cluster, Fingerprint, PeerWatch};
 use crate::commits::Commits;
 use crate::error::{RunError, StageError};
-use crate::observe::{self, AdminServer, RunStats, StageStats};
+use crate::observe::{self, AdminOptions, AdminServer, AdminTls, RunStats, StageStats};
 use crate::spec::Plan;
 use crate::stage::{Resources, StopFlag};
 
@@ -76,6 +76,10 @@ pub struct RunOptions {
     /// Serve the admin endpoint (`/metrics`, `/healthz`, `/readyz`, `/stats`, `/tap`) on this
     /// `HOST:PORT` (overrides `runtime.metrics`).
     pub metrics: Option<String>,
+    /// A file holding the cluster secret (overrides `runtime.cluster_secret_file`).
+    pub cluster_secret_file: Option<String>,
+    /// A file holding the admin endpoint's bearer token (overrides `runtime.admin.token_file`).
+    pub admin_token_file: Option<String>,
     /// Keep the admin endpoint up this long after the run ends, so that a last scrape sees the final
     /// figures (batch jobs).
     pub metrics_linger: Option<Duration>,
@@ -140,7 +144,9 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
     ));
     let admin = match options.metrics.as_deref().or(plan.runtime.metrics.as_deref()) {
         Some(addr) => {
-            let server = AdminServer::start(addr, Arc::clone(&stats)).map_err(|e| RunError::Runtime(e.to_string()))?;
+            let admin = admin_options(&plan.runtime.admin, options.admin_token_file.as_deref())?;
+            let server = AdminServer::start_with(addr, Arc::clone(&stats), &admin)
+                .map_err(|e| RunError::Runtime(e.to_string()))?;
             observe::register_run(&stats);
             Some(server)
         }
@@ -159,7 +165,12 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
     });
     tracing::info!(pipeline = %plan.file, workers, process, processes, stages = plan.stages.len(), "starting pipeline");
 
-    let fingerprint = Fingerprint::of(&plan, process, workers);
+    let secret = match &cluster {
+        Some(_) => cluster_secret(&plan.runtime, options.cluster_secret_file.as_deref())?,
+        None => None,
+    };
+    let fingerprint = Fingerprint::of(&plan, process, workers).with_secret(secret.is_some());
+    let secret = secret.map(Arc::new);
     let worker_plan = Arc::clone(&plan);
     let worker_shared = Arc::clone(&shared);
     let names = cluster.clone();
@@ -169,7 +180,7 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
         let plan = Arc::clone(&worker_plan);
         let shared = Arc::clone(&worker_shared);
         if let Some(cluster) = &names {
-            if let Err(why) = handshake(worker, &fingerprint, cluster) {
+            if let Err(why) = handshake(worker, &fingerprint, cluster, secret.as_deref().map(Vec::as_slice)) {
                 shared.set_error(RunError::Cluster(why));
                 return;
             }
@@ -275,4 +286,48 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
     };
     tracing::info!(elapsed_ms = report.elapsed.as_millis() as u64, dead_letters, "pipeline finished");
     Ok(report)
+}
+
+/// The admin endpoint's protection from `runtime.admin` (the token read from its file or variable now).
+fn admin_options(cfg: &crate::spec::AdminConfig, token_file: Option<&str>) -> Result<AdminOptions, RunError> {
+    let err = |m: String| RunError::Runtime(format!("admin endpoint: {m}"));
+    let token = match (token_file.or(cfg.token_file.as_deref()), cfg.token_env.as_deref()) {
+        (Some(path), _) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the token file {path}: {e}")))?;
+            let t = text.trim().to_string();
+            if t.is_empty() {
+                return Err(err(format!("the token file {path} is empty")));
+            }
+            Some(t)
+        }
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
+            _ => return Err(err(format!("the token variable {var} is not set"))),
+        },
+        (None, None) => None,
+    };
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(AdminTls { cert: cert.into(), key: key.into() }),
+        (None, None) => None,
+        _ => return Err(err("tls_cert and tls_key go together".into())),
+    };
+    Ok(AdminOptions { token, protect_health: cfg.protect_health, tls, max_connections: cfg.max_connections })
+}
+
+/// The cluster secret from `--cluster-secret-file`, `runtime.cluster_secret_file` or
+/// `runtime.cluster_secret_env`, if any.
+fn cluster_secret(runtime: &crate::spec::RuntimeConfig, file: Option<&str>) -> Result<Option<Vec<u8>>, RunError> {
+    let err = |m: String| RunError::Cluster(format!("cluster secret: {m}"));
+    let secret = match (file.or(runtime.cluster_secret_file.as_deref()), runtime.cluster_secret_env.as_deref()) {
+        (Some(path), _) => {
+            std::fs::read_to_string(path).map_err(|e| err(format!("cannot read {path}: {e}")))?.trim().to_string()
+        }
+        (None, Some(var)) => std::env::var(var).map_err(|_| err(format!("the variable {var} is not set")))?,
+        (None, None) => return Ok(None),
+    };
+    if secret.len() < 16 {
+        return Err(err("must be at least 16 characters".into()));
+    }
+    Ok(Some(secret.into_bytes()))
 }

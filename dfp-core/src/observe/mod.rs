@@ -14,7 +14,7 @@ mod tap;
 
 pub use metrics::{enable_metrics, metrics, Metrics, MAX_LABEL_VALUES};
 pub(crate) use metrics::{register_run, unregister_run};
-pub use server::{check_addr, AdminServer};
+pub use server::{check_addr, AdminOptions, AdminServer, AdminTls, DEFAULT_MAX_CONNECTIONS};
 pub use stats::{RunStats, StageReport, StageSnapshot, StageStats, StatsSnapshot, MAX_WARNINGS};
 pub use tap::TAP_BUFFER_BATCHES;
 

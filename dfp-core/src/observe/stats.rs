@@ -252,11 +252,16 @@ impl RunStats {
         }
     }
 
-    /// Problems stages reported that do not stop the run, as `stage "id": message` (at most
+    /// Problems stages (or the runtime, without a stage) reported that do not stop the run, as
+    /// `stage "id": message` (at most
     /// [`MAX_WARNINGS`] per stage, the first ones).
     pub fn warnings(&self) -> Vec<String> {
         let map = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter().flat_map(|(stage, list)| list.iter().map(move |w| format!("stage \"{stage}\": {w}"))).collect()
+        map.iter()
+            .flat_map(|(stage, list)| {
+                list.iter().map(move |w| if stage.is_empty() { w.clone() } else { format!("stage \"{stage}\": {w}") })
+            })
+            .collect()
     }
 
     pub(crate) fn warn(&self, stage: &str, message: String) {

@@ -116,6 +116,9 @@ pub struct RuntimeConfig {
     /// choice.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// Protection of the admin endpoint: a bearer token, HTTPS, a connection limit.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Processes in the cluster (default 1: no cluster). With more, `process` and `hostfile` are needed
     /// (or `--processes`, `--process`, `--hostfile`; see `docs/operations.md`).
     #[serde(default = "default_processes")]
@@ -129,6 +132,13 @@ pub struct RuntimeConfig {
     /// Seconds to wait for every process of the cluster to connect before giving up.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: f64,
+    /// A file holding the cluster's shared secret: every process must prove it knows it before the
+    /// pipeline starts (docs/security.md). Optional; all processes have one or none.
+    #[serde(default)]
+    pub cluster_secret_file: Option<String>,
+    /// Or: the environment variable holding the cluster secret.
+    #[serde(default)]
+    pub cluster_secret_env: Option<String>,
 }
 
 fn default_processes() -> usize {
@@ -148,6 +158,30 @@ fn default_dead_letter() -> String {
     "dead-letter.jsonl".into()
 }
 
+/// `runtime.admin`: how the admin endpoint is protected (docs/security.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// A file holding the bearer token every request needs (`Authorization: Bearer …`).
+    #[serde(default)]
+    pub token_file: Option<String>,
+    /// Or: the environment variable holding it.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Require the token on `/healthz` and `/readyz` too (default: open, for probes).
+    #[serde(default)]
+    pub protect_health: bool,
+    /// Serve HTTPS with this PEM certificate chain (with `tls_key`); both are read again when they change.
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    /// The PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<String>,
+    /// Most open connections; more are closed at once (default 4096).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
@@ -155,10 +189,13 @@ impl Default for RuntimeConfig {
             max_in_flight: default_max_in_flight(),
             dead_letter: default_dead_letter(),
             metrics: None,
+            admin: AdminConfig::default(),
             processes: default_processes(),
             process: None,
             hostfile: None,
             connect_timeout_secs: default_connect_timeout(),
+            cluster_secret_file: None,
+            cluster_secret_env: None,
         }
     }
 }
