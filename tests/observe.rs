@@ -335,6 +335,18 @@ fn an_unreachable_registry_makes_the_pipeline_not_ready_and_is_counted() {
     assert!(text(&out).contains("not cached while the registry fails"), "{}", text(&out));
 }
 
+/// `dfp run PIPELINE -q` with the admin endpoint on `addr`, output discarded; killed when dropped.
+fn quiet_run(pipeline: &Path, addr: &str) -> Killed {
+    Killed(
+        dfp()
+            .args(["run", pipeline.to_str().unwrap(), "--metrics-addr", addr, "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// `GET url` with an optional bearer token, trusting `ca` for https: (status, body), or the error text.
 fn fetch(url: &str, token: Option<&str>, ca: Option<&Path>) -> Result<(u16, String), String> {
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
@@ -382,14 +394,7 @@ fn the_admin_endpoint_takes_a_token_serves_https_and_reloads_a_renewed_certifica
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let url = format!("https://{addr}");
-    let mut run = Killed(
-        dfp()
-            .args(["run", pipeline.to_str().unwrap(), "--metrics-addr", &addr, "-q"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = quiet_run(&pipeline, &addr);
     let started = Instant::now();
     while fetch(&format!("{url}/healthz"), None, Some(&c.ca)).is_err() {
         assert!(started.elapsed() < Duration::from_secs(60), "the endpoint did not come up");
@@ -460,15 +465,7 @@ fn idle_connections_and_huge_requests_do_not_take_the_admin_endpoint_down() {
     let pipeline = dir.path().join("endless.yaml");
     std::fs::write(&pipeline, ENDLESS).unwrap();
     let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut run = Killed(
-        dfp()
-            .args(["run", pipeline.to_str().unwrap(), "--metrics-addr", &addr, "-q"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = quiet_run(&pipeline, &format!("127.0.0.1:{port}"));
     wait_http_ok(port, "/healthz", "dfp", 60);
     let before = threads(run.0.id());
     // 2,000 connections that send nothing.

@@ -139,15 +139,10 @@ impl Sink for KafkaSink {
         // Reachable, trusted and authenticated before any row comes (a wrong CA fails here, clearly).
         // The future producer polls on its own thread.
         let serve = |_: Duration| {};
-        connect(
-            producer.client(),
-            &state,
-            &self.config.brokers,
-            Some(&self.config.topic),
-            Duration::from_secs(30),
-            &serve,
-        )
-        .map_err(|e| kafka_err(&format!("topic {}", self.config.topic), e))?;
+        // As long as a message may wait for the broker: a broker down for longer stops the pipeline.
+        let wait = Duration::from_secs_f64(self.config.delivery_timeout_secs);
+        connect(producer.client(), &state, &self.config.brokers, Some(&self.config.topic), wait, &serve)
+            .map_err(|e| kafka_err(&format!("topic {}", self.config.topic), e))?;
         self.producer = Some(producer);
         self.state = Some(state);
         self.runtime = Some(crate::store::io_runtime().map_err(|e| kafka_err("starting the delivery runtime", e))?);
