@@ -15,8 +15,22 @@ struct Cli {
     /// `dfp_core=debug`). Also read from DFP_LOG.
     #[arg(long, global = true, env = "DFP_LOG", default_value = "warn,dfp_stages::transforms::train=info")]
     log: String,
+    /// How log lines look: `text` (for people) or `json` (one JSON object per line — timestamp, level,
+    /// target, message and the event's fields such as `stage` — for log shippers). Also read from
+    /// DFP_LOG_FORMAT.
+    #[arg(long, global = true, env = "DFP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The format of log lines on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -69,7 +83,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    init_logging(&cli.log, cli.log_format);
     dfp_stages::link();
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -80,16 +94,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        // {"timestamp":…,"level":"WARN","target":"dfp_stages::…","message":…,"stage":…}: the event's fields
+        // at the top level, as log shippers (Filebeat, Fluent Bit, Vector) index them.
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_target(true)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
 }
 
 fn dispatch(command: Command) -> Result<ExitCode> {

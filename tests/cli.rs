@@ -509,3 +509,46 @@ fn largest_file(dir: &Path) -> u64 {
         .max()
         .unwrap_or(0)
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_level_target_message_and_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dfp()
+        .args(["generate", "azure", "--out", dir.path().join("data").to_str().unwrap(), "--users", "3", "--days", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let empty = dir.path().join("no-profiles");
+    std::fs::create_dir_all(&empty).unwrap();
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "version: 1\nfamily: azure\nstages:\n  logs: {{ type: file-source, path: \"{}/data/*/*.json\", raw: true }}\n  events: {{ type: normalize-azure, inputs: [logs] }}\n  features: {{ type: features, inputs: [events], profiles: \"{}\" }}\n  out: {{ type: blackhole, inputs: [features] }}\n",
+            dir.path().display(),
+            empty.display()
+        ),
+    )
+    .unwrap();
+    let out = dfp().args(["--log-format", "json", "run", pipeline.to_str().unwrap(), "-q"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l}")))
+        .collect();
+    // The features stage warns that the registry holds no profile set yet: level, target, message and its
+    // fields (the stage, the registry) at the top level.
+    let warning = lines
+        .iter()
+        .find(|l| l["message"].as_str().is_some_and(|m| m.contains("no profile set")))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["stage"], "features");
+    assert!(warning["target"].as_str().unwrap().starts_with("dfp_stages"), "{warning}");
+    assert!(warning["registry"].as_str().unwrap().contains("no-profiles"), "{warning}");
+    assert!(warning["timestamp"].is_string());
+    // DFP_LOG_FORMAT does the same.
+    let out = dfp().args(["run", pipeline.to_str().unwrap(), "-q"]).env("DFP_LOG_FORMAT", "json").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).lines().all(|l| l.starts_with('{')), "{}", text(&out));
+}
