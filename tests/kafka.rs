@@ -81,7 +81,14 @@ impl Tansu {
     }
 
     fn create_topic(&self, name: &str, partitions: i32) {
-        self.create_topic_with(&self.brokers(), &[], name, partitions)
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", self.brokers()).create().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let result = rt.block_on(admin.create_topics([&topic], &AdminOptions::new())).unwrap();
+        for r in result {
+            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+        }
     }
 
     /// Creates a topic with tansu's own command on the broker's plain port (its metadata may send Kafka
@@ -93,22 +100,6 @@ impl Tansu {
             .output()
             .unwrap();
         assert!(out.status.success(), "tansu topic create {name}: {}", text(&out));
-    }
-
-    /// Creates a topic through `brokers` with more client properties.
-    fn create_topic_with(&self, brokers: &str, properties: &[(&str, &str)], name: &str, partitions: i32) {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", brokers);
-        for (k, v) in properties {
-            cfg.set(*k, *v);
-        }
-        let admin: AdminClient<DefaultClientContext> = cfg.create().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let result = rt.block_on(admin.create_topics([&topic], &AdminOptions::new())).unwrap();
-        for r in result {
-            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
-        }
     }
 }
 
@@ -433,6 +424,31 @@ fn a_killed_kafka_to_elasticsearch_pipeline_restarts_and_every_event_is_indexed_
     committed_everything(&brokers, "dfp-es", "signins", 4, records.len());
 }
 
+/// Writes DIR/TOPIC.yaml: `kafka-source` (group `dfp-TOPIC`, these `properties`, stopping when idle) →
+/// `normalize-azure` → DIR/events.jsonl, plus `more` stages reading `events`.
+fn read_pipeline(dir: &Path, brokers: &str, topic: &str, properties: &str, more: &str) -> PathBuf {
+    let yaml = format!(
+        r#"version: 1
+family: azure
+runtime: {{ workers: 2, dead_letter: {dir}/dead.jsonl }}
+stages:
+  logs:
+    type: kafka-source
+    brokers: "{brokers}"
+    topics: [{topic}]
+    group: dfp-{topic}
+    idle_stop_secs: 3
+    properties: {properties}
+  events: {{ type: normalize-azure, inputs: [logs] }}
+  out: {{ type: file-sink, inputs: [events], path: "{dir}/events.jsonl" }}
+{more}"#,
+        dir = dir.display()
+    );
+    let p = dir.join(format!("{topic}.yaml"));
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
 /// socat terminating TLS on `port` (127.0.0.1) in front of `to`; killed when dropped.
 struct TlsProxy(Child);
 
@@ -492,32 +508,11 @@ fn kafka_over_tls_trusts_the_ca_file_and_names_the_broker_and_the_certificate_wh
 
     // A pipeline reading and writing over TLS.
     let pipeline = |ca: &Path| {
-        let yaml = format!(
-            r#"version: 1
-family: azure
-runtime: {{ workers: 2, dead_letter: {dir}/dead.jsonl }}
-stages:
-  logs:
-    type: kafka-source
-    brokers: "{tls}"
-    topics: [tls-signins]
-    group: dfp-tls
-    idle_stop_secs: 3
-    properties: {{ security.protocol: SSL, ssl.ca.location: "{ca}" }}
-  events: {{ type: normalize-azure, inputs: [logs] }}
-  out: {{ type: file-sink, inputs: [events], path: "{dir}/events.jsonl" }}
-  to_kafka:
-    type: kafka-sink
-    inputs: [events]
-    brokers: "{tls}"
-    topic: tls-alerts
-    properties: {{ security.protocol: SSL, ssl.ca.location: "{ca}" }}
-"#,
-            dir = dir.path().display(),
-            ca = ca.display()
+        let props = format!("{{ security.protocol: SSL, ssl.ca.location: \"{}\" }}", ca.display());
+        let sink = format!(
+            "  to_kafka:\n    type: kafka-sink\n    inputs: [events]\n    brokers: \"{tls}\"\n    topic: tls-alerts\n    properties: {props}\n"
         );
-        let p = dir.path().join("tls.yaml");
-        std::fs::write(&p, yaml).unwrap();
+        let p = read_pipeline(dir.path(), &tls, "tls-signins", &props, &sink);
         dfp().args(["run", p.to_str().unwrap(), "-q"]).output().unwrap()
     };
     let out = pipeline(&ca);
@@ -599,31 +594,11 @@ fn sasl_scram_over_tls_as_dfp_produce_help_shows_and_a_wrong_password_is_named_n
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&format!("produced {} records", records.len())), "{}", text(&out));
     // Read back by a pipeline over SASL_SSL.
-    let yaml = format!(
-        r#"version: 1
-family: azure
-runtime: {{ workers: 2, dead_letter: {dir}/dead.jsonl }}
-stages:
-  logs:
-    type: kafka-source
-    brokers: "{tls}"
-    topics: [sasl-signins]
-    group: dfp-sasl
-    idle_stop_secs: 3
-    properties:
-      security.protocol: SASL_SSL
-      ssl.ca.location: "{ca}"
-      sasl.mechanism: SCRAM-SHA-512
-      sasl.username: dfp
-      sasl.password: "${{env:DFP_TEST_KAFKA_PASSWORD}}"
-  events: {{ type: normalize-azure, inputs: [logs] }}
-  out: {{ type: file-sink, inputs: [events], path: "{dir}/events.jsonl" }}
-"#,
-        dir = dir.path().display(),
-        ca = c.ca.display()
+    let props = format!(
+        "\n      security.protocol: SASL_SSL\n      ssl.ca.location: \"{}\"\n      sasl.mechanism: SCRAM-SHA-512\n      sasl.username: dfp\n      sasl.password: \"${{env:DFP_TEST_KAFKA_PASSWORD}}\"",
+        c.ca.display()
     );
-    let p = dir.path().join("sasl.yaml");
-    std::fs::write(&p, yaml).unwrap();
+    let p = read_pipeline(dir.path(), &tls, "sasl-signins", &props, "");
     let out =
         dfp().args(["run", p.to_str().unwrap(), "-q"]).env("DFP_TEST_KAFKA_PASSWORD", "pa55-w0rd-Zq").output().unwrap();
     assert!(out.status.success(), "{}", text(&out));

@@ -227,8 +227,9 @@ pub fn create<T: FromClientConfigAndContext<DfpContext>>(
     Ok((client, state))
 }
 
-/// Waits until the brokers answer a metadata request (for `topic`, when given), at most `timeout`; stops
-/// early at a TLS or authentication error. The error names the brokers and says what librdkafka saw.
+/// Waits until the brokers answer a metadata request (for `topic`, when given), at most `timeout`, and
+/// returns the answer; stops early at a TLS or authentication error. The error names the brokers and says
+/// what librdkafka saw.
 /// `serve` hands librdkafka's queued events (its log lines, its errors) to the context: a producer's or a
 /// consumer's `poll`, or nothing for a client that polls on its own thread.
 pub fn connect<C: ClientContext>(
@@ -238,7 +239,7 @@ pub fn connect<C: ClientContext>(
     topic: Option<&str>,
     timeout: Duration,
     serve: &dyn Fn(Duration),
-) -> Result<(), String> {
+) -> Result<rdkafka::metadata::Metadata, String> {
     let started = Instant::now();
     loop {
         serve(Duration::from_millis(50));
@@ -256,7 +257,7 @@ pub fn connect<C: ClientContext>(
             return Err(format!("cannot connect to {brokers}: {fatal}{hint}"));
         }
         match attempt {
-            Ok(_) => return Ok(()),
+            Ok(metadata) => return Ok(metadata),
             Err(e) if started.elapsed() >= timeout => {
                 let seen = state.last_error().map(|l| format!(" (librdkafka: {l})")).unwrap_or_default();
                 return Err(format!(

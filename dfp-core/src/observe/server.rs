@@ -25,7 +25,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -281,7 +281,7 @@ async fn serve(
         }
     };
     let permits = Arc::new(tokio::sync::Semaphore::new(limit));
-    let refused = Arc::new(Mutex::new(0u64));
+    let mut refused = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let (tcp, _) = match tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
             Err(_) => continue,
@@ -293,14 +293,9 @@ async fn serve(
             }
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            let mut n = refused.lock().unwrap_or_else(|p| p.into_inner());
-            *n += 1;
-            if n.is_power_of_two() {
-                tracing::warn!(
-                    limit,
-                    refused = *n,
-                    "admin endpoint: connection limit reached; closing new connections"
-                );
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(limit, refused, "admin endpoint: connection limit reached; closing new connections");
             }
             drop(tcp);
             continue;

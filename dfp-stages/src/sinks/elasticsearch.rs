@@ -653,16 +653,17 @@ fn quoted(s: &str) -> String {
 impl ElasticsearchSink {
     fn index_for(&self, time: Option<&chrono::DateTime<chrono::Utc>>) -> Option<String> {
         use chrono::{Datelike, Timelike};
-        let mut out = String::new();
+        use std::fmt::Write;
+        let mut out = String::with_capacity(32);
         for p in &self.index {
-            match (p, time) {
-                (IndexPart::Text(t), _) => out.push_str(t),
-                (IndexPart::Year, Some(t)) => out.push_str(&format!("{:04}", t.year())),
-                (IndexPart::Month, Some(t)) => out.push_str(&format!("{:02}", t.month())),
-                (IndexPart::Day, Some(t)) => out.push_str(&format!("{:02}", t.day())),
-                (IndexPart::Hour, Some(t)) => out.push_str(&format!("{:02}", t.hour())),
+            let _ = match (p, time) {
+                (IndexPart::Text(t), _) => out.write_str(t),
+                (IndexPart::Year, Some(t)) => write!(out, "{:04}", t.year()),
+                (IndexPart::Month, Some(t)) => write!(out, "{:02}", t.month()),
+                (IndexPart::Day, Some(t)) => write!(out, "{:02}", t.day()),
+                (IndexPart::Hour, Some(t)) => write!(out, "{:02}", t.hour()),
                 (_, None) => return None,
-            }
+            };
         }
         Some(out)
     }
@@ -696,13 +697,16 @@ impl ElasticsearchSink {
             None => None,
         };
         let needs_time = self.config.data_stream || self.index.iter().any(|p| !matches!(p, IndexPart::Text(_)));
-        let mut docs = Vec::with_capacity(lines.len());
-        for (row, line) in lines.into_iter().enumerate() {
-            let origin = if batch.envelope.origin.is_empty() {
+        // Where a dead letter's row came from (only rows that become one need it).
+        let origin = || {
+            if batch.envelope.origin.is_empty() {
                 batch.envelope.source.clone()
             } else {
                 batch.envelope.origin.clone()
-            };
+            }
+        };
+        let mut docs = Vec::with_capacity(lines.len());
+        for (row, line) in lines.into_iter().enumerate() {
             let id = if self.config.id_fields.is_empty() {
                 match ids[0].is_valid(row).then(|| ids[0].value(row)).filter(|s| !s.is_empty()) {
                     Some(id) => id.to_string(),
@@ -710,7 +714,7 @@ impl ElasticsearchSink {
                         self.dead.push(DeadLetter::new(
                             format!("no document id: the `{}` column is empty", self.config.id_field),
                             line,
-                            origin,
+                            origin(),
                         ));
                         continue;
                     }
@@ -725,7 +729,7 @@ impl ElasticsearchSink {
                 h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
             };
             if id.len() > 512 {
-                self.dead.push(DeadLetter::new("the document id is longer than 512 bytes", line, origin));
+                self.dead.push(DeadLetter::new("the document id is longer than 512 bytes", line, origin()));
                 continue;
             }
             let time_text = times.as_ref().and_then(|t| t.is_valid(row).then(|| t.value(row)));
@@ -735,7 +739,7 @@ impl ElasticsearchSink {
                     None => format!("no event time: the `{}` column is empty or missing", self.config.time_field),
                     Some(t) => format!("the event time `{}` = {t:?} is not an RFC 3339 time", self.config.time_field),
                 };
-                self.dead.push(DeadLetter::new(reason, line, origin));
+                self.dead.push(DeadLetter::new(reason, line, origin()));
                 continue;
             }
             let Some(index) = self.index_for(time.as_ref()) else { continue };
@@ -824,9 +828,14 @@ impl ElasticsearchSink {
         let mut body = Vec::with_capacity(todo.iter().map(|&i| docs[i].source.len() + 80).sum());
         for &i in todo {
             let d = &docs[i];
-            body.extend_from_slice(
-                format!("{{\"{action}\":{{\"_index\":{},\"_id\":{}}}}}\n", quoted(&d.index), quoted(&d.id)).as_bytes(),
-            );
+            // {"index":{"_index":…,"_id":…}}, the names escaped as JSON strings in place.
+            body.extend_from_slice(b"{\"");
+            body.extend_from_slice(action.as_bytes());
+            body.extend_from_slice(b"\":{\"_index\":");
+            let _ = serde_json::to_writer(&mut body, &d.index);
+            body.extend_from_slice(b",\"_id\":");
+            let _ = serde_json::to_writer(&mut body, &d.id);
+            body.extend_from_slice(b"}}\n");
             body.extend_from_slice(d.source.as_bytes());
             body.push(b'\n');
         }

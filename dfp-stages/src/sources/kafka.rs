@@ -186,17 +186,15 @@ impl Source for KafkaSource {
         let cfg = client_config(&self.config.brokers, &defaults, self.config.properties.pairs());
         let redactor = Redactor::new(self.config.properties.pairs());
         let (consumer, state): (BaseConsumer<DfpContext>, _) =
-            create(&cfg, redactor.clone()).map_err(|e| kafka_err("creating the consumer", e))?;
+            create(&cfg, redactor).map_err(|e| kafka_err("creating the consumer", e))?;
         // Every worker lists the same partitions and takes every `workers`-th one.
         let mut all: Vec<(String, i32)> = Vec::new();
         for topic in &self.config.topics {
             // Nothing is assigned yet: a poll serves librdkafka's events and reads no message.
             let serve = |d: Duration| drop(consumer.poll(d));
-            connect(consumer.client(), &state, &self.config.brokers, Some(topic), Duration::from_secs(30), &serve)
-                .map_err(|e| kafka_err(&format!("metadata of topic {topic}"), e))?;
-            let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(30)).map_err(|e| {
-                kafka_err(&format!("metadata of topic {topic} from {}", self.config.brokers), redactor.error(&e))
-            })?;
+            let meta =
+                connect(consumer.client(), &state, &self.config.brokers, Some(topic), Duration::from_secs(30), &serve)
+                    .map_err(|e| kafka_err(&format!("metadata of topic {topic}"), e))?;
             let t = meta.topics().iter().find(|t| t.name() == topic);
             let Some(t) = t.filter(|t| !t.partitions().is_empty()) else {
                 return Err(kafka_err(&format!("topic {topic}"), "does not exist (create it first)"));
