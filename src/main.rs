@@ -37,6 +37,9 @@ enum LogFormat {
 enum Command {
     /// Run a pipeline until its sources are exhausted (Ctrl-C stops it gracefully).
     Run(cmd::run::RunArgs),
+    /// Retrain the models on the recent window (warm start) and promote each only when it is not worse than
+    /// the version in service on held-out recent events; --dry-run shows what would change.
+    Retrain(cmd::retrain::RetrainArgs),
     /// Check pipeline files without running them; prints every problem found with file:line.
     Validate(cmd::validate::ValidateArgs),
     /// List the stage types this dfp knows.
@@ -122,6 +125,7 @@ fn init_logging(filter: &str, format: LogFormat) {
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
         Command::Run(args) => cmd::run::run(args),
+        Command::Retrain(args) => cmd::retrain::retrain(args),
         Command::Validate(args) => Ok(cmd::validate::validate(args)),
         Command::Stages(args) => cmd::stages::stages(args),
         Command::Schema(args) => cmd::stages::schema(args),

@@ -10,6 +10,7 @@ pub(crate) mod generate;
 pub(crate) mod models;
 pub(crate) mod produce;
 pub(crate) mod report;
+pub(crate) mod retrain;
 pub(crate) mod run;
 pub(crate) mod serve;
 pub(crate) mod stages;

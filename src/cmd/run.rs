@@ -30,24 +30,24 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "HOST:PORT", env = "DFP_METRICS_ADDR")]
     metrics_addr: Option<String>,
     /// A file holding the bearer token the admin endpoint requires (overrides runtime.admin.token_file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "DFP_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<String>,
     /// Keep the metrics endpoint up for this many seconds after the run ends (so that a last scrape sees
     /// the final figures of a batch job).
     #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
     metrics_linger: f64,
     /// Run as one of N processes of a cluster (overrides runtime.processes; see docs/operations.md).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), env = "DFP_PROCESSES")]
     processes: Option<u16>,
     /// This process's index in the cluster, 0..N (overrides runtime.process).
-    #[arg(long, value_name = "I")]
+    #[arg(long, value_name = "I", env = "DFP_PROCESS")]
     process: Option<u16>,
     /// The cluster's hostfile: host:port per process, in process order (overrides runtime.hostfile).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "DFP_HOSTFILE")]
     hostfile: Option<String>,
     /// A file holding the cluster's shared secret, the same on every process (overrides
     /// runtime.cluster_secret_file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "DFP_CLUSTER_SECRET_FILE")]
     cluster_secret_file: Option<String>,
     /// Seconds to wait for every process of the cluster to connect (overrides runtime.connect_timeout_secs).
     #[arg(long, value_name = "SECONDS")]
@@ -107,7 +107,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(if report.stopped_early { ExitCode::from(STOPPED_EARLY) } else { ExitCode::SUCCESS })
 }
 
-fn install_ctrl_c(stop: StopHandle) -> Result<()> {
+pub(crate) fn install_ctrl_c(stop: StopHandle) -> Result<()> {
     static PRESSES: AtomicUsize = AtomicUsize::new(0);
     ctrlc::set_handler(move || {
         if PRESSES.fetch_add(1, Ordering::SeqCst) == 0 {

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub registry_errors: Counter<u64>,
     /// [`names::MODELS_TRAINED`].
     pub models_trained: Counter<u64>,
+    /// [`names::MODEL_PROMOTIONS`].
+    pub model_promotions: Counter<u64>,
     /// [`names::MODEL_TRAINING_SECONDS`].
     pub training_seconds: Histogram<f64>,
     /// [`names::ALERTS`].
@@ -109,6 +111,7 @@ pub fn enable_metrics() -> Result<&'static Metrics, ObserveError> {
         ),
         registry_errors: counter(names::REGISTRY_ERRORS, "Failed model-registry calls"),
         models_trained: counter(names::MODELS_TRAINED, "Models trained and published"),
+        model_promotions: counter(names::MODEL_PROMOTIONS, "Promotion decisions on retrained models"),
         training_seconds: seconds(
             names::MODEL_TRAINING_SECONDS,
             "Training time per model",

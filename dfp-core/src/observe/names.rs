@@ -41,6 +41,9 @@ pub const MODEL_LOAD_ERRORS: &str = "dfp_model_load_errors_total";
 pub const REGISTRY_ERRORS: &str = "dfp_registry_errors_total";
 /// Models trained and published (counter; labels `stage`, `kind`: `user` or `generic`).
 pub const MODELS_TRAINED: &str = "dfp_models_trained_total";
+/// Promotion decisions on retrained models (counter; labels `stage`, `kind`, `decision`: `promote`, `keep`
+/// or `new`); a dry run counts what it would decide.
+pub const MODEL_PROMOTIONS: &str = "dfp_model_promotions_total";
 /// Training time per model (histogram, seconds; labels `stage`, `kind`).
 pub const MODEL_TRAINING_SECONDS: &str = "dfp_model_training_seconds";
 /// Alerts raised (counter; labels `stage`, `source`, `country`, `browser`, `model_kind`: `user` or
@@ -75,6 +78,7 @@ pub const ALL: &[&str] = &[
     MODEL_LOAD_SECONDS,
     REGISTRY_ERRORS,
     MODELS_TRAINED,
+    MODEL_PROMOTIONS,
     MODEL_TRAINING_SECONDS,
     ALERTS,
     TAP_ROWS_DROPPED,

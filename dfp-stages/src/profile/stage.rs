@@ -56,6 +56,9 @@ pub struct ProfilesConfig {
     /// Most values per role in the population profile.
     #[serde(default = "d_population_values")]
     pub population_values: usize,
+    /// Build the set but publish nothing (a retraining dry run: `dfp retrain --dry-run`).
+    #[serde(default)]
+    pub dry_run: bool,
     /// S3 settings for an `s3://` registry.
     #[serde(default)]
     pub s3: S3Options,
@@ -238,6 +241,19 @@ impl Transform for Profiles {
             self.release(batches)?;
         }
         if self.store.is_none() {
+            return Ok(());
+        }
+        if self.config.dry_run {
+            tracing::info!(stage = %self.stage, users = self.users.len(), "dry run: the profile set is not published");
+            let mut report = crate::transforms::train::Report::default();
+            report.not_trained(
+                &set_name(&self.family),
+                "profiles",
+                "evaluated",
+                self.events as usize,
+                format!("{} users; dry run: not published", self.users.len()),
+            );
+            out.emit(Batch::new(report.finish()?, self.stage.clone()));
             return Ok(());
         }
         let started = Instant::now();

@@ -2,6 +2,7 @@
 pub mod features;
 pub mod filter;
 pub mod passthrough;
+pub mod promote;
 pub mod score;
 pub mod select;
 pub mod suppress;

@@ -36,7 +36,7 @@
 //! `generic`), `status` (`trained`, `skipped`, or `shared`: a user scored by a shared model), `version`,
 //! `rows`, `epochs_run`, `train_loss`, `validation_loss`, `seconds`, `reason`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -55,6 +55,7 @@ use rand_chacha::ChaCha8Rng;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::promote::{decide, figures, Figures, PromotionConfig};
 use crate::model::artifact::{MANIFEST, WEIGHTS};
 use crate::model::{
     feature_set, group_model_name, model_name, peers, train_from, DeviceChoice, FeatureDef, FeatureOptions, Model,
@@ -123,6 +124,10 @@ pub struct TrainStageConfig {
     /// Per-user z statistics through the shared models (`scope: generic` only).
     #[serde(default)]
     pub calibrate: CalibrateConfig,
+    /// Publish a model only when it is not worse than the version in service, judged on held-out recent
+    /// events (`promotion.holdout_from`); see the `promote` module and docs/deploy.md, "Retraining".
+    #[serde(default)]
+    pub promotion: PromotionConfig,
     /// `auto` (CUDA when available), `cpu` or `cuda`.
     #[serde(default)]
     pub device: DeviceChoice,
@@ -304,7 +309,7 @@ impl StageConfig for TrainStageConfig {
         if !self.calibrate.prior_rows.is_finite() || self.calibrate.prior_rows < 0.0 {
             return Err(ConfigError::field("calibrate.prior_rows", "must be zero or more"));
         }
-        Ok(())
+        self.promotion.validate()
     }
     fn check(&self, ctx: &ConfigContext<'_>) -> Result<(), ConfigError> {
         ctx.family(&self.family).map(|_| ())
@@ -319,6 +324,8 @@ impl StageConfig for TrainStageConfig {
             registry: None,
             directory: None,
             stage: String::new(),
+            held: None,
+            labels: None,
         })))
     }
 }
@@ -333,6 +340,20 @@ struct Train {
     /// `groups.directory`, read at start-up (a bad file stops the run before any training).
     directory: Option<super::user_data::Directory>,
     stage: String,
+    /// With promotion on: the held-out events, and each user's rows among them.
+    held: Option<(RecordBatch, HashMap<String, Vec<u32>>)>,
+    /// `promotion.labels`, read at start-up.
+    labels: Option<HashMap<String, bool>>,
+}
+
+/// What promotion decided for one model.
+struct Verdict {
+    publish: bool,
+    decision: &'static str,
+    champion_version: Option<u64>,
+    champion: Option<Figures>,
+    challenger: Option<Figures>,
+    reason: String,
 }
 
 /// The rows of a training report: one per model trained or skipped (also written by the `profiles`
@@ -349,9 +370,42 @@ pub(crate) struct Report {
     val_loss: Float64Builder,
     seconds: Float64Builder,
     reason: StringBuilder,
+    /// With promotion on: its columns.
+    promotion: Option<PromotionColumns>,
+}
+
+/// The report's promotion columns.
+#[derive(Default)]
+struct PromotionColumns {
+    decision: StringBuilder,
+    champion_version: UInt64Builder,
+    heldout_rows: UInt64Builder,
+    champion_loss: Float64Builder,
+    challenger_loss: Float64Builder,
+    champion_alerts: UInt64Builder,
+    challenger_alerts: UInt64Builder,
+}
+
+impl PromotionColumns {
+    fn append(&mut self, verdict: Option<&Verdict>) {
+        let champion = verdict.and_then(|v| v.champion);
+        let challenger = verdict.and_then(|v| v.challenger);
+        self.decision.append_option(verdict.map(|v| v.decision));
+        self.champion_version.append_option(verdict.and_then(|v| v.champion_version));
+        self.heldout_rows.append_option(challenger.map(|f| f.rows as u64));
+        self.champion_loss.append_option(champion.map(|f| f.loss));
+        self.challenger_loss.append_option(challenger.map(|f| f.loss));
+        self.champion_alerts.append_option(champion.map(|f| f.alerts as u64));
+        self.challenger_alerts.append_option(challenger.map(|f| f.alerts as u64));
+    }
 }
 
 impl Report {
+    /// A report with the promotion columns.
+    fn with_promotion() -> Self {
+        Report { promotion: Some(PromotionColumns::default()), ..Report::default() }
+    }
+
     /// A model (or profile set) published without training figures: its version, rows and seconds.
     pub(crate) fn published(&mut self, model: &str, kind: &str, version: u64, rows: u64, seconds: f64, reason: &str) {
         self.model.append_value(model);
@@ -364,6 +418,9 @@ impl Report {
         self.val_loss.append_null();
         self.seconds.append_value(seconds);
         self.reason.append_value(reason);
+        if let Some(p) = &mut self.promotion {
+            p.append(None);
+        }
     }
 
     fn skipped(&mut self, model: &str, kind: &str, rows: usize, reason: String) {
@@ -375,7 +432,8 @@ impl Report {
         self.not_trained(user_model, kind, "shared", rows, reason);
     }
 
-    fn not_trained(&mut self, model: &str, kind: &str, status: &str, rows: usize, reason: String) {
+    /// A row without training figures: `status` says what happened.
+    pub(crate) fn not_trained(&mut self, model: &str, kind: &str, status: &str, rows: usize, reason: String) {
         self.model.append_value(model);
         self.kind.append_value(kind);
         self.status.append_value(status);
@@ -386,6 +444,9 @@ impl Report {
         self.val_loss.append_null();
         self.seconds.append_null();
         self.reason.append_value(reason);
+        if let Some(p) = &mut self.promotion {
+            p.append(None);
+        }
     }
 
     pub(crate) fn finish(mut self) -> Result<RecordBatch, StageError> {
@@ -401,21 +462,39 @@ impl Report {
             Field::new("seconds", DataType::Float64, true),
             Field::new("reason", DataType::Utf8, true),
         ]));
-        Ok(RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(self.model.finish()),
-                Arc::new(self.kind.finish()),
-                Arc::new(self.status.finish()),
-                Arc::new(self.version.finish()),
-                Arc::new(self.rows.finish()),
-                Arc::new(self.epochs.finish()),
-                Arc::new(self.train_loss.finish()),
-                Arc::new(self.val_loss.finish()),
-                Arc::new(self.seconds.finish()),
-                Arc::new(self.reason.finish()),
-            ],
-        )?)
+        let mut columns: Vec<arrow::array::ArrayRef> = vec![
+            Arc::new(self.model.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.version.finish()),
+            Arc::new(self.rows.finish()),
+            Arc::new(self.epochs.finish()),
+            Arc::new(self.train_loss.finish()),
+            Arc::new(self.val_loss.finish()),
+            Arc::new(self.seconds.finish()),
+            Arc::new(self.reason.finish()),
+        ];
+        let Some(mut p) = self.promotion else { return Ok(RecordBatch::try_new(schema, columns)?) };
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend([
+            Field::new("decision", DataType::Utf8, true),
+            Field::new("champion_version", DataType::UInt64, true),
+            Field::new("heldout_rows", DataType::UInt64, true),
+            Field::new("champion_loss", DataType::Float64, true),
+            Field::new("challenger_loss", DataType::Float64, true),
+            Field::new("champion_alerts", DataType::UInt64, true),
+            Field::new("challenger_alerts", DataType::UInt64, true),
+        ]);
+        columns.extend([
+            Arc::new(p.decision.finish()) as arrow::array::ArrayRef,
+            Arc::new(p.champion_version.finish()),
+            Arc::new(p.heldout_rows.finish()),
+            Arc::new(p.champion_loss.finish()),
+            Arc::new(p.challenger_loss.finish()),
+            Arc::new(p.champion_alerts.finish()),
+            Arc::new(p.challenger_alerts.finish()),
+        ]);
+        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
     }
 }
 
@@ -510,18 +589,10 @@ impl Train {
     ) -> Result<Model, StageError> {
         let defs = &self.defs;
         let device = self.config.device.device().map_err(StageError::Other)?;
-        let registry = self.registry()?;
         let previous = if self.config.warm_start && base.is_none() {
-            match registry.latest(name).map_err(|e| StageError::Other(e.to_string()))? {
-                Some(v) => {
-                    let manifest = registry.fetch(name, v, MANIFEST).map_err(|e| StageError::Other(e.to_string()))?;
-                    let weights = registry.fetch(name, v, WEIGHTS).map_err(|e| StageError::Other(e.to_string()))?;
-                    let model = Model::from_files(name, &manifest, &weights, device)
-                        .map_err(|e| StageError::Other(e.to_string()))?;
-                    model.check_family(&self.family.name).map_err(|e| StageError::Other(e.to_string()))?;
-                    model.check_features(defs).map_err(|e| StageError::Other(e.to_string()))?;
-                    Some((v, model))
-                }
+            match self.champion(name)? {
+                Some((v, Ok(model))) => Some((v, model)),
+                Some((v, Err(why))) => return Err(StageError::Other(format!("warm start of {name} from v{v}: {why}"))),
                 None => None,
             }
         } else {
@@ -536,36 +607,139 @@ impl Train {
         Ok(model)
     }
 
-    /// Publishes a trained model and reports it.
-    fn publish(&self, model: &Model, report: &mut Report) -> Result<(), StageError> {
+    /// The version of `name` in service, loaded and checked against this stage: `Some((version, Err(why)))`
+    /// when it cannot be used here, `None` when there is none.
+    #[allow(clippy::type_complexity)]
+    fn champion(&self, name: &str) -> Result<Option<(u64, Result<Model, String>)>, StageError> {
+        let registry = self.registry()?;
+        let device = self.config.device.device().map_err(StageError::Other)?;
+        let Some(v) = registry.latest(name).map_err(|e| StageError::Other(e.to_string()))? else { return Ok(None) };
+        let manifest = registry.fetch(name, v, MANIFEST).map_err(|e| StageError::Other(e.to_string()))?;
+        let weights = registry.fetch(name, v, WEIGHTS).map_err(|e| StageError::Other(e.to_string()))?;
+        let model = Model::from_files(name, &manifest, &weights, device).and_then(|model| {
+            model.check_family(&self.family.name)?;
+            model.check_features(&self.defs)?;
+            Ok(model)
+        });
+        Ok(Some((v, model.map_err(|e| e.to_string()))))
+    }
+
+    /// The held-out rows that judge a model: a user's (`Some(user)`) or everyone's; `None` when promotion
+    /// is off.
+    fn held_rows(&self, user: Option<&str>) -> Result<Option<RecordBatch>, StageError> {
+        let Some((all, by_user)) = &self.held else { return Ok(None) };
+        Ok(Some(match user {
+            None => all.clone(),
+            Some(u) => {
+                let idx = by_user.get(u).cloned().unwrap_or_default();
+                take_record_batch(all, &arrow::array::UInt32Array::from(idx))?
+            }
+        }))
+    }
+
+    /// Promotion's decision on a newly trained `model` from the held-out rows (`None`: promotion off).
+    fn judge(&self, model: &Model, held: Option<RecordBatch>) -> Result<Option<Verdict>, StageError> {
+        let Some(held) = held else { return Ok(None) };
+        let name = model.manifest.name.as_str();
+        let config = &self.config.promotion;
+        let labels = self.labels.as_ref();
+        let score = |m: &Model| {
+            figures(m, &held, config, labels).map_err(|e| StageError::Data(format!("promotion of {name}: {e}")))
+        };
+        let challenger = Some(score(model)?);
+        let verdict = match self.champion(name)? {
+            None => Verdict {
+                publish: true,
+                decision: "new",
+                champion_version: None,
+                champion: None,
+                challenger,
+                reason: "no version in service yet".into(),
+            },
+            Some((v, Err(why))) => Verdict {
+                publish: true,
+                decision: "promote",
+                champion_version: Some(v),
+                champion: None,
+                challenger,
+                reason: format!("the version in service (v{v}) cannot be used here: {why}"),
+            },
+            Some((v, Ok(current))) => {
+                let champion = score(&current)?;
+                let (publish, reason) = decide(&champion, challenger.as_ref().expect("scored above"), config);
+                Verdict {
+                    publish,
+                    decision: if publish { "promote" } else { "keep" },
+                    champion_version: Some(v),
+                    champion: Some(champion),
+                    challenger,
+                    reason,
+                }
+            }
+        };
+        Ok(Some(verdict))
+    }
+
+    /// Judges a trained model on `held` (promotion), publishes it unless promotion keeps the champion (or
+    /// it is a dry run), and reports it.
+    fn publish(&self, model: &Model, held: Option<RecordBatch>, report: &mut Report) -> Result<(), StageError> {
+        let verdict = self.judge(model, held)?;
+        self.publish_judged(model, verdict, report)
+    }
+
+    /// Publishes a model as `verdict` says (always when it is `None`) and reports it.
+    fn publish_judged(&self, model: &Model, verdict: Option<Verdict>, report: &mut Report) -> Result<(), StageError> {
         let registry = self.registry()?;
         let name = model.manifest.name.as_str();
         let kind = model.manifest.kind().as_str();
-        let files = model.to_files().map_err(|e| StageError::Other(e.to_string()))?;
         let labels = [KeyValue::new("stage", self.stage.clone()), KeyValue::new("kind", kind)];
-        let version = registry.publish(name, &files).map_err(|e| {
+        let publish = verdict.as_ref().is_none_or(|v| v.publish && !self.config.promotion.dry_run);
+        let version = if publish {
+            let files = model.to_files().map_err(|e| StageError::Other(e.to_string()))?;
+            let version = registry.publish(name, &files).map_err(|e| {
+                if let Some(m) = metrics() {
+                    m.registry_errors
+                        .add(1, &[KeyValue::new("stage", self.stage.clone()), KeyValue::new("operation", "publish")]);
+                }
+                StageError::Other(e.to_string())
+            })?;
             if let Some(m) = metrics() {
-                m.registry_errors
-                    .add(1, &[KeyValue::new("stage", self.stage.clone()), KeyValue::new("operation", "publish")]);
+                m.models_trained.add(1, &labels);
+                m.training_seconds.record(model.manifest.training.seconds, &labels);
             }
-            StageError::Other(e.to_string())
-        })?;
-        if let Some(m) = metrics() {
-            m.models_trained.add(1, &labels);
-            m.training_seconds.record(model.manifest.training.seconds, &labels);
-        }
+            Some(version)
+        } else {
+            verdict.as_ref().and_then(|v| v.champion_version)
+        };
         let t = &model.manifest.training;
         tracing::debug!(stage = %self.stage, model = name, kind, version, rows = t.rows, epochs = t.epochs_run, seconds = t.seconds, "model trained");
+        if let Some(v) = &verdict {
+            if let Some(m) = metrics() {
+                let mut labels = labels.to_vec();
+                labels.push(KeyValue::new("decision", v.decision));
+                m.model_promotions.add(1, &labels);
+            }
+            let dry_run = self.config.promotion.dry_run;
+            tracing::debug!(stage = %self.stage, model = name, kind, decision = v.decision, dry_run, reason = %v.reason, "promotion");
+        }
         report.model.append_value(name);
         report.kind.append_value(kind);
-        report.status.append_value("trained");
-        report.version.append_value(version);
+        report.status.append_value(if publish { "trained" } else { "evaluated" });
+        report.version.append_option(version);
         report.rows.append_value(t.rows as u64);
         report.epochs.append_value(t.epochs_run as u64);
         report.train_loss.append_value(t.train_loss);
         report.val_loss.append_value(t.validation_loss);
         report.seconds.append_value(t.seconds);
-        report.reason.append_option(model.manifest.reason.as_deref());
+        let reason = match (&verdict, model.manifest.reason.as_deref()) {
+            (Some(v), Some(why)) => Some(format!("{}: {}; {why}", v.decision, v.reason)),
+            (Some(v), None) => Some(format!("{}: {}", v.decision, v.reason)),
+            (None, why) => why.map(str::to_string),
+        };
+        report.reason.append_option(reason);
+        if let Some(p) = &mut report.promotion {
+            p.append(verdict.as_ref());
+        }
         Ok(())
     }
 
@@ -584,8 +758,10 @@ impl Train {
         let rows = self.window(all, &name, 0)?;
         tracing::info!(stage = %self.stage, rows = rows.num_rows(), "training the generic model");
         let mut generic = self.fit(&name, ModelKind::Generic, &rows, &c.training, None)?;
+        // Decided first: the peer-group models follow the generic model's decision.
+        let generic_verdict = self.judge(&generic, self.held_rows(None)?)?;
         if !self.serves_low_history() {
-            return self.publish(&generic, report);
+            return self.publish_judged(&generic, generic_verdict, report);
         }
         let started = Instant::now();
         // Each user's rows as the users stage counts them: who gets an own model, who has some history.
@@ -663,7 +839,7 @@ impl Train {
                     "{n} events (finetune.min_history {} ≤ {n} < min_history {}): fine-tuned from {}",
                     c.finetune.min_history, c.min_history, base.manifest.name
                 ));
-                self.publish(&model, report)?;
+                self.publish(&model, self.held_rows(Some(user))?, report)?;
                 finetuned.insert(user.as_str());
                 if last_progress.elapsed().as_secs() >= 5 {
                     last_progress = Instant::now();
@@ -720,7 +896,15 @@ impl Train {
                 let why = model.manifest.reason.take().unwrap_or_default();
                 model.manifest.reason = Some(format!("{why}; {} users calibrated", calibrated(model)));
             }
-            self.publish(model, report)?;
+            let follows = generic_verdict.as_ref().map(|g| Verdict {
+                publish: g.publish,
+                decision: g.decision,
+                champion_version: None,
+                champion: None,
+                challenger: None,
+                reason: format!("follows the generic model (its group membership is stored with it): {}", g.reason),
+            });
+            self.publish_judged(model, follows, report)?;
         }
         let own_models = per_user.iter().filter(|(_, r)| own(r)).count();
         generic.manifest.reason = Some(format!(
@@ -732,7 +916,7 @@ impl Train {
             group_models.len(),
             calibrated(&generic)
         ));
-        self.publish(&generic, report)?;
+        self.publish_judged(&generic, generic_verdict, report)?;
         tracing::info!(
             stage = %self.stage,
             finetuned = finetuned.len(),
@@ -836,6 +1020,7 @@ impl Transform for Train {
             crate::registry::open(&self.config.registry, &self.config.s3, &self.config.mlflow)
                 .map_err(|e| StageError::Other(e.to_string()))?,
         );
+        self.labels = self.config.promotion.read_labels().map_err(StageError::Other)?;
         let groups = &self.config.groups;
         if let (Some(path), Scope::Generic) = (&groups.directory, self.config.scope) {
             let wanted = [groups.by.clone()];
@@ -854,10 +1039,24 @@ impl Transform for Train {
 
     fn finish(&mut self, out: &mut Emitter) -> Result<(), StageError> {
         let Some(first) = self.rows.first() else { return Ok(()) };
-        let all = concat_batches(&first.schema(), &self.rows)
+        let mut all = concat_batches(&first.schema(), &self.rows)
             .map_err(|e| StageError::Data(format!("train: input batches disagree on columns: {e}")))?;
         self.rows.clear();
-        let mut report = Report::default();
+        let holdout = self.config.promotion.holdout().map_err(|e| StageError::Other(e.to_string()))?;
+        let mut report = if holdout.is_some() { Report::with_promotion() } else { Report::default() };
+        if let Some(from) = holdout {
+            // Events from `holdout_from` on judge the models; the rest trains them.
+            let held_mask: arrow::array::BooleanArray =
+                timestamps(&all)?.iter().map(|t| Some(t.is_some_and(|t| t >= from))).collect();
+            let held = filter_record_batch(&all, &held_mask)?;
+            all = filter_record_batch(&all, &arrow::compute::not(&held_mask)?)?;
+            let by_user = super::rows_by_user(super::users(&held, "train")?)
+                .into_iter()
+                .filter_map(|(u, idx)| Some((u?.to_string(), idx)))
+                .collect();
+            tracing::info!(stage = %self.stage, held_out = held.num_rows(), training = all.num_rows(), "promotion: events held out");
+            self.held = Some((held, by_user));
+        }
         let started = Instant::now();
         match self.config.scope {
             Scope::Generic => self.train_shared(&all, &mut report)?,
@@ -887,7 +1086,7 @@ impl Transform for Train {
                         continue;
                     }
                     let model = self.fit(&name, ModelKind::User, &rows, &self.config.training, None)?;
-                    self.publish(&model, &mut report)?;
+                    self.publish(&model, self.held_rows(Some(user))?, &mut report)?;
                     if last_progress.elapsed().as_secs() >= 5 {
                         last_progress = Instant::now();
                         tracing::info!(
