@@ -790,6 +790,50 @@ fn a_two_process_cluster_reads_every_event_once_and_a_restart_after_a_lost_proce
     committed_everything(&brokers, "cluster-live", "live", 4, records.len());
 }
 
+#[test]
+fn independent_consumers_share_the_partitions_of_one_group_and_together_read_every_event_once() {
+    let _serial = common::one_at_a_time();
+    let (_broker, brokers, dir, models) = set_up();
+    let (expected, records) = generate(dir.path(), 13);
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    send_to(&producer, "signins", &records);
+    // Two processes that are not a cluster (no hostfile): each takes half of the 4 partitions.
+    let consumer = |index: usize| {
+        dfp()
+            .args(["run", "pipelines/azure-kafka-inference.yaml", "--var", &format!("brokers={brokers}")])
+            .args(["--var", "topic=signins", "--var", "alerts_topic=alerts", "--var", "threshold=0"])
+            .args(["--var", &format!("models={}", models.display()), "--var", "group=shared"])
+            .args(["--var", &format!("consumer_index={index}"), "--var", "consumers=2"])
+            .args(["--var", &format!("output={}", dir.path().join(format!("shared-{index}.jsonl")).display())])
+            .args(["--var", &format!("incidents={}", dir.path().join(format!("incidents-{index}.jsonl")).display())])
+            .args(["--var", &format!("checkpoints={}", dir.path().join(format!("checkpoints-{index}")).display())])
+            .args(["--var", "idle_stop_secs=3", "--workers", "2"])
+            .args(["--dead-letter", &dir.path().join(format!("dead-{index}.jsonl")).display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let runs = [consumer(0), consumer(1)];
+    for (i, run) in runs.into_iter().enumerate() {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "consumer {i}: {}", text(&out));
+    }
+    let (a, b) = (ids(&dir.path().join("shared-0.jsonl")), ids(&dir.path().join("shared-1.jsonl")));
+    assert!(!a.is_empty() && !b.is_empty(), "each consumer read its share: {} and {}", a.len(), b.len());
+    let (a, b): (BTreeSet<String>, BTreeSet<String>) = (a.into_iter().collect(), b.into_iter().collect());
+    assert!(a.is_disjoint(&b), "no event read by both");
+    assert_eq!(a.union(&b).cloned().collect::<BTreeSet<_>>(), expected, "together, every event");
+    committed_everything(&brokers, "shared", "signins", 4, records.len());
+    // A share that names no consumer is refused before anything runs.
+    let out = dfp()
+        .args(["validate", "pipelines/azure-kafka-inference.yaml", "--var", "consumer_index=2", "--var", "consumers=2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("index must be below count (index 2 of count 2)"), "{}", text(&out));
+}
+
 /// The `createdDateTime` of a raw Azure record, for ordering.
 fn created(record: &str) -> (String, String) {
     let v: Value = serde_json::from_str(record).unwrap();

@@ -43,6 +43,29 @@ pub enum StartAt {
     Latest,
 }
 
+/// `share:` of a `kafka-source`: which of `count` independent consumers this process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Share {
+    /// This consumer, from 0.
+    pub index: u32,
+    /// How many independent consumers share the partitions.
+    pub count: u32,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share { index: 0, count: 1 }
+    }
+}
+
+impl Share {
+    /// Whether the partition at `position` (in the sorted topic/partition list) is this consumer's.
+    pub fn takes(&self, position: usize) -> bool {
+        position % self.count.max(1) as usize == self.index as usize
+    }
+}
+
 /// Configuration of `kafka-source`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +92,12 @@ pub struct KafkaSourceConfig {
     /// Stop once no message arrived for this many seconds — for batch use and tests.
     #[serde(default)]
     pub idle_stop_secs: Option<f64>,
+    /// This process's share of the partitions when several independent dfp processes (not one cluster)
+    /// read the topics in one group: `{ index: I, count: N }` reads the partitions whose position in the
+    /// sorted topic/partition list is I modulo N. Each process commits only its own partitions; a stopped
+    /// process's partitions wait for it (nothing moves to another process). Default: all partitions.
+    #[serde(default)]
+    pub share: Share,
     /// Logical times handed out to this stage's instances (one per worker): batches of all workers share
     /// one sequence, so a quiet worker can move its time up to the others' and not hold rows back.
     #[serde(skip)]
@@ -96,6 +125,12 @@ impl StageConfig for KafkaSourceConfig {
         }
         if self.max_batch == 0 {
             return Err(ConfigError::field("max_batch", "must be at least 1"));
+        }
+        if self.share.count == 0 || self.share.index >= self.share.count {
+            return Err(ConfigError::field(
+                "share",
+                format!("index must be below count (index {} of count {})", self.share.index, self.share.count),
+            ));
         }
         Ok(())
     }
@@ -202,8 +237,15 @@ impl Source for KafkaSource {
             all.extend(t.partitions().iter().map(|p| (topic.clone(), p.id())));
         }
         all.sort();
+        // This process's share (independent consumers), then every `workers`-th one of it.
+        let share = self.config.share;
+        let mine: Vec<&(String, i32)> =
+            all.iter().enumerate().filter(|(i, _)| share.takes(*i)).map(|(_, p)| p).collect();
+        if mine.is_empty() && ctx.worker_index == 0 {
+            tracing::warn!(stage = %self.stage, partitions = all.len(), index = share.index, count = share.count, "this consumer's share holds no partition: it reads nothing");
+        }
         let mut tpl = TopicPartitionList::new();
-        for (i, (topic, p)) in all.iter().enumerate() {
+        for (i, (topic, p)) in mine.into_iter().enumerate() {
             if i % ctx.workers.max(1) == ctx.worker_index {
                 tpl.add_partition_offset(topic, *p, Offset::Stored).map_err(|e| kafka_err("assignment", e))?;
             }
@@ -336,7 +378,17 @@ impl Source for KafkaSource {
 
 #[cfg(test)]
 mod tests {
-    use super::records;
+    use super::{records, Share};
+
+    #[test]
+    fn shares_split_the_partitions_without_overlap() {
+        let shares: Vec<Share> = (0..3).map(|index| Share { index, count: 3 }).collect();
+        for position in 0..10 {
+            assert_eq!(shares.iter().filter(|s| s.takes(position)).count(), 1, "partition {position}");
+        }
+        assert_eq!((0..10).filter(|p| shares[1].takes(*p)).collect::<Vec<_>>(), vec![1, 4, 7]);
+        assert!((0..10).all(|p| Share::default().takes(p)), "alone, a consumer takes every partition");
+    }
 
     #[test]
     fn messages_split_into_records() {
