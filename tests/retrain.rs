@@ -267,6 +267,46 @@ fn a_better_challenger_is_promoted_and_inference_picks_it_up_without_a_restart()
 }
 
 #[test]
+fn with_triage_labels_a_challenger_that_misses_labelled_attacks_is_not_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("models");
+    // Champions of shuffled users alert on much of the held-out days; label every held-out event an attack
+    // (as if analysts had marked them all malicious): a challenger that alerts on fewer misses more.
+    champions("shuffled", &registry);
+    let labels = dir.path().join("labels.csv");
+    let mut csv = String::from("id,label,kind\n");
+    for entry in std::fs::read_dir(data().root.join("all")).unwrap() {
+        let path = entry.unwrap().path();
+        for r in serde_json::from_str::<Vec<Value>>(&std::fs::read_to_string(&path).unwrap()).unwrap() {
+            let time = r["time"].as_str().unwrap();
+            if ("2026-10-26".."2026-10-28").contains(&&time[..10]) {
+                csv.push_str(&format!("{},1,triage-event\n", r["properties"]["id"].as_str().unwrap()));
+            }
+        }
+    }
+    std::fs::write(&labels, csv).unwrap();
+    let (printed, rows) = retrain("all", &registry, &["--dry-run", "--var", &format!("labels={}", labels.display())]);
+    let mut missed = 0;
+    for (model, row) in &rows {
+        let (champion, challenger) = (row["champion_alerts"].as_u64(), row["challenger_alerts"].as_u64());
+        match decision(row) {
+            // Promoted: it caught at least as many of the labelled attacks as the champion.
+            "promote" => assert!(challenger >= champion, "{model}: {row}"),
+            "keep" if row["reason"].as_str().unwrap().contains("labelled attacks") => {
+                assert!(challenger < champion, "{row}");
+                missed += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(missed >= 3, "challengers that alert less miss labelled attacks: {printed}");
+    // Nothing published in a dry run.
+    for model in rows.keys().filter(|m| registry.join(m).exists()) {
+        assert_eq!(latest(&registry, model), 1, "{model}");
+    }
+}
+
+#[test]
 fn retrain_names_what_the_pipeline_lacks_and_what_it_sets_itself() {
     let dir = tempfile::tempdir().unwrap();
     let out = dfp()

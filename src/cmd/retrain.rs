@@ -77,8 +77,9 @@ fn window(end: i64, window_days: f64, holdout_days: f64) -> Result<(i64, i64, i6
 }
 
 pub(crate) fn retrain(args: RetrainArgs) -> Result<ExitCode> {
-    // The pipeline must take what this command sets (and the caller must not set it too).
-    let declared = match Pipeline::from_file(&args.pipeline, &args.vars.vars) {
+    // The pipeline must take what this command sets (and the caller must not set it too). Read with its
+    // own defaults: some overrides (labels) are valid only with what this command adds.
+    let declared = match Pipeline::from_file(&args.pipeline, &[]) {
         Ok(p) => p.plan().vars.clone(),
         Err(e) => {
             eprintln!("{e}");

@@ -27,7 +27,7 @@
 //! 2. the challenger raises at most `max(1, alert_tolerance × events)` more alerts than the champion, an
 //!    alert being an event whose risk (mean per-feature |z|, each capped at `z_cap`, from the model's own
 //!    loss statistics) exceeds `threshold`: held-out events are recent, mostly normal activity, so more
-//!    alerts mean more false positives;
+//!    alerts mean more false positives (alerts on events labelled as attacks do not count);
 //! 3. with `labels` (the `id,label` file `dfp eval` reads; `dfp serve` exports analysts' triage marks as
 //!    one), the challenger misses no more labelled attacks and alerts on no more labelled benign events
 //!    than the champion.
@@ -164,6 +164,8 @@ pub struct Figures {
     pub loss: f64,
     /// Events whose risk exceeds the threshold.
     pub alerts: usize,
+    /// Labelled attacks alerted on (not counted against the challenger's alerts).
+    pub caught: usize,
     /// Labelled attacks not alerted on.
     pub missed: usize,
     /// Labelled benign events alerted on.
@@ -179,12 +181,12 @@ pub fn figures(
 ) -> Result<Figures, String> {
     let n = rows.num_rows();
     if n == 0 {
-        return Ok(Figures { rows: 0, loss: 0.0, alerts: 0, missed: 0, false_alerts: 0 });
+        return Ok(Figures { rows: 0, loss: 0.0, alerts: 0, caught: 0, missed: 0, false_alerts: 0 });
     }
     let losses = model.losses(rows).map_err(|e| e.to_string())?;
     let stats = &model.manifest.loss_stats;
     let ids = rows.column_by_name("id").and_then(|c| c.as_string_opt::<i32>());
-    let mut figures = Figures { rows: n, loss: 0.0, alerts: 0, missed: 0, false_alerts: 0 };
+    let mut figures = Figures { rows: n, loss: 0.0, alerts: 0, caught: 0, missed: 0, false_alerts: 0 };
     for (i, row) in losses.iter().enumerate() {
         let width = row.len().max(1) as f64;
         figures.loss += row.iter().map(|l| f64::from(*l)).sum::<f64>() / width;
@@ -205,7 +207,8 @@ pub fn figures(
             _ => None,
         };
         match label {
-            Some(true) if !alert => figures.missed += 1,
+            Some(true) if alert => figures.caught += 1,
+            Some(true) => figures.missed += 1,
             Some(false) if alert => figures.false_alerts += 1,
             _ => {}
         }
@@ -234,12 +237,14 @@ pub fn decide(champion: &Figures, challenger: &Figures, config: &PromotionConfig
         change(challenger.loss, champion.loss)
     );
     let alerts = format!("alerts on {} vs {} of {n} held-out events", challenger.alerts, champion.alerts);
+    // Alerts on labelled attacks are not false positives: they do not count against the challenger.
+    let (challenger_other, champion_other) = (challenger.alerts - challenger.caught, champion.alerts - champion.caught);
     let mut worse = Vec::new();
     if challenger.loss > champion.loss * (1.0 + config.loss_tolerance) {
         worse.push(format!("{loss}, more than loss_tolerance {} allows", config.loss_tolerance));
     }
     let allowed = ((config.alert_tolerance * n as f64).ceil() as usize).max(1);
-    if challenger.alerts > champion.alerts + allowed {
+    if challenger_other > champion_other + allowed {
         worse.push(format!("{alerts}, more than {allowed} more (alert_tolerance {})", config.alert_tolerance));
     }
     if challenger.missed > champion.missed {
@@ -263,7 +268,7 @@ mod tests {
     use super::*;
 
     fn f(rows: usize, loss: f64, alerts: usize) -> Figures {
-        Figures { rows, loss, alerts, missed: 0, false_alerts: 0 }
+        Figures { rows, loss, alerts, caught: 0, missed: 0, false_alerts: 0 }
     }
 
     #[test]
@@ -279,6 +284,10 @@ mod tests {
         let (ok, why) = decide(&champion, &f(100, 1.0, 5), &c);
         assert!(!ok && why.contains("alerts on 5 vs 3 of 100"), "{why}");
         assert!(decide(&f(1000, 1.0, 3), &f(1000, 1.0, 13), &c).0, "1 % of 1,000 events is 10 alerts");
+        // Alerts on labelled attacks do not count as extra alerts.
+        let mut caught = f(100, 1.0, 8);
+        caught.caught = 5;
+        assert!(decide(&champion, &caught, &c).0, "{}", decide(&champion, &caught, &c).1);
         // Labels: one more missed attack is enough to keep the champion.
         let mut labelled = f(100, 0.5, 3);
         labelled.missed = 1;
