@@ -796,7 +796,13 @@ fn independent_consumers_share_the_partitions_of_one_group_and_together_read_eve
     let (_broker, brokers, dir, models) = set_up();
     let (expected, records) = generate(dir.path(), 13);
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
-    send_to(&producer, "signins", &records);
+    // Every partition gets records (keyless messages may all stick to one partition).
+    for (i, r) in records.iter().enumerate() {
+        while producer.send(BaseRecord::<str, str>::to("signins").payload(r).partition((i % 4) as i32)).is_err() {
+            producer.poll(Duration::from_millis(10));
+        }
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
     // Two processes that are not a cluster (no hostfile): each takes half of the 4 partitions.
     let consumer = |index: usize| {
         dfp()

@@ -275,8 +275,8 @@ pub(crate) fn top(args: TopArgs) -> Result<ExitCode> {
             busy.join("  ")
         ));
         text.push_str(&format!(
-            "{:<20} {:<16} {:>10} {:>10} {:>12} {:>8} {:>9} {:>10}\n",
-            "stage", "type", "in/s", "out/s", "rows out", "dead", "in-flight", "lag"
+            "{:<20} {:<16} {:>10} {:>10} {:>12} {:>8} {:>9} {:>10} {:>6}\n",
+            "stage", "type", "in/s", "out/s", "rows out", "dead", "in-flight", "lag", "busy"
         ));
         for (i, s) in current["stages"].as_array().into_iter().flatten().enumerate() {
             let before = previous.as_ref().map(|(_, p)| &p["stages"][i]);
@@ -286,8 +286,14 @@ pub(crate) fn top(args: TopArgs) -> Result<ExitCode> {
             };
             let lag = s["lag_seconds"].as_f64().map(|l| format!("{l:.1}s")).unwrap_or_else(|| "-".into());
             let in_flight = if s["kind"] == "source" { s["in_flight"].to_string() } else { "-".into() };
+            // The share of one worker's time the stage's calls took over the interval (all workers: can
+            // exceed 100 %).
+            let busy = match (dt, s["busy_us"].as_u64(), before.and_then(|b| b["busy_us"].as_u64())) {
+                (Some(dt), Some(now), Some(then)) => format!("{:.0}%", now.saturating_sub(then) as f64 / 1e4 / dt),
+                _ => "-".to_string(),
+            };
             text.push_str(&format!(
-                "{:<20} {:<16} {:>10} {:>10} {:>12} {:>8} {:>9} {:>10}\n",
+                "{:<20} {:<16} {:>10} {:>10} {:>12} {:>8} {:>9} {:>10} {:>6}\n",
                 s["id"].as_str().unwrap_or("?"),
                 s["type"].as_str().unwrap_or("?"),
                 rate("rows_in"),
@@ -295,7 +301,8 @@ pub(crate) fn top(args: TopArgs) -> Result<ExitCode> {
                 s["rows_out"],
                 s["dead_letters"],
                 in_flight,
-                lag
+                lag,
+                busy
             ));
         }
         if current["finished"].as_bool() == Some(true) {

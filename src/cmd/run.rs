@@ -126,11 +126,33 @@ pub(crate) fn install_ctrl_c(stop: StopHandle) -> Result<()> {
 
 fn print_report(report: &RunReport) {
     let secs = report.elapsed.as_secs_f64();
-    eprintln!("{:<20} {:<18} {:>12} {:>12} {:>8} {:>8}", "stage", "type", "rows in", "rows out", "dead", "skipped");
+    // Where the time went: each stage's own calls, summed over workers, and its share of all of them.
+    let busy_total: u64 = report.stages.iter().map(|s| s.busy_us).sum();
+    eprintln!(
+        "{:<20} {:<18} {:>12} {:>12} {:>8} {:>8} {:>9} {:>6}",
+        "stage", "type", "rows in", "rows out", "dead", "skipped", "busy s", "share"
+    );
     for s in &report.stages {
+        let share = if busy_total > 0 { s.busy_us as f64 * 100.0 / busy_total as f64 } else { 0.0 };
         eprintln!(
-            "{:<20} {:<18} {:>12} {:>12} {:>8} {:>8}",
-            s.id, s.type_name, s.rows_in, s.rows_out, s.dead_letters, s.skipped
+            "{:<20} {:<18} {:>12} {:>12} {:>8} {:>8} {:>9.2} {:>5.1}%",
+            s.id,
+            s.type_name,
+            s.rows_in,
+            s.rows_out,
+            s.dead_letters,
+            s.skipped,
+            s.busy_us as f64 / 1e6,
+            share
+        );
+    }
+    let capacity = secs * report.workers as f64;
+    if capacity > 0.0 {
+        eprintln!(
+            "stages busy {:.2}s of {capacity:.2} worker-seconds ({:.0}%); the rest: exchange between workers, \
+             dataflow stages (correlate), waiting and idle",
+            busy_total as f64 / 1e6,
+            busy_total as f64 / 1e6 * 100.0 / capacity
         );
     }
     let read: u64 = report

@@ -125,9 +125,9 @@ where
                 match lowest {
                     None => {
                         let r = match &mut op {
-                            Op::Transform(t) if !env.shared.aborted() => guard(|| t.finish(&mut em)),
+                            Op::Transform(t) if !env.shared.aborted() => env.timed(|| guard(|| t.finish(&mut em))),
                             Op::Sink(s) => {
-                                let r = guard(|| s.finish());
+                                let r = env.timed(|| guard(|| s.finish()));
                                 em.dead.extend(s.take_dead_letters());
                                 r
                             }
@@ -147,7 +147,7 @@ where
                         // Release what the stage held for earlier times; a sink makes what it took in durable.
                         if !env.shared.aborted() {
                             let r = match &mut op {
-                                Op::Transform(tr) => guard(|| tr.advance(t, &mut em)),
+                                Op::Transform(tr) => env.timed(|| guard(|| tr.advance(t, &mut em))),
                                 Op::Sink(s) => {
                                     let r = env.timed(|| guard(|| s.advance(t)));
                                     em.dead.extend(s.take_dead_letters());

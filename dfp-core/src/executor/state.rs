@@ -130,13 +130,16 @@ impl OpEnv {
     pub(super) fn id(&self) -> &str {
         &self.ctx.stage_id
     }
-    /// Runs one stage call, adding its time to the worker's busy time and the stage's histogram.
+    /// Runs one stage call, adding its time to the worker's and the stage's busy time and the stage's
+    /// histogram.
     #[inline]
     pub(super) fn timed<R>(&self, f: impl FnOnce() -> R) -> R {
         let started = Instant::now();
         let r = f();
         let took = started.elapsed();
-        self.shared.stats.busy_ns[self.local].fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        let ns = took.as_nanos() as u64;
+        self.shared.stats.busy_ns[self.local].fetch_add(ns, Ordering::Relaxed);
+        self.counters().busy_ns.fetch_add(ns, Ordering::Relaxed);
         if let Some(m) = observe::metrics() {
             m.stage_seconds.record(took.as_secs_f64(), &self.attrs);
         }

@@ -35,6 +35,9 @@ pub struct StageReport {
     /// duplicate event ids; empty for most stages.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub counters: BTreeMap<String, u64>,
+    /// Microseconds the stage's own calls took (reading, processing, writing, releasing, finishing), summed
+    /// over this process's workers: where the run's time goes.
+    pub busy_us: u64,
 }
 
 /// Live counters of one stage, summed over workers.
@@ -59,6 +62,8 @@ pub struct StageStats {
     pub(crate) opened: AtomicUsize,
     /// Named counts the stage adds (few names, rarely: a lock is fine).
     pub(crate) counters: Mutex<BTreeMap<String, u64>>,
+    /// Nanoseconds in the stage's calls, all workers.
+    pub(crate) busy_ns: AtomicU64,
 }
 
 impl StageStats {
@@ -74,6 +79,7 @@ impl StageStats {
             dead_letters: self.dead.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
             counters: self.counters.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            busy_us: self.busy_ns.load(Ordering::Relaxed) / 1000,
         }
     }
 }
@@ -181,6 +187,7 @@ impl RunStats {
                 newest_event_us: AtomicI64::new(i64::MIN),
                 opened: AtomicUsize::new(0),
                 counters: Mutex::new(BTreeMap::new()),
+                busy_ns: AtomicU64::new(0),
             })
             .collect();
         let taps = Taps::new(stages.len());
