@@ -867,6 +867,27 @@ def check_bad_values(chart) -> int:
 
 # ------------------------------------------------------------------------------------------------ main
 
+def check_render(chart, raw: dict, chart_files: dict[str, str]):
+    """Renders the chart with `raw` values and runs every check on the objects: (objects, merged values,
+    how many validated), or None when it does not render (recorded as a failure)."""
+    try:
+        manifests = render(chart, raw)
+    except helm_python.HelmError as e:
+        F.add(f"does not render: {e}")
+        return None
+    objs = objects_of(manifests)
+    V = chart.merge_values(raw)
+    validated = validate_objects(objs)
+    check_pods(objs, V)
+    check_inference(objs, V, chart_files)
+    check_training(objs, V)
+    check_console(objs, V)
+    check_monitoring(objs, V)
+    check_credentials(objs, manifests, raw, V)
+    check_pipeline_configmap(objs, V, chart_files)
+    return objs, V, validated
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--update", action="store_true", help="write the snapshots again instead of comparing")
@@ -896,21 +917,10 @@ def main() -> int:
     for path in values_files:
         F.context = f"values {path.name}"
         raw = yaml.safe_load(path.read_text()) or {}
-        try:
-            manifests = render(chart, raw)
-        except helm_python.HelmError as e:
-            F.add(f"does not render: {e}")
+        checked = check_render(chart, raw, chart_files)
+        if checked is None:
             continue
-        objs = objects_of(manifests)
-        V = chart.merge_values(raw)
-        checked = validate_objects(objs)
-        check_pods(objs, V)
-        check_inference(objs, V, chart_files)
-        check_training(objs, V)
-        check_console(objs, V)
-        check_monitoring(objs, V)
-        check_credentials(objs, manifests, raw, V)
-        check_pipeline_configmap(objs, V, chart_files)
+        objs, V, validated = checked
         snap = SNAPSHOTS / f"{path.stem}.yaml"
         text = snapshot_text(objs, chart_files, dashboard, V)
         if opts.update:
@@ -926,7 +936,7 @@ def main() -> int:
         for _, o in objs:
             kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1
         summary = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
-        print(f"{path.name}: {len(objs)} objects ({summary}); {checked} validated (Kubernetes {' and '.join(KUBE_VERSIONS)}, strict)")
+        print(f"{path.name}: {len(objs)} objects ({summary}); {validated} validated (Kubernetes {' and '.join(KUBE_VERSIONS)}, strict)")
     # The production example of docs/deploy.md renders and passes the same checks (no snapshot): the
     # guide's values must stay valid as the chart changes.
     F.context = "docs/deploy.md (values-prod.yaml)"
@@ -935,22 +945,10 @@ def main() -> int:
     if not example:
         F.add("the values-prod.yaml example is missing")
     else:
-        raw = yaml.safe_load(example.group(1)) or {}
-        try:
-            manifests = render(chart, raw)
-        except helm_python.HelmError as e:
-            F.add(f"does not render: {e}")
-        else:
-            objs = objects_of(manifests)
-            V = chart.merge_values(raw)
-            checked = validate_objects(objs)
-            check_pods(objs, V)
-            check_inference(objs, V, chart_files)
-            check_training(objs, V)
-            check_console(objs, V)
-            check_monitoring(objs, V)
-            check_credentials(objs, manifests, raw, V)
-            print(f"docs/deploy.md values-prod.yaml: {len(objs)} objects; {checked} validated")
+        checked = check_render(chart, yaml.safe_load(example.group(1)) or {}, chart_files)
+        if checked is not None:
+            objs, _, validated = checked
+            print(f"docs/deploy.md values-prod.yaml: {len(objs)} objects; {validated} validated")
     F.context = ""
 
     n = check_bad_values(chart)
