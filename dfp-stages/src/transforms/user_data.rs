@@ -42,7 +42,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::profile::store::{ProfileCache, RegistryProfiles};
-use crate::profile::{Profile, SeenEntry};
+use crate::profile::SeenEntry;
 use crate::registry::MlflowOptions;
 use crate::store::S3Options;
 
@@ -204,6 +204,13 @@ struct UserData {
     ctx: Option<StageContext>,
 }
 
+/// What a batch's rows of one user share: the profile's usual values per role, events and first day.
+struct UserContext {
+    usual: Vec<Option<String>>,
+    events: i64,
+    since: Option<String>,
+}
+
 /// `"NO (212), SE (4)"`: the most frequent values first.
 fn usual(values: &[SeenEntry], top: usize) -> Option<String> {
     if values.is_empty() {
@@ -244,33 +251,52 @@ impl UserData {
             let mut events = Int64Builder::with_capacity(n);
             let mut since = StringBuilder::new();
             let mut new_values = StringBuilder::new();
-            for i in 0..n {
-                let profile: Option<Profile> =
-                    if users.is_null(i) { None } else { cache.peek(users.value(i)).cloned() };
-                let Some(p) = profile else {
+            // Per user, once per batch (not per row): the profile lookup and the sorted usual values. Per
+            // row: the notes on the row's new values.
+            let mut of_row: Vec<Option<usize>> = vec![None; n];
+            let mut notes_of_row: Vec<Option<String>> = vec![None; n];
+            let mut per_user: Vec<UserContext> = Vec::new();
+            for (user, rows) in super::rows_by_user(users) {
+                let Some(p) = user.and_then(|u| cache.peek(u)) else { continue };
+                let seen = |role: &str| p.seen.get(role).map(Vec::as_slice).unwrap_or(&[]);
+                per_user.push(UserContext {
+                    usual: self.roles.iter().map(|(role, _, _)| usual(seen(role), self.config.top)).collect(),
+                    events: i64::try_from(p.events).unwrap_or(i64::MAX),
+                    since: p.first.map(date),
+                });
+                for &i in &rows {
+                    let i = i as usize;
+                    of_row[i] = Some(per_user.len() - 1);
+                    let mut notes: Vec<String> = Vec::new();
+                    for (k, (role, _, _)) in self.roles.iter().enumerate() {
+                        let flagged = flags[k].is_some_and(|f| !f.is_null(i) && f.value(i));
+                        let value = context[k].and_then(|c| (!c.is_null(i)).then(|| c.value(i)));
+                        if let (true, Some(v)) = (flagged, value) {
+                            let key =
+                                if *role == "ip" { crate::transforms::features::ip_prefix(v) } else { v.to_string() };
+                            match seen(role).iter().find(|e| e.0 == key) {
+                                Some(e) => notes.push(format!("{role} {v}: first {}, last {}", date(e.1), date(e.2))),
+                                None => notes.push(format!("{role} {v}: never seen")),
+                            }
+                        }
+                    }
+                    notes_of_row[i] = (!notes.is_empty()).then(|| notes.join("; "));
+                }
+            }
+            for (i, notes) in notes_of_row.into_iter().enumerate() {
+                let Some(u) = of_row[i].map(|c| &per_user[c]) else {
                     usual_b.iter_mut().for_each(|b| b.append_null());
                     events.append_null();
                     since.append_null();
                     new_values.append_null();
                     continue;
                 };
-                let mut notes: Vec<String> = Vec::new();
-                for (k, (role, _, _)) in self.roles.iter().enumerate() {
-                    let seen = p.seen.get(*role).map(Vec::as_slice).unwrap_or(&[]);
-                    usual_b[k].append_option(usual(seen, self.config.top));
-                    let flagged = flags[k].is_some_and(|f| !f.is_null(i) && f.value(i));
-                    let value = context[k].and_then(|c| (!c.is_null(i)).then(|| c.value(i)));
-                    if let (true, Some(v)) = (flagged, value) {
-                        let key = if *role == "ip" { crate::transforms::features::ip_prefix(v) } else { v.to_string() };
-                        match seen.iter().find(|e| e.0 == key) {
-                            Some(e) => notes.push(format!("{role} {v}: first {}, last {}", date(e.1), date(e.2))),
-                            None => notes.push(format!("{role} {v}: never seen")),
-                        }
-                    }
+                for (b, value) in usual_b.iter_mut().zip(&u.usual) {
+                    b.append_option(value.as_deref());
                 }
-                events.append_value(i64::try_from(p.events).unwrap_or(i64::MAX));
-                since.append_option(p.first.map(date));
-                new_values.append_option((!notes.is_empty()).then(|| notes.join("; ")));
+                events.append_value(u.events);
+                since.append_option(u.since.as_deref());
+                new_values.append_option(notes);
             }
             for ((role, _, _), mut b) in self.roles.iter().zip(usual_b) {
                 fields.push(Field::new(format!("user_usual_{role}"), DataType::Utf8, true));
