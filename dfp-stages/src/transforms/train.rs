@@ -32,6 +32,10 @@
 //! with the shared model that scores the user (`calibration.json`). Fine-tuning costs at most
 //! `finetune.epochs` passes over the rows of the users fine-tuned, on the one worker of the generic stage.
 //!
+//! **Promotion** (`promotion: { holdout_from: … }`, what `dfp retrain` sets): the newest events are held
+//! out of training, and each model is published only when it is not worse than the version in service on
+//! them (the `promote` module has the criteria).
+//!
 //! The stage emits one report row per user or model: `model`, `kind` (`user`, `finetuned`, `group`,
 //! `generic`), `status` (`trained`, `skipped`, or `shared`: a user scored by a shared model), `version`,
 //! `rows`, `epochs_run`, `train_loss`, `validation_loss`, `seconds`, `reason`.
