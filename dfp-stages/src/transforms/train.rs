@@ -350,6 +350,9 @@ struct Train {
     labels: Option<HashMap<String, bool>>,
 }
 
+/// The version of a model in service: its number, and the model (or why it cannot be used here).
+type Champion = (u64, Result<Model, String>);
+
 /// What promotion decided for one model.
 struct Verdict {
     publish: bool,
@@ -582,7 +585,7 @@ impl Train {
     }
 
     /// Trains the `kind` model `name` on `rows`: from `base` (a shared model to fine-tune) when given, else
-    /// from its latest version (`warm_start`) or from scratch.
+    /// from the version in service (`champion`, with `warm_start`) or from scratch.
     fn fit(
         &self,
         name: &str,
@@ -590,19 +593,16 @@ impl Train {
         rows: &RecordBatch,
         training: &TrainConfig,
         base: Option<&Model>,
+        champion: Option<&Champion>,
     ) -> Result<Model, StageError> {
         let defs = &self.defs;
         let device = self.config.device.device().map_err(StageError::Other)?;
-        let previous = if self.config.warm_start && base.is_none() {
-            match self.champion(name)? {
-                Some((v, Ok(model))) => Some((v, model)),
-                Some((v, Err(why))) => return Err(StageError::Other(format!("warm start of {name} from v{v}: {why}"))),
-                None => None,
-            }
-        } else {
-            None
+        let previous = match champion.filter(|_| self.config.warm_start && base.is_none()) {
+            Some((v, Ok(model))) => Some((*v, model)),
+            Some((v, Err(why))) => return Err(StageError::Other(format!("warm start of {name} from v{v}: {why}"))),
+            None => None,
         };
-        let start = base.or(previous.as_ref().map(|p| &p.1));
+        let start = base.or(previous.map(|p| p.1));
         let mut model = train_from(name, defs, rows, training, device, start)
             .map_err(|e| StageError::Other(format!("training {name}: {e}")))?;
         model.manifest.training.warm_start_from = previous.map(|p| p.0);
@@ -613,8 +613,7 @@ impl Train {
 
     /// The version of `name` in service, loaded and checked against this stage: `Some((version, Err(why)))`
     /// when it cannot be used here, `None` when there is none.
-    #[allow(clippy::type_complexity)]
-    fn champion(&self, name: &str) -> Result<Option<(u64, Result<Model, String>)>, StageError> {
+    fn champion(&self, name: &str) -> Result<Option<Champion>, StageError> {
         let registry = self.registry()?;
         let device = self.config.device.device().map_err(StageError::Other)?;
         let Some(v) = registry.latest(name).map_err(|e| StageError::Other(e.to_string()))? else { return Ok(None) };
@@ -626,6 +625,17 @@ impl Train {
             Ok(model)
         });
         Ok(Some((v, model.map_err(|e| e.to_string()))))
+    }
+
+    /// The version of `name` in service when this run needs it — to warm-start from (`own_start`: the model
+    /// starts from its own previous version, not a shared one) or to judge a new version against — loaded
+    /// once for both.
+    fn in_service(&self, name: &str, own_start: bool) -> Result<Option<Champion>, StageError> {
+        if (own_start && self.config.warm_start) || self.held.is_some() {
+            self.champion(name)
+        } else {
+            Ok(None)
+        }
     }
 
     /// The held-out rows that judge a model: a user's (`Some(user)`) or everyone's; `None` when promotion
@@ -641,8 +651,14 @@ impl Train {
         }))
     }
 
-    /// Promotion's decision on a newly trained `model` from the held-out rows (`None`: promotion off).
-    fn judge(&self, model: &Model, held: Option<RecordBatch>) -> Result<Option<Verdict>, StageError> {
+    /// Promotion's decision on a newly trained `model` against the version in service (`champion`, from
+    /// [`in_service`](Self::in_service)) on the held-out rows (`None`: promotion off).
+    fn judge(
+        &self,
+        model: &Model,
+        held: Option<RecordBatch>,
+        champion: Option<Champion>,
+    ) -> Result<Option<Verdict>, StageError> {
         let Some(held) = held else { return Ok(None) };
         let name = model.manifest.name.as_str();
         let config = &self.config.promotion;
@@ -651,7 +667,7 @@ impl Train {
             figures(m, &held, config, labels).map_err(|e| StageError::Data(format!("promotion of {name}: {e}")))
         };
         let challenger = Some(score(model)?);
-        let verdict = match self.champion(name)? {
+        let verdict = match champion {
             None => Verdict {
                 publish: true,
                 decision: "new",
@@ -686,8 +702,14 @@ impl Train {
 
     /// Judges a trained model on `held` (promotion), publishes it unless promotion keeps the champion (or
     /// it is a dry run), and reports it.
-    fn publish(&self, model: &Model, held: Option<RecordBatch>, report: &mut Report) -> Result<(), StageError> {
-        let verdict = self.judge(model, held)?;
+    fn publish(
+        &self,
+        model: &Model,
+        held: Option<RecordBatch>,
+        champion: Option<Champion>,
+        report: &mut Report,
+    ) -> Result<(), StageError> {
+        let verdict = self.judge(model, held, champion)?;
         self.publish_judged(model, verdict, report)
     }
 
@@ -761,9 +783,10 @@ impl Train {
         let name = model_name(&self.family, None);
         let rows = self.window(all, &name, 0)?;
         tracing::info!(stage = %self.stage, rows = rows.num_rows(), "training the generic model");
-        let mut generic = self.fit(&name, ModelKind::Generic, &rows, &c.training, None)?;
+        let champion = self.in_service(&name, true)?;
+        let mut generic = self.fit(&name, ModelKind::Generic, &rows, &c.training, None, champion.as_ref())?;
         // Decided first: the peer-group models follow the generic model's decision.
-        let generic_verdict = self.judge(&generic, self.held_rows(None)?)?;
+        let generic_verdict = self.judge(&generic, self.held_rows(None)?, champion)?;
         if !self.serves_low_history() {
             return self.publish_judged(&generic, generic_verdict, report);
         }
@@ -807,7 +830,7 @@ impl Train {
                 );
                 continue;
             }
-            let mut model = self.fit(&name, ModelKind::Group, &rows, &group_training, Some(&generic))?;
+            let mut model = self.fit(&name, ModelKind::Group, &rows, &group_training, Some(&generic), None)?;
             model.manifest.group = Some(group.to_string());
             model.manifest.reason = Some(format!(
                 "group {group} (by {how}): {} users, fine-tuned from {} on their {} events",
@@ -837,13 +860,13 @@ impl Train {
                 let group = generic.groups.get(user);
                 let base = group.and_then(|g| group_models.get(g)).unwrap_or(&generic);
                 let name = model_name(&self.family, Some(user));
-                let mut model = self.fit(&name, ModelKind::Finetuned, rows, &finetune_training, Some(base))?;
+                let mut model = self.fit(&name, ModelKind::Finetuned, rows, &finetune_training, Some(base), None)?;
                 model.manifest.group = group.cloned();
                 model.manifest.reason = Some(format!(
                     "{n} events (finetune.min_history {} ≤ {n} < min_history {}): fine-tuned from {}",
                     c.finetune.min_history, c.min_history, base.manifest.name
                 ));
-                self.publish(&model, self.held_rows(Some(user))?, report)?;
+                self.publish(&model, self.held_rows(Some(user))?, self.in_service(&name, false)?, report)?;
                 finetuned.insert(user.as_str());
                 if last_progress.elapsed().as_secs() >= 5 {
                     last_progress = Instant::now();
@@ -1089,8 +1112,10 @@ impl Transform for Train {
                         );
                         continue;
                     }
-                    let model = self.fit(&name, ModelKind::User, &rows, &self.config.training, None)?;
-                    self.publish(&model, self.held_rows(Some(user))?, &mut report)?;
+                    let champion = self.in_service(&name, true)?;
+                    let training = &self.config.training;
+                    let model = self.fit(&name, ModelKind::User, &rows, training, None, champion.as_ref())?;
+                    self.publish(&model, self.held_rows(Some(user))?, champion, &mut report)?;
                     if last_progress.elapsed().as_secs() >= 5 {
                         last_progress = Instant::now();
                         tracing::info!(
