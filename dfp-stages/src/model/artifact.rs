@@ -379,6 +379,12 @@ impl ZMode {
             ZMode::Positive => f64::from(z.max(0.0)),
         }
     }
+
+    /// A row's risk: the mean over features of each z's magnitude, each at most `cap` — what the `score`
+    /// stage ranks and thresholds on (and promotion counts alerts with).
+    pub fn risk(self, z: &[f32], cap: f64) -> f64 {
+        z.iter().map(|v| self.magnitude(*v).min(cap)).sum::<f64>() / z.len().max(1) as f64
+    }
 }
 
 /// Scores of a set of rows.

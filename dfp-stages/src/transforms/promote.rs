@@ -46,6 +46,7 @@ use dfp_core::ConfigError;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::model::artifact::ZMode;
 use crate::model::Model;
 
 /// `promotion:` of a `train` stage.
@@ -187,20 +188,15 @@ pub fn figures(
     let stats = &model.manifest.loss_stats;
     let ids = rows.column_by_name("id").and_then(|c| c.as_string_opt::<i32>());
     let mut figures = Figures { rows: n, loss: 0.0, alerts: 0, caught: 0, missed: 0, false_alerts: 0 };
+    let mut z: Vec<f32> = Vec::new();
     for (i, row) in losses.iter().enumerate() {
-        let width = row.len().max(1) as f64;
-        figures.loss += row.iter().map(|l| f64::from(*l)).sum::<f64>() / width;
-        let risk = row
-            .iter()
-            .enumerate()
-            .map(|(j, l)| {
-                let center = stats.center.get(j).copied().unwrap_or(0.0);
-                let scale = stats.scale.get(j).copied().unwrap_or(1.0).max(1e-6);
-                ((f64::from(*l) - center) / scale).abs().min(config.z_cap)
-            })
-            .sum::<f64>()
-            / width;
-        let alert = risk > config.threshold;
+        figures.loss += row.iter().map(|l| f64::from(*l)).sum::<f64>() / row.len().max(1) as f64;
+        // z-scores as `Model::score` computes them, and risk as the `score` stage does.
+        z.clear();
+        z.extend(
+            row.iter().zip(stats.center.iter().zip(&stats.scale)).map(|(l, (c, s))| ((f64::from(*l) - c) / s) as f32),
+        );
+        let alert = ZMode::Abs.risk(&z, config.z_cap) > config.threshold;
         figures.alerts += usize::from(alert);
         let label = match (labels, ids) {
             (Some(labels), Some(ids)) if ids.is_valid(i) => labels.get(ids.value(i)).copied(),

@@ -744,8 +744,7 @@ impl Score {
         let cap = self.config.z_cap;
         let mut rb = Float64Builder::with_capacity(n);
         for row in z.chunks_exact(width.max(1)).take(n) {
-            let capped = row.iter().map(|v| self.config.z.magnitude(*v).min(cap)).sum::<f64>();
-            rb.append_value(capped / width.max(1) as f64);
+            rb.append_value(self.config.z.risk(row, cap));
         }
         fields.push(Field::new("risk", DataType::Float64, false));
         cols.push(Arc::new(rb.finish()));
