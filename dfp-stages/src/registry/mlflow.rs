@@ -132,6 +132,31 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// An exclusive lock on `dir` (a cached version's folder), held until the returned file is dropped: a lock
+/// file beside the folder, so that clearing the folder leaves the lock in place.
+fn lock_beside(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let parent = dir.parent().ok_or_else(|| std::io::Error::other("a cache folder without a parent"))?;
+    std::fs::create_dir_all(parent)?;
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(parent.join(name))?;
+    file.lock()?;
+    Ok(file)
+}
+
+/// Writes `dir/file` through a temporary file and a rename: a reader sees the old file, none, or all of the new.
+fn write_atomically(dir: &std::path::Path, file: &str, bytes: &[u8]) -> std::io::Result<()> {
+    // Temporary names differ per process and call: concurrent writers never share one.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{file}.{}.{n}.tmp", std::process::id()));
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, dir.join(file)).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 /// True for the `mlflow://` and `mlflow+https://` registry URLs.
 pub fn is_mlflow(location: &str) -> bool {
     location.starts_with("mlflow://")
@@ -391,22 +416,6 @@ impl MlflowRegistry {
         self.cache.as_ref().map(|c| c.join(name).join(format!("v{version:06}")).join(file))
     }
 
-    /// Keeps a downloaded file (written to a temporary name, then renamed: never half a file).
-    fn keep(&self, name: &str, version: u64, file: &str, bytes: &[u8]) {
-        let Some(path) = self.cached_path(name, version, file) else { return };
-        let Some(dir) = path.parent() else { return };
-        // Workers of one process may keep the same file at once: each writes its own temporary file.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dir.join(format!(".{file}.{}.{n}.tmp", std::process::id()));
-        let written = std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&tmp, bytes))
-            .and_then(|_| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
-            tracing::debug!(registry = %self.location, "cannot cache {}: {e}", path.display());
-        }
-    }
-
     /// The newest version of `name` in the disk cache that can be used: both model files, or the manifest
     /// of a profile set (whose shards are cached as they are read).
     fn newest_cached(&self, name: &str) -> Option<u64> {
@@ -596,31 +605,42 @@ impl ModelRegistry for MlflowRegistry {
         let v = self.must(&format!("{name} v{version}"), r)?;
         let uri =
             v["artifact_uri"].as_str().ok_or_else(|| self.err(format!("{name} v{version}: no artifact location")))?;
+        let Some(path) = cached else { return self.get_artifact(uri, file) };
+        let Some(dir) = path.parent() else { return self.get_artifact(uri, file) };
+        // Workers of one process, and processes sharing the cache, fetch the same version at once (every worker
+        // loads the generic model and the profile set): checking `.source`, clearing another location's files
+        // and keeping the download happen under a lock on the version, so that no fetcher removes what another
+        // has just kept. The others wait for the download and read the kept copy.
+        let _lock = match lock_beside(dir) {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::debug!(registry = %self.location, "cannot lock {}: {e}; not caching", dir.display());
+                return self.get_artifact(uri, file);
+            }
+        };
         // The cached copy counts only if it came from the same artifact location (a server rebuilt at the
         // same address numbers its versions anew).
-        let source = cached.as_ref().and_then(|p| p.parent()).map(|d| d.join(".source"));
-        let recorded = source.as_ref().and_then(|s| std::fs::read_to_string(s).ok());
+        let source = dir.join(".source");
+        let recorded = std::fs::read_to_string(&source).ok();
         let same_source = recorded.as_deref() == Some(uri);
         if same_source {
-            if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
+            if let Ok(bytes) = std::fs::read(&path) {
                 return Ok(bytes);
             }
         }
         let bytes = self.get_artifact(uri, file)?;
-        if let Some(source) = &source {
-            if !same_source {
-                if let Some(dir) = source.parent() {
-                    // Files of another artifact location go; a folder without a `.source` yet is being
-                    // filled by another worker fetching the same version's other file, and stays.
-                    if recorded.is_some() {
-                        let _ = std::fs::remove_dir_all(dir);
-                    }
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                let _ = std::fs::write(source, uri);
+        if !same_source {
+            if recorded.is_some() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            if let Err(e) = write_atomically(dir, ".source", uri.as_bytes()) {
+                tracing::debug!(registry = %self.location, "cannot cache {}: {e}", source.display());
+                return Ok(bytes);
             }
         }
-        self.keep(name, version, file, &bytes);
+        if let Err(e) = write_atomically(dir, file, &bytes) {
+            tracing::debug!(registry = %self.location, "cannot cache {}: {e}", path.display());
+        }
         Ok(bytes)
     }
 
@@ -688,6 +708,7 @@ impl MlflowRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::artifact::{MANIFEST, WEIGHTS};
 
     #[test]
     fn debug_hides_the_token_and_the_password() {
@@ -745,6 +766,75 @@ mod tests {
             heads
         });
         (port, handle)
+    }
+
+    /// Answers every request with `body` until the test ends; returns the port.
+    fn always(body: String) -> u16 {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut buf = [0u8; 8192];
+                let _ = s.read(&mut buf);
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes());
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn workers_fetching_one_version_at_once_leave_it_whole_in_the_cache() {
+        let artifacts = tempfile::tempdir().unwrap();
+        let files = [(MANIFEST, vec![b'm'; 40_000]), (WEIGHTS, vec![b'w'; 300_000])];
+        for (file, bytes) in &files {
+            std::fs::write(artifacts.path().join(file), bytes).unwrap();
+        }
+        let port = always(format!(r#"{{"artifact_uri":"{}"}}"#, artifacts.path().display()));
+        let cache = tempfile::tempdir().unwrap();
+        let opts = MlflowOptions {
+            attempts: 1,
+            cache_dir: Some(cache.path().to_string_lossy().into_owned()),
+            ..Default::default()
+        };
+        let r = MlflowRegistry::open(&format!("mlflow://127.0.0.1:{port}"), &opts, &S3Options::default()).unwrap();
+        // Like the workers of a scoring process loading the generic model: each fetches the manifest, then the
+        // weights, of the same version at the same moment.
+        for version in 1..=12 {
+            std::thread::scope(|scope| {
+                for _ in 0..6 {
+                    scope.spawn(|| {
+                        for (file, bytes) in &files {
+                            assert_eq!(&r.fetch("m", version, file).unwrap(), bytes, "{file} v{version}");
+                        }
+                    });
+                }
+            });
+            let dir = cache.path().join("m").join(format!("v{version:06}"));
+            for (file, bytes) in &files {
+                let kept = std::fs::read(dir.join(file)).unwrap_or_default();
+                assert!(&kept == bytes, "v{version}: {file} is kept whole ({} bytes)", kept.len());
+            }
+        }
+        // Offline (nobody listening), the kept versions are served.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let offline =
+            MlflowRegistry::open(&format!("mlflow://127.0.0.1:{dead}"), &opts, &S3Options::default()).unwrap();
+        assert_eq!(offline.latest("m").unwrap(), Some(12));
+        assert_eq!(offline.fetch("m", 12, WEIGHTS).unwrap(), files[1].1);
+        // A server rebuilt at the same address numbers its versions anew: its version 1 replaces the kept one.
+        let rebuilt = tempfile::tempdir().unwrap();
+        std::fs::write(rebuilt.path().join(MANIFEST), b"new manifest").unwrap();
+        let port = always(format!(r#"{{"artifact_uri":"{}"}}"#, rebuilt.path().display()));
+        let r = MlflowRegistry::open(&format!("mlflow://127.0.0.1:{port}"), &opts, &S3Options::default()).unwrap();
+        assert_eq!(r.fetch("m", 1, MANIFEST).unwrap(), b"new manifest");
+        let dir = cache.path().join("m").join("v000001");
+        assert_eq!(std::fs::read(dir.join(MANIFEST)).unwrap(), b"new manifest");
+        assert!(!dir.join(WEIGHTS).exists(), "the old location's weights are gone");
     }
 
     #[test]
