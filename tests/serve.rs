@@ -562,12 +562,14 @@ fn an_analyst_triages_in_headless_chromium_and_the_marks_reach_eval_and_inferenc
     assert!(users.as_array().unwrap().contains(&json!(BOB)), "{users}");
     assert_eq!(b.eval("document.querySelectorAll('main b b, main td.user b').length"), json!(0), "no markup from data");
 
-    // Live: a row written while the page is open shows up without a reload.
+    // Live: a row written while the page is open shows up without a reload (written as the sink writes:
+    // the event and its hour's count).
     {
         let db = rusqlite::Connection::open(&store).unwrap();
-        db.execute(
-            "INSERT INTO events (key, id, time_us, username, score, alert) VALUES (-99, 'live-1', 1793968200000000, 'dan', 9.0, 1)",
-            [],
+        db.execute_batch(
+            "INSERT INTO events (key, id, time_us, username, score, alert) VALUES (-99, 'live-1', 1793968200000000, 'dan', 9.0, 1);
+             INSERT INTO event_hours (hour, events) VALUES (1793968200000000 / 3600000000, 1)
+                 ON CONFLICT(hour) DO UPDATE SET events = events + 1;",
         )
         .unwrap();
     }

@@ -20,7 +20,7 @@ use rusqlite::types::Value as Sql;
 use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
 use serde_json::{json, Map, Value};
 
-use crate::sinks::alert_store::{event_key, open_store};
+use crate::sinks::alert_store::{event_key, open_store, recount_event_hours, HOUR_US};
 use crate::time::{format_micros, now_micros, parse_bound};
 
 /// Why a console request failed.
@@ -48,6 +48,42 @@ fn bad(m: impl Into<String>) -> ConsoleError {
 pub const LABELS: &[&str] = &["malicious", "benign", "needs_review"];
 /// The fields a suppression can name (the family's columns of these roles).
 pub const SUPPRESSION_FIELDS: &[&str] = &["country", "city", "app", "browser", "device", "ip"];
+
+/// Counts stored events in a time range: whole hours from `event_hours` (kept by the `alert-store` sink),
+/// the parts of hours at the range's ends on the time index — a count that does not grow with the range.
+struct EventCounter<'c> {
+    hours: rusqlite::Statement<'c>,
+    index: rusqlite::Statement<'c>,
+}
+
+impl<'c> EventCounter<'c> {
+    fn new(db: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(EventCounter {
+            hours: db.prepare("SELECT COALESCE(SUM(events), 0) FROM event_hours WHERE hour >= ?1 AND hour < ?2")?,
+            index: db.prepare("SELECT COUNT(*) FROM events WHERE time_us >= ?1 AND time_us < ?2")?,
+        })
+    }
+
+    /// Events with `start <= time_us < end`.
+    fn count(&mut self, start: i64, end: i64) -> rusqlite::Result<i64> {
+        if end <= start {
+            return Ok(0);
+        }
+        // Whole hours [first, last) inside the range. Hours are `time_us / HOUR_US` rounded toward zero, so
+        // hour 0 spans both sides of the epoch: ranges that reach below one hour are counted on the index.
+        let first = start.div_euclid(HOUR_US) + i64::from(start.rem_euclid(HOUR_US) != 0);
+        let last = end.div_euclid(HOUR_US);
+        if start < HOUR_US || first >= last {
+            return self.index.query_row([start, end], |r| r.get(0));
+        }
+        let whole: i64 = self.hours.query_row([first, last], |r| r.get(0))?;
+        let head: i64 =
+            if start < first * HOUR_US { self.index.query_row([start, first * HOUR_US], |r| r.get(0))? } else { 0 };
+        let tail: i64 =
+            if last * HOUR_US < end { self.index.query_row([last * HOUR_US, end], |r| r.get(0))? } else { 0 };
+        Ok(whole + head + tail)
+    }
+}
 
 /// One alert store, as the console reads and marks it.
 #[derive(Debug, Clone)]
@@ -285,18 +321,16 @@ impl Console {
         let (first, last, from, to) = self.range(&db, &p)?;
         let bins = p.count("bins", 48, 1, 500)? as i64;
         let width = ((to - from) / bins + 1).max(1);
-        // Events per bin: one range count each on the time index (a GROUP BY over an expression would sort
-        // every event of the range instead), on a second connection while this one reads the alerts.
+        // Events per bin, on a second connection while this one reads the alerts: the whole hours of a bin
+        // from `event_hours`, the parts of hours at its edges counted on the time index.
         let (events_per_bin, scanned) = std::thread::scope(|scope| {
             let counting = scope.spawn(|| -> Result<Vec<i64>> {
                 let db = self.read()?;
-                let mut count = db
-                    .prepare("SELECT COUNT(*) FROM events WHERE time_us >= ?1 AND time_us < ?2 AND time_us <= ?3")
-                    .map_err(|e| self.fail(e))?;
+                let mut counter = EventCounter::new(&db).map_err(|e| self.fail(e))?;
                 (0..bins)
                     .map(|b| {
                         let start = from + b * width;
-                        count.query_row([start, start + width, to], |r| r.get(0)).map_err(|e| self.fail(e))
+                        counter.count(start, (start + width).min(to.saturating_add(1))).map_err(|e| self.fail(e))
                     })
                     .collect()
             });
@@ -965,6 +999,7 @@ pub fn fill_synthetic(path: &Path, events: u64, users: u64) -> Result<u64> {
             alerts += u64::from(alert);
         }
     }
+    recount_event_hours(&db).map_err(fail)?;
     db.execute_batch("COMMIT; ANALYZE").map_err(fail)?;
     Ok(alerts)
 }
@@ -1066,6 +1101,7 @@ mod tests {
             [base],
         )
         .unwrap();
+        recount_event_hours(&db).unwrap();
         let console = Console::open(&path).unwrap();
         (dir, console)
     }
@@ -1158,6 +1194,40 @@ mod tests {
         c.unsuppress(s["id"].as_i64().unwrap()).unwrap();
         assert_eq!(c.suppressions_csv().unwrap(), "username,field,value,until,note\n");
         assert!(c.suppressions().unwrap()["rows"][0]["removed"].is_string());
+    }
+
+    #[test]
+    fn event_counts_from_whole_hours_and_edges_match_a_count_of_every_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_store(&dir.path().join("alerts.db")).unwrap();
+        let base = parse_bound("2026-11-01", false).unwrap();
+        // Events on, just before and just after hour boundaries, around the epoch, and one without a time.
+        let mut times: Vec<Option<i64>> = vec![None, Some(-5), Some(0), Some(HOUR_US - 1), Some(HOUR_US)];
+        for i in 0..300i64 {
+            times.push(Some(base + (i * 7_919 % 97) * HOUR_US / 4 + [0, 1, -1][i as usize % 3]));
+        }
+        for (i, t) in times.iter().enumerate() {
+            let id = format!("e{i}");
+            db.execute(
+                "INSERT INTO events (key, id, time_us, alert) VALUES (?1, ?2, ?3, 0)",
+                rusqlite::params![event_key(&id), id, t],
+            )
+            .unwrap();
+        }
+        recount_event_hours(&db).unwrap();
+        let mut counter = EventCounter::new(&db).unwrap();
+        let mut exact = db.prepare("SELECT COUNT(*) FROM events WHERE time_us >= ?1 AND time_us < ?2").unwrap();
+        let edges = [-HOUR_US, -5, 0, 1, HOUR_US - 1, HOUR_US, 2 * HOUR_US, base - 1, base, base + 1];
+        let mut ranges: Vec<(i64, i64)> = edges.iter().flat_map(|&s| edges.iter().map(move |&e| (s, e))).collect();
+        for i in 0..200i64 {
+            let s = base - HOUR_US + i * 1_234_567_891 % (30 * HOUR_US);
+            ranges.push((s, s + i * 987_654_321 % (20 * HOUR_US)));
+            ranges.push((s - s % HOUR_US, s - s % HOUR_US + (i % 9) * HOUR_US));
+        }
+        for (s, e) in ranges {
+            let want: i64 = exact.query_row([s, e], |r| r.get(0)).unwrap();
+            assert_eq!(counter.count(s, e).unwrap(), want, "events in [{s}, {e})");
+        }
     }
 
     #[test]

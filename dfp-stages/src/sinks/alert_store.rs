@@ -15,9 +15,11 @@
 //! device, IP) are stored as columns of `events`, indexed by time and by user and time; an **alert** (score
 //! above `threshold`) also keeps the whole row as JSON in `detail` (every z-score, the top features, the
 //! signals that raised it, the user's profile columns). Events are upserted by id (the unique key is the
-//! id's 63-bit hash): rows that a restarted stream reads again are stored once. A row without an id is
-//! still stored. A row that the `suppress` stage marked (`suppressed`: the suppression it met) is stored
-//! with that text and is not an alert, though it keeps its whole row as an alert does.
+//! id's 63-bit hash): rows that a restarted stream reads again are stored once, the last row of an id
+//! replacing the stored one. A row without an id is still stored. `event_hours` counts the stored events
+//! per hour of event time, kept exact through inserts, replacements and retention, for the console. A
+//! row that the `suppress` stage marked (`suppressed`: the suppression it met) is stored with that text
+//! and is not an alert, though it keeps its whole row as an alert does.
 //!
 //! **Incidents.** Rows with `incident_id` and `status` but no `id` (the `correlate.incidents` output) upsert
 //! `incidents` by `incident_id`: the last row of an incident wins, as it does for any upserting sink.
@@ -26,8 +28,10 @@
 //! transaction on a write-ahead log, committed when the input frontier passes that time — before the
 //! runtime counts them as written (so before a Kafka source commits them) — or every 100,000 rows. A
 //! process killed while writing loses only what was not committed, which a Kafka source reads again, and
-//! never leaves a damaged file. All rows go to worker 0 (SQLite has one
-//! writer); readers (the console, `sqlite3`) may read while a pipeline writes.
+//! never leaves a damaged file. All rows go to worker 0 (SQLite has one writer), which hands them to a
+//! thread of the sink's own that owns the connection: SQLite's work runs beside the worker instead of
+//! holding it, and a commit waits for every batch handed over before it. Readers (the console, `sqlite3`)
+//! may read while a pipeline writes.
 //!
 //! **Retention.** When the newest stored event time enters a new day, events and incidents whose (last)
 //! event time is more than `keep_days` before it are deleted, so the file stays the size of the window.
@@ -40,6 +44,7 @@
 //! opened, a file written by a newer dfp is refused (naming both versions). `docs/stages.md` lists the
 //! tables and columns.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -119,15 +124,7 @@ impl StageConfig for AlertStoreConfig {
             device: roles.device,
             ip: roles.ip,
         };
-        Ok(StageInstance::Sink(Box::new(AlertStore {
-            config: self.clone(),
-            columns,
-            db: None,
-            newest_us: None,
-            swept_day: None,
-            anonymous: 0,
-            uncommitted: 0,
-        })))
+        Ok(StageInstance::Sink(Box::new(AlertStore { config: self.clone(), columns, writer: None })))
     }
 }
 register_stage!(AlertStoreConfig);
@@ -206,7 +203,16 @@ const MIGRATIONS: &[&str] = &[
         WHERE alert = 1;
     DROP INDEX events_user_time;
     CREATE INDEX events_user_time ON events(username, time_us, score);",
+    // 4: events per hour of event time, kept by the sink (the overview counts a long range from it instead of
+    // walking the time index event by event). An hour is `time_us / 3,600,000,000` (SQLite's and Rust's
+    // integer division: toward zero).
+    "CREATE TABLE event_hours (hour INTEGER PRIMARY KEY, events INTEGER NOT NULL);
+    INSERT INTO event_hours (hour, events)
+        SELECT time_us / 3600000000, COUNT(*) FROM events WHERE time_us IS NOT NULL GROUP BY 1;",
 ];
+
+/// Microseconds in one `event_hours` hour.
+pub const HOUR_US: i64 = 3_600_000_000;
 
 /// The schema version this dfp writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -266,10 +272,18 @@ struct RoleColumns {
     ip: Option<String>,
 }
 
+/// The sink: on worker 0, hands batches to the [`StoreDb`] on its own thread.
 struct AlertStore {
     config: AlertStoreConfig,
     columns: RoleColumns,
-    /// Open on worker 0 only.
+    /// On worker 0 only.
+    writer: Option<Writer>,
+}
+
+/// The SQLite side of the sink, run on a thread of its own ([`Writer`]).
+struct StoreDb {
+    config: AlertStoreConfig,
+    columns: RoleColumns,
     db: Option<Connection>,
     /// The newest event time stored (µs), and the day (in event time) retention last ran for.
     newest_us: Option<i64>,
@@ -278,12 +292,14 @@ struct AlertStore {
     anonymous: i64,
     /// Rows written in the open transaction (0: none open).
     uncommitted: usize,
+    /// The highest rowid of `events` in the open transaction (rows inserted later have higher ones).
+    max_rowid: i64,
 }
 
 /// Rows after which an open transaction is committed even if its epoch is not complete.
 const MAX_UNCOMMITTED: usize = 100_000;
 
-impl AlertStore {
+impl StoreDb {
     /// Commits the open transaction, if any.
     fn commit(&mut self, db: &Connection) -> Result<(), StageError> {
         if self.uncommitted > 0 {
@@ -311,6 +327,19 @@ impl AlertStore {
         }
         let cutoff = newest - i64::from(self.config.keep_days) * DAY_US;
         let events = tx.execute("DELETE FROM events WHERE time_us < ?1", [cutoff]).map_err(|e| self.fail(e))?;
+        if events > 0 {
+            // The hours up to the cutoff's are counted again from what is left (at most that one hour's
+            // events; an hour is `time_us / HOUR_US`, toward zero, hence the two bounds).
+            let last = hour_of(cutoff);
+            let below = if last >= 0 { (last + 1) * HOUR_US } else { last * HOUR_US + 1 };
+            tx.execute("DELETE FROM event_hours WHERE hour <= ?1", [last]).map_err(|e| self.fail(e))?;
+            tx.execute(
+                "INSERT INTO event_hours (hour, events) SELECT time_us / 3600000000, COUNT(*) FROM events
+                 WHERE time_us < ?1 GROUP BY 1",
+                [below],
+            )
+            .map_err(|e| self.fail(e))?;
+        }
         let incidents = tx.execute("DELETE FROM incidents WHERE last_us < ?1", [cutoff]).map_err(|e| self.fail(e))?;
         if events + incidents > 0 {
             tracing::info!(events, incidents, keep_days = self.config.keep_days, "alert store: deleted old rows");
@@ -351,14 +380,70 @@ fn at(col: &Option<arrow::array::StringArray>, i: usize) -> Option<&str> {
 
 /// Rows per `INSERT` statement.
 const ROWS_PER_INSERT: usize = 64;
+const _: () = assert!(ROWS_PER_INSERT.is_power_of_two());
 
-/// `INSERT OR REPLACE` of `rows` events.
-fn insert_sql(rows: usize) -> String {
-    let one = format!("({})", ["?"; 17].join(", "));
-    format!(
-        "INSERT OR REPLACE INTO events (key, id, username, app, country, city, browser, device, ip, model_kind,
-         incident_id, suppressed, time_us, score, mean_abs_z, alert, detail) VALUES {}",
-        vec![one; rows].join(", ")
+/// The columns `insert_sql` writes, in order.
+const EVENT_COLUMNS: [&str; 17] = [
+    "key",
+    "id",
+    "username",
+    "app",
+    "country",
+    "city",
+    "browser",
+    "device",
+    "ip",
+    "model_kind",
+    "incident_id",
+    "suppressed",
+    "time_us",
+    "score",
+    "mean_abs_z",
+    "alert",
+    "detail",
+];
+
+/// An insert of `rows` events (a power of two up to [`ROWS_PER_INSERT`]) that leaves a stored key as it is
+/// (the sink then replaces those rows itself: see `StoreDb::replace_stored`). In a SQLite-only test here,
+/// an upsert, and `INSERT OR REPLACE` with triggers keeping `event_hours`, each cost about 6 µs more per row.
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        let one = format!("({})", ["?"; EVENT_COLUMNS.len()].join(", "));
+        (0..=ROWS_PER_INSERT.ilog2())
+            .map(|k| {
+                format!(
+                    "INSERT OR IGNORE INTO events ({}) VALUES {}",
+                    EVENT_COLUMNS.join(", "),
+                    vec![one.as_str(); 1 << k].join(", ")
+                )
+            })
+            .collect()
+    });
+    &all[rows.ilog2() as usize]
+}
+
+/// Replaces a stored event's columns (parameters in [`EVENT_COLUMNS`] order, the key first).
+fn update_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let set: Vec<String> =
+            EVENT_COLUMNS[1..].iter().enumerate().map(|(i, c)| format!("{c} = ?{}", i + 2)).collect();
+        format!("UPDATE events SET {} WHERE key = ?1", set.join(", "))
+    })
+}
+
+/// The `event_hours` hour of an event time.
+fn hour_of(time_us: i64) -> i64 {
+    time_us / HOUR_US
+}
+
+/// Rebuilds `event_hours` from the stored events (for writers other than the sink: tests, benchmarks).
+pub fn recount_event_hours(db: &Connection) -> rusqlite::Result<()> {
+    db.execute_batch(
+        "DELETE FROM event_hours;
+         INSERT INTO event_hours (hour, events)
+             SELECT time_us / 3600000000, COUNT(*) FROM events WHERE time_us IS NOT NULL GROUP BY 1;",
     )
 }
 
@@ -382,7 +467,7 @@ impl EventRow<'_> {
     }
 }
 
-impl AlertStore {
+impl StoreDb {
     fn write_events(&mut self, tx: &Connection, data: &RecordBatch) -> Result<(), StageError> {
         let n = data.num_rows();
         let score = number(data, &self.config.field)?.ok_or_else(|| {
@@ -451,25 +536,88 @@ impl AlertStore {
                 detail: if kept { details.next() } else { None },
             });
         }
-        // Many rows per statement: fewer statement runs per batch.
-        let mut full = tx.prepare(&insert_sql(ROWS_PER_INSERT)).map_err(|e| self.fail(e))?;
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
+        // Many rows per statement: fewer statement runs per batch. The statements are parsed once per
+        // connection (SQLite's statement cache): 64 rows each, the rest of a batch in pieces of 32, 16, …, 1.
+        let mut hours: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut rest = rows.as_slice();
+        while !rest.is_empty() {
+            let size = if rest.len() >= ROWS_PER_INSERT { ROWS_PER_INSERT } else { 1 << rest.len().ilog2() };
+            let (chunk, after) = rest.split_at(size);
+            rest = after;
             let values: Vec<&dyn rusqlite::ToSql> = chunk.iter().flat_map(EventRow::values).collect();
-            let done = if chunk.len() == ROWS_PER_INSERT {
-                full.execute(rusqlite::params_from_iter(values))
+            let before = self.max_rowid;
+            let inserted = tx
+                .prepare_cached(insert_sql(size))
+                .and_then(|mut stmt| stmt.execute(rusqlite::params_from_iter(values)))
+                .map_err(|e| self.storing(chunk, e))?;
+            if inserted > 0 {
+                self.max_rowid = self.max_rowid.max(tx.last_insert_rowid());
+            }
+            if inserted == chunk.len() {
+                for t in chunk.iter().filter_map(|r| r.time) {
+                    *hours.entry(hour_of(t)).or_default() += 1;
+                }
             } else {
-                tx.prepare(&insert_sql(chunk.len()))
-                    .and_then(|mut stmt| stmt.execute(rusqlite::params_from_iter(values)))
-            };
-            done.map_err(|e| {
-                StageError::Other(format!(
-                    "{}: storing events {:?}…: {e}",
-                    self.config.path,
-                    chunk.first().and_then(|r| r.text[0])
-                ))
-            })?;
+                self.replace_stored(tx, chunk, before, &mut hours)?;
+            }
+        }
+        let mut count = tx
+            .prepare_cached(
+                "INSERT INTO event_hours (hour, events) VALUES (?1, ?2)
+                 ON CONFLICT(hour) DO UPDATE SET events = events + excluded.events",
+            )
+            .map_err(|e| self.fail(e))?;
+        for (hour, n) in hours.into_iter().filter(|(_, n)| *n != 0) {
+            count.execute([hour, n]).map_err(|e| self.fail(e))?;
         }
         Ok(())
+    }
+
+    /// A chunk some of whose keys were stored before (a stream read again, or an id twice in the input):
+    /// the insert left those rows as they were; each now replaces the stored row (the last row of an id
+    /// wins), and `hours` follows every event's time. `before`: the highest rowid before the chunk's insert.
+    fn replace_stored(
+        &self,
+        tx: &Connection,
+        chunk: &[EventRow<'_>],
+        before: i64,
+        hours: &mut BTreeMap<i64, i64>,
+    ) -> Result<(), StageError> {
+        let mut find =
+            tx.prepare_cached("SELECT rowid, time_us FROM events WHERE key = ?1").map_err(|e| self.fail(e))?;
+        let mut update = tx.prepare_cached(update_sql()).map_err(|e| self.fail(e))?;
+        // The time now stored under each key of this chunk that was seen already.
+        let mut seen: HashMap<i64, Option<i64>> = HashMap::new();
+        for row in chunk {
+            let stored = match seen.get(&row.key) {
+                Some(&time) => Some(time),
+                None => {
+                    let (rowid, time): (i64, Option<i64>) =
+                        find.query_row([row.key], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.fail(e))?;
+                    // Inserted by this chunk (from this very row: the first of its key), or stored before.
+                    (rowid <= before).then_some(time)
+                }
+            };
+            if let Some(old) = stored {
+                if let Some(t) = old {
+                    *hours.entry(hour_of(t)).or_default() -= 1;
+                }
+                update.execute(rusqlite::params_from_iter(row.values())).map_err(|e| self.storing(chunk, e))?;
+            }
+            if let Some(t) = row.time {
+                *hours.entry(hour_of(t)).or_default() += 1;
+            }
+            seen.insert(row.key, row.time);
+        }
+        Ok(())
+    }
+
+    fn storing(&self, chunk: &[EventRow<'_>], e: rusqlite::Error) -> StageError {
+        StageError::Other(format!(
+            "{}: storing events {:?}…: {e}",
+            self.config.path,
+            chunk.first().and_then(|r| r.text[0])
+        ))
     }
 
     fn write_incidents(&self, tx: &Connection, data: &RecordBatch) -> Result<(), StageError> {
@@ -525,49 +673,50 @@ impl AlertStore {
     }
 }
 
-impl Sink for AlertStore {
-    fn input_partitioning(&self) -> Partitioning {
-        Partitioning::Single
+impl StoreDb {
+    /// Opens (creating or migrating) the file and reads where the stored events stand.
+    fn open(config: AlertStoreConfig, columns: RoleColumns) -> Result<StoreDb, StageError> {
+        let mut store = StoreDb {
+            config,
+            columns,
+            db: None,
+            newest_us: None,
+            swept_day: None,
+            anonymous: 0,
+            uncommitted: 0,
+            max_rowid: 0,
+        };
+        let db = open_store(&store.path())?;
+        store.newest_us = db
+            .query_row("SELECT MAX(time_us) FROM events", [], |r| r.get::<_, Option<i64>>(0))
+            .optional()
+            .map_err(|e| store.fail(e))?
+            .flatten();
+        let lowest = db
+            .query_row("SELECT COALESCE(MIN(key), 0) FROM events", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| store.fail(e))?;
+        store.anonymous = -lowest.min(0);
+        store.db = Some(db);
+        Ok(store)
     }
 
-    fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        if ctx.worker_index == 0 {
-            let db = open_store(&self.path())?;
-            self.newest_us = db
-                .query_row("SELECT MAX(time_us) FROM events", [], |r| r.get::<_, Option<i64>>(0))
-                .optional()
-                .map_err(|e| self.fail(e))?
-                .flatten();
-            let lowest = db
-                .query_row("SELECT COALESCE(MIN(key), 0) FROM events", [], |r| r.get::<_, i64>(0))
-                .map_err(|e| self.fail(e))?;
-            self.anonymous = -lowest.min(0);
-            self.db = Some(db);
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, batch: Batch) -> Result<(), StageError> {
+    /// Writes a batch (checked by [`check_batch`]) into the open transaction, opening one if needed.
+    fn write(&mut self, data: &RecordBatch) -> Result<(), StageError> {
         let Some(db) = self.db.take() else { return Ok(()) };
         let result = (|| {
-            let data = &batch.data;
-            let schema = data.schema();
-            let has = |name: &str| schema.column_with_name(name).is_some();
             if self.uncommitted == 0 {
-                db.execute_batch("BEGIN").map_err(|e| self.fail(e))?;
+                // The write lock from the start: the highest rowid read next stays the highest.
+                db.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.fail(e))?;
+                self.max_rowid = db
+                    .query_row("SELECT COALESCE(MAX(rowid), 0) FROM events", [], |r| r.get(0))
+                    .map_err(|e| self.fail(e))?;
             }
             self.uncommitted += data.num_rows().max(1);
             let tx = &db;
-            if has("id") {
+            if data.schema().column_with_name("id").is_some() {
                 self.write_events(tx, data)?;
-            } else if has("incident_id") && has("status") {
-                self.write_incidents(tx, data)?;
             } else {
-                return Err(StageError::Data(format!(
-                    "alert-store: rows with neither an id column (events) nor incident_id and status (incidents); \
-                     columns: {}",
-                    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
-                )));
+                self.write_incidents(tx, data)?;
             }
             self.sweep(tx)?;
             // A long epoch (a large file) is committed in parts: committing early is always safe.
@@ -580,7 +729,8 @@ impl Sink for AlertStore {
         result
     }
 
-    fn advance(&mut self, _frontier: u64) -> Result<(), StageError> {
+    /// Commits what was written.
+    fn commit_written(&mut self) -> Result<(), StageError> {
         match self.db.take() {
             Some(db) => {
                 let r = self.commit(&db);
@@ -591,14 +741,190 @@ impl Sink for AlertStore {
         }
     }
 
-    fn finish(&mut self) -> Result<(), StageError> {
+    /// Commits, folds the write-ahead log into the file (one file at rest) and closes it.
+    fn close(&mut self) -> Result<(), StageError> {
         if let Some(db) = self.db.take() {
             self.commit(&db)?;
-            // Fold the write-ahead log into the file, so that the store is one file at rest.
             db.pragma_update(None, "wal_checkpoint", "TRUNCATE").map_err(|e| self.fail(e))?;
             db.close().map_err(|(_, e)| self.fail(e))?;
         }
         Ok(())
+    }
+}
+
+/// What a batch must have, checked on the worker so that a wrong input is refused by the call that
+/// brought it: an `id` column (events: then a numeric score column) or `incident_id` and `status`.
+fn check_batch(config: &AlertStoreConfig, data: &RecordBatch) -> Result<(), StageError> {
+    let schema = data.schema();
+    let has = |name: &str| schema.column_with_name(name).is_some();
+    let columns = || schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ");
+    if has("id") {
+        if number(data, &config.field)?.is_none() {
+            return Err(StageError::Data(format!(
+                "alert-store: the rows have no \"{}\" column to store as the score (field: …; columns: {})",
+                config.field,
+                columns()
+            )));
+        }
+        number(data, "mean_abs_z")?;
+        Ok(())
+    } else if has("incident_id") && has("status") {
+        number(data, "peak_risk").map(drop)
+    } else {
+        Err(StageError::Data(format!(
+            "alert-store: rows with neither an id column (events) nor incident_id and status (incidents); \
+             columns: {}",
+            columns()
+        )))
+    }
+}
+
+/// What the sink asks of its writer thread.
+enum Job {
+    Write(RecordBatch),
+    /// Commit, then answer.
+    Commit(std::sync::mpsc::SyncSender<Result<(), StageError>>),
+    /// Commit, close the file, answer and stop.
+    Close(std::sync::mpsc::SyncSender<Result<(), StageError>>),
+}
+
+/// Batches handed to the writer and not yet written, at most (then `write` waits).
+const QUEUED_BATCHES: usize = 64;
+
+/// The thread that owns the SQLite connection. SQLite's work (most of the sink's time: B-tree inserts)
+/// runs beside the worker, which goes on with the next batches; a commit (`advance`, `finish`) waits for
+/// everything handed over before it, so a batch still counts as written only once it is committed.
+struct Writer {
+    /// `None` once dropped (the thread then ends).
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    /// Set when the sink is dropped without `finish`: batches still queued are not written.
+    abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The first error the writer met (then it writes nothing more; the next call reports it).
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(mut store: StoreDb) -> Result<Writer, StageError> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUED_BATCHES);
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let seen = std::sync::Arc::clone(&failed);
+        let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let given_up = std::sync::Arc::clone(&abandoned);
+        let thread = std::thread::Builder::new()
+            .name("dfp-alert-store".into())
+            .spawn(move || {
+                let mut error: Option<String> = None;
+                for job in queue {
+                    match job {
+                        Job::Write(data) => {
+                            if error.is_none() && !given_up.load(std::sync::atomic::Ordering::Relaxed) {
+                                if let Err(e) = store.write(&data) {
+                                    let message = e.to_string();
+                                    if let Ok(mut slot) = seen.lock() {
+                                        *slot = Some(message.clone());
+                                    }
+                                    error = Some(message);
+                                }
+                            }
+                        }
+                        Job::Commit(reply) => {
+                            let done = match &error {
+                                Some(e) => Err(StageError::Other(e.clone())),
+                                None => store.commit_written(),
+                            };
+                            let _ = reply.send(done);
+                        }
+                        Job::Close(reply) => {
+                            let done = match &error {
+                                Some(e) => Err(StageError::Other(e.clone())),
+                                None => store.close(),
+                            };
+                            let _ = reply.send(done);
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StageError::Other(format!("alert-store: cannot start the writer thread: {e}")))?;
+        Ok(Writer { jobs: Some(jobs), abandoned, failed, thread: Some(thread) })
+    }
+
+    /// The writer's error, if it met one.
+    fn failed(&self) -> Result<(), StageError> {
+        match self.failed.lock().ok().and_then(|f| f.clone()) {
+            Some(e) => Err(StageError::Other(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, job: Job) -> Result<(), StageError> {
+        let sent = self.jobs.as_ref().map_or(Err(()), |jobs| jobs.send(job).map_err(drop));
+        sent.map_err(|_| {
+            self.failed().err().unwrap_or_else(|| StageError::Other("alert-store: the writer thread stopped".into()))
+        })
+    }
+
+    /// Sends `job` (built around a reply channel) and waits for the answer.
+    fn ask(
+        &self,
+        job: impl FnOnce(std::sync::mpsc::SyncSender<Result<(), StageError>>) -> Job,
+    ) -> Result<(), StageError> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.send(job(reply))?;
+        answer.recv().unwrap_or_else(|_| {
+            Err(self
+                .failed()
+                .err()
+                .unwrap_or_else(|| StageError::Other("alert-store: the writer thread stopped".into())))
+        })
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // A sink dropped without `finish` (the pipeline failed): queued batches are skipped, the thread
+        // ends when the queue closes, and the open transaction is rolled back as its connection closes.
+        self.abandoned.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Sink for AlertStore {
+    fn input_partitioning(&self) -> Partitioning {
+        Partitioning::Single
+    }
+
+    fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
+        if ctx.worker_index == 0 {
+            let store = StoreDb::open(self.config.clone(), self.columns.clone())?;
+            self.writer = Some(Writer::start(store)?);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, batch: Batch) -> Result<(), StageError> {
+        let Some(writer) = &self.writer else { return Ok(()) };
+        writer.failed()?;
+        check_batch(&self.config, &batch.data)?;
+        writer.send(Job::Write(batch.data))
+    }
+
+    fn advance(&mut self, _frontier: u64) -> Result<(), StageError> {
+        match &self.writer {
+            Some(writer) => writer.ask(Job::Commit),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), StageError> {
+        match self.writer.take() {
+            Some(writer) => writer.ask(Job::Close),
+            None => Ok(()),
+        }
     }
 }
 
@@ -639,6 +965,23 @@ mod tests {
                 "model_kind": "user", "top_features": "new_app +3.1" })
     }
 
+    /// `event_hours` agrees with the stored events, hour by hour.
+    fn assert_hours_match(db: &Connection) {
+        let per_hour = |sql: &str| -> Vec<(i64, i64)> {
+            db.prepare(sql)
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let counted = per_hour(
+            "SELECT time_us / 3600000000, COUNT(*) FROM events WHERE time_us IS NOT NULL GROUP BY 1 ORDER BY 1",
+        );
+        assert!(!counted.is_empty());
+        assert_eq!(per_hour("SELECT hour, events FROM event_hours WHERE events != 0 ORDER BY hour"), counted);
+    }
+
     #[test]
     fn events_alerts_and_incidents_are_stored_and_upserted() {
         let dir = tempfile::tempdir().unwrap();
@@ -646,8 +989,11 @@ mod tests {
         let mut s = sink(&path, json!({}));
         s.write(rows(&[event("a", 1, "ann", 0.5), event("b", 1, "ann", 3.5), event("c", 2, "<b>bob</b>", 2.0)]))
             .unwrap();
-        // A stream read again after a restart: the same ids are stored once.
-        s.write(rows(&[event("b", 1, "ann", 3.5)])).unwrap();
+        // A stream read again after a restart: the same ids are stored once (and counted once per hour,
+        // in the hour of their latest time).
+        s.write(rows(&[event("b", 1, "ann", 3.5), event("c", 3, "<b>bob</b>", 2.0)])).unwrap();
+        // An id twice in one batch: the last row wins.
+        s.write(rows(&[event("d", 4, "ann", 0.5), event("d", 5, "ann", 4.0)])).unwrap();
         let incident = |status: &str, events: u64| {
             json!({ "incident_id": "inc-1", "status": status, "entity": "user", "username": "ann", "users": 1,
                     "first_seen": "2026-11-01T10:00:00Z", "last_seen": "2026-11-01T11:00:00Z", "events": events,
@@ -659,9 +1005,12 @@ mod tests {
 
         let db = open_store(&path).unwrap();
         let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
-        assert_eq!(count("SELECT COUNT(*) FROM events"), 3);
-        assert_eq!(count("SELECT COUNT(*) FROM events WHERE alert = 1"), 1, "2.0 is not above the threshold");
-        assert_eq!(count("SELECT COUNT(*) FROM events WHERE detail IS NOT NULL"), 1, "only alerts keep the row");
+        assert_eq!(count("SELECT COUNT(*) FROM events"), 4);
+        assert_eq!(count("SELECT COUNT(*) FROM events WHERE alert = 1"), 2, "2.0 is not above the threshold");
+        assert_eq!(count("SELECT COUNT(*) FROM events WHERE detail IS NOT NULL"), 2, "only alerts keep the row");
+        let moved =
+            count("SELECT time_us FROM events WHERE id = 'c'") - count("SELECT time_us FROM events WHERE id = 'b'");
+        assert_eq!(moved, 2 * 86_400_000_000, "c read again with another time keeps the newer one");
         let detail: String = db.query_row("SELECT detail FROM events WHERE id = 'b'", [], |r| r.get(0)).unwrap();
         let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
         assert_eq!(detail["top_features"], "new_app +3.1");
@@ -675,6 +1024,8 @@ mod tests {
             db.query_row("SELECT status, events FROM incidents", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         assert_eq!((status.as_str(), events), ("closed", 2), "the last row of an incident wins");
         assert_eq!(count("SELECT COUNT(*) FROM incidents"), 1);
+        assert_hours_match(&db);
+        assert_eq!(count("SELECT SUM(events) FROM event_hours"), 4);
         let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
         assert_eq!(check, "ok");
     }
@@ -710,6 +1061,7 @@ mod tests {
         assert_eq!(row("old"), (true, None, false), "the old row survives the migration");
         assert_eq!(row("muted"), (false, Some("#1 country=PT: trip (ann)".into()), true), "kept, not an alert");
         assert_eq!(row("loud"), (true, None, true));
+        assert_hours_match(&db);
         let n: i64 = db.query_row("SELECT COUNT(*) FROM marks", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 0, "the triage tables exist");
     }
@@ -737,6 +1089,7 @@ mod tests {
         s.finish().unwrap();
         let n: i64 = open_store(&path).unwrap().query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 2, "an event older than the window is deleted at once");
+        assert_hours_match(&open_store(&path).unwrap());
     }
 
     #[test]
