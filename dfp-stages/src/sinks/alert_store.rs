@@ -814,35 +814,31 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("dfp-alert-store".into())
             .spawn(move || {
-                let mut error: Option<String> = None;
+                // After the first error nothing more is written; commits and the close report it.
+                let first_error = || seen.lock().ok().and_then(|e| e.clone());
                 for job in queue {
-                    match job {
+                    let (reply, close) = match job {
                         Job::Write(data) => {
-                            if error.is_none() && !given_up.load(std::sync::atomic::Ordering::Relaxed) {
+                            if first_error().is_none() && !given_up.load(std::sync::atomic::Ordering::Relaxed) {
                                 if let Err(e) = store.write(&data) {
-                                    let message = e.to_string();
                                     if let Ok(mut slot) = seen.lock() {
-                                        *slot = Some(message.clone());
+                                        *slot = Some(e.to_string());
                                     }
-                                    error = Some(message);
                                 }
                             }
+                            continue;
                         }
-                        Job::Commit(reply) => {
-                            let done = match &error {
-                                Some(e) => Err(StageError::Other(e.clone())),
-                                None => store.commit_written(),
-                            };
-                            let _ = reply.send(done);
-                        }
-                        Job::Close(reply) => {
-                            let done = match &error {
-                                Some(e) => Err(StageError::Other(e.clone())),
-                                None => store.close(),
-                            };
-                            let _ = reply.send(done);
-                            return;
-                        }
+                        Job::Commit(reply) => (reply, false),
+                        Job::Close(reply) => (reply, true),
+                    };
+                    let done = match first_error() {
+                        Some(e) => Err(StageError::Other(e)),
+                        None if close => store.close(),
+                        None => store.commit_written(),
+                    };
+                    let _ = reply.send(done);
+                    if close {
+                        return;
                     }
                 }
             })
@@ -858,11 +854,14 @@ impl Writer {
         }
     }
 
+    /// Why the writer thread is gone: its error, else that it stopped.
+    fn stopped(&self) -> StageError {
+        self.failed().err().unwrap_or_else(|| StageError::Other("alert-store: the writer thread stopped".into()))
+    }
+
     fn send(&self, job: Job) -> Result<(), StageError> {
         let sent = self.jobs.as_ref().map_or(Err(()), |jobs| jobs.send(job).map_err(drop));
-        sent.map_err(|_| {
-            self.failed().err().unwrap_or_else(|| StageError::Other("alert-store: the writer thread stopped".into()))
-        })
+        sent.map_err(|_| self.stopped())
     }
 
     /// Sends `job` (built around a reply channel) and waits for the answer.
@@ -872,12 +871,7 @@ impl Writer {
     ) -> Result<(), StageError> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         self.send(job(reply))?;
-        answer.recv().unwrap_or_else(|_| {
-            Err(self
-                .failed()
-                .err()
-                .unwrap_or_else(|| StageError::Other("alert-store: the writer thread stopped".into())))
-        })
+        answer.recv().unwrap_or_else(|_| Err(self.stopped()))
     }
 }
 
@@ -1111,6 +1105,13 @@ mod tests {
         assert!(err.contains("neither an id column"), "{err}");
         let err = s.write(rows(&[json!({ "id": "x", "risk": "high" })])).unwrap_err().to_string();
         assert!(err.contains("\"risk\" is Utf8, not a number"), "{err}");
+        // An error met on the writer thread comes back from the next call, and nothing after it is written.
+        let mut s = sink(&dir.path().join("late.db"), json!({}));
+        s.write(rows(&[json!({ "incident_id": null, "status": "open" })])).unwrap();
+        let err = s.advance(1).unwrap_err().to_string();
+        assert!(err.contains("incident row 0 has no incident_id"), "{err}");
+        assert!(s.write(rows(&[event("a", 1, "ann", 0.5)])).unwrap_err().to_string().contains("incident row 0"));
+        assert!(s.finish().is_err());
         let bad = |v: serde_json::Value| {
             let mut c = json!({ "path": "a.db", "family": "azure" });
             c.as_object_mut().unwrap().extend(v.as_object().unwrap().clone());
