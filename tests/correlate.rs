@@ -41,15 +41,21 @@ fn correlate_catches_spray_token_theft_and_quiet_takeover_without_more_false_ala
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let out = dfp()
-        .args(["run", "pipelines/azure-inference.yaml", "-q", "--var", "threshold=-1"])
-        .args(["--var", &format!("input={}", data.join("infer").display())])
-        .args(["--var", &format!("models={}", d("models").display())])
-        .args(["--var", &format!("output={}", d("scored.jsonl").display())])
-        .args(["--var", &format!("incidents={}", d("incidents.jsonl").display())])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    // The shipped pipeline (2 workers), then the same on 1 worker: correlation must not depend on which
+    // worker read which file first.
+    for (workers, scored, incidents) in
+        [("2", "scored.jsonl", "incidents.jsonl"), ("1", "scored-1.jsonl", "incidents-1.jsonl")]
+    {
+        let out = dfp()
+            .args(["run", "pipelines/azure-inference.yaml", "-q", "--var", "threshold=-1", "--workers", workers])
+            .args(["--var", &format!("input={}", data.join("infer").display())])
+            .args(["--var", &format!("models={}", d("models").display())])
+            .args(["--var", &format!("output={}", d(scored).display())])
+            .args(["--var", &format!("incidents={}", d(incidents).display())])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
     let labels = data.join("labels.csv");
     let raised = eval(&d("scored.jsonl"), &labels, "risk");
     let model = eval(&d("scored.jsonl"), &labels, "risk_model");
@@ -72,18 +78,17 @@ fn correlate_catches_spray_token_theft_and_quiet_takeover_without_more_false_ala
         "correlation adds what the model alone misses:\n{report}"
     );
 
-    // Every anomalous event names its incident, and every incident ends closed with its events listed.
-    let rows: Vec<Value> =
-        std::fs::read_to_string(d("scored.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let incidents: Vec<Value> = std::fs::read_to_string(d("incidents.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // Every anomalous event names its user's incident, and every incident ends closed with its events
+    // listed; a password spray's source incidents list events that a spray signal raised.
+    let read = |name: &str| -> Vec<Value> {
+        std::fs::read_to_string(d(name)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (rows, incidents) = (read("scored.jsonl"), read("incidents.jsonl"));
     let mut last: std::collections::HashMap<String, &Value> = std::collections::HashMap::new();
     for i in &incidents {
         last.insert(i["incident_id"].as_str().unwrap().to_string(), i);
     }
+    let by_id: std::collections::HashMap<&str, &Value> = rows.iter().map(|r| (r["id"].as_str().unwrap(), r)).collect();
     let mut members = 0;
     for r in &rows {
         let risk = r["risk"].as_f64().unwrap();
@@ -92,6 +97,7 @@ fn correlate_catches_spray_token_theft_and_quiet_takeover_without_more_false_ala
                 members += 1;
                 assert!(risk >= 2.0, "{r}");
                 let inc = last.get(id).unwrap_or_else(|| panic!("incident {id} not written"));
+                assert_eq!(inc["entity"], "user", "{inc}");
                 assert_eq!(inc["username"], r["username"]);
                 assert!(inc["event_ids"].as_str().unwrap().split(',').any(|e| e == r["id"].as_str().unwrap()), "{inc}");
             }
@@ -99,8 +105,32 @@ fn correlate_catches_spray_token_theft_and_quiet_takeover_without_more_false_ala
         }
         assert!(r["risk"].as_f64().unwrap() >= r["risk_model"].as_f64().unwrap(), "risk is only ever raised: {r}");
     }
-    assert_eq!(members as u64, last.values().map(|i| i["events"].as_u64().unwrap()).sum::<u64>());
+    let of = |entity: &'static str| last.values().filter(move |i| i["entity"] == entity);
+    assert_eq!(members as u64, of("user").map(|i| i["events"].as_u64().unwrap()).sum::<u64>());
+    for inc in of("source") {
+        for id in inc["event_ids"].as_str().unwrap().split(',') {
+            let r = by_id.get(id).unwrap_or_else(|| panic!("{inc}: event {id} not written"));
+            assert!(r["risk_signals"].as_str().is_some_and(|s| s.contains("failing from this")), "{inc}\n{r}");
+        }
+    }
     assert!(last.values().all(|i| i["status"] == "closed"), "every incident closes when the input ends");
+
+    // One worker and two see the same views: the same risk, signals, windows and incidents for every event.
+    let one: std::collections::HashMap<String, Value> =
+        read("scored-1.jsonl").into_iter().map(|r| (r["id"].as_str().unwrap().to_string(), r)).collect();
+    assert_eq!(one.len(), rows.len());
+    for r in &rows {
+        let o = &one[r["id"].as_str().unwrap()];
+        for (k, v) in r.as_object().unwrap() {
+            if k == "risk" || k.starts_with("risk_") || k.starts_with("win_") || k == "incident_id" {
+                assert_eq!(&o[k], v, "{k} differs between 1 and 2 workers for {}", r["id"]);
+            }
+        }
+    }
+    let closed = |name: &str| -> std::collections::BTreeSet<String> {
+        read(name).iter().filter(|i| i["status"] == "closed").map(|i| i.to_string()).collect()
+    };
+    assert_eq!(closed("incidents.jsonl"), closed("incidents-1.jsonl"), "the same incidents on 1 and 2 workers");
 }
 
 #[test]

@@ -3,18 +3,21 @@
 //!
 //! Inside a child scope whose timestamps are `Product<epoch, event second>`, every event enters its views
 //! with `+1` at `(e, t)` and leaves them with `-1` at `(e, t + window)` (rounded up to 1/48 of the window),
-//! where `e` is the lowest epoch still to come when the row is taken in, so the accumulation of a view at
-//! `(e, t)` is the events of `(t - window, t]` taken in by then, whatever order they arrived in. (Each row's
-//! own epoch would be exact per epoch but costs the `reduce` a time for every meeting of an earlier epoch's
-//! later update with a later epoch's earlier one: the work grew with the epochs in flight.)
+//! where `e` is the row's own epoch (a file's rank in time order, a Kafka poll), so the accumulation of a
+//! view at `(e, t)` is the events of `(t - window, t]` of epochs up to `e`, whatever order they arrived in
+//! and on whichever worker: the same answers on every run and any number of workers. (An earlier version
+//! placed rows at the lowest epoch still to come when they were taken in: cheaper, but a later file whose
+//! rows overtook an earlier file's on their way to the stage no longer saw the earlier file's events, and
+//! answers changed from run to run.)
 //!
 //! One `reduce` keeps, per key (a key names its view: a place of a user, a source address or prefix, a
-//! user), the aggregate of its window paired with the events that asked for it and are the newest in the
-//! window: every event that asks carries its own time in its value, so at that exact time it is among the
-//! newest, and the `reduce`'s output at exactly the event's time is the aggregate as it stood when the event
-//! happened (outputs at other times, when the window moved on, are dropped). There is no second collection
-//! of queries and no join: each event is one value of each view it belongs to. Differential exchanges the
-//! keys between workers and processes.
+//! user), the aggregate of its window paired with the events that ask for it at that time. An event asks
+//! with a value [`Val::Ask`] that carries its own time and lives at its event second only (`+1` at
+//! `(e, t)`, `-1` at `(e, t + 1)`), so the `reduce`'s output at exactly the event's time is the aggregate as
+//! it stood when the event happened, and at the other times the `reduce` visits (where an earlier epoch's
+//! expiry meets a later epoch's event) there is nobody to answer and nothing to compute or store. There is
+//! no second collection of queries and no join. Differential exchanges the keys between workers and
+//! processes.
 //!
 //! Memory: the operator that turns rows into updates holds a capability at `(epoch, watermark)` and
 //! downgrades it as the newest event time of the complete epochs grows ([`Clock`]), so every arrangement
@@ -73,12 +76,15 @@ pub(crate) enum Key {
 pub(crate) enum Val {
     /// An anomalous event that brought a new device, prefix, country or session: its risk in thousandths.
     Seed { kind: u8, value: u64, risk_m: i64 },
-    /// A sign-in from a source: the user, whether it failed, and for a failure the event and its time (only
-    /// failures read the source views: the spray signal is about failures, and a busy prefix then costs its
-    /// failures, not its every sign-in, in the output).
-    Attempt { user: u64, failed: bool, asks: Option<(Ev, Inner)> },
-    /// A user's event, with its time.
-    Event { risk_m: i64, anomalous: bool, failed: bool, country: u64, prefix: u64, device: u64, ev: Ev, at: Inner },
+    /// A sign-in from a source: the user and whether it failed.
+    Attempt { user: u64, failed: bool },
+    /// A user's event.
+    Event { risk_m: i64, anomalous: bool, failed: bool, country: u64, prefix: u64, device: u64 },
+    /// An event asking for the aggregate at its own time `at`: present at the event second of `at` only (in
+    /// every epoch from its own), so that the `reduce` answers it there and nowhere else. Every event of a
+    /// user asks its user; only failures ask their sources (the spray signal is about failures, and a busy
+    /// prefix then costs its failures, not its every sign-in, in the output).
+    Ask { ev: Ev, at: Inner },
 }
 
 /// A view's aggregate, as an event sees it.
@@ -215,9 +221,8 @@ pub(crate) fn views<'s>(
 /// times.
 fn asking<'a>(vals: &'a [(&Val, isize)]) -> impl Iterator<Item = (Ev, Inner)> + 'a {
     vals.iter().filter(|(_, n)| *n > 0).filter_map(|(v, _)| match v {
-        Val::Attempt { asks, .. } => *asks,
-        Val::Event { ev, at, .. } => Some((*ev, *at)),
-        Val::Seed { .. } => None,
+        Val::Ask { ev, at } => Some((*ev, *at)),
+        _ => None,
     })
 }
 
@@ -230,7 +235,7 @@ fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
             let mut last_failed_user = None;
             // Values are sorted: (user, failed=false) before (user, failed=true).
             for (v, n) in vals {
-                if let Val::Attempt { user, failed, .. } = v {
+                if let Val::Attempt { user, failed } = v {
                     let n = (*n).max(0) as u32;
                     agg.events += n;
                     if last_user != Some(*user) {
@@ -259,7 +264,7 @@ fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
                 }
             }
             for (v, n) in vals {
-                if let Val::Event { risk_m, anomalous, failed, country, prefix, device, .. } = v {
+                if let Val::Event { risk_m, anomalous, failed, country, prefix, device } = v {
                     let n = (*n).max(0) as u32;
                     agg.events += n;
                     agg.max_m = agg.max_m.max(*risk_m);
@@ -335,8 +340,9 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
                     return;
                 }
                 let Some(cw) = &cap_win else { return };
-                // Rows go in at the lowest epoch still to come (see the module docs), never below it.
-                let epoch = cw.time().outer;
+                // Rows go in at their own epoch (see the module docs), never below the capability.
+                let own = incap.stamp().iter().map(|t| t.outer).min().unwrap_or(0);
+                let epoch = own.max(cw.time().outer);
                 let cw = cw.delayed(&Product::new(epoch, watermark));
                 let mut sw = win_out.session(&cw);
                 for row in data.drain(..) {
@@ -363,12 +369,17 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
                             enter(user, Val::Seed { kind, value, risk_m: row.risk_m }, windows.place);
                         }
                     }
-                    for (kind, value) in [(SOURCE_IP, row.ip), (SOURCE_PREFIX, row.prefix)] {
+                    let mut asks = [None; 3];
+                    for (i, (kind, value)) in [(SOURCE_IP, row.ip), (SOURCE_PREFIX, row.prefix)].into_iter().enumerate()
+                    {
                         let Some(value) = value else { continue };
                         let key = Key::Source { kind, value };
-                        let asks = row.failed.then_some((row.ev, now));
-                        enter(key, Val::Attempt { user: row.user, failed: row.failed, asks }, windows.source);
+                        if row.failed {
+                            asks[i] = Some(key);
+                        }
+                        enter(key, Val::Attempt { user: row.user, failed: row.failed }, windows.source);
                     }
+                    asks[2] = Some(user);
                     let val = Val::Event {
                         risk_m: row.risk_m,
                         anomalous: row.anomalous,
@@ -376,10 +387,14 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
                         country: row.country.unwrap_or(0),
                         prefix: row.prefix.unwrap_or(0),
                         device: row.device.unwrap_or(0),
-                        ev: row.ev,
-                        at: now,
                     };
                     enter(user, val, windows.user);
+                    // An ask lives at its event second only: `+1` at `now`, `-1` a second later.
+                    let ask = Val::Ask { ev: row.ev, at: now };
+                    for key in asks.into_iter().flatten() {
+                        sw.give(((key, ask), now, 1));
+                        sw.give(((key, ask), Product::new(epoch, t.saturating_add(1)), -1));
+                    }
                 }
             });
             let frontier = frontiers[0].frontier();
