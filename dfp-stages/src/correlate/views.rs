@@ -10,8 +10,9 @@
 //! rows overtook an earlier file's on their way to the stage no longer saw the earlier file's events, and
 //! answers changed from run to run.)
 //!
-//! One `reduce` keeps, per key (a key names its view: a place of a user, a source address or prefix, a
-//! user), the aggregate of its window paired with the events that ask for it at that time. An event asks
+//! One `reduce` keeps, per key (a user, with the places anomalous events brought in; a source prefix, with
+//! each sign-in's address, so that one update serves both the prefix's view and its address's), the
+//! aggregate of its window paired with the events that ask for it at that time. An event asks
 //! with a value [`Val::Ask`] that carries its own time and lives at its event second only (`+1` at
 //! `(e, t)`, `-1` at `(e, t + 1)`), so the `reduce`'s output at exactly the event's time is the aggregate as
 //! it stood when the event happened, and at the other times the `reduce` visits (where an earlier epoch's
@@ -76,15 +77,17 @@ pub(crate) enum Key {
 pub(crate) enum Val {
     /// An anomalous event that brought a new device, prefix, country or session: its risk in thousandths.
     Seed { kind: u8, value: u64, risk_m: i64 },
-    /// A sign-in from a source: the user and whether it failed.
-    Attempt { user: u64, failed: bool },
+    /// A sign-in from a source prefix: the user, whether it failed, and the address (the address views are
+    /// read from their prefix's values: one key, one update, per sign-in for both).
+    Attempt { user: u64, failed: bool, ip: u64 },
     /// A user's event.
     Event { risk_m: i64, anomalous: bool, failed: bool, country: u64, prefix: u64, device: u64 },
     /// An event asking for the aggregate at its own time `at`: present at the event second of `at` only (in
     /// every epoch from its own), so that the `reduce` answers it there and nowhere else. Every event of a
     /// user asks its user; only failures ask their sources (the spray signal is about failures, and a busy
     /// prefix then costs its failures, not its every sign-in, in the output).
-    Ask { ev: Ev, at: Inner },
+    /// A failure asking its prefix also asks for its address `ip` (0 for a user's ask).
+    Ask { ev: Ev, at: Inner, ip: u64 },
 }
 
 /// A view's aggregate, as an event sees it.
@@ -188,17 +191,24 @@ pub(crate) fn views<'s>(
 ) -> Stream<'s, u64, Vec<Found>> {
     let outer = rows.scope();
     outer.scoped::<Inner, _, _>("CorrelateWindows", |inner| {
-        type Out = (Ev, Inner, Agg);
+        // The event, its time, the view answered (a prefix also answers for the asker's address), the aggregate.
+        type Out = (Ev, Inner, Key, Agg);
         let window = explode(rows.enter(inner), windows, clock);
         let answers = window
             .arrange_by_key_named("CorrelateViews")
             .reduce_abelian::<_, ValBuilder<Key, Out, Inner, isize>, ValSpine<Key, Out, Inner, isize>, _, _>(
                 "CorrelateAggregate",
                 |key, vals, out| {
-                    let Some(top) = asking(vals).map(|(_, at)| at).reduce(|a, b| a.join(&b)) else { return };
+                    let Some(top) = asking(vals).map(|(_, at, _)| at).reduce(|a, b| a.join(&b)) else { return };
                     let agg = aggregate(key, vals);
                     // At an event's own time, everything accumulated is at or before it: it is at `top`.
-                    out.extend(asking(vals).filter(|(_, at)| *at == top).map(|(ev, at)| ((ev, at, agg.clone()), 1)));
+                    for (ev, at, ip) in asking(vals).filter(|(_, at, _)| *at == top) {
+                        out.push(((ev, at, *key, agg.clone()), 1));
+                        if ip != 0 {
+                            let address = Key::Source { kind: SOURCE_IP, value: ip };
+                            out.push(((ev, at, address, address_aggregate(vals, ip)), 1));
+                        }
+                    }
                 },
                 |vec, key, upds| {
                     vec.clear();
@@ -207,7 +217,7 @@ pub(crate) fn views<'s>(
             );
         // Keep only the output at the event's own time: the aggregate as it stood then.
         answers
-            .as_collection(|key, (ev, at, agg)| ((*ev, *key, agg.clone()), *at))
+            .as_collection(|_, (ev, at, view, agg)| ((*ev, *view, agg.clone()), *at))
             .inner
             .filter(|((_, at), t, diff)| t == at && *diff > 0)
             .as_collection()
@@ -219,39 +229,49 @@ pub(crate) fn views<'s>(
 
 /// The events in `vals` that ask for the aggregate (each event of a user, a failure of a source), with their
 /// times.
-fn asking<'a>(vals: &'a [(&Val, isize)]) -> impl Iterator<Item = (Ev, Inner)> + 'a {
+fn asking<'a>(vals: &'a [(&Val, isize)]) -> impl Iterator<Item = (Ev, Inner, u64)> + 'a {
     vals.iter().filter(|(_, n)| *n > 0).filter_map(|(v, _)| match v {
-        Val::Ask { ev, at } => Some((*ev, *at)),
+        Val::Ask { ev, at, ip } => Some((*ev, *at, *ip)),
         _ => None,
     })
+}
+
+/// The aggregate of one address, from its prefix's values.
+fn address_aggregate(vals: &[(&Val, isize)], address: u64) -> Agg {
+    source_aggregate(vals.iter().filter(|(v, _)| matches!(v, Val::Attempt { ip, .. } if *ip == address)))
+}
+
+/// The aggregate of a source from its sign-ins, in value order: (user, failed=false) before (user,
+/// failed=true), so that a user's values are next to each other.
+fn source_aggregate<'a>(vals: impl Iterator<Item = &'a (&'a Val, isize)>) -> Agg {
+    let mut agg = Agg::default();
+    let mut last_user = None;
+    let mut last_failed_user = None;
+    for (v, n) in vals {
+        if let Val::Attempt { user, failed, .. } = v {
+            let n = (*n).max(0) as u32;
+            agg.events += n;
+            if last_user != Some(*user) {
+                agg.users += 1;
+                last_user = Some(*user);
+            }
+            if *failed {
+                agg.failures += n;
+                if last_failed_user != Some(*user) {
+                    agg.failed_users += 1;
+                    last_failed_user = Some(*user);
+                }
+            }
+        }
+    }
+    agg
 }
 
 /// The aggregate of one key from the values in its window (with multiplicities).
 fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
     let mut agg = Agg::default();
     match key {
-        Key::Source { .. } => {
-            let mut last_user = None;
-            let mut last_failed_user = None;
-            // Values are sorted: (user, failed=false) before (user, failed=true).
-            for (v, n) in vals {
-                if let Val::Attempt { user, failed } = v {
-                    let n = (*n).max(0) as u32;
-                    agg.events += n;
-                    if last_user != Some(*user) {
-                        agg.users += 1;
-                        last_user = Some(*user);
-                    }
-                    if *failed {
-                        agg.failures += n;
-                        if last_failed_user != Some(*user) {
-                            agg.failed_users += 1;
-                            last_failed_user = Some(*user);
-                        }
-                    }
-                }
-            }
-        }
+        Key::Source { .. } => agg = source_aggregate(vals.iter()),
         Key::User { .. } => {
             let (mut countries, mut prefixes, mut devices) =
                 (Distinct::default(), Distinct::default(), Distinct::default());
@@ -369,17 +389,16 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
                             enter(user, Val::Seed { kind, value, risk_m: row.risk_m }, windows.place);
                         }
                     }
-                    let mut asks = [None; 3];
-                    for (i, (kind, value)) in [(SOURCE_IP, row.ip), (SOURCE_PREFIX, row.prefix)].into_iter().enumerate()
-                    {
-                        let Some(value) = value else { continue };
-                        let key = Key::Source { kind, value };
+                    // The prefix key keeps its addresses' sign-ins too; a failure asks for both.
+                    let mut asks = [None; 2];
+                    if let (Some(ip), Some(prefix)) = (row.ip, row.prefix) {
+                        let key = Key::Source { kind: SOURCE_PREFIX, value: prefix };
                         if row.failed {
-                            asks[i] = Some(key);
+                            asks[0] = Some((key, ip));
                         }
-                        enter(key, Val::Attempt { user: row.user, failed: row.failed }, windows.source);
+                        enter(key, Val::Attempt { user: row.user, failed: row.failed, ip }, windows.source);
                     }
-                    asks[2] = Some(user);
+                    asks[1] = Some((user, 0));
                     let val = Val::Event {
                         risk_m: row.risk_m,
                         anomalous: row.anomalous,
@@ -390,8 +409,8 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
                     };
                     enter(user, val, windows.user);
                     // An ask lives at its event second only: `+1` at `now`, `-1` a second later.
-                    let ask = Val::Ask { ev: row.ev, at: now };
-                    for key in asks.into_iter().flatten() {
+                    for (key, ip) in asks.into_iter().flatten() {
+                        let ask = Val::Ask { ev: row.ev, at: now, ip };
                         sw.give(((key, ask), now, 1));
                         sw.give(((key, ask), Product::new(epoch, t.saturating_add(1)), -1));
                     }
