@@ -84,9 +84,9 @@ pub(crate) enum Val {
     Event { risk_m: i64, anomalous: bool, failed: bool, country: u64, prefix: u64, device: u64 },
     /// An event asking for the aggregate at its own time `at`: present at the event second of `at` only (in
     /// every epoch from its own), so that the `reduce` answers it there and nowhere else. Every event of a
-    /// user asks its user; only failures ask their sources (the spray signal is about failures, and a busy
-    /// prefix then costs its failures, not its every sign-in, in the output).
-    /// A failure asking its prefix also asks for its address `ip` (0 for a user's ask).
+    /// user asks its user; only failures ask their source prefix (the spray signal is about failures, and a
+    /// busy prefix then costs its failures, not its every sign-in, in the output), and with it their
+    /// address `ip` (0 for a user's ask).
     Ask { ev: Ev, at: Inner, ip: u64 },
 }
 
@@ -269,43 +269,45 @@ fn source_aggregate<'a>(vals: impl Iterator<Item = &'a (&'a Val, isize)>) -> Agg
 
 /// The aggregate of one key from the values in its window (with multiplicities).
 fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
-    let mut agg = Agg::default();
     match key {
-        Key::Source { .. } => agg = source_aggregate(vals.iter()),
-        Key::User { .. } => {
-            let (mut countries, mut prefixes, mut devices) =
-                (Distinct::default(), Distinct::default(), Distinct::default());
-            for (v, _) in vals {
-                if let Val::Seed { kind, value, risk_m } = v {
-                    match agg.seeds.last_mut() {
-                        Some(last) if (last.0, last.1) == (*kind, *value) => last.2 = last.2.max(*risk_m),
-                        _ => agg.seeds.push((*kind, *value, *risk_m)),
-                    }
-                }
+        Key::Source { .. } => source_aggregate(vals.iter()),
+        Key::User { .. } => user_aggregate(vals),
+    }
+}
+
+/// The aggregate of a user: the places seeded, scores, failures and distinct places of its events.
+fn user_aggregate(vals: &[(&Val, isize)]) -> Agg {
+    let mut agg = Agg::default();
+    let (mut countries, mut prefixes, mut devices) = (Distinct::default(), Distinct::default(), Distinct::default());
+    for (v, _) in vals {
+        if let Val::Seed { kind, value, risk_m } = v {
+            match agg.seeds.last_mut() {
+                Some(last) if (last.0, last.1) == (*kind, *value) => last.2 = last.2.max(*risk_m),
+                _ => agg.seeds.push((*kind, *value, *risk_m)),
             }
-            for (v, n) in vals {
-                if let Val::Event { risk_m, anomalous, failed, country, prefix, device } = v {
-                    let n = (*n).max(0) as u32;
-                    agg.events += n;
-                    agg.max_m = agg.max_m.max(*risk_m);
-                    if *anomalous {
-                        agg.anomalous += n;
-                        agg.sum_m += risk_m * i64::from(n);
-                    }
-                    if *failed {
-                        agg.failures += n;
-                        agg.max_failed_m = agg.max_failed_m.max(*risk_m);
-                    }
-                    countries.insert(*country);
-                    prefixes.insert(*prefix);
-                    devices.insert(*device);
-                }
-            }
-            agg.countries = countries.count();
-            agg.prefixes = prefixes.count();
-            agg.devices = devices.count();
         }
     }
+    for (v, n) in vals {
+        if let Val::Event { risk_m, anomalous, failed, country, prefix, device } = v {
+            let n = (*n).max(0) as u32;
+            agg.events += n;
+            agg.max_m = agg.max_m.max(*risk_m);
+            if *anomalous {
+                agg.anomalous += n;
+                agg.sum_m += risk_m * i64::from(n);
+            }
+            if *failed {
+                agg.failures += n;
+                agg.max_failed_m = agg.max_failed_m.max(*risk_m);
+            }
+            countries.insert(*country);
+            prefixes.insert(*prefix);
+            devices.insert(*device);
+        }
+    }
+    agg.countries = countries.count();
+    agg.prefixes = prefixes.count();
+    agg.devices = devices.count();
     agg
 }
 
