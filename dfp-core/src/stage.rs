@@ -13,7 +13,7 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -79,6 +79,7 @@ pub struct StageContext {
     /// The stage's index in the plan (for the commit gate).
     pub(crate) stage_index: usize,
     pub(crate) commits: Option<Arc<Commits>>,
+    pub(crate) states: StageStates,
 }
 
 impl StageContext {
@@ -96,6 +97,7 @@ impl StageContext {
             families: Arc::new(crate::Registry::global().families().clone()),
             stage_index: 0,
             commits: None,
+            states: StageStates::default(),
         }
     }
 
@@ -126,6 +128,22 @@ impl StageContext {
     /// with its stages (the embedding API's channels, for instance).
     pub fn resource<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
         self.resources.get::<T>()
+    }
+
+    /// State this stage's workers in this process share for this run: made by the first worker that asks
+    /// (with `init`) and handed to the others (a watermark, a cache, a connection pool). Each stage of each
+    /// run has its own: two pipelines in one process, or two stages of one type in a pipeline, never see
+    /// each other's, and the other processes of a cluster have theirs. A standalone context shares with
+    /// the contexts cloned from it.
+    pub fn process_state<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Arc<T> {
+        let mut states = self.states.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (self.stage_id.clone(), TypeId::of::<T>());
+        let state = states.entry(key).or_insert_with(|| Arc::new(init()) as AnyState);
+        match Arc::clone(state).downcast::<T>() {
+            Ok(state) => state,
+            // The entry is keyed by `T`'s type id, so it holds a `T`.
+            Err(_) => unreachable!("a stage state of another type under {:?}", std::any::type_name::<T>()),
+        }
     }
 
     /// True once the run failed (a stage or a peer process): sinks finishing then should not publish what
@@ -187,6 +205,13 @@ impl StageContext {
         }
     }
 }
+
+/// The states of [`StageContext::process_state`], by stage id and type, for one run in one process.
+#[derive(Clone, Default)]
+pub(crate) struct StageStates(Arc<Mutex<HashMap<(String, TypeId), AnyState>>>);
+
+/// One stage state, of any type.
+type AnyState = Arc<dyn Any + Send + Sync>;
 
 /// Values a run shares with its stages, one per type: the program running the pipeline puts them in, a
 /// stage takes the one of the type it knows with [`StageContext::resource`].
@@ -549,5 +574,22 @@ mod tests {
         assert_send::<StageInstance>();
         assert_send::<StageContext>();
         assert_send::<Batch>();
+    }
+
+    #[test]
+    fn process_state_is_one_per_stage_and_type_among_contexts_of_one_run() {
+        use std::sync::atomic::AtomicU64;
+        let first = StageContext::standalone("correlate", 0, 2);
+        let mut second = first.clone();
+        second.worker_index = 1;
+        let a = first.process_state(|| AtomicU64::new(7));
+        a.store(8, Ordering::SeqCst);
+        assert_eq!(second.process_state(|| AtomicU64::new(0)).load(Ordering::SeqCst), 8, "the workers share it");
+        assert_eq!(*second.process_state(|| String::from("other type")), "other type");
+        let mut other_stage = first.clone();
+        other_stage.stage_id = "correlate_2".into();
+        assert_eq!(other_stage.process_state(|| AtomicU64::new(1)).load(Ordering::SeqCst), 1, "another stage's own");
+        let other_run = StageContext::standalone("correlate", 0, 2);
+        assert_eq!(other_run.process_state(|| AtomicU64::new(2)).load(Ordering::SeqCst), 2, "another run's own");
     }
 }

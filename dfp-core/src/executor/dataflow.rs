@@ -72,6 +72,7 @@ pub(super) fn build_dataflow<'s>(
                 families: Arc::clone(&plan.families),
                 stage_index,
                 commits: Some(Arc::clone(&shared.commits)),
+                states: shared.states.clone(),
             },
             shared: Arc::clone(shared),
             attrs: [KeyValue::new("pipeline", plan.file.clone()), KeyValue::new("stage", stage.id.clone())],

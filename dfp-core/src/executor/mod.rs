@@ -162,6 +162,7 @@ pub fn run(plan: Arc<Plan>, options: RunOptions) -> Result<RunReport, RunError> 
         dead_letter_file: Mutex::new(None),
         cut_short: AtomicBool::new(false),
         commits: Arc::new(Commits::new(workers * processes, processes > 1)),
+        states: Default::default(),
     });
     tracing::info!(pipeline = %plan.file, workers, process, processes, stages = plan.stages.len(), "starting pipeline");
 

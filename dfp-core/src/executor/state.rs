@@ -40,6 +40,8 @@ pub(super) struct Shared {
     pub(super) cut_short: AtomicBool,
     /// How far sources may commit, and how far they did (see [`crate::commits`]).
     pub(super) commits: Arc<Commits>,
+    /// What each stage's workers of this process share ([`crate::StageContext::process_state`]).
+    pub(super) states: crate::stage::StageStates,
 }
 
 impl Shared {

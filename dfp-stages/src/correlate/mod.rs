@@ -352,16 +352,14 @@ impl StageConfig for CorrelateConfig {
             columns,
             windows,
             gap,
-            clock: Arc::clone(&CLOCK),
+            // The event times this process's workers of the stage took in, by epoch: the watermark's base,
+            // shared so that a worker with little data does not hold everyone's compaction back.
+            clock: ctx.process_state(views::Clock::default),
         })))
     }
 }
 
 register_stage!(CorrelateConfig);
-
-/// The event times this process's `correlate` workers took in, by epoch: the watermark's base, shared so
-/// that a worker with little data does not hold everyone's compaction back.
-static CLOCK: std::sync::LazyLock<Arc<views::Clock>> = std::sync::LazyLock::new(|| Arc::new(views::Clock::default()));
 
 /// The columns the stage reads.
 #[derive(Debug, Clone)]
