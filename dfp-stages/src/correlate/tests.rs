@@ -88,7 +88,8 @@ struct Out {
     errors: Vec<String>,
 }
 
-/// Runs the stage on one worker: each inner list is one epoch's batches.
+/// Runs the stage on one worker: each inner list is one epoch's batches, and the worker works on each epoch
+/// before the next comes (so the views compact between epochs, as they do in a stream).
 fn run(config: CorrelateConfig, epochs: Vec<Vec<Batch>>) -> Out {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let errs = Arc::clone(&errors);
@@ -107,6 +108,10 @@ fn run(config: CorrelateConfig, epochs: Vec<Vec<Batch>>) -> Out {
             input.advance_to(epoch as u64);
             for b in batches {
                 input.send(b);
+            }
+            input.advance_to(epoch as u64 + 1);
+            for _ in 0..64 {
+                worker.step();
             }
         }
         drop(input);
@@ -216,6 +221,45 @@ fn out_of_order_events_are_placed_at_their_own_time() {
     let m = by_id(&out);
     assert!((m["later"].0 - (2.0 + 0.7 * 2.0)).abs() < 1e-9, "{:?}", m["later"]);
     assert_eq!(m["before"].0, 0.5, "an event before the seed does not see it");
+}
+
+#[test]
+fn views_span_epochs_and_forget_what_left_the_window() {
+    // Four files: a seed in the first and its place's sign-ins in the next ones, then one after the place
+    // window (8h); a spray's failures spread over the files, the first of them out of the 24h window by the
+    // last.
+    let seed = E { new: 3, ..ev("seed", "ann", 0, "198.19.1.10", "EVIL-PC", 5.0) };
+    let fail = |id, user, minute, ip| E { failed: true, ..ev(id, user, minute, ip, "script", 0.5) };
+    let epochs = vec![
+        vec![batch(&[seed, fail("f1", "bob", 5, "203.0.113.5")])],
+        vec![batch(&[ev("e1", "ann", 60, "198.19.1.10", "EVIL-PC", 0.5), fail("f2", "cat", 65, "203.0.113.6")])],
+        vec![
+            batch(&[ev("e2", "ann", 120, "198.19.1.11", "LAPTOP-ANN", 0.5)]),
+            batch(&[fail("f3", "dan", 125, "203.0.113.7")]),
+        ],
+        vec![batch(&[
+            ev("e3", "ann", 9 * 60, "198.19.1.10", "EVIL-PC", 0.5),
+            fail("f4", "eve", 25 * 60, "203.0.113.8"),
+        ])],
+    ];
+    let out = run(config(serde_json::json!({})), epochs);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let m = by_id(&out);
+    assert_eq!(m.len(), 8, "every event comes out once");
+    let carried = 2.0 + 0.7 * (5.0 - 2.0);
+    for id in ["e1", "e2"] {
+        assert!((m[id].0 - carried).abs() < 1e-9, "{id} sees the seed of an earlier file: {:?}", m[id]);
+    }
+    assert_eq!(m["e3"].0, 0.5, "the seed left the place window: {:?}", m["e3"]);
+    let expected = [("f1", 0.5), ("f2", 2.0), ("f3", 3.0), ("f4", 3.0)];
+    for (id, risk) in expected {
+        assert!((m[id].0 - risk).abs() < 1e-9, "{id}: {:?}", m[id]);
+    }
+    assert!(
+        m["f4"].2.as_deref().unwrap_or("").contains("3 users failing from this prefix"),
+        "bob's failure left: {:?}",
+        m["f4"]
+    );
 }
 
 #[test]

@@ -10,19 +10,20 @@
 //! rows overtook an earlier file's on their way to the stage no longer saw the earlier file's events, and
 //! answers changed from run to run.)
 //!
-//! One `reduce` keeps, per key (a user, with the places anomalous events brought in; a source prefix, with
-//! each sign-in's address, so that one update serves both the prefix's view and its address's), the
-//! aggregate of its window paired with the events that ask for it at that time. An event asks
-//! with a value [`Val::Ask`] that carries its own time and lives at its event second only (`+1` at
-//! `(e, t)`, `-1` at `(e, t + 1)`), so the `reduce`'s output at exactly the event's time is the aggregate as
-//! it stood when the event happened, and at the other times the `reduce` visits (where an earlier epoch's
-//! expiry meets a later epoch's event) there is nobody to answer and nothing to compute or store. There is
-//! no second collection of queries and no join. Differential exchanges the keys between workers and
-//! processes.
+//! One arrangement holds, per key (a user, with the places anomalous events brought in; a source prefix,
+//! with each sign-in's address, so that one update serves both the prefix's view and its address's), the
+//! values of its window with their `+1` and `-1` times. Each event also sends an [`Ask`] carrying its key
+//! and its own time; once the arrangement is complete through that time, the ask is answered by reading
+//! the key's values there (those whose updates at or before the ask's time add up to more than zero) and
+//! aggregating them: the aggregate as it stood when the event happened. Asks are exchanged like the
+//! arrangement's keys, so they meet their values on one worker (or process). (An earlier version kept the
+//! aggregates in a `reduce`, with the asks as values living one event second: the `reduce` also visited every
+//! time where an earlier epoch's expiry met a later epoch's event, and kept its output in a second
+//! arrangement, for answers read once.)
 //!
-//! Memory: the operator that turns rows into updates holds a capability at `(epoch, watermark)` and
-//! downgrades it as the newest event time of the complete epochs grows ([`Clock`]), so every arrangement
-//! downstream compacts to the watermark: an event whose window ended before it cancels out (`+1` and `-1`
+//! Memory: the operator that turns rows into updates holds its capabilities at `(epoch, watermark)` and
+//! downgrades them as the newest event time of the complete epochs grows ([`Clock`]), so the arrangement
+//! compacts to the watermark (and to the asks still pending): an event whose window ended before it cancels out (`+1` and `-1`
 //! meet at the same time) and is dropped at the next merge. State is the events of the last `window` (per
 //! view), not the stream.
 
@@ -30,18 +31,19 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dfp_core::differential_dataflow::lattice::Lattice;
-use dfp_core::differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
-use dfp_core::differential_dataflow::{AsCollection, VecCollection};
+use dfp_core::differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use dfp_core::differential_dataflow::trace::cursor::cursor_list;
+use dfp_core::differential_dataflow::trace::implementations::ValSpine;
+use dfp_core::differential_dataflow::trace::{Cursor, TraceReader};
+use dfp_core::differential_dataflow::{AsCollection, Hashable, VecCollection};
 use dfp_core::timely::container::CapacityContainerBuilder;
-use dfp_core::timely::dataflow::channels::pact::Pipeline;
+use dfp_core::timely::dataflow::channels::pact::{Exchange, Pipeline};
 use dfp_core::timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use dfp_core::timely::dataflow::operators::generic::OutputBuilder;
-use dfp_core::timely::dataflow::operators::vec::Filter;
-use dfp_core::timely::dataflow::operators::Enter;
+use dfp_core::timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use dfp_core::timely::dataflow::operators::{CapabilitySet, Enter};
 use dfp_core::timely::dataflow::Stream;
-use dfp_core::timely::order::Product;
-use dfp_core::timely::progress::Antichain;
+use dfp_core::timely::order::{PartialOrder, Product};
+use dfp_core::timely::progress::{Antichain, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// Time inside the views: (source epoch, event time in seconds).
@@ -82,12 +84,18 @@ pub(crate) enum Val {
     Attempt { user: u64, failed: bool, ip: u64 },
     /// A user's event.
     Event { risk_m: i64, anomalous: bool, failed: bool, country: u64, prefix: u64, device: u64 },
-    /// An event asking for the aggregate at its own time `at`: present at the event second of `at` only (in
-    /// every epoch from its own), so that the `reduce` answers it there and nowhere else. Every event of a
-    /// user asks its user; only failures ask their source prefix (the spray signal is about failures, and a
-    /// busy prefix then costs its failures, not its every sign-in, in the output), and with it their
-    /// address `ip` (0 for a user's ask).
-    Ask { ev: Ev, at: Inner, ip: u64 },
+}
+
+/// An event asking a key for its aggregate as of the event's own time `at`. Every event asks its user;
+/// only failures ask their source prefix (the spray signal is about failures, so a busy prefix costs its
+/// failures, not its every sign-in), and with it their address `ip` (0 for a user's ask), answered from the
+/// prefix's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub(crate) struct Ask {
+    pub key: Key,
+    pub at: Inner,
+    pub ev: Ev,
+    pub ip: u64,
 }
 
 /// A view's aggregate, as an event sees it.
@@ -177,13 +185,13 @@ pub(crate) struct Windows {
 }
 
 type Update<D> = Vec<(D, Inner, isize)>;
-/// One event's view of one key, at an epoch, with its multiplicity (they add up to one per pair).
+/// One event's view of one key, at the event's epoch (`+1`, one per pair).
 pub(crate) type Found = ((Ev, Key, Agg), u64, isize);
 /// What the events add to the views' windows.
 type Windowed<'i> = VecCollection<'i, Inner, (Key, Val)>;
 
 /// Builds the views over `rows` (in the epoch scope) and returns, per event, the aggregates of the views
-/// it belongs to as of its own time: `((ev, key, agg), epoch, diff)` updates that add up to one per pair.
+/// it belongs to as of its own time: `((ev, key, agg), epoch, +1)`, one per pair.
 pub(crate) fn views<'s>(
     rows: Stream<'s, u64, Vec<Row>>,
     windows: Windows,
@@ -191,49 +199,109 @@ pub(crate) fn views<'s>(
 ) -> Stream<'s, u64, Vec<Found>> {
     let outer = rows.scope();
     outer.scoped::<Inner, _, _>("CorrelateWindows", |inner| {
-        // The event, its time, the view answered (a prefix also answers for the asker's address), the aggregate.
-        type Out = (Ev, Inner, Key, Agg);
-        let window = explode(rows.enter(inner), windows, clock);
-        let answers = window
-            .arrange_by_key_named("CorrelateViews")
-            .reduce_abelian::<_, ValBuilder<Key, Out, Inner, isize>, ValSpine<Key, Out, Inner, isize>, _, _>(
-                "CorrelateAggregate",
-                |key, vals, out| {
-                    let Some(top) = asking(vals).map(|(_, at, _)| at).reduce(|a, b| a.join(&b)) else { return };
-                    let agg = aggregate(key, vals);
-                    // At an event's own time, everything accumulated is at or before it: it is at `top`.
-                    for (ev, at, ip) in asking(vals).filter(|(_, at, _)| *at == top) {
-                        out.push(((ev, at, *key, agg.clone()), 1));
-                        if ip != 0 {
-                            let address = Key::Source { kind: SOURCE_IP, value: ip };
-                            out.push(((ev, at, address, address_aggregate(vals, ip)), 1));
-                        }
-                    }
-                },
-                |vec, key, upds| {
-                    vec.clear();
-                    vec.extend(upds.drain(..).map(|(v, t, r)| ((*key, v), t, r)));
-                },
-            );
-        // Keep only the output at the event's own time: the aggregate as it stood then.
-        answers
-            .as_collection(|_, (ev, at, view, agg)| ((*ev, *view, agg.clone()), *at))
-            .inner
-            .filter(|((_, at), t, diff)| t == at && *diff > 0)
-            .as_collection()
-            .map(|(x, _)| x)
-            .leave(outer)
-            .inner
+        let (window, asks) = explode(rows.enter(inner), windows, clock);
+        let views = window.arrange_by_key_named("CorrelateViews");
+        answer(views, asks).as_collection().leave(outer).inner
     })
 }
 
-/// The events in `vals` that ask for the aggregate (each event of a user, a failure of a source), with their
-/// times.
-fn asking<'a>(vals: &'a [(&Val, isize)]) -> impl Iterator<Item = (Ev, Inner, u64)> + 'a {
-    vals.iter().filter(|(_, n)| *n > 0).filter_map(|(v, _)| match v {
-        Val::Ask { ev, at, ip } => Some((*ev, *at, *ip)),
-        _ => None,
-    })
+/// The arranged views: per key, its values with their `+1` and `-1` times.
+type Views<'i> = Arranged<'i, TraceAgent<ValSpine<Key, Val, Inner, isize>>>;
+/// One event's view of one key, at its own time inside the views.
+type Answer = ((Ev, Key, Agg), Inner, isize);
+
+/// Answers each ask from the arranged views once they are complete through the ask's time: the key's values
+/// accumulated at the times less than or equal to it. Asks are exchanged by the hash differential uses for
+/// the arrangement, so a key's asks meet its values on one worker. The trace may compact up to the asks
+/// still pending or still to come, never further, so every answer is exact.
+fn answer<'i>(views: Views<'i>, asks: Stream<'i, Inner, Vec<Ask>>) -> Stream<'i, Inner, Vec<Answer>> {
+    let mut trace = views.trace.clone();
+    views.stream.binary_frontier::<_, CapacityContainerBuilder<Vec<Answer>>, _, _, _, _>(
+        asks,
+        Pipeline,
+        Exchange::new(|ask: &Ask| ask.key.hashed()),
+        "CorrelateAnswer",
+        move |_, _| {
+            // The views are complete for the times not at or beyond `upper`.
+            let mut upper = Antichain::from_elem(Inner::minimum());
+            let mut pending: Vec<(CapabilitySet<Inner>, Vec<Ask>)> = Vec::new();
+            // One key's values with their (time, diff) histories, reused from key to key.
+            let mut values: Vec<(Val, std::ops::Range<usize>)> = Vec::new();
+            let mut history: Vec<(Inner, isize)> = Vec::new();
+            move |(spans, _), (input, asks_frontier), output| {
+                spans.for_each(|_, data| {
+                    for span in data.drain(..) {
+                        upper.clone_from(span.upper());
+                    }
+                });
+                trace.advance_upper(&mut upper);
+                input.for_each(|cap, data| pending.push((cap.retain_stamp(0), std::mem::take(data))));
+                if pending.iter().any(|(_, asks)| asks.iter().any(|a| !upper.less_equal(&a.at))) {
+                    let batches = trace.batches_through(upper.borrow()).expect("the views' trace cuts at its upper");
+                    let (mut cursor, storage) = cursor_list(batches);
+                    for (caps, asks) in &mut pending {
+                        let (mut now, later): (Vec<Ask>, Vec<Ask>) =
+                            asks.drain(..).partition(|a| !upper.less_equal(&a.at));
+                        *asks = later;
+                        if now.is_empty() {
+                            continue;
+                        }
+                        // Keys in order: the cursor seeks forward only.
+                        now.sort_unstable_by_key(|a| a.key);
+                        cursor.rewind_keys(&storage);
+                        let mut session = output.session(&*caps);
+                        let mut loaded = None;
+                        for ask in now {
+                            if loaded != Some(ask.key) {
+                                values.clear();
+                                history.clear();
+                                cursor.seek_key(&storage, &ask.key);
+                                if cursor.get_key(&storage) == Some(&ask.key) {
+                                    while let Some(val) = cursor.get_val(&storage) {
+                                        let from = history.len();
+                                        cursor.map_times(&storage, |t, d| history.push((*t, *d)));
+                                        values.push((*val, from..history.len()));
+                                        cursor.step_val(&storage);
+                                    }
+                                }
+                                loaded = Some(ask.key);
+                            }
+                            // The values present at the ask's time, in value order.
+                            let present: Vec<(&Val, isize)> = values
+                                .iter()
+                                .filter_map(|(val, times)| {
+                                    let n: isize = history[times.clone()]
+                                        .iter()
+                                        .filter(|(t, _)| t.less_equal(&ask.at))
+                                        .map(|(_, d)| d)
+                                        .sum();
+                                    (n > 0).then_some((val, n))
+                                })
+                                .collect();
+                            session.give(((ask.ev, ask.key, aggregate(&ask.key, &present)), ask.at, 1));
+                            if ask.ip != 0 {
+                                let address = Key::Source { kind: SOURCE_IP, value: ask.ip };
+                                session.give(((ask.ev, address, address_aggregate(&present, ask.ip)), ask.at, 1));
+                            }
+                        }
+                    }
+                    pending.retain(|(_, asks)| !asks.is_empty());
+                }
+                // The trace keeps what the asks pending and to come need, and merges what is complete.
+                let mut needed = Antichain::new();
+                for t in asks_frontier.frontier().iter() {
+                    needed.insert(*t);
+                }
+                for (caps, _) in &pending {
+                    for cap in caps.iter() {
+                        needed.insert(*cap.time());
+                    }
+                }
+                trace.set_logical_compaction(needed.borrow());
+                trace.set_physical_compaction(upper.borrow());
+            }
+        },
+    )
 }
 
 /// The aggregate of one address, from its prefix's values.
@@ -340,39 +408,49 @@ impl Distinct {
     }
 }
 
-/// Turns rows into window updates (`+1` at the event's time, `-1` when its window ends). Its input is not
-/// connected to its output: it holds its own capability at `(lowest epoch to come, watermark)`, which is
-/// what lets everything downstream compact in event time. A row older than the watermark is placed at the
-/// watermark.
-fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<Clock>) -> Windowed<'i> {
+/// Turns rows into window updates (`+1` at the event's time, `-1` when its window ends) and asks. Its input
+/// is not connected to its outputs: it holds its own capabilities at `(lowest epoch to come, watermark)`,
+/// which is what lets everything downstream compact in event time. A row older than the watermark is placed
+/// at the watermark.
+fn explode<'i>(
+    rows: Stream<'i, Inner, Vec<Row>>,
+    windows: Windows,
+    clock: Arc<Clock>,
+) -> (Windowed<'i>, Stream<'i, Inner, Vec<Ask>>) {
     let mut builder = OperatorBuilder::new("CorrelateExplode".to_owned(), rows.scope());
     let mut input = builder.new_input(rows, Pipeline);
     let none = Vec::<(usize, Antichain<Inner>)>::new();
-    let (win_out, win) = builder.new_output_connection::<Update<(Key, Val)>, _>(none);
+    let (win_out, win) = builder.new_output_connection::<Update<(Key, Val)>, _>(none.clone());
+    let (ask_out, asks) = builder.new_output_connection::<Vec<Ask>, _>(none);
     let mut win_out = OutputBuilder::<_, CapacityContainerBuilder<Update<(Key, Val)>>>::from(win_out);
+    let mut ask_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Ask>>>::from(ask_out);
     let held = Rc::new(());
     builder.build(move |mut caps| {
         let _held = held;
+        let mut cap_ask = caps.pop();
         let mut cap_win = caps.pop();
         let mut watermark = 0u64;
         move |frontiers| {
             let mut win_out = win_out.activate();
+            let mut ask_out = ask_out.activate();
             input.for_each(|incap, data| {
                 if incap.stamp().is_empty() {
                     return;
                 }
-                let Some(cw) = &cap_win else { return };
+                let (Some(cw), Some(ca)) = (&cap_win, &cap_ask) else { return };
                 // Rows go in at their own epoch (see the module docs), never below the capability.
                 let own = incap.stamp().iter().map(|t| t.outer).min().unwrap_or(0);
                 let epoch = own.max(cw.time().outer);
-                let cw = cw.delayed(&Product::new(epoch, watermark));
+                let (cw, ca) =
+                    (cw.delayed(&Product::new(epoch, watermark)), ca.delayed(&Product::new(epoch, watermark)));
                 let mut sw = win_out.session(&cw);
+                let mut sa = ask_out.session(&ca);
                 for row in data.drain(..) {
                     let Some(t) = row.t else { continue };
                     let t = t.max(watermark);
                     let now = Product::new(epoch, t);
-                    // Expiries on a grid of 1/48 of the window: a key's aggregate changes at most 48 times per
-                    // window as events leave it.
+                    // Expiries on a grid of 1/48 of the window: a key's values leave at most 48 times per
+                    // window.
                     let mut enter = |key: Key, val: Val, window: u64| {
                         sw.give(((key, val), now, 1));
                         let grid = (window / 48).max(1);
@@ -392,15 +470,13 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
                         }
                     }
                     // The prefix key keeps its addresses' sign-ins too; a failure asks for both.
-                    let mut asks = [None; 2];
                     if let (Some(ip), Some(prefix)) = (row.ip, row.prefix) {
                         let key = Key::Source { kind: SOURCE_PREFIX, value: prefix };
                         if row.failed {
-                            asks[0] = Some((key, ip));
+                            sa.give(Ask { key, at: now, ev: row.ev, ip });
                         }
                         enter(key, Val::Attempt { user: row.user, failed: row.failed, ip }, windows.source);
                     }
-                    asks[1] = Some((user, 0));
                     let val = Val::Event {
                         risk_m: row.risk_m,
                         anomalous: row.anomalous,
@@ -410,25 +486,23 @@ fn explode<'i>(rows: Stream<'i, Inner, Vec<Row>>, windows: Windows, clock: Arc<C
                         device: row.device.unwrap_or(0),
                     };
                     enter(user, val, windows.user);
-                    // An ask lives at its event second only: `+1` at `now`, `-1` a second later.
-                    for (key, ip) in asks.into_iter().flatten() {
-                        let ask = Val::Ask { ev: row.ev, at: now, ip };
-                        sw.give(((key, ask), now, 1));
-                        sw.give(((key, ask), Product::new(epoch, t.saturating_add(1)), -1));
-                    }
+                    sa.give(Ask { key: user, at: now, ev: row.ev, ip: 0 });
                 }
             });
             let frontier = frontiers[0].frontier();
             let Some(lowest) = frontier.iter().map(|t| t.outer).min() else {
                 cap_win = None;
+                cap_ask = None;
                 return;
             };
             watermark = watermark.max(clock.complete_below(lowest).saturating_sub(windows.lateness));
             let to = Product::new(lowest, watermark);
-            if let Some(cap) = cap_win.as_mut().filter(|cap| cap.time() != &to) {
-                cap.downgrade(&to);
+            for cap in [cap_win.as_mut(), cap_ask.as_mut()].into_iter().flatten() {
+                if cap.time() != &to {
+                    cap.downgrade(&to);
+                }
             }
         }
     });
-    win.as_collection()
+    (win.as_collection(), asks)
 }
