@@ -23,9 +23,9 @@
 //!
 //! Memory: the operator that turns rows into updates holds its capabilities at `(epoch, watermark)` and
 //! downgrades them as the newest event time of the complete epochs grows ([`Clock`]), so the arrangement
-//! compacts to the watermark (and to the asks still pending): an event whose window ended before it cancels out (`+1` and `-1`
-//! meet at the same time) and is dropped at the next merge. State is the events of the last `window` (per
-//! view), not the stream.
+//! compacts to the watermark (and to the asks still pending): an event whose window ended before it cancels
+//! out (`+1` and `-1` meet at the same time) and is dropped at the next merge. State is the events of the
+//! last `window` (per view), not the stream.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
