@@ -228,6 +228,8 @@ fn answer<'i>(views: Views<'i>, asks: Stream<'i, Inner, Vec<Ask>>) -> Stream<'i,
             // One key's values with their (time, diff) histories, reused from key to key.
             let mut values: Vec<(Val, std::ops::Range<usize>)> = Vec::new();
             let mut history: Vec<(Inner, isize)> = Vec::new();
+            // The values present at one ask's time, in value order, with their counts.
+            let mut present: Vec<(Val, isize)> = Vec::new();
             move |(spans, _), (input, asks_frontier), output| {
                 spans.for_each(|_, data| {
                     for span in data.drain(..) {
@@ -266,18 +268,15 @@ fn answer<'i>(views: Views<'i>, asks: Stream<'i, Inner, Vec<Ask>>) -> Stream<'i,
                                 }
                                 loaded = Some(ask.key);
                             }
-                            // The values present at the ask's time, in value order.
-                            let present: Vec<(&Val, isize)> = values
-                                .iter()
-                                .filter_map(|(val, times)| {
-                                    let n: isize = history[times.clone()]
-                                        .iter()
-                                        .filter(|(t, _)| t.less_equal(&ask.at))
-                                        .map(|(_, d)| d)
-                                        .sum();
-                                    (n > 0).then_some((val, n))
-                                })
-                                .collect();
+                            present.clear();
+                            present.extend(values.iter().filter_map(|(val, times)| {
+                                let n: isize = history[times.clone()]
+                                    .iter()
+                                    .filter(|(t, _)| t.less_equal(&ask.at))
+                                    .map(|(_, d)| d)
+                                    .sum();
+                                (n > 0).then_some((*val, n))
+                            }));
                             session.give(((ask.ev, ask.key, aggregate(&ask.key, &present)), ask.at, 1));
                             if ask.ip != 0 {
                                 let address = Key::Source { kind: SOURCE_IP, value: ask.ip };
@@ -305,13 +304,13 @@ fn answer<'i>(views: Views<'i>, asks: Stream<'i, Inner, Vec<Ask>>) -> Stream<'i,
 }
 
 /// The aggregate of one address, from its prefix's values.
-fn address_aggregate(vals: &[(&Val, isize)], address: u64) -> Agg {
+fn address_aggregate(vals: &[(Val, isize)], address: u64) -> Agg {
     source_aggregate(vals.iter().filter(|(v, _)| matches!(v, Val::Attempt { ip, .. } if *ip == address)))
 }
 
 /// The aggregate of a source from its sign-ins, in value order: (user, failed=false) before (user,
 /// failed=true), so that a user's values are next to each other.
-fn source_aggregate<'a>(vals: impl Iterator<Item = &'a (&'a Val, isize)>) -> Agg {
+fn source_aggregate<'a>(vals: impl Iterator<Item = &'a (Val, isize)>) -> Agg {
     let mut agg = Agg::default();
     let mut last_user = None;
     let mut last_failed_user = None;
@@ -336,7 +335,7 @@ fn source_aggregate<'a>(vals: impl Iterator<Item = &'a (&'a Val, isize)>) -> Agg
 }
 
 /// The aggregate of one key from the values in its window (with multiplicities).
-fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
+fn aggregate(key: &Key, vals: &[(Val, isize)]) -> Agg {
     match key {
         Key::Source { .. } => source_aggregate(vals.iter()),
         Key::User { .. } => user_aggregate(vals),
@@ -344,7 +343,7 @@ fn aggregate(key: &Key, vals: &[(&Val, isize)]) -> Agg {
 }
 
 /// The aggregate of a user: the places seeded, scores, failures and distinct places of its events.
-fn user_aggregate(vals: &[(&Val, isize)]) -> Agg {
+fn user_aggregate(vals: &[(Val, isize)]) -> Agg {
     let mut agg = Agg::default();
     let (mut countries, mut prefixes, mut devices) = (Distinct::default(), Distinct::default(), Distinct::default());
     for (v, _) in vals {
