@@ -1,10 +1,12 @@
 //! Commit gating: at-least-once sources commit their read positions only up to where every stage that
-//! checkpoints its own state has made that state durable.
+//! checkpoints its own state has made that state durable, and every sink that commits on its own schedule
+//! has made what it wrote durable.
 //!
 //! A stage with state that a restart restores from its own checkpoints (`features` with `checkpoint:`)
 //! says so with [`Transform::holds_commits`](crate::Transform::holds_commits) and, after each checkpoint,
 //! reports the logical time below which its checkpoint holds everything
-//! ([`StageContext::durable`](crate::StageContext::durable)). A source is then told
+//! ([`StageContext::durable`](crate::StageContext::durable)). A sink that commits many epochs in one
+//! transaction (`alert-store`) does the same with [`Sink::holds_commits`](crate::Sink::holds_commits). A source is then told
 //! ([`Source::completed`](crate::Source::completed)) the lower of the sinks' progress and every such
 //! stage's durable frontier, on every worker of every process. Once a source's commit succeeds, the
 //! runtime records it, so that a stage knows which events a restart can deliver again

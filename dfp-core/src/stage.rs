@@ -174,9 +174,10 @@ impl StageContext {
         }
     }
 
-    /// Stages that checkpoint their own state ([`Transform::holds_commits`]): everything this stage
-    /// received at logical times below `frontier` is now in a durable checkpoint. Sources commit their read
-    /// positions no further than the lowest such frontier of every checkpointing stage on every worker.
+    /// Stages that checkpoint their own state ([`Transform::holds_commits`]), and sinks that make what they
+    /// wrote durable later than [`Sink::advance`] ([`Sink::holds_commits`]): everything this stage received
+    /// at logical times below `frontier` is now durable. Sources commit their read positions no further than
+    /// the lowest such frontier of every such stage on every worker. It may be called from any thread.
     pub fn durable(&self, frontier: u64) {
         if let Some(c) = &self.commits {
             c.record(Mark::Durable { stage: self.stage_index, worker: self.worker_index, frontier });
@@ -465,12 +466,20 @@ pub trait Sink: Send {
     fn open(&mut self, _ctx: &StageContext) -> Result<(), StageError> {
         Ok(())
     }
+    /// Whether this sink makes what it wrote durable on its own schedule (one transaction for many epochs)
+    /// and says when with [`StageContext::durable`]: then sources commit their read positions only up to
+    /// what it reported, on every worker (a worker that receives nothing reports its input frontier), so
+    /// nothing it has not made durable counts as delivered. Default: no (see [`advance`](Sink::advance)).
+    fn holds_commits(&self) -> bool {
+        false
+    }
     /// Writes one batch. A batch counts as written once this returns, unless the sink makes it durable
-    /// later, in [`advance`](Sink::advance): then it counts once that returns.
+    /// later, in [`advance`](Sink::advance) (then it counts once that returns) or when it reports it
+    /// ([`holds_commits`](Sink::holds_commits)).
     fn write(&mut self, batch: Batch) -> Result<(), StageError>;
     /// Called when the input frontier advances, before anything the sink took in below `frontier` counts
-    /// as written (before a Kafka source may commit it): a sink that groups writes (one transaction for
-    /// many batches) makes them durable here. Default: nothing.
+    /// as written (before a Kafka source may commit it): a sink that groups the writes of an epoch (one
+    /// transaction for its batches) makes them durable here. Default: nothing.
     fn advance(&mut self, _frontier: u64) -> Result<(), StageError> {
         Ok(())
     }

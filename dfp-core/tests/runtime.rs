@@ -181,11 +181,18 @@ struct SlowSinkConfig {
     /// Make batches durable only in `advance` (as a sink writing one transaction per logical time does).
     #[serde(default)]
     grouped: bool,
+    /// Hold commits: make batches durable only at every `held`-th `advance` (or when a source waits for
+    /// it), and report that with `StageContext::durable` (as a sink committing many epochs at once does).
+    #[serde(default)]
+    held: Option<u64>,
 }
 
 struct SlowSink {
     single: bool,
     grouped: bool,
+    held: Option<u64>,
+    advances: u64,
+    ctx: StageContext,
     /// Batches taken in but not yet made durable (with `grouped`).
     pending: u64,
     seen: u64,
@@ -210,15 +217,27 @@ impl Sink for SlowSink {
             return Err(StageError::Data(format!("refusing batch {}", self.seen)));
         }
         std::thread::sleep(Duration::from_millis(1));
-        if self.grouped {
+        if self.grouped || self.held.is_some() {
             self.pending += 1;
         } else {
             WRITTEN.fetch_add(1, Ordering::SeqCst);
         }
         Ok(())
     }
-    fn advance(&mut self, _frontier: u64) -> Result<(), StageError> {
+    fn holds_commits(&self) -> bool {
+        self.held.is_some()
+    }
+    fn advance(&mut self, frontier: u64) -> Result<(), StageError> {
+        if let Some(every) = self.held {
+            self.advances += 1;
+            if !self.advances.is_multiple_of(every) && !self.ctx.checkpoint_wanted() {
+                return Ok(());
+            }
+        }
         WRITTEN.fetch_add(std::mem::take(&mut self.pending), Ordering::SeqCst);
+        if self.held.is_some() {
+            self.ctx.durable(frontier);
+        }
         Ok(())
     }
     fn finish(&mut self) -> Result<(), StageError> {
@@ -230,10 +249,13 @@ impl StageConfig for SlowSinkConfig {
     const TYPE: &'static str = "test-slow-sink";
     const KIND: StageKind = StageKind::Sink;
     const DESCRIPTION: &'static str = "test: 1 ms per batch";
-    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
         Ok(StageInstance::Sink(Box::new(SlowSink {
             single: self.single,
             grouped: self.grouped,
+            held: self.held,
+            advances: 0,
+            ctx: ctx.clone(),
             pending: 0,
             seen: 0,
             fail_at: self.fail_at,
@@ -487,6 +509,15 @@ fn run_committing_into(
 fn a_sink_that_makes_batches_durable_in_advance_counts_them_written_only_then() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     run_committing_into("grouped", 50, 4, None, json!({ "grouped": true }));
+}
+
+#[test]
+fn a_sink_that_holds_commits_counts_batches_written_only_once_it_reports_them_durable() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Durable at every 5th frontier only: the source must not hear of the frontiers in between, and at
+    // the end (its source waiting for it) the sink makes the rest durable at once.
+    run_committing_into("held", 50, 4, None, json!({ "held": 5 }));
+    assert_eq!(*FINISHED_AFTER.lock().unwrap(), Some(50), "finish comes after the last completion");
 }
 
 #[test]

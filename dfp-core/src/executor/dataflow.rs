@@ -94,6 +94,7 @@ pub(super) fn build_dataflow<'s>(
         };
         match &instance {
             Some(StageInstance::Transform(t)) if t.holds_commits() => shared.commits.add_gate(stage_index),
+            Some(StageInstance::Sink(s)) if s.holds_commits() => shared.commits.add_gate(stage_index),
             _ if stage.kind == StageKind::Source => shared.commits.add_source(stage_index),
             _ => {}
         }
