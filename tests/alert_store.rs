@@ -1,6 +1,6 @@
 //! The alert store under a killed writer: a pipeline writing into the SQLite file is killed with SIGKILL
 //! mid-run; the file must pass SQLite's integrity check, and running the pipeline again must leave exactly
-//! what one uninterrupted run leaves (batches are transactions, events are upserted by id).
+//! what one uninterrupted run leaves (batches are transactions, events are upserted by time and id).
 
 mod common;
 use common::{dfp, finish_within, text};
@@ -20,7 +20,8 @@ stages:
   logs:     {{ type: file-source, path: "{input}", raw: true }}
   events:   {{ type: normalize-azure, inputs: [logs] }}
   features: {{ type: features, inputs: [events] }}
-  store:    {{ type: alert-store, inputs: [features], path: "{store}", field: logcount, threshold: 3 }}
+  store:    {{ type: alert-store, inputs: [features], path: "{store}", field: logcount, threshold: 3,
+              commit_rows: 500 }}
 "#,
         input = input.display(),
         store = store.display()

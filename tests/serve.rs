@@ -198,6 +198,7 @@ fn every_route_answers_and_bad_requests_get_a_clear_4xx() {
         "/api/events?alerts=0&q=office&page=2",
         "/api/incidents?status=closed",
         "/api/event/ev-000",
+        "/api/event/ev-000?time=2026-11-01T00:00:00Z",
         "/api/incident/inc-cat",
         "/api/suppressions",
         "/api/labels.csv",
@@ -226,6 +227,8 @@ fn every_route_answers_and_bad_requests_get_a_clear_4xx() {
         ("GET", "/api/incidents?status=evil", String::new(), 400, "\"status\""),
         ("GET", "/api/incidents?min_score=%F0%9F%92%A5", String::new(), 400, "\"min_score\""),
         ("GET", "/api/event/no-such-event", String::new(), 404, "no event with id"),
+        ("GET", "/api/event/ev-000?time=soon", String::new(), 400, "\"time\""),
+        ("GET", "/api/event/ev-000?colour=red", String::new(), 400, "unknown parameter \"colour\""),
         ("GET", "/api/incident/no-such-incident", String::new(), 404, "no incident with id"),
         ("GET", "/api/nothing-here", String::new(), 404, "no such page"),
         ("POST", "/api/mark", "{not json".into(), 400, "must be JSON"),
@@ -264,6 +267,13 @@ fn every_route_answers_and_bad_requests_get_a_clear_4xx() {
             json!({ "target": "event", "id": "nope", "label": "benign", "who": "ann" }).to_string(),
             404,
             "no event",
+        ),
+        (
+            "POST",
+            "/api/mark",
+            json!({ "target": "event", "id": "ev-000", "time": "soon", "label": "benign", "who": "ann" }).to_string(),
+            400,
+            "\"time\"",
         ),
         (
             "POST",
@@ -593,6 +603,7 @@ fn an_analyst_triages_in_headless_chromium_and_the_marks_reach_eval_and_inferenc
     let id = id.as_str().unwrap().to_string();
     b.eval("document.querySelector('table.events tbody tr').click(), true");
     b.wait("document.querySelector('#features tbody tr')", "the event's features");
+    b.wait("location.hash.includes('?time=20')", "the event's link carries its time (found through the time index)");
     assert_eq!(b.eval("document.querySelector('#features tbody td').textContent"), json!("appDisplayName"));
     b.wait("document.querySelector('tr.this')", "the event among its neighbours");
 

@@ -617,24 +617,55 @@ impl Console {
         Ok(json!({ "current": history.first().cloned().unwrap_or(Value::Null), "history": history }))
     }
 
+    /// The rowid of the stored event `id`. With its `time` (any time within the event's second, as the
+    /// lists show it) it is found through the time index; without one, or at another time, an alert or a
+    /// suppressed event (a kept row) through the index of kept rows' ids, and any other event by reading
+    /// every stored event (slow on a large store: the console's own links carry the time).
+    fn find_event(&self, db: &Connection, id: &str, time: Option<i64>) -> Result<Option<i64>> {
+        let key = event_key(id);
+        let find = |sql: &str, values: &[Sql]| {
+            db.query_row(sql, rusqlite::params_from_iter(values), |r| r.get::<_, i64>(0))
+                .optional()
+                .map_err(|e| self.fail(e))
+        };
+        let id = || Sql::Text(id.to_string());
+        if let Some(t) = time {
+            let second = t.div_euclid(1_000_000) * 1_000_000;
+            let sql = "SELECT rowid FROM events WHERE time_us >= ?1 AND time_us < ?2 AND key = ?3 AND id = ?4";
+            let values = [Sql::Integer(second), Sql::Integer(second + 1_000_000), Sql::Integer(key), id()];
+            if let Some(rowid) = find(sql, &values)? {
+                return Ok(Some(rowid));
+            }
+        }
+        let kept = find(
+            "SELECT rowid FROM events WHERE key = ?1 AND detail IS NOT NULL AND id = ?2",
+            &[Sql::Integer(key), id()],
+        )?;
+        match kept {
+            Some(rowid) => Ok(Some(rowid)),
+            None => find("SELECT rowid FROM events WHERE key = ?1 AND id = ?2", &[Sql::Integer(key), id()]),
+        }
+    }
+
     /// One event in depth: its row, every feature's z-score (largest first) with the value the model saw,
     /// the signals that raised its risk, the user's profile from the stored events (usual countries, apps,
-    /// browsers, devices), the user's neighbouring events, its incident and its marks.
-    pub fn event(&self, id: &str) -> Result<Value> {
+    /// browsers, devices), the user's neighbouring events, its incident and its marks. `time`: the event's
+    /// time, to find it quickly (see [`Console::find_event`]).
+    pub fn event(&self, id: &str, query: &[(String, String)]) -> Result<Value> {
+        let p = Params::new(query, &["time"])?;
+        let time = p.time("time", false)?;
         let db = self.read()?;
         let key = event_key(id);
+        let not_found = || ConsoleError::NotFound(format!("no event with id \"{id}\" in the store"));
+        let rowid = self.find_event(&db, id, time)?.ok_or_else(not_found)?;
         let mut stmt = db
-            .prepare(&format!("SELECT {EVENT_COLUMNS}, detail, time_us FROM events e WHERE key = ?1 AND id = ?2"))
+            .prepare(&format!("SELECT {EVENT_COLUMNS}, detail, time_us FROM events e WHERE rowid = ?1"))
             .map_err(|e| self.fail(e))?;
         let found = stmt
-            .query_row(rusqlite::params![key, id], |r| {
-                Ok((event_row(r)?, r.get::<_, Option<String>>(16)?, r.get::<_, Option<i64>>(17)?))
-            })
+            .query_row([rowid], |r| Ok((event_row(r)?, r.get::<_, Option<String>>(16)?, r.get::<_, Option<i64>>(17)?)))
             .optional()
             .map_err(|e| self.fail(e))?;
-        let Some((row, detail, t)) = found else {
-            return Err(ConsoleError::NotFound(format!("no event with id \"{id}\" in the store")));
-        };
+        let (row, detail, t) = found.ok_or_else(not_found)?;
         let detail: Option<Map<String, Value>> =
             detail.and_then(|d| serde_json::from_str::<Map<String, Value>>(&d).ok());
         let mut features = Vec::new();
@@ -711,13 +742,18 @@ impl Console {
     pub fn incident(&self, id: &str) -> Result<Value> {
         let db = self.read()?;
         let mut stmt = db
-            .prepare(&format!("SELECT {INCIDENT_COLUMNS}, event_ids FROM incidents i WHERE incident_id = ?1"))
+            .prepare(&format!(
+                "SELECT {INCIDENT_COLUMNS}, event_ids, first_us, last_us FROM incidents i WHERE incident_id = ?1"
+            ))
             .map_err(|e| self.fail(e))?;
         let found = stmt
-            .query_row([id], |r| Ok((incident_row(r)?, r.get::<_, Option<String>>(13)?)))
+            .query_row([id], |r| {
+                let span = (r.get::<_, Option<i64>>(14)?, r.get::<_, Option<i64>>(15)?);
+                Ok((incident_row(r)?, r.get::<_, Option<String>>(13)?, span))
+            })
             .optional()
             .map_err(|e| self.fail(e))?;
-        let Some((row, ids)) = found else {
+        let Some((row, ids, span)) = found else {
             return Err(ConsoleError::NotFound(format!("no incident with id \"{id}\" in the store")));
         };
         let ids: Vec<String> = ids.as_deref().map(event_ids).unwrap_or_default();
@@ -736,10 +772,15 @@ impl Console {
         let known: std::collections::HashSet<String> =
             events.iter().filter_map(|e| e["id"].as_str().map(str::to_string)).collect();
         let listed: Vec<&String> = ids.iter().filter(|i| !known.contains(*i)).collect();
+        // They happened between the incident's first and last event: found through the time index.
+        let span = match span {
+            (Some(first), Some(last)) => format!("time_us >= {first} AND time_us <= {last} AND"),
+            _ => String::new(),
+        };
         for chunk in listed.chunks(200) {
             let keys: Vec<Sql> = chunk.iter().map(|i| Sql::Integer(event_key(i))).collect();
             let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM events e WHERE key IN ({}) ORDER BY time_us",
+                "SELECT {EVENT_COLUMNS} FROM events e WHERE {span} key IN ({}) ORDER BY time_us",
                 vec!["?"; keys.len()].join(",")
             );
             events.extend(self.rows(&db, &sql, &keys)?);
@@ -751,7 +792,8 @@ impl Console {
 
     /// Marks an event or incident (`target`: `event` or `incident`) `malicious`, `benign` or `needs_review`,
     /// with a note, by `who`; the latest mark is the target's status, every mark stays in the history.
-    pub fn mark(&self, target: &str, id: &str, label: &str, note: &str, who: &str) -> Result<Value> {
+    /// `time`: an event's time, to find it quickly (see [`Console::event`]; empty: none).
+    pub fn mark(&self, target: &str, id: &str, time: &str, label: &str, note: &str, who: &str) -> Result<Value> {
         if !["event", "incident"].contains(&target) {
             return Err(bad(format!("\"target\" must be event or incident, not \"{target}\"")));
         }
@@ -761,16 +803,19 @@ impl Console {
         check_text("note", note, 0, 2000)?;
         check_text("who", who, 1, 100)?;
         check_text("id", id, 1, 1000)?;
+        let time = match time.trim() {
+            "" => None,
+            t => Some(parse_bound(t, false).map_err(|m| bad(format!("\"time\": {m}")))?),
+        };
         let db = self.write()?;
         let exists = if target == "event" {
-            let key = event_key(id);
-            db.query_row("SELECT 1 FROM events WHERE key = ?1 AND id = ?2", rusqlite::params![key, id], |_| Ok(()))
+            self.find_event(&db, id, time)?.is_some()
         } else {
             db.query_row("SELECT 1 FROM incidents WHERE incident_id = ?1", [id], |_| Ok(()))
-        }
-        .optional()
-        .map_err(|e| self.fail(e))?
-        .is_some();
+                .optional()
+                .map_err(|e| self.fail(e))?
+                .is_some()
+        };
         if !exists {
             return Err(ConsoleError::NotFound(format!("no {target} with id \"{id}\" in the store")));
         }
@@ -1097,8 +1142,8 @@ mod tests {
         }
         db.execute(
             "INSERT INTO incidents (incident_id, status, entity, username, first_us, last_us, events, event_ids, reasons, peak_risk)
-             VALUES ('inc-1', 'closed', 'user', '<b>bob</b>', ?1, ?1, 2, '[\"ev-9\",\"ev-19\"]', 'new device', 4.5)",
-            [base],
+             VALUES ('inc-1', 'closed', 'user', '<b>bob</b>', ?1, ?2, 2, '[\"ev-9\",\"ev-19\"]', 'new device', 4.5)",
+            [base + 9 * 3_600_000_000, base + 19 * 3_600_000_000],
         )
         .unwrap();
         recount_event_hours(&db).unwrap();
@@ -1146,22 +1191,53 @@ mod tests {
         assert!(err(c.events(&q(&[("status", "evil")]))).contains("must be one of unmarked"));
         assert!(err(c.overview(&q(&[("from", "2026-12-01"), ("to", "2026-11-01")]))).contains("before"));
         assert!(err(c.heatmap(&q(&[("bins", "100000")]))).contains("\"bins\""));
-        assert!(err(c.mark("event", "ev-1", "evil", "", "ann")).contains("\"label\""));
-        assert!(err(c.mark("event", "ev-1", "benign", "", "")).contains("\"who\" must not be empty"));
+        assert!(err(c.mark("event", "ev-1", "", "evil", "", "ann")).contains("\"label\""));
+        assert!(err(c.mark("event", "ev-1", "", "benign", "", "")).contains("\"who\" must not be empty"));
         assert!(err(c.suppress("bob", "colour", "red", "", "", "ann")).contains("\"field\""));
         assert!(err(c.suppress("bob", "country", "PT", "soon", "", "ann")).contains("\"until\""));
-        assert!(matches!(c.event("nope"), Err(ConsoleError::NotFound(_))));
-        assert!(matches!(c.mark("incident", "nope", "benign", "", "ann"), Err(ConsoleError::NotFound(_))));
+        assert!(matches!(c.event("nope", &[]), Err(ConsoleError::NotFound(_))));
+        assert!(err(c.event("ev-3", &q(&[("time", "yesterday")]))).contains("\"time\""));
+        assert!(err(c.event("ev-3", &q(&[("colour", "red")]))).contains("unknown parameter \"colour\""));
+        assert!(err(c.mark("event", "ev-3", "soon", "benign", "", "ann")).contains("\"time\""));
+        assert!(matches!(c.mark("incident", "nope", "", "benign", "", "ann"), Err(ConsoleError::NotFound(_))));
         assert!(matches!(c.unsuppress(99), Err(ConsoleError::NotFound(_))));
+    }
+
+    #[test]
+    fn an_event_is_found_by_its_time_and_id_and_an_alert_by_its_id_alone() {
+        let (_d, c) = store();
+        // ev-3 (not an alert) at 03:00:00, ev-8 (an alert) at 08:00:00.
+        for (id, time) in [("ev-3", "2026-11-01T03:00:00Z"), ("ev-3", "2026-11-01T03:00:00.999Z"), ("ev-8", "")] {
+            let query = if time.is_empty() { vec![] } else { q(&[("time", time)]) };
+            let event = c.event(id, &query).unwrap();
+            assert_eq!(event["event"]["id"], id);
+        }
+        // Without its time, or at another one, a plain event is still found (by reading every event).
+        assert_eq!(c.event("ev-3", &[]).unwrap()["event"]["time"], "2026-11-01T03:00:00Z");
+        assert_eq!(c.event("ev-3", &q(&[("time", "2026-11-02")])).unwrap()["event"]["id"], "ev-3");
+        assert!(matches!(c.event("ev-300", &q(&[("time", "2026-11-01T03:00:00Z")])), Err(ConsoleError::NotFound(_))));
+        c.mark("event", "ev-3", "2026-11-01T03:00:00Z", "benign", "", "ann").unwrap();
+        assert_eq!(c.event("ev-3", &[]).unwrap()["marks"]["current"]["label"], "benign");
+        // The lookups use the indexes meant for them.
+        let db = c.read().unwrap();
+        let plan = |sql: &str| -> String {
+            let mut stmt = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = stmt.query_map([1, 2, 3, 4], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(|r| r.unwrap()).collect::<Vec<String>>().join("; ")
+        };
+        let timed = plan("SELECT rowid FROM events WHERE time_us >= ?1 AND time_us < ?2 AND key = ?3 AND id = ?4");
+        assert!(timed.contains("events_time_key (time_us>? AND time_us<?)"), "{timed}");
+        let kept = plan("SELECT rowid FROM events WHERE key = ?1 AND detail IS NOT NULL AND id = ?2 AND ?3 AND ?4");
+        assert!(kept.contains("USING INDEX events_kept_key (key=?)"), "{kept}");
     }
 
     #[test]
     fn marks_become_labels_and_statuses() {
         let (_d, c) = store();
-        c.mark("event", "ev-8", "malicious", "phished", "ann").unwrap();
-        c.mark("event", "ev-9", "needs_review", "", "ann").unwrap();
-        c.mark("event", "ev-9", "benign", "travel", "bob").unwrap();
-        c.mark("incident", "inc-1", "malicious", "", "ann").unwrap();
+        c.mark("event", "ev-8", "", "malicious", "phished", "ann").unwrap();
+        c.mark("event", "ev-9", "", "needs_review", "", "ann").unwrap();
+        c.mark("event", "ev-9", "", "benign", "travel", "bob").unwrap();
+        c.mark("incident", "inc-1", "", "malicious", "", "ann").unwrap();
         let labels = c.labels_csv().unwrap();
         assert_eq!(labels, "id,label,kind\nev-8,1,triage-event\nev-9,0,triage-event\nev-19,1,triage-incident\n");
         let benign = c.events(&q(&[("status", "benign")])).unwrap();
@@ -1169,7 +1245,7 @@ mod tests {
         assert_eq!(benign["rows"][0]["mark"], "benign");
         let unmarked = c.events(&q(&[("status", "unmarked")])).unwrap();
         assert_eq!(unmarked["total"], 98);
-        let event = c.event("ev-9").unwrap();
+        let event = c.event("ev-9", &[]).unwrap();
         assert_eq!(event["marks"]["history"].as_array().unwrap().len(), 2);
         assert_eq!(event["marks"]["current"]["who"], "bob");
         assert_eq!(event["features"][0]["feature"], "app", "largest |z| first");

@@ -18,8 +18,8 @@
 //! | `GET /api/heatmap?from&to&bins&users` | users × time bins, the worst score in each |
 //! | `GET /api/events?user&from&to&country&app&browser&min_score&status&q&alerts&sort&page&per_page` | alerts (or events) |
 //! | `GET /api/incidents?user&from&to&min_score&status&q&sort&page&per_page` | incidents |
-//! | `GET /api/event/{id}`, `GET /api/incident/{id}` | one in depth |
-//! | `POST /api/mark` `{target, id, label, note, who}` | triage |
+//! | `GET /api/event/{id}?time`, `GET /api/incident/{id}` | one in depth (`time`: the event's, to find it at once) |
+//! | `POST /api/mark` `{target, id, time, label, note, who}` | triage (`time`: an event's, optional) |
 //! | `GET /api/suppressions`, `POST /api/suppressions` `{username, field, value, until, note, who}`, `POST /api/suppressions/{id}/remove` | suppressions |
 //! | `GET /api/labels.csv`, `GET /api/suppressions.csv` | exports for `dfp eval --labels` and `suppress` `path:` |
 //! | `GET /api/version` | changes whenever the store does (the pages poll it) |
@@ -362,8 +362,11 @@ async fn version(State(app): State<Shared>) -> Response {
     answer(&app, |c| c.version().map(|v| Json(json!({ "version": v })))).await
 }
 
-async fn event(State(app): State<Shared>, Path(id): Path<String>) -> Response {
-    answer(&app, move |c| c.event(&id).map(Json)).await
+async fn event(State(app): State<Shared>, Path(id): Path<String>, q: Pairs) -> Response {
+    match pairs(q) {
+        Ok(p) => answer(&app, move |c| c.event(&id, &p).map(Json)).await,
+        Err(r) => r.into_response(),
+    }
 }
 
 async fn incident(State(app): State<Shared>, Path(id): Path<String>) -> Response {
@@ -389,11 +392,12 @@ fn body(b: Result<Json<Value>, JsonRejection>) -> Result<Value, Reject> {
 
 async fn mark(State(app): State<Shared>, b: Result<Json<Value>, JsonRejection>) -> Response {
     let fields = body(b).and_then(|v| {
-        Ok([field(&v, "target")?, field(&v, "id")?, field(&v, "label")?, field(&v, "note")?, field(&v, "who")?])
+        let text = |name: &str| field(&v, name);
+        Ok([text("target")?, text("id")?, text("time")?, text("label")?, text("note")?, text("who")?])
     });
     match fields {
-        Ok([target, id, label, note, who]) => {
-            answer(&app, move |c| c.mark(&target, &id, &label, &note, &who).map(Json)).await
+        Ok([target, id, time, label, note, who]) => {
+            answer(&app, move |c| c.mark(&target, &id, &time, &label, &note, &who).map(Json)).await
         }
         Err(r) => r.into_response(),
     }

@@ -144,7 +144,7 @@ function eventTable(rows, highlight) {
     h("thead", {}, h("tr", {}, ["Time", "User", "Risk", "App", "Country", "Browser", "IP", "Model", "Incident", "Status"].map((t) => h("th", { class: t === "Risk" ? "num" : "" }, t)))),
     h("tbody", {}, rows.map((r) => {
       const e = r.event || r;
-      return h("tr", { class: "click" + (r.this ? " this" : ""), "data-id": e.id, onclick: () => go("event/" + encodeURIComponent(e.id)) },
+      return h("tr", { class: "click" + (r.this ? " this" : ""), "data-id": e.id, onclick: () => go("event/" + encodeURIComponent(e.id), { time: e.time }) },
         h("td", {}, fmtTime(e.time)), h("td", { class: "user" }, e.username || ""), scoreCell(e.score), h("td", {}, e.app || ""),
         h("td", {}, e.country || ""), h("td", {}, e.browser || ""), h("td", {}, e.ip || ""), h("td", {}, e.model_kind || ""),
         h("td", {}, e.incident_id ? h("a", { href: "#/incident/" + encodeURIComponent(e.incident_id), onclick: (ev) => ev.stopPropagation() }, "incident") : ""),
@@ -251,7 +251,7 @@ async function incidents(route) {
     d.rows.length ? h("div", { class: "panel" }, table) : h("p", {}, "Nothing matches."), pager("incidents", p, d));
 }
 
-function markForm(target, id, marks) {
+function markForm(target, id, marks, time) {
   const label = h("select", { name: "label" }, [["malicious", "malicious"], ["benign", "benign"], ["needs_review", "needs review"]].map(([v, t]) =>
     h("option", { value: v, selected: marks.current && marks.current.label === v }, t)));
   const note = h("textarea", { name: "note", rows: 2, maxlength: 2000, placeholder: "why (optional)" });
@@ -261,7 +261,7 @@ function markForm(target, id, marks) {
     ev.preventDefault();
     try {
       if (!who()) throw new Error("Write your name in the Analyst box at the top first.");
-      await api("/api/mark", { method: "POST", body: { target, id, label: label.value, note: note.value, who: who() } });
+      await api("/api/mark", { method: "POST", body: { target, id, time: time || "", label: label.value, note: note.value, who: who() } });
       status.replaceChildren(h("span", { class: "ok" }, "Saved."));
       document.activeElement.blur();
       await render();
@@ -292,7 +292,8 @@ function suppressForm(e) {
 }
 
 async function eventView(route) {
-  const d = await api("/api/event/" + encodeURIComponent(route.id));
+  const time = route.params.get("time");
+  const d = await api("/api/event/" + encodeURIComponent(route.id) + (time ? "?" + new URLSearchParams({ time }) : ""));
   const e = d.event;
   const maxZ = Math.max(1, ...d.features.map((f) => Math.abs(f.z)));
   const features = h("table", { id: "features" },
@@ -327,7 +328,7 @@ async function eventView(route) {
         h("h2", {}, "The user's events around it"), h("div", { class: "panel" }, eventTable(d.neighbours)),
         h("h2", {}, `The user's profile (${d.profile.events || 0} stored events)`), profile,
         windows.length ? h("div", { class: "panel" }, h("h2", {}, "Windows (correlate)"), h("table", {}, h("tbody", {}, windows.map(([k, v]) => h("tr", {}, h("td", {}, k), h("td", { class: "num" }, v === null ? "" : String(v))))))) : ""),
-      h("div", {}, markForm("event", e.id, d.marks), suppressForm(e), h("div", { class: "panel" }, h("p", {}, `Model: ${d.model_name || e.model_kind || "?"} ${d.model_version ? "v" + d.model_version : ""}`)))));
+      h("div", {}, markForm("event", e.id, d.marks, e.time), suppressForm(e), h("div", { class: "panel" }, h("p", {}, `Model: ${d.model_name || e.model_kind || "?"} ${d.model_version ? "v" + d.model_version : ""}`)))));
 }
 
 async function incidentView(route) {
@@ -340,7 +341,7 @@ async function incidentView(route) {
   const x = (t) => 20 + ((t - t0) / Math.max(1, t1 - t0)) * (W - 40);
   const timeline = s("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img", "aria-label": "the incident's events over time" },
     s("line", { x1: 20, x2: W - 20, y1: H - 20, y2: H - 20, stroke: "#c5cad3" }),
-    ev.map((e) => s("circle", { cx: x(Date.parse(e.time)), cy: H - 20 - ((e.score || 0) / maxS) * (H - 40), r: 6, fill: e.alert ? "#c62828" : "#9aa5b8", onclick: () => go("event/" + encodeURIComponent(e.id)) },
+    ev.map((e) => s("circle", { cx: x(Date.parse(e.time)), cy: H - 20 - ((e.score || 0) / maxS) * (H - 40), r: 6, fill: e.alert ? "#c62828" : "#9aa5b8", onclick: () => go("event/" + encodeURIComponent(e.id), { time: e.time }) },
       s("title", {}, `${fmtTime(e.time)} · ${e.username || ""} · risk ${fmtScore(e.score)}`))),
     s("text", { x: 20, y: H - 4, "font-size": 12, fill: "#6b7280" }, fmtTime(i.first_seen)),
     s("text", { x: W - 20, y: H - 4, "font-size": 12, fill: "#6b7280", "text-anchor": "end" }, fmtTime(i.last_seen)));
