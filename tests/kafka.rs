@@ -299,6 +299,9 @@ fn a_killed_pipeline_restarts_from_its_commits_without_losing_events() {
     let (_broker, brokers, dir, models) = set_up();
     // The records, produced a slice at a time while the pipeline runs.
     let (expected, records) = generate(dir.path(), 9);
+    // Every event also goes into the alert store, which commits many polls at once (here every 4 s, while
+    // the history checkpoints every 0.5 s) and holds the offsets' commits until then.
+    let store = dir.path().join("alerts.db");
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
     let send = |slice: &[String]| send_to(&producer, "signins", slice);
     let pipeline = |output: &Path, idle: &str| {
@@ -310,6 +313,8 @@ fn a_killed_pipeline_restarts_from_its_commits_without_losing_events() {
             .args(["--var", &format!("incidents={}", dir.path().join("incidents.jsonl").display())])
             .args(["--var", &format!("checkpoints={}", dir.path().join("checkpoints").display())])
             .args(["--var", "checkpoint_secs=0.5"])
+            .args(["--var", "write_store=true", "--var", &format!("store={}", store.display())])
+            .args(["--var", "store_commit_secs=4"])
             .args(["--dead-letter", &dir.path().join("dead.jsonl").display().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -323,10 +328,13 @@ fn a_killed_pipeline_restarts_from_its_commits_without_losing_events() {
         send(&records[i * chunk..(i + 1) * chunk]);
         std::thread::sleep(Duration::from_millis(300));
     }
-    // Wait until some output exists, then kill -9 in the middle of the stream.
+    // Wait until some output exists and the first offsets are committed (the alert store's group of rows
+    // is committed by then, or they could not be), then kill -9 in the middle of the stream.
     let started = Instant::now();
-    while ids(&first).is_empty() && started.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(100));
+    while (ids(&first).is_empty() || committed(&brokers, "dfp-azure-inference", "signins", 4) == 0)
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap();
     child.wait().unwrap();
@@ -359,6 +367,18 @@ fn a_killed_pipeline_restarts_from_its_commits_without_losing_events() {
         all.len() - before.len()
     );
     committed_everything(&brokers, "dfp-azure-inference", "signins", 4, records.len());
+    // The store too holds every event, once: what the killed run had not committed was read again.
+    let db = rusqlite::Connection::open(&store).unwrap();
+    let stored: Vec<String> =
+        db.prepare("SELECT id FROM events").unwrap().query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+    let distinct: BTreeSet<String> = stored.iter().cloned().collect();
+    let missing = expected.difference(&distinct).count();
+    assert!(
+        missing == 0 && distinct.len() == expected.len(),
+        "the alert store lacks {missing} of {} events",
+        expected.len()
+    );
+    assert_eq!(stored.len(), expected.len(), "and each once (events read again replace the stored row)");
 }
 
 #[test]
