@@ -82,7 +82,8 @@ pub struct AlertStoreConfig {
     #[serde(default = "d_keep_days")]
     pub keep_days: u32,
     /// The longest a written row waits for its transaction to be committed, in seconds: readers (the
-    /// console) see it then, and a Kafka source commits its offset after that.
+    /// console) see it then, and a Kafka source commits its offset after that. The console's writes
+    /// (marks, suppressions) wait for the open transaction, at most 5 s.
     #[serde(default = "d_commit_secs")]
     pub commit_secs: f64,
     /// A transaction is committed once this many rows wait, however young it is.

@@ -26,10 +26,12 @@
 //! (`AZUREAD_2022-08-01T00_03_56.207Z.json`), else its modification time. Files outside `[start, end)` are
 //! skipped; the rest are read in time order. Each file goes to one worker (stable hash of its path) and is
 //! emitted at a logical time equal to its rank in that order, so keyed stages downstream see files in the same
-//! order whatever the number of workers. Small files share a rank: consecutive files of one listing take the
-//! same one until their listed sizes add up to 1 MiB (each logical time costs a round of the runtime's
-//! progress tracking and a release in every keyed stage, which made thousands of 40-event files twice as
-//! slow to read as the same events in a few large ones). A file's rows keep their order.
+//! order whatever the number of workers. When reading a listing to its end (not `watch`), small files share
+//! a rank: consecutive files take the same one until their listed sizes add up to 1 MiB (each logical time
+//! costs a round of the runtime's progress tracking and a release in every keyed stage, which made
+//! thousands of 40-event files twice as slow to read as the same events in a few large ones). A watched
+//! folder keeps a rank per file, so that a file's events are released once the next file is read rather
+//! than the next listing. A file's rows keep their order.
 //!
 //! **Bad input.** A record that cannot be read (bad JSON on one line, a CSV row with the wrong number of fields,
 //! a value that is not an object, a record over `max_record_bytes`, a record holding bytes that are not
@@ -301,7 +303,7 @@ impl FileSource {
         self.open_rank = None;
         for (_, file) in fresh {
             let (rank, bytes) = match self.open_rank {
-                Some((rank, bytes)) if bytes < RANK_BYTES => (rank, bytes),
+                Some((rank, bytes)) if bytes < RANK_BYTES && !self.config.watch => (rank, bytes),
                 _ => {
                     self.next_rank += 1;
                     (self.next_rank - 1, 0)
@@ -1132,6 +1134,20 @@ mod tests {
             })
             .collect();
         assert_eq!((ranks, files), (vec![0, 1, 2], vec![3, 1, 1]), "files per rank");
+
+        // A watched folder keeps a rank per file.
+        let config: FileSourceConfig = serde_json::from_value(
+            serde_json::json!({ "path": dir.path().to_str().unwrap(), "raw": true, "watch": true }),
+        )
+        .unwrap();
+        let ctx = StageContext::standalone("logs", 0, 1);
+        let StageInstance::Source(mut src) = StageConfig::build(&config, &ctx).unwrap() else { panic!() };
+        src.open(&ctx).unwrap();
+        let mut em = Emitter::new();
+        while src.poll(&ctx, &mut em).unwrap() == SourceStatus::Ready {}
+        let mut ranks: Vec<u64> = em.take().0.iter().filter_map(|b| b.envelope.time).collect();
+        ranks.dedup();
+        assert_eq!(ranks, [0, 1, 2, 3, 4]);
     }
 
     #[test]
