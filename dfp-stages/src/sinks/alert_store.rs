@@ -332,10 +332,6 @@ struct StoreDb {
     max_rowid: i64,
 }
 
-// Transactions: many epochs (a file, a Kafka poll: often a thousand rows) go into one, committed after
-// `commit_secs` or `commit_rows`. Each commit writes every page it changed to the log, and the user index
-// changes pages all over the file: committing each epoch took about half the writer's time.
-
 impl StoreDb {
     /// Commits the open transaction, if any.
     fn commit(&mut self, db: &Connection) -> Result<(), StageError> {
@@ -758,7 +754,9 @@ impl StoreDb {
     }
 
     /// How long the open transaction may still wait for more rows before it is committed: zero when it is
-    /// due (`commit_rows`, `commit_secs`), `None` when none is open.
+    /// due (`commit_rows`, `commit_secs`), `None` when none is open. Many epochs (a file, a Kafka poll: often
+    /// a thousand rows) go into one transaction: each commit writes every page it changed to the log, and the
+    /// user index changes pages all over the file, so committing each epoch took about half the writer's time.
     fn commit_due_in(&self) -> Option<Duration> {
         let opened = self.opened_at.filter(|_| self.uncommitted > 0)?;
         if self.uncommitted >= self.config.commit_rows {

@@ -201,7 +201,6 @@ impl StageConfig for FileSourceConfig {
             known: HashSet::new(),
             queue: VecDeque::new(),
             next_rank: 0,
-            open_rank: None,
             last_list: Instant::now(),
             current: None,
         })))
@@ -274,8 +273,6 @@ struct FileSource {
     known: HashSet<String>,
     queue: VecDeque<Queued>,
     next_rank: u64,
-    /// The rank files of the current listing join while it holds fewer than [`RANK_BYTES`], and its bytes.
-    open_rank: Option<(u64, u64)>,
     last_list: Instant,
     current: Option<Loaded>,
 }
@@ -299,17 +296,18 @@ impl FileSource {
         }
         fresh.sort_by(|a, b| (a.0, &a.1.display).cmp(&(b.0, &b.1.display)));
         let total = fresh.len();
-        // A listing starts a rank of its own (the last one's may have been read already).
-        self.open_rank = None;
+        // The rank files of this listing join while it holds fewer than `RANK_BYTES` (a watched folder: none),
+        // and its bytes. A listing starts a rank of its own (the last one's may have been read already).
+        let mut open: Option<(u64, u64)> = None;
         for (_, file) in fresh {
-            let (rank, bytes) = match self.open_rank {
+            let (rank, bytes) = match open {
                 Some((rank, bytes)) if bytes < RANK_BYTES && !self.config.watch => (rank, bytes),
                 _ => {
                     self.next_rank += 1;
                     (self.next_rank - 1, 0)
                 }
             };
-            self.open_rank = Some((rank, bytes.saturating_add(file.size)));
+            open = Some((rank, bytes.saturating_add(file.size)));
             if dfp_core::hash::worker_for(file.display.as_bytes(), ctx.workers) == ctx.worker_index {
                 self.queue.push_back(Queued { rank, file });
             }
