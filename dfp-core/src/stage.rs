@@ -174,6 +174,15 @@ impl StageContext {
         }
     }
 
+    /// Adds time the stage spent working on threads of its own (training jobs on a pool, see
+    /// [`Transform::finish`]) to its busy time in the run summary and `/stats`, as if the runtime had timed
+    /// it in one of the stage's calls. It may be called from any thread.
+    pub fn add_busy(&self, took: std::time::Duration) {
+        if let Some(stats) = &self.stats {
+            stats.add_busy(&self.stage_id, took);
+        }
+    }
+
     /// Stages that checkpoint their own state ([`Transform::holds_commits`]), and sinks that make what they
     /// wrote durable later than [`Sink::advance`] ([`Sink::holds_commits`]): everything this stage received
     /// at logical times below `frontier` is now durable. Sources commit their read positions no further than
@@ -447,10 +456,19 @@ pub trait Transform: Send {
     /// stage emits leaves at its own envelope time. A stage that keeps rows past `process` without saying
     /// so here (or releasing them in [`advance`](Transform::advance)) breaks at-least-once delivery: a
     /// Kafka source could commit their offsets before they reach a sink.
+    ///
+    /// After [`finish`](Transform::finish), `Some` (any time) means the stage is still working: see there.
     fn holding(&self) -> Option<u64> {
         None
     }
     /// Called once when the input is exhausted; may emit what it held back.
+    ///
+    /// A stage with long work left at the end (training models) may hand it to other threads and return:
+    /// as long as [`holding`](Transform::holding) then returns `Some`, the runtime keeps the stage's output
+    /// open and calls [`poll_timer`](Transform::poll_timer) at the delays it asks for (every 50 ms when it
+    /// asks for none), where the stage emits what is done. The worker meanwhile runs its other stages, so
+    /// several such stages work at once. Once `holding` returns `None` the stage is finished; an aborted run
+    /// drops it (its [`Drop`] should tell the other threads to stop).
     fn finish(&mut self, _out: &mut Emitter) -> Result<(), StageError> {
         Ok(())
     }

@@ -589,3 +589,153 @@ fn rows_a_stage_holds_do_not_count_as_done_until_a_sink_wrote_them() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     run_committing("gathered-commit", 60, 8, Some(("test-gather", json!({"ms": 25}))));
 }
+
+// ---- stages that work on after `finish` (training on other threads) ----------------------------------
+
+/// Which `test-after-finish` stages have had `finish` called, per test (the stages name theirs).
+static FINISH_CALLED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// `test-after-finish` stages dropped while their thread was still working.
+static DROPPED_WORKING: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct AfterFinishConfig {
+    /// The stages of one test: each waits, on its thread, until every one of them has been finished.
+    group: Vec<String>,
+    /// Fail in `poll_timer` instead of reporting.
+    #[serde(default)]
+    fail: bool,
+}
+
+/// Counts its rows; at `finish`, hands the report to a thread that first waits until every stage of its
+/// group was finished (so a runtime that runs one such stage's work before calling the next `finish` never
+/// sees them all), then emits it from `poll_timer`.
+struct AfterFinish {
+    me: String,
+    config: AfterFinishConfig,
+    rows: usize,
+    done: Option<std::sync::mpsc::Receiver<String>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Transform for AfterFinish {
+    fn input_partitioning(&self) -> Partitioning {
+        Partitioning::Single
+    }
+    fn process(&mut self, batch: Batch, _out: &mut Emitter) -> Result<(), StageError> {
+        self.rows += batch.num_rows();
+        Ok(())
+    }
+    fn finish(&mut self, _out: &mut Emitter) -> Result<(), StageError> {
+        if self.rows == 0 {
+            return Ok(()); // the instances on other workers: nothing to report
+        }
+        FINISH_CALLED.lock().unwrap().insert(self.me.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (me, rows, group, stop) = (self.me.clone(), self.rows, self.config.group.clone(), self.stop.clone());
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let all = || group.iter().all(|g| FINISH_CALLED.lock().unwrap().contains(g));
+            while !all() && start.elapsed() < Duration::from_secs(20) && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = tx.send(format!("{me}: {rows} rows, all finished: {}", all()));
+        });
+        self.done = Some(rx);
+        Ok(())
+    }
+    fn poll_timer(&mut self, out: &mut Emitter) -> Result<Option<Duration>, StageError> {
+        let Some(rx) = &self.done else { return Ok(None) };
+        let Ok(line) = rx.try_recv() else { return Ok(Some(Duration::from_millis(10))) };
+        if self.config.fail {
+            return Err(StageError::Other(format!("failed after finish ({line})")));
+        }
+        let schema = Arc::new(Schema::new(vec![Field::new("line", DataType::Utf8, false)]));
+        let data = RecordBatch::try_new(schema, vec![Arc::new(arrow::array::StringArray::from(vec![line]))])?;
+        out.emit(Batch::new(data, self.me.clone()));
+        self.done = None;
+        Ok(None)
+    }
+    fn holding(&self) -> Option<u64> {
+        self.done.as_ref().map(|_| 0)
+    }
+}
+
+impl Drop for AfterFinish {
+    fn drop(&mut self) {
+        if self.done.is_some() {
+            DROPPED_WORKING.fetch_add(1, Ordering::Relaxed);
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl StageConfig for AfterFinishConfig {
+    const TYPE: &'static str = "test-after-finish";
+    const KIND: StageKind = StageKind::Transform;
+    const DESCRIPTION: &'static str = "test: reports its row count from a thread after finish";
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
+        Ok(StageInstance::Transform(Box::new(AfterFinish {
+            me: ctx.stage_id.clone(),
+            config: self.clone(),
+            rows: 0,
+            done: None,
+            stop: Arc::default(),
+        })))
+    }
+}
+register_stage!(AfterFinishConfig);
+
+fn after_finish_pipeline(workers: usize, a: serde_json::Value, b: serde_json::Value) -> dfp_core::RunningPipeline {
+    let pipeline = Pipeline::builder("after-finish")
+        .workers(workers)
+        .stage("in", "embedded-input", &[], json!({}))
+        .stage("a", "test-after-finish", &["in"], a)
+        .stage("b", "test-after-finish", &["in"], b)
+        .stage("out", "embedded-output", &["a", "b"], json!({}))
+        .build()
+        .unwrap();
+    let running = pipeline.spawn(RunOptions::default()).unwrap();
+    let rows: Vec<_> = (0..300).map(|i| json!({"username": format!("u{}", i % 7), "n": i})).collect();
+    for chunk in rows.chunks(50) {
+        assert!(running.input().push_json(chunk).unwrap().is_empty());
+    }
+    running
+}
+
+#[test]
+fn stages_working_after_finish_run_at_once_and_their_output_is_delivered() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    for workers in [1, 2] {
+        let group = json!({"group": ["a", "b"]});
+        let running = after_finish_pipeline(workers, group.clone(), group);
+        let output = running.output().clone();
+        running.finish().unwrap();
+        let mut lines: Vec<String> = Vec::new();
+        for b in output.try_iter() {
+            let col = b.data.column_by_name("line").unwrap().as_string::<i32>().clone();
+            lines.extend(col.iter().flatten().map(str::to_string));
+        }
+        lines.sort();
+        // Both stages sit on worker 0: each one's work waits for the other's `finish`, which only a runtime
+        // that goes on while a stage works can call.
+        assert_eq!(
+            lines,
+            ["a: 300 rows, all finished: true", "b: 300 rows, all finished: true"],
+            "{workers} worker(s)"
+        );
+        FINISH_CALLED.lock().unwrap().clear();
+    }
+}
+
+#[test]
+fn a_stage_failing_after_finish_fails_the_run_and_the_other_is_dropped_while_working() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // `b` waits for a stage that never finishes (`c`), so it is still working when `a` fails.
+    let running = after_finish_pipeline(2, json!({"group": ["a"], "fail": true}), json!({"group": ["c"]}));
+    let dropped = DROPPED_WORKING.load(Ordering::Relaxed);
+    let err = running.finish().unwrap_err();
+    FINISH_CALLED.lock().unwrap().clear();
+    assert!(err.to_string().contains("failed after finish (a: 300 rows"), "{err}");
+    assert!(DROPPED_WORKING.load(Ordering::Relaxed) > dropped, "the working stage was dropped (and told to stop)");
+}

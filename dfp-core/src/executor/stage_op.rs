@@ -63,6 +63,8 @@ where
     input.unary_frontier::<ItemBuilder, _, _, P>(pact, &name, move |default_cap, info| {
         let activator = scope.activator_for(info.address);
         let mut held = Some(default_cap);
+        // `finish` was called and the stage is still working (see below).
+        let mut finishing = false;
         let mut em = Emitter::new();
         let mut buf: Vec<Item> = Vec::new();
         move |(input, frontier), output| {
@@ -123,7 +125,7 @@ where
             let lowest = frontier.frontier().iter().min().copied();
             if let Some(c) = held.as_mut() {
                 match lowest {
-                    None => {
+                    None if !finishing => {
                         let r = match &mut op {
                             Op::Transform(t) if !env.shared.aborted() => env.timed(|| guard(|| t.finish(&mut em))),
                             Op::Sink(s) => {
@@ -133,16 +135,27 @@ where
                             }
                             _ => Ok(()),
                         };
+                        // A transform that still holds something after `finish` goes on working (training on
+                        // a thread pool): its output stays open, and its timer is polled until it holds nothing.
+                        finishing = match (&r, &op) {
+                            (Ok(()), Op::Transform(t)) => !env.shared.aborted() && t.holding().is_some(),
+                            _ => false,
+                        };
                         if let Err(e) = r {
                             env.shared.fail(env.id(), e);
                         }
-                        op = Op::Failed;
+                        if !finishing {
+                            op = Op::Failed;
+                        }
                         env.flush(&mut em, &mut buf);
                         for (t, items) in by_time(*c.time(), &mut buf) {
                             output.session(&c.delayed(&t)).give_iterator(items.into_iter());
                         }
-                        held = None;
+                        if !finishing {
+                            held = None;
+                        }
                     }
+                    None => {}
                     Some(t) if *c.time() < t => {
                         // Release what the stage held for earlier times; a sink makes what it took in durable.
                         if !env.shared.aborted() {
@@ -175,6 +188,8 @@ where
                 if !env.shared.aborted() {
                     match env.timed(|| guard(|| tr.poll_timer(&mut em))) {
                         Ok(Some(delay)) => activator.activate_after(delay),
+                        // Still working after `finish` without asking for a time: look again shortly.
+                        Ok(None) if finishing => activator.activate_after(std::time::Duration::from_millis(50)),
                         Ok(None) => {}
                         Err(e) => env.shared.fail(env.id(), e),
                     }
@@ -182,6 +197,18 @@ where
                     for (t, items) in by_time(*c.time(), &mut buf) {
                         output.session(&c.delayed(&t)).give_iterator(items.into_iter());
                     }
+                }
+            }
+            // A stage working on after `finish` is done once it holds nothing (or the run was aborted).
+            if finishing {
+                let working = match &op {
+                    Op::Transform(tr) => !env.shared.aborted() && tr.holding().is_some(),
+                    _ => false,
+                };
+                if !working {
+                    finishing = false;
+                    op = Op::Failed;
+                    held = None;
                 }
             }
             // Last, the output moves up to the input frontier, or to the oldest rows the stage still keeps.

@@ -285,6 +285,12 @@ impl RunStats {
         }
     }
 
+    pub(crate) fn add_busy(&self, stage: &str, took: std::time::Duration) {
+        if let Some(s) = self.stages.iter().find(|s| s.id == stage) {
+            s.busy_ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn set_readiness(&self, stage: &str, ready: Result<(), String>) {
         let mut map = self.not_ready.lock().unwrap_or_else(|p| p.into_inner());
         match ready {
