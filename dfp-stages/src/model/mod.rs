@@ -19,6 +19,7 @@ pub mod config;
 pub mod encode;
 pub mod net;
 pub mod peers;
+pub(crate) mod pool;
 pub mod train;
 
 use dfp_core::Family;

@@ -6,13 +6,14 @@
 //! report:  { type: file-sink, inputs: [users, generic], path: out/training-report.jsonl }
 //! ```
 //!
-//! `scope: users` (the default) takes its input partitioned by `username`, so users are trained in
-//! parallel across workers; every user with at least `min_history` events in the `max_history_days` before
+//! `scope: users` (the default) takes its input partitioned by `username`; every user with at least `min_history` events in the `max_history_days` before
 //! their latest event gets a model `DFP-{prefix}-{user}` (the log family's model prefix; user escaped, see
 //! `model::escape_user`). The family (the pipeline's `family:`) also gives the model's input features, and
 //! each model's manifest records it.
 //! `scope: generic` gathers every row on one worker and trains `DFP-{prefix}-=generic` on the window before
-//! the latest event. Each model is trained once per run, when the input ends.
+//! the latest event. Each model is trained once per run, when the input ends: the stage then hands its
+//! models to the process's training pool (`model::pool`: as many threads as the process has workers, the
+//! heaviest model first) and reports them, in its own order, once all are done.
 //!
 //! **Users with little history** (fewer than `min_history` events) are scored by shared models. The
 //! generic stage can serve them better (docs/models.md, "Users with little history"):
@@ -30,7 +31,7 @@
 //! Peer groups (`DFP-{prefix}-=group-{group}`, kind `group`) are the generic model fine-tuned on the events
 //! of the group's users; membership is stored with the generic model (`groups.json`), per-user statistics
 //! with the shared model that scores the user (`calibration.json`). Fine-tuning costs at most
-//! `finetune.epochs` passes over the rows of the users fine-tuned, on the one worker of the generic stage.
+//! `finetune.epochs` passes over the rows of the users fine-tuned, in the generic stage's one training job.
 //!
 //! **Promotion** (`promotion: { holdout_from: … }`, what `dfp retrain` sets): the newest events are held
 //! out of training, and each model is published only when it is not worse than the version in service on
@@ -41,8 +42,9 @@
 //! `rows`, `epochs_run`, `train_loss`, `validation_loss`, `seconds`, `reason`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, Float64Builder, RecordBatch, StringBuilder, UInt64Builder};
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
@@ -61,6 +63,7 @@ use serde::Deserialize;
 
 use super::promote::{decide, figures, Figures, PromotionConfig};
 use crate::model::artifact::{MANIFEST, WEIGHTS};
+use crate::model::pool::{self, Polled, Ticket};
 use crate::model::{
     feature_set, group_model_name, model_name, peers, train_from, DeviceChoice, FeatureDef, FeatureOptions, Model,
     ModelKind, TrainConfig, UserStats,
@@ -321,25 +324,58 @@ impl StageConfig for TrainStageConfig {
     fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
         let family = ctx.family(&self.family)?;
         Ok(StageInstance::Transform(Box::new(Train {
-            defs: feature_set(&family, &self.features),
-            family,
-            config: self.clone(),
+            trainer: Arc::new(Trainer {
+                defs: feature_set(&family, &self.features),
+                family,
+                config: self.clone(),
+                registry: None,
+                directory: None,
+                stage: String::new(),
+                held: None,
+                labels: None,
+            }),
             rows: Vec::new(),
-            registry: None,
-            directory: None,
-            stage: String::new(),
-            held: None,
-            labels: None,
+            threads: 1,
+            running: None,
+            ctx: None,
         })))
     }
 }
 register_stage!(TrainStageConfig);
 
+/// The stage: gathers its input, then hands its models to the process's training pool (`model::pool`) and
+/// reports them in one batch, in a fixed order, once every one is done.
 struct Train {
+    /// What the training jobs read: set up in `open` and `finish`, then shared with them.
+    trainer: Arc<Trainer>,
+    rows: Vec<RecordBatch>,
+    /// Training threads to ask the pool for: this process's workers.
+    threads: usize,
+    /// Once the input ended: the jobs handed to the pool.
+    running: Option<Running>,
+    /// Set in `open`: the jobs' time counts as the stage's busy time.
+    ctx: Option<StageContext>,
+}
+
+/// What a training job returns: its report rows and the time it took.
+type JobResult = Result<(RecordBatch, Duration), StageError>;
+
+/// The jobs of one stage instance, in report order.
+struct Running {
+    jobs: Vec<Ticket<JobResult>>,
+    /// Each job's report rows, once it is done.
+    done: Vec<Option<RecordBatch>>,
+    /// Set when the stage is dropped before its jobs ran (a failed run): jobs not started do nothing.
+    cancel: Arc<AtomicBool>,
+    started: Instant,
+    last_progress: Instant,
+}
+
+/// Everything a training job needs of its stage.
+struct Trainer {
     config: TrainStageConfig,
     family: Arc<Family>,
     defs: Vec<FeatureDef>,
-    rows: Vec<RecordBatch>,
     registry: Option<Arc<dyn ModelRegistry>>,
     /// `groups.directory`, read at start-up (a bad file stops the run before any training).
     directory: Option<super::user_data::Directory>,
@@ -555,7 +591,7 @@ fn trained_rows(times: &[Option<i64>], users: &[Option<&str>], from: i64, warmup
         .collect()
 }
 
-impl Train {
+impl Trainer {
     /// Rows of `batch` within the window before its latest event, past each user's warm-up, sampled when
     /// asked.
     fn window(&self, batch: &RecordBatch, seed_name: &str, min_rows: usize) -> Result<RecordBatch, StageError> {
@@ -1026,33 +1062,132 @@ impl Train {
     }
 }
 
+impl Trainer {
+    /// A report with the promotion columns when promotion is on.
+    fn report(&self) -> Report {
+        if self.held.is_some() {
+            Report::with_promotion()
+        } else {
+            Report::default()
+        }
+    }
+
+    /// `scope: users`, one user: a model when the user has `min_history` events in the window, else a
+    /// skipped row.
+    fn train_user(&self, all: &RecordBatch, user: &str, idx: Vec<u32>, report: &mut Report) -> Result<(), StageError> {
+        let name = model_name(&self.family, Some(user));
+        let rows = take_record_batch(all, &arrow::array::UInt32Array::from(idx))?;
+        let rows = self.window(&rows, &name, self.config.min_history)?;
+        if rows.num_rows() < self.config.min_history {
+            report.skipped(
+                &name,
+                "user",
+                rows.num_rows(),
+                format!(
+                    "{} events in the last {} days, fewer than min_history {}",
+                    rows.num_rows(),
+                    self.config.max_history_days,
+                    self.config.min_history
+                ),
+            );
+            return Ok(());
+        }
+        let champion = self.in_service(&name, true)?;
+        let model = self.fit(&name, ModelKind::User, &rows, &self.config.training, None, champion.as_ref())?;
+        self.publish(&model, self.held_rows(Some(user))?, champion, report)
+    }
+}
+
+/// One training job's work: its models, reported in the report it is given.
+type Work = Box<dyn FnOnce(&Trainer, &mut Report) -> Result<(), StageError> + Send>;
+
+impl Train {
+    /// Hands every model of this stage to the training pool, heaviest first.
+    fn start(&mut self, all: RecordBatch) -> Result<(), StageError> {
+        let trainer = self.trainer.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        // Each job: nothing once the stage is gone, else its report rows.
+        let job = |work: Work| {
+            let (trainer, cancel) = (trainer.clone(), cancel.clone());
+            move || {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(StageError::Other("training cancelled: the run stopped".into()));
+                }
+                let started = Instant::now();
+                let mut report = trainer.report();
+                work(&trainer, &mut report)?;
+                Ok((report.finish()?, started.elapsed()))
+            }
+        };
+        let mut jobs = Vec::new();
+        match trainer.config.scope {
+            Scope::Generic => {
+                let weight = all.num_rows() as u64;
+                jobs.push(pool::submit(
+                    self.threads,
+                    weight,
+                    job(Box::new(move |t, report| t.train_shared(&all, report))),
+                ));
+            }
+            Scope::Users => {
+                let users = super::users(&all, "train")?;
+                let by_user: Vec<(String, Vec<u32>)> =
+                    super::rows_by_user(users).into_iter().filter_map(|(u, idx)| Some((u?.to_string(), idx))).collect();
+                tracing::info!(stage = %trainer.stage, users = by_user.len(), "training per-user models");
+                for (user, idx) in by_user {
+                    let all = all.clone();
+                    let weight = idx.len() as u64;
+                    jobs.push(pool::submit(
+                        self.threads,
+                        weight,
+                        job(Box::new(move |t, report| t.train_user(&all, &user, idx, report))),
+                    ));
+                }
+            }
+        }
+        let now = Instant::now();
+        self.running =
+            Some(Running { done: jobs.iter().map(|_| None).collect(), jobs, cancel, started: now, last_progress: now });
+        Ok(())
+    }
+}
+
+impl Drop for Train {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Transform for Train {
     fn input_partitioning(&self) -> Partitioning {
-        match self.config.scope {
+        match self.trainer.config.scope {
             Scope::Users => Partitioning::By("username".into()),
             Scope::Generic => Partitioning::Single,
         }
     }
 
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.stage = ctx.stage_id.clone();
-        // One libtorch thread: models then come out bit-identical whatever the number of workers (a
-        // multi-threaded matmul sums in another order), and parallelism comes from the workers anyway.
-        tch::set_num_threads(1);
-        let device = self.config.device.device().map_err(StageError::Other)?;
+        // Models train on the pool's threads (one libtorch thread each); this worker only waits for them.
+        self.threads = (ctx.workers / ctx.processes.max(1)).max(1);
+        self.ctx = Some(ctx.clone());
+        let t = Arc::get_mut(&mut self.trainer).ok_or_else(|| StageError::Other("train: opened twice".into()))?;
+        t.stage = ctx.stage_id.clone();
+        let device = t.config.device.device().map_err(StageError::Other)?;
         if ctx.worker_index == 0 && device.is_cuda() {
             tracing::info!(stage = %ctx.stage_id, device = ?device, "training device");
         }
-        self.registry = Some(
-            crate::registry::open(&self.config.registry, &self.config.s3, &self.config.mlflow)
+        t.registry = Some(
+            crate::registry::open(&t.config.registry, &t.config.s3, &t.config.mlflow)
                 .map_err(|e| StageError::Other(e.to_string()))?,
         );
-        self.labels = self.config.promotion.read_labels().map_err(StageError::Other)?;
-        let groups = &self.config.groups;
-        if let (Some(path), Scope::Generic) = (&groups.directory, self.config.scope) {
+        t.labels = t.config.promotion.read_labels().map_err(StageError::Other)?;
+        let groups = &t.config.groups;
+        if let (Some(path), Scope::Generic) = (&groups.directory, t.config.scope) {
             let wanted = [groups.by.clone()];
-            self.directory =
-                Some(super::user_data::Directory::read("train", path, &groups.directory_key, &wanted, &self.family)?);
+            t.directory =
+                Some(super::user_data::Directory::read("train", path, &groups.directory_key, &wanted, &t.family)?);
         }
         Ok(())
     }
@@ -1064,13 +1199,13 @@ impl Transform for Train {
         Ok(())
     }
 
-    fn finish(&mut self, out: &mut Emitter) -> Result<(), StageError> {
+    fn finish(&mut self, _out: &mut Emitter) -> Result<(), StageError> {
         let Some(first) = self.rows.first() else { return Ok(()) };
         let mut all = concat_batches(&first.schema(), &self.rows)
             .map_err(|e| StageError::Data(format!("train: input batches disagree on columns: {e}")))?;
         self.rows.clear();
-        let holdout = self.config.promotion.holdout().map_err(|e| StageError::Other(e.to_string()))?;
-        let mut report = if holdout.is_some() { Report::with_promotion() } else { Report::default() };
+        let t = Arc::get_mut(&mut self.trainer).ok_or_else(|| StageError::Other("train: finished twice".into()))?;
+        let holdout = t.config.promotion.holdout().map_err(|e| StageError::Other(e.to_string()))?;
         if let Some(from) = holdout {
             // Events from `holdout_from` on judge the models; the rest trains them.
             let held_mask: arrow::array::BooleanArray =
@@ -1081,63 +1216,61 @@ impl Transform for Train {
                 .into_iter()
                 .filter_map(|(u, idx)| Some((u?.to_string(), idx)))
                 .collect();
-            tracing::info!(stage = %self.stage, held_out = held.num_rows(), training = all.num_rows(), "promotion: events held out");
-            self.held = Some((held, by_user));
+            tracing::info!(stage = %t.stage, held_out = held.num_rows(), training = all.num_rows(), "promotion: events held out");
+            t.held = Some((held, by_user));
         }
-        let started = Instant::now();
-        match self.config.scope {
-            Scope::Generic => self.train_shared(&all, &mut report)?,
-            Scope::Users => {
-                let users = super::users(&all, "train")?;
-                let by_user: Vec<(&str, Vec<u32>)> =
-                    super::rows_by_user(users).into_iter().filter_map(|(u, idx)| Some((u?, idx))).collect();
-                let total = by_user.len();
-                let mut last_progress = Instant::now();
-                tracing::info!(stage = %self.stage, users = total, "training per-user models");
-                for (done, (user, idx)) in by_user.iter().enumerate() {
-                    let name = model_name(&self.family, Some(user));
-                    let rows = take_record_batch(&all, &arrow::array::UInt32Array::from(idx.clone()))?;
-                    let rows = self.window(&rows, &name, self.config.min_history)?;
-                    if rows.num_rows() < self.config.min_history {
-                        report.skipped(
-                            &name,
-                            "user",
-                            rows.num_rows(),
-                            format!(
-                                "{} events in the last {} days, fewer than min_history {}",
-                                rows.num_rows(),
-                                self.config.max_history_days,
-                                self.config.min_history
-                            ),
-                        );
-                        continue;
+        self.start(all)
+    }
+
+    fn poll_timer(&mut self, out: &mut Emitter) -> Result<Option<Duration>, StageError> {
+        let Some(r) = &mut self.running else { return Ok(None) };
+        for (ticket, done) in r.jobs.iter().zip(r.done.iter_mut()).filter(|(_, d)| d.is_none()) {
+            match ticket.poll() {
+                Polled::Pending => {}
+                Polled::Done(result) => {
+                    let (rows, took) = result?;
+                    if let Some(ctx) = &self.ctx {
+                        ctx.add_busy(took);
                     }
-                    let champion = self.in_service(&name, true)?;
-                    let training = &self.config.training;
-                    let model = self.fit(&name, ModelKind::User, &rows, training, None, champion.as_ref())?;
-                    self.publish(&model, self.held_rows(Some(user))?, champion, &mut report)?;
-                    if last_progress.elapsed().as_secs() >= 5 {
-                        last_progress = Instant::now();
-                        tracing::info!(
-                            stage = %self.stage,
-                            worker_users_done = done + 1,
-                            worker_users = total,
-                            elapsed_s = started.elapsed().as_secs(),
-                            "training progress"
-                        );
-                    }
+                    *done = Some(rows);
                 }
-                tracing::info!(
-                    stage = %self.stage,
-                    users = total,
-                    elapsed_s = started.elapsed().as_secs(),
-                    "per-user training done on this worker"
-                );
+                Polled::Panicked(why) => {
+                    return Err(StageError::Other(format!("train: a training job panicked: {why}")));
+                }
             }
         }
-        let data = report.finish()?;
-        out.emit(Batch::new(data, self.stage.clone()));
-        Ok(())
+        let finished = r.done.iter().filter(|d| d.is_some()).count();
+        let stage = &self.trainer.stage;
+        if finished < r.jobs.len() {
+            if r.last_progress.elapsed() >= Duration::from_secs(5) {
+                r.last_progress = Instant::now();
+                let elapsed_s = r.started.elapsed().as_secs();
+                match self.trainer.config.scope {
+                    Scope::Users => {
+                        tracing::info!(stage = %stage, worker_users_done = finished, worker_users = r.jobs.len(), elapsed_s, "training progress")
+                    }
+                    Scope::Generic => tracing::info!(stage = %stage, elapsed_s, "training progress"),
+                }
+            }
+            return Ok(Some(Duration::from_millis(20)));
+        }
+        let parts: Vec<RecordBatch> = r.done.iter_mut().filter_map(Option::take).collect();
+        if self.trainer.config.scope == Scope::Users {
+            let elapsed_s = r.started.elapsed().as_secs();
+            tracing::info!(stage = %stage, users = r.jobs.len(), elapsed_s, "per-user training done on this worker");
+        }
+        self.running = None;
+        if let Some(first) = parts.first() {
+            out.emit(Batch::new(concat_batches(&first.schema(), &parts)?, stage.clone()));
+        } else {
+            out.emit(Batch::new(self.trainer.report().finish()?, stage.clone()));
+        }
+        Ok(None)
+    }
+
+    fn holding(&self) -> Option<u64> {
+        // Working after `finish`: the report is still to come.
+        self.running.as_ref().map(|_| 0)
     }
 }
 
