@@ -41,6 +41,14 @@ fn train_then_score_every_event_exactly_once() {
         "{listing}"
     );
 
+    // `dfp bench --model` times a user model: not the profile set the registry also holds (listed first), nor
+    // the generic model.
+    let bench = dfp().args(["bench", "--model", models.to_str().unwrap(), "--model-batches", "16"]).output().unwrap();
+    assert!(bench.status.success(), "{}", text(&bench));
+    let timed = text(&bench);
+    let first = timed.lines().find(|l| l.starts_with("dfp model benchmark:")).unwrap_or_default();
+    assert!(first.contains("DFP-azure-") && !first.contains("-=profiles") && !first.contains("-=generic"), "{timed}");
+
     // A second run with warm_start fine-tunes version 1 into version 2 (with Adam this time).
     let out = dfp()
         .args(["run", "pipelines/azure-training.yaml", "--var", &format!("models={}", models.display())])

@@ -151,7 +151,10 @@ fn bench_model(registry: &str, args: &BenchArgs) -> Result<ExitCode> {
             .list()?
             .into_iter()
             .map(|m| m.name)
-            .find(|n| !n.ends_with(dfp_stages::model::GENERIC))
+            .find(|n| {
+                dfp_stages::model::ModelKind::of_name(n) == dfp_stages::model::ModelKind::User
+                    && !n.ends_with(dfp_stages::profile::SET_SUFFIX)
+            })
             .with_context(|| format!("no user model in {registry}"))?,
     };
     let version = reg.latest(&name)?.with_context(|| format!("no model {name} in {registry}"))?;

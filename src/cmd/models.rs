@@ -68,7 +68,7 @@ pub(crate) fn models(args: ModelsArgs) -> Result<ExitCode> {
     }
     let mut bad = 0usize;
     for m in &list {
-        if m.name.ends_with(PROFILES_SUFFIX) {
+        if m.name.ends_with(dfp_stages::profile::SET_SUFFIX) {
             // A profile set, not a model.
             let listed = m.latest.clone().and_then(|version| {
                 let bytes = reg.fetch(&m.name, version, "manifest.json").map_err(|e| e.message)?;
@@ -168,9 +168,6 @@ pub(crate) fn models(args: ModelsArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-
-/// The name suffix of profile sets (`DFP-<prefix>-=profiles`).
-const PROFILES_SUFFIX: &str = "-=profiles";
 
 /// Prints one profile of the latest set as JSON (times also as dates).
 fn profile(registry: &str, family: &str, user: Option<&str>, population: bool) -> Result<ExitCode> {

@@ -65,10 +65,13 @@ pub const DEFAULT_MAX_VALUES: usize = 1000;
 /// The `kind` of a profile set's manifest.
 pub const SET_KIND: &str = "dfp-profiles";
 
+/// How the registry name of every profile set ends (see [`set_name`]).
+pub const SET_SUFFIX: &str = "-=profiles";
+
 /// The registry name of a family's profile set: `DFP-<prefix>-=profiles` (a user name never escapes to
 /// it, as `=` is escaped in user names).
 pub fn set_name(family: &Family) -> String {
-    format!("DFP-{}-=profiles", family.model_prefix)
+    format!("DFP-{}{SET_SUFFIX}", family.model_prefix)
 }
 
 /// The shard of a user in a profile set.
