@@ -232,12 +232,7 @@ impl PeerWatch {
         ONCE.call_once(|| {
             let previous = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                let message = info
-                    .payload()
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let message = crate::error::panic_message(info.payload()).unwrap_or_default();
                 let thread = std::thread::current();
                 let remote = thread
                     .name()

@@ -4,7 +4,13 @@
 //! checked (the spec layer adds file and line), [`StageError`] while a stage runs, and [`RunError`] for a
 //! whole run (it names the stage that failed).
 
+use std::any::Any;
 use std::path::PathBuf;
+
+/// The message a panic was raised with (`panic!("…")` gives a `&str` or a `String`), if it had one.
+pub fn panic_message(payload: &(dyn Any + Send)) -> Option<String> {
+    payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned())
+}
 
 /// A stage configuration that cannot be accepted.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]

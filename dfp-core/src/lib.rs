@@ -55,7 +55,7 @@ pub mod stage;
 pub mod suggest;
 
 pub use batch::{Batch, Envelope};
-pub use error::{ConfigError, RunError, StageError};
+pub use error::{panic_message, ConfigError, RunError, StageError};
 pub use executor::{RunOptions, RunReport, StageReport, StopHandle};
 pub use family::{Families, Family};
 pub use pipeline::{Pipeline, PipelineBuilder, PipelineInput, RunningPipeline};

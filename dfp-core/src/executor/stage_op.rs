@@ -67,6 +67,9 @@ where
         let mut finishing = false;
         let mut em = Emitter::new();
         let mut buf: Vec<Item> = Vec::new();
+        let shared = env.shared.clone();
+        let still_working =
+            move |op: &Op| matches!(op, Op::Transform(t) if !shared.aborted() && t.holding().is_some());
         move |(input, frontier), output| {
             if !opened {
                 opened = true;
@@ -135,23 +138,18 @@ where
                             }
                             _ => Ok(()),
                         };
-                        // A transform that still holds something after `finish` goes on working (training on
-                        // a thread pool): its output stays open, and its timer is polled until it holds nothing.
-                        finishing = match (&r, &op) {
-                            (Ok(()), Op::Transform(t)) => !env.shared.aborted() && t.holding().is_some(),
-                            _ => false,
-                        };
                         if let Err(e) = r {
                             env.shared.fail(env.id(), e);
                         }
-                        if !finishing {
-                            op = Op::Failed;
-                        }
+                        // A transform that still holds something after `finish` goes on working (training on
+                        // a thread pool): its output stays open, and its timer is polled until it holds nothing.
+                        finishing = still_working(&op);
                         env.flush(&mut em, &mut buf);
                         for (t, items) in by_time(*c.time(), &mut buf) {
                             output.session(&c.delayed(&t)).give_iterator(items.into_iter());
                         }
                         if !finishing {
+                            op = Op::Failed;
                             held = None;
                         }
                     }
@@ -200,16 +198,10 @@ where
                 }
             }
             // A stage working on after `finish` is done once it holds nothing (or the run was aborted).
-            if finishing {
-                let working = match &op {
-                    Op::Transform(tr) => !env.shared.aborted() && tr.holding().is_some(),
-                    _ => false,
-                };
-                if !working {
-                    finishing = false;
-                    op = Op::Failed;
-                    held = None;
-                }
+            if finishing && !still_working(&op) {
+                finishing = false;
+                op = Op::Failed;
+                held = None;
             }
             // Last, the output moves up to the input frontier, or to the oldest rows the stage still keeps.
             if let (Some(c), Some(t)) = (held.as_mut(), lowest) {

@@ -104,12 +104,7 @@ pub(super) fn guard<R>(f: impl FnOnce() -> Result<R, StageError>) -> Result<R, S
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(StageError::Panic(msg))
+            Err(StageError::Panic(crate::error::panic_message(&*payload).unwrap_or_else(|| "unknown panic".into())))
         }
     }
 }

@@ -78,13 +78,7 @@ impl<T> Ticket<T> {
     pub(crate) fn poll(&self) -> Polled<T> {
         match self.rx.try_recv() {
             Ok(Ok(v)) => Polled::Done(v),
-            Ok(Err(panic)) => Polled::Panicked(
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "no message".into()),
-            ),
+            Ok(Err(panic)) => Polled::Panicked(dfp_core::panic_message(&*panic).unwrap_or_else(|| "no message".into())),
             Err(TryRecvError::Empty) => Polled::Pending,
             Err(TryRecvError::Disconnected) => Polled::Panicked("the training thread went away".into()),
         }

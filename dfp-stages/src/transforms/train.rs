@@ -335,7 +335,6 @@ impl StageConfig for TrainStageConfig {
                 labels: None,
             }),
             rows: Vec::new(),
-            threads: 1,
             running: None,
             ctx: None,
         })))
@@ -349,11 +348,10 @@ struct Train {
     /// What the training jobs read: set up in `open` and `finish`, then shared with them.
     trainer: Arc<Trainer>,
     rows: Vec<RecordBatch>,
-    /// Training threads to ask the pool for: this process's workers.
-    threads: usize,
     /// Once the input ended: the jobs handed to the pool.
     running: Option<Running>,
-    /// Set in `open`: the jobs' time counts as the stage's busy time.
+    /// Set in `open`: the pool gets as many threads as the process has workers, and the jobs' time counts as
+    /// the stage's busy time.
     ctx: Option<StageContext>,
 }
 
@@ -1105,6 +1103,7 @@ impl Train {
     /// Hands every model of this stage to the training pool, heaviest first.
     fn start(&mut self, all: RecordBatch) -> Result<(), StageError> {
         let trainer = self.trainer.clone();
+        let threads = self.ctx.as_ref().map_or(1, |c| (c.workers / c.processes.max(1)).max(1));
         let cancel = Arc::new(AtomicBool::new(false));
         // Each job: nothing once the stage is gone, else its report rows.
         let job = |work: Work| {
@@ -1123,11 +1122,7 @@ impl Train {
         match trainer.config.scope {
             Scope::Generic => {
                 let weight = all.num_rows() as u64;
-                jobs.push(pool::submit(
-                    self.threads,
-                    weight,
-                    job(Box::new(move |t, report| t.train_shared(&all, report))),
-                ));
+                jobs.push(pool::submit(threads, weight, job(Box::new(move |t, report| t.train_shared(&all, report)))));
             }
             Scope::Users => {
                 let users = super::users(&all, "train")?;
@@ -1138,7 +1133,7 @@ impl Train {
                     let all = all.clone();
                     let weight = idx.len() as u64;
                     jobs.push(pool::submit(
-                        self.threads,
+                        threads,
                         weight,
                         job(Box::new(move |t, report| t.train_user(&all, &user, idx, report))),
                     ));
@@ -1170,7 +1165,6 @@ impl Transform for Train {
 
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         // Models train on the pool's threads (one libtorch thread each); this worker only waits for them.
-        self.threads = (ctx.workers / ctx.processes.max(1)).max(1);
         self.ctx = Some(ctx.clone());
         let t = Arc::get_mut(&mut self.trainer).ok_or_else(|| StageError::Other("train: opened twice".into()))?;
         t.stage = ctx.stage_id.clone();
