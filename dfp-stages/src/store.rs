@@ -139,6 +139,9 @@ enum Scope {
 /// A listable, readable set of files.
 pub struct Store {
     store: Arc<dyn ObjectStore>,
+    /// The same store when it is the local file system: files are then read on the calling thread (one
+    /// `read`, no hand-off to the I/O runtime's blocking pool, which costs more than a small file's read).
+    local: Option<Arc<LocalFileSystem>>,
     scope: Scope,
     display_prefix: String,
     runtime: tokio::runtime::Runtime,
@@ -180,9 +183,10 @@ impl Store {
                 // A key or a "directory": decided when listing.
                 Scope::File(ObjPath::from(key))
             };
-            return Ok(Store { store, scope, display_prefix: format!("s3://{bucket}/"), runtime });
+            return Ok(Store { store, local: None, scope, display_prefix: format!("s3://{bucket}/"), runtime });
         }
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let local = Arc::new(LocalFileSystem::new());
+        let store: Arc<dyn ObjectStore> = Arc::clone(&local) as Arc<dyn ObjectStore>;
         let cwd = std::env::current_dir().map_err(|e| io_err("cannot read the current directory", e))?;
         let scope = if has_glob(location) {
             let (base, rest) = split_glob(location);
@@ -204,7 +208,7 @@ impl Store {
                 Scope::File(obj)
             }
         };
-        Ok(Store { store, scope, display_prefix: "/".into(), runtime })
+        Ok(Store { store, local: Some(local), scope, display_prefix: "/".into(), runtime })
     }
 
     /// The display form of a path.
@@ -278,6 +282,10 @@ impl Store {
 
     /// Reads a whole file.
     pub fn get(&self, file: &FileInfo) -> Result<Bytes, StageError> {
+        if let Some(local) = &self.local {
+            let path = local.path_to_filesystem(&file.path).map_err(|e| io_err(&file.display, e))?;
+            return std::fs::read(&path).map(Bytes::from).map_err(|e| io_err(&file.display, e));
+        }
         let store = Arc::clone(&self.store);
         self.runtime
             .block_on(async move { store.get(&file.path).await?.bytes().await })
