@@ -146,6 +146,18 @@ impl StageContext {
         }
     }
 
+    /// While a source of this run, on any worker of this process, is paused because too many of its
+    /// batches are still in flight (`runtime.max_in_flight`), or has read everything and waits for what
+    /// is in flight to pass the sinks: the lowest logical time such a source holds.
+    /// Nothing at or above it comes until what is in flight passes the sinks, so a stage that gathers rows
+    /// (`score`) and whose input frontier has reached it has all it will get, and should let them go.
+    /// `None` while no source is held back, and always in a standalone context.
+    pub fn sources_held_back(&self) -> Option<u64> {
+        let stats = self.stats.as_ref()?;
+        let held = stats.stages.iter().flat_map(|st| st.held_back.iter()).map(|t| t.load(Ordering::Relaxed)).min()?;
+        (held != u64::MAX).then_some(held)
+    }
+
     /// True once the run failed (a stage or a peer process): sinks finishing then should not publish what
     /// they hold as if the run had succeeded (a replaced output file stays as it was).
     pub fn run_failed(&self) -> bool {

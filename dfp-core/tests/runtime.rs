@@ -533,11 +533,21 @@ fn a_source_learns_what_passed_every_sink_before_it_finishes() {
 #[serde(deny_unknown_fields)]
 struct GatherConfig {
     ms: u64,
+    /// Also let the batches go as soon as the sources are held back and everything they sent has come
+    /// (as `score` does); each such gather's size goes to [`HELD_GATHERS`].
+    #[serde(default)]
+    until_held: bool,
 }
+
+/// Batches per gather that a `test-gather` with `until_held` let go because the sources were held back.
+static HELD_GATHERS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 /// Keeps every batch until the oldest has waited `ms`, then lets them all go (one per logical time).
 struct Gather {
     wait: Duration,
+    until_held: bool,
+    ctx: StageContext,
+    frontier: u64,
     pending: Vec<Batch>,
     since: Option<std::time::Instant>,
 }
@@ -548,10 +558,18 @@ impl Transform for Gather {
         self.pending.push(batch);
         Ok(())
     }
+    fn advance(&mut self, frontier: u64, _out: &mut Emitter) -> Result<(), StageError> {
+        self.frontier = frontier;
+        Ok(())
+    }
     fn poll_timer(&mut self, out: &mut Emitter) -> Result<Option<Duration>, StageError> {
         let Some(since) = self.since else { return Ok(None) };
-        if since.elapsed() < self.wait {
-            return Ok(Some(self.wait - since.elapsed()));
+        let held = self.until_held && self.ctx.sources_held_back().is_some_and(|t| self.frontier >= t);
+        if held {
+            HELD_GATHERS.lock().unwrap().push(self.pending.len());
+        } else if since.elapsed() < self.wait {
+            let next = self.wait - since.elapsed();
+            return Ok(Some(if self.until_held { next.min(Duration::from_millis(1)) } else { next }));
         }
         for b in self.pending.drain(..) {
             out.emit(b);
@@ -574,9 +592,12 @@ impl StageConfig for GatherConfig {
     const TYPE: &'static str = "test-gather";
     const KIND: StageKind = StageKind::Transform;
     const DESCRIPTION: &'static str = "test: holds rows for a while";
-    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+    fn build(&self, ctx: &StageContext) -> Result<StageInstance, StageError> {
         Ok(StageInstance::Transform(Box::new(Gather {
             wait: Duration::from_millis(self.ms),
+            until_held: self.until_held,
+            ctx: ctx.clone(),
+            frontier: 0,
             pending: Vec::new(),
             since: None,
         })))
@@ -588,6 +609,23 @@ register_stage!(GatherConfig);
 fn rows_a_stage_holds_do_not_count_as_done_until_a_sink_wrote_them() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     run_committing("gathered-commit", 60, 8, Some(("test-gather", json!({"ms": 25}))));
+}
+
+#[test]
+fn a_gathering_stage_learns_that_the_sources_wait_for_it_and_has_all_they_sent() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    HELD_GATHERS.lock().unwrap().clear();
+    // The stage would hold its batches for 20 s: only the held-back signal lets them go sooner, and it
+    // must come once every batch in flight has arrived, not before. The last gather goes when the source
+    // has read everything and waits for it.
+    run_committing("held-back-gather", 60, 8, Some(("test-gather", json!({"ms": 20_000, "until_held": true}))));
+    let gathers = HELD_GATHERS.lock().unwrap().clone();
+    assert!(gathers.len() >= 5, "the sources were held back again and again: {gathers:?}");
+    // With 8 batches allowed in flight, the source pauses with 9 out (one per logical time); all of them have
+    // come when the stage lets go. The last gather holds the rest.
+    assert_eq!(gathers.iter().sum::<usize>(), 60, "{gathers:?}");
+    let (last, full) = gathers.split_last().unwrap();
+    assert!(full.iter().all(|&n| n == 9) && *last <= 9, "every gather holds all the batches in flight: {gathers:?}");
 }
 
 // ---- stages that work on after `finish` (training on other threads) ----------------------------------

@@ -29,6 +29,7 @@ pub(super) fn source_op<'s>(
     // source fewer (the cluster control needs the count).
     let ended = move |env: &OpEnv| {
         env.counters().in_flight[env.local].store(0, Ordering::Relaxed);
+        env.counters().held_back[env.local].store(u64::MAX, Ordering::Relaxed);
         live.set(live.get().saturating_sub(1));
         // An ended source has nothing more a restart could deliver again.
         env.shared.commits.record(Mark::Committed {
@@ -108,6 +109,7 @@ pub(super) fn source_op<'s>(
                 if epoch >= max_in_flight && probe.less_than(&(epoch - max_in_flight)) {
                     if !paused {
                         paused = true;
+                        env.counters().held_back[env.local].store(*c.time(), Ordering::Relaxed);
                         if let Err(e) = guard(|| s.backpressure(true)) {
                             env.shared.fail(env.id(), e);
                         }
@@ -117,6 +119,7 @@ pub(super) fn source_op<'s>(
                 }
                 if paused {
                     paused = false;
+                    env.counters().held_back[env.local].store(u64::MAX, Ordering::Relaxed);
                     if let Err(e) = guard(|| s.backpressure(false)) {
                         env.shared.fail(env.id(), e);
                     }
@@ -182,6 +185,8 @@ pub(super) fn source_op<'s>(
                     let next = last_emitted.map_or(*c.time(), |t| t + 1).max(*c.time());
                     c.downgrade(&next);
                     draining = true;
+                    // Nothing more comes from it: stages gathering rows should not wait for more.
+                    env.counters().held_back[env.local].store(next, Ordering::Relaxed);
                     if env.shared.commits.gated() {
                         // Checkpointing stages: checkpoint now, so that this source can commit and finish.
                         env.shared.commits.set_wanted();

@@ -56,6 +56,9 @@ pub struct StageStats {
     pub(crate) skipped: AtomicU64,
     /// Per worker: batches emitted by this source and not yet through every sink.
     pub(crate) in_flight: Vec<AtomicU64>,
+    /// Per worker: while this source is paused because too many of its batches are in flight
+    /// (`runtime.max_in_flight`), the logical time it holds; `u64::MAX` while it is not paused.
+    pub(crate) held_back: Vec<AtomicU64>,
     /// Event time (µs since the Unix epoch) of the newest event seen; `i64::MIN` when none.
     pub(crate) newest_event_us: AtomicI64,
     /// Instances opened successfully (sources: connected).
@@ -184,6 +187,7 @@ impl RunStats {
                 dead: AtomicU64::new(0),
                 skipped: AtomicU64::new(0),
                 in_flight: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+                held_back: (0..workers).map(|_| AtomicU64::new(u64::MAX)).collect(),
                 newest_event_us: AtomicI64::new(i64::MIN),
                 opened: AtomicUsize::new(0),
                 counters: Mutex::new(BTreeMap::new()),
