@@ -65,7 +65,9 @@ pub struct ScoreConfig {
     #[serde(default = "d_top")]
     pub top_features: usize,
     /// Rows gathered (across batches and files) before scoring, so that each user's model runs once on many
-    /// rows: a forward pass costs about the same for 1 row as for 100.
+    /// rows: each call reads the model's weights (about 2.5 MB) from memory again, and libtorch's per-call
+    /// costs are paid again. Reading goes on while a gather is scored as long as `runtime.max_in_flight`
+    /// allows more than one gather in flight.
     #[serde(default = "d_gather_rows")]
     pub gather_rows: usize,
     /// Gathered rows are scored in pieces of about this many rows (whole users), one piece per step, so that
@@ -75,9 +77,11 @@ pub struct ScoreConfig {
     /// Longest wall-clock time rows wait to be gathered before they are scored.
     #[serde(default = "d_gather_ms")]
     pub gather_ms: u64,
-    /// Gathered rows are scored as soon as no input came for this long: rows held here hold back the
-    /// sinks' progress, so when the sources wait for it (backpressure, `runtime.max_in_flight`) or the
-    /// input pauses, waiting longer gains nothing.
+    /// Gathered rows are scored as soon as no input came for this long (time this worker spends scoring
+    /// does not count): the input has paused, and rows held here hold back the sinks' progress. When the
+    /// sources wait for them (backpressure, `runtime.max_in_flight`) they are scored at once. Shorter
+    /// than the time the worker takes to read and prepare one batch cuts every gather short (each user's
+    /// model then runs on a few rows at a time).
     #[serde(default = "d_gather_idle_ms")]
     pub gather_idle_ms: u64,
     /// `auto` (CUDA when available), `cpu` or `cuda`.
@@ -114,6 +118,9 @@ pub enum Precision {
     Bf16,
 }
 
+/// How often a gathering stage looks whether the sources are held back.
+const GATHER_POLL: Duration = Duration::from_millis(1);
+
 /// Rows per forward pass of a shared (generic or group) model (the last chunk of a batch is padded to it).
 const SHARED_CHUNK: usize = 128;
 
@@ -130,7 +137,7 @@ fn d_top() -> usize {
     3
 }
 fn d_gather_rows() -> usize {
-    262_144
+    16_384
 }
 fn d_piece_rows() -> usize {
     4096
@@ -139,7 +146,7 @@ fn d_gather_ms() -> u64 {
     1000
 }
 fn d_gather_idle_ms() -> u64 {
-    10
+    100
 }
 
 impl StageConfig for ScoreConfig {
@@ -183,6 +190,7 @@ impl StageConfig for ScoreConfig {
             pending: Vec::new(),
             pending_rows: 0,
             oldest: None,
+            frontier: 0,
             latest: Instant::now(),
             queue: VecDeque::new(),
             registry_errors: 0,
@@ -233,7 +241,11 @@ struct Score {
     pending: Vec<Batch>,
     pending_rows: usize,
     oldest: Option<Instant>,
-    /// When the last input came.
+    /// The input frontier: every batch below it has come.
+    frontier: u64,
+    /// When the last input came, or this worker last finished scoring a piece: no input can come while
+    /// it scores, so that time does not count as the input being idle (else every gather would end at the
+    /// first piece scored, and each user's model would run on a few dozen rows).
     latest: Instant,
     /// Gathered rows cut into pieces of whole users, scored one piece per activation: the worker's other
     /// stages (and, through the exchange, the other workers) keep running between pieces instead of
@@ -492,15 +504,28 @@ impl Transform for Score {
     fn poll_timer(&mut self, out: &mut Emitter) -> Result<Option<Duration>, StageError> {
         let wait = Duration::from_millis(self.config.gather_ms);
         let idle = Duration::from_millis(self.config.gather_idle_ms);
-        if self.oldest.is_some_and(|t| t.elapsed() >= wait) || (self.oldest.is_some() && self.latest.elapsed() >= idle)
-        {
-            self.enqueue()?;
+        if let Some(oldest) = self.oldest {
+            // The sources wait for what is gathered here (backpressure), and everything they sent has come:
+            // nothing more comes until these rows are scored.
+            let held = self.ctx.as_ref().and_then(StageContext::sources_held_back);
+            let held_back = held.is_some_and(|t| self.frontier >= t);
+            if held_back || oldest.elapsed() >= wait || self.latest.elapsed() >= idle {
+                self.enqueue()?;
+            }
         }
         self.score_piece(out)?;
         if !self.queue.is_empty() {
             return Ok(Some(Duration::ZERO));
         }
-        Ok(self.oldest.map(|t| wait.saturating_sub(t.elapsed()).min(idle.saturating_sub(self.latest.elapsed()))))
+        // While gathering, look again at the next deadline, and often enough to see the sources held back.
+        Ok(self
+            .oldest
+            .map(|t| wait.saturating_sub(t.elapsed()).min(idle.saturating_sub(self.latest.elapsed())).min(GATHER_POLL)))
+    }
+
+    fn advance(&mut self, frontier: u64, _out: &mut Emitter) -> Result<(), StageError> {
+        self.frontier = frontier;
+        Ok(())
     }
 
     fn holding(&self) -> Option<u64> {
@@ -575,6 +600,7 @@ impl Score {
         let started = Instant::now();
         let rows = batch.num_rows();
         let scored = self.score_batch(batch)?;
+        self.latest = Instant::now();
         match times {
             None => out.emit(scored),
             Some(times) => {
