@@ -146,16 +146,25 @@ impl StageContext {
         }
     }
 
-    /// While a source of this run, on any worker of this process, is paused because too many of its
-    /// batches are still in flight (`runtime.max_in_flight`), or has read everything and waits for what
-    /// is in flight to pass the sinks: the lowest logical time such a source holds.
-    /// Nothing at or above it comes until what is in flight passes the sinks, so a stage that gathers rows
-    /// (`score`) and whose input frontier has reached it has all it will get, and should let them go.
-    /// `None` while no source is held back, and always in a standalone context.
+    /// While every source of this run on this process's workers sends nothing more until what is in flight
+    /// passes the sinks (paused because `runtime.max_in_flight` of its batches are in flight, or done
+    /// reading, or ended): the lowest logical time they wait at. Nothing at or above it comes before then,
+    /// so a stage that gathers rows (`score`) and whose input frontier has reached it has all it will get,
+    /// and should let them go. `None` while a source may still send, when every source has ended, and
+    /// always in a standalone context.
     pub fn sources_held_back(&self) -> Option<u64> {
         let stats = self.stats.as_ref()?;
-        let held = stats.stages.iter().flat_map(|st| st.held_back.iter()).map(|t| t.load(Ordering::Relaxed)).min()?;
-        (held != u64::MAX).then_some(held)
+        let mut lowest = None;
+        for stage in stats.stages.iter().filter(|s| s.kind == StageKind::Source) {
+            for t in &stage.held_back {
+                match t.load(Ordering::Relaxed) {
+                    crate::observe::SOURCE_FREE => return None,
+                    crate::observe::SOURCE_ENDED => {}
+                    t => lowest = Some(lowest.map_or(t, |l: u64| l.min(t))),
+                }
+            }
+        }
+        lowest
     }
 
     /// True once the run failed (a stage or a peer process): sinks finishing then should not publish what

@@ -541,6 +541,42 @@ struct GatherConfig {
 
 /// Batches per gather that a `test-gather` with `until_held` let go because the sources were held back.
 static HELD_GATHERS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// Such gathers let go before a `test-idle-source` had ended.
+static HELD_BEFORE_IDLE_ENDED: AtomicU64 = AtomicU64::new(0);
+/// Set when a `test-idle-source` ends.
+static IDLE_ENDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct IdleSourceConfig {
+    ms: u64,
+}
+
+/// Sends nothing for `ms`, then ends: a source that may still send all that time.
+struct IdleSource {
+    wait: Duration,
+    since: Option<std::time::Instant>,
+}
+
+impl Source for IdleSource {
+    fn poll(&mut self, _ctx: &StageContext, _out: &mut Emitter) -> Result<SourceStatus, StageError> {
+        if self.since.get_or_insert_with(std::time::Instant::now).elapsed() < self.wait {
+            return Ok(SourceStatus::Idle);
+        }
+        IDLE_ENDED.store(true, Ordering::SeqCst);
+        Ok(SourceStatus::Exhausted)
+    }
+}
+
+impl StageConfig for IdleSourceConfig {
+    const TYPE: &'static str = "test-idle-source";
+    const KIND: StageKind = StageKind::Source;
+    const DESCRIPTION: &'static str = "test: sends nothing for a while, then ends";
+    fn build(&self, _ctx: &StageContext) -> Result<StageInstance, StageError> {
+        Ok(StageInstance::Source(Box::new(IdleSource { wait: Duration::from_millis(self.ms), since: None })))
+    }
+}
+register_stage!(IdleSourceConfig);
 
 /// Keeps every batch until the oldest has waited `ms`, then lets them all go (one per logical time).
 struct Gather {
@@ -567,6 +603,9 @@ impl Transform for Gather {
         let held = self.until_held && self.ctx.sources_held_back().is_some_and(|t| self.frontier >= t);
         if held {
             HELD_GATHERS.lock().unwrap().push(self.pending.len());
+            if !IDLE_ENDED.load(Ordering::SeqCst) {
+                HELD_BEFORE_IDLE_ENDED.fetch_add(1, Ordering::SeqCst);
+            }
         } else if since.elapsed() < self.wait {
             let next = self.wait - since.elapsed();
             return Ok(Some(if self.until_held { next.min(Duration::from_millis(1)) } else { next }));
@@ -626,6 +665,34 @@ fn a_gathering_stage_learns_that_the_sources_wait_for_it_and_has_all_they_sent()
     assert_eq!(gathers.iter().sum::<usize>(), 60, "{gathers:?}");
     let (last, full) = gathers.split_last().unwrap();
     assert!(full.iter().all(|&n| n == 9) && *last <= 9, "every gather holds all the batches in flight: {gathers:?}");
+}
+
+#[test]
+fn a_source_that_may_still_send_keeps_gathering_stages_waiting() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    HELD_GATHERS.lock().unwrap().clear();
+    HELD_BEFORE_IDLE_ENDED.store(0, Ordering::SeqCst);
+    IDLE_ENDED.store(false, Ordering::SeqCst);
+    // `src` is held back at once; `idle` feeds another branch and may send for 300 ms: until it ends, more
+    // input may come, so the gathering stage is not told that the sources wait for it.
+    Pipeline::builder("held-back-two-sources")
+        .workers(1)
+        .runtime("max_in_flight", json!(8))
+        .stage("src", "test-committing-source", &[], json!({ "batches": 60 }))
+        .stage("idle", "test-idle-source", &[], json!({ "ms": 300 }))
+        .stage("mid", "test-gather", &["src"], json!({"ms": 20_000, "until_held": true}))
+        .stage("sink", "test-slow-sink", &["mid"], json!({}))
+        .stage("idle_sink", "test-slow-sink", &["idle"], json!({}))
+        .build()
+        .unwrap()
+        .run(RunOptions::default())
+        .unwrap();
+    WRITTEN.store(0, Ordering::SeqCst);
+    COMPLETIONS.lock().unwrap().clear();
+    assert!(IDLE_ENDED.load(Ordering::SeqCst));
+    assert_eq!(HELD_BEFORE_IDLE_ENDED.load(Ordering::SeqCst), 0, "nothing went while `idle` could still send");
+    let gathers = HELD_GATHERS.lock().unwrap().clone();
+    assert_eq!(gathers.iter().sum::<usize>(), 60, "then every gather went as the sources waited: {gathers:?}");
 }
 
 // ---- stages that work on after `finish` (training on other threads) ----------------------------------

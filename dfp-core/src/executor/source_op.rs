@@ -13,6 +13,7 @@ use timely::dataflow::Scope;
 
 use super::state::{guard, Item, ItemBuilder, Items, OpEnv, Time};
 use crate::commits::Mark;
+use crate::observe::{SOURCE_ENDED, SOURCE_FREE};
 use crate::stage::{Emitter, Source, SourceStatus};
 
 /// The operator of one source stage (`None` when building it failed: the operator then just ends).
@@ -29,7 +30,7 @@ pub(super) fn source_op<'s>(
     // source fewer (the cluster control needs the count).
     let ended = move |env: &OpEnv| {
         env.counters().in_flight[env.local].store(0, Ordering::Relaxed);
-        env.counters().held_back[env.local].store(u64::MAX, Ordering::Relaxed);
+        env.counters().held_back[env.local].store(SOURCE_ENDED, Ordering::Relaxed);
         live.set(live.get().saturating_sub(1));
         // An ended source has nothing more a restart could deliver again.
         env.shared.commits.record(Mark::Committed {
@@ -119,7 +120,7 @@ pub(super) fn source_op<'s>(
                 }
                 if paused {
                     paused = false;
-                    env.counters().held_back[env.local].store(u64::MAX, Ordering::Relaxed);
+                    env.counters().held_back[env.local].store(SOURCE_FREE, Ordering::Relaxed);
                     if let Err(e) = guard(|| s.backpressure(false)) {
                         env.shared.fail(env.id(), e);
                     }

@@ -16,6 +16,7 @@ pub use metrics::{enable_metrics, metrics, Metrics, MAX_LABEL_VALUES};
 pub(crate) use metrics::{register_run, unregister_run};
 pub use server::{check_addr, AdminOptions, AdminServer, AdminTls, DEFAULT_MAX_CONNECTIONS};
 pub use stats::{RunStats, StageReport, StageSnapshot, StageStats, StatsSnapshot, MAX_WARNINGS};
+pub(crate) use stats::{SOURCE_ENDED, SOURCE_FREE};
 pub use tap::TAP_BUFFER_BATCHES;
 
 /// Metric attributes (re-exported so that stages need no OpenTelemetry dependency of their own).

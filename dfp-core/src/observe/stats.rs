@@ -40,6 +40,11 @@ pub struct StageReport {
     pub busy_us: u64,
 }
 
+/// [`StageStats::held_back`] of a source that may send more.
+pub(crate) const SOURCE_FREE: u64 = u64::MAX;
+/// [`StageStats::held_back`] of a source that has ended.
+pub(crate) const SOURCE_ENDED: u64 = u64::MAX - 1;
+
 /// Live counters of one stage, summed over workers.
 #[derive(Debug)]
 pub struct StageStats {
@@ -56,8 +61,9 @@ pub struct StageStats {
     pub(crate) skipped: AtomicU64,
     /// Per worker: batches emitted by this source and not yet through every sink.
     pub(crate) in_flight: Vec<AtomicU64>,
-    /// Per worker: while this source is paused because too many of its batches are in flight
-    /// (`runtime.max_in_flight`), the logical time it holds; `u64::MAX` while it is not paused.
+    /// Per worker (sources): the logical time this source waits at while it sends nothing until what is in
+    /// flight passes the sinks (paused at `runtime.max_in_flight`, or everything read);
+    /// [`SOURCE_FREE`] while it may send more, [`SOURCE_ENDED`] once it has ended.
     pub(crate) held_back: Vec<AtomicU64>,
     /// Event time (µs since the Unix epoch) of the newest event seen; `i64::MIN` when none.
     pub(crate) newest_event_us: AtomicI64,
@@ -187,7 +193,7 @@ impl RunStats {
                 dead: AtomicU64::new(0),
                 skipped: AtomicU64::new(0),
                 in_flight: (0..workers).map(|_| AtomicU64::new(0)).collect(),
-                held_back: (0..workers).map(|_| AtomicU64::new(u64::MAX)).collect(),
+                held_back: (0..workers).map(|_| AtomicU64::new(SOURCE_FREE)).collect(),
                 newest_event_us: AtomicI64::new(i64::MIN),
                 opened: AtomicUsize::new(0),
                 counters: Mutex::new(BTreeMap::new()),
