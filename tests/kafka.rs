@@ -695,6 +695,11 @@ stages:
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The mistyped property fails the run once the source opens, which may come after the first scrape:
+        // wait for the run to end rather than kill it before it could say so.
+        while fails && child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = child.kill();
         let out = child.wait_with_output().unwrap();
         let all = format!("{}{scraped}", text(&out));
