@@ -117,6 +117,34 @@ fn train_then_score_every_event_exactly_once() {
         let risk = r["risk"].as_f64().unwrap();
         assert!(risk >= own && (risk == own) == r["risk_signals"].is_null(), "{r}");
     }
+    // Users' models stacked into batched passes (what `auto` does on CUDA) score every event alike, to rounding.
+    let stacked = dir.path().join("stacked.jsonl");
+    let out = dfp()
+        .args(["run", "pipelines/azure-inference.yaml", "--var", &format!("models={}", models.display())])
+        .args(["--var", &format!("output={}", stacked.display()), "--var", "threshold=-1", "--workers", "1"])
+        .args(["--var", "stack_models=always"])
+        .env("DFP_LOG", "warn,dfp_stages::transforms::score=debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The three user models and the generic one went through stacked passes.
+    assert!(text(&out).lines().any(|l| l.contains("stacked passes") && l.contains("models=4")), "{}", text(&out));
+    let by_id: std::collections::HashMap<String, &serde_json::Value> =
+        rows.iter().map(|r| (r["id"].as_str().unwrap().to_string(), r)).collect();
+    let again: Vec<serde_json::Value> =
+        std::fs::read_to_string(&stacked).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(again.len(), rows.len());
+    let mut users = BTreeSet::new();
+    for r in &again {
+        let own = by_id[r["id"].as_str().unwrap()];
+        assert_eq!(r["model_name"], own["model_name"]);
+        let (a, b) = (r["mean_abs_z"].as_f64().unwrap(), own["mean_abs_z"].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{} stacked {a}, alone {b}", r["id"]);
+        if r["model_kind"] == "user" {
+            users.insert(r["model_name"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(users.len() >= 2, "several user models stacked: {users:?}");
     // A higher threshold keeps a subset (the shipped pipeline thresholds on risk).
     let alerts = dir.path().join("alerts.jsonl");
     let out = dfp()

@@ -45,6 +45,10 @@ pub(crate) struct BenchArgs {
     /// console's page queries, timed (median of 5).
     #[arg(long, value_name = "EVENTS", conflicts_with_all = ["model", "plugin", "profiles"])]
     console: Option<u64>,
+    /// With --model: also time this many of the registry's user models scored together, one by one and
+    /// stacked into batched passes (`score`'s `stack_models`), each model on every --model-batches rows.
+    #[arg(long, value_name = "MODELS", requires = "model")]
+    stack: Option<usize>,
     /// With --model: where the model runs (auto, cpu, cuda).
     #[arg(long, default_value = "cpu", requires = "model")]
     device: String,
@@ -178,6 +182,54 @@ fn bench_model(registry: &str, args: &BenchArgs) -> Result<ExitCode> {
         for &batch in &args.model_batches {
             let rate = model.forward_rate(batch.max(1), std::time::Duration::from_millis(1500));
             println!("{:<8} {:<10} {:>14.0}", batch, if bf16 { "bf16" } else { "f32" }, rate);
+        }
+    }
+    if let Some(count) = args.stack {
+        let names: Vec<String> = reg
+            .list()?
+            .into_iter()
+            .map(|m| m.name)
+            .filter(|n| {
+                dfp_stages::model::ModelKind::of_name(n) == dfp_stages::model::ModelKind::User
+                    && !n.ends_with(dfp_stages::profile::SET_SUFFIX)
+            })
+            .take(count.max(1))
+            .collect();
+        let mut files = Vec::new();
+        for name in &names {
+            let version = reg.latest(name)?.with_context(|| format!("no model {name} in {registry}"))?;
+            let manifest = reg.fetch(name, version, dfp_stages::model::artifact::MANIFEST)?;
+            let weights = reg.fetch(name, version, dfp_stages::model::artifact::WEIGHTS)?;
+            files.push((name, manifest, weights));
+        }
+        println!("{} user models scored together, rows/s over all of them (rows per model: the batch):", names.len());
+        println!("{:<8} {:<10} {:>14} {:>14} {:>6}", "batch", "precision", "one by one", "stacked", "keys");
+        for bf16 in [false, true] {
+            let load = |stack: bool| -> Result<Vec<Model>> {
+                let mut models = Vec::new();
+                for (name, manifest, weights) in &files {
+                    let mut model = Model::from_files(name, manifest, weights, device)?;
+                    if bf16 {
+                        model.to_bf16();
+                    }
+                    if stack {
+                        model.prepare_stacking();
+                    }
+                    models.push(model);
+                }
+                Ok(models)
+            };
+            let (alone, stacked) = (load(false)?, load(true)?);
+            let keys: std::collections::HashSet<_> = stacked.iter().filter_map(Model::stack_key).collect();
+            let alone: Vec<&Model> = alone.iter().collect();
+            let stacked: Vec<&Model> = stacked.iter().collect();
+            for &batch in &args.model_batches {
+                let wait = std::time::Duration::from_millis(1500);
+                let one = Model::many_rate(&alone, batch.max(1), wait);
+                let all = Model::many_rate(&stacked, batch.max(1), wait);
+                let precision = if bf16 { "bf16" } else { "f32" };
+                println!("{:<8} {:<10} {:>14.0} {:>14.0} {:>6}", batch, precision, one, all, keys.len());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,8 +7,8 @@ use tch::{nn, Device, Kind, Tensor};
 
 pub use super::config::StatsMode;
 use super::config::TrainConfig;
-use super::encode::{EncodedFeature, FeatureEncoder};
-use super::net::{row_losses, Architecture, Net};
+use super::encode::{Encoded, EncodedFeature, FeatureEncoder};
+use super::net::{row_losses, stacked_losses, Architecture, Net, StackKey};
 use super::FeatureDef;
 
 /// The artifact's file names.
@@ -492,23 +492,63 @@ impl Model {
         self.net.hidden_to_bf16();
     }
 
-    /// Forward pass plus per-feature losses (what scoring costs besides encoding) on `batch` synthetic rows,
-    /// repeated for at least `min_time`: rows per second. For benchmarks (`dfp bench --model`).
-    pub fn forward_rate(&self, batch: usize, min_time: std::time::Duration) -> f64 {
+    /// Prepares the model to be scored together with others of the same [`StackKey`]
+    /// ([`Model::losses_stacked`]). Call after [`Model::to_bf16`] when scoring in bf16.
+    pub fn prepare_stacking(&mut self) {
+        self.net.prepare_stacking();
+    }
+
+    /// The key under which this model stacks with others, once prepared.
+    pub fn stack_key(&self) -> Option<&StackKey> {
+        self.net.stack_key()
+    }
+
+    /// Per-feature losses of many models' encoded rows, in `jobs`' order: the models prepared for
+    /// stacking ([`Model::prepare_stacking`]) in batched passes per [`StackKey`], the others (and a model
+    /// alone under its key) one by one. Equal to each model's own losses to rounding.
+    pub fn losses_stacked(jobs: &[(&Model, &Encoded)]) -> Vec<Vec<Vec<f32>>> {
+        let nets: Vec<(&Net, &Encoded)> = jobs.iter().map(|(m, e)| (&m.net, *e)).collect();
+        stacked_losses(&nets)
+    }
+
+    /// `batch` synthetic rows in the model's input shape (for benchmarks).
+    fn synthetic(&self, batch: usize) -> Encoded {
         let (nn, nb, nc) = self.encoder.shape();
         let cards = &self.manifest.architecture.cardinalities;
-        let encoded = super::encode::Encoded {
+        Encoded {
             rows: batch,
             numeric: (0..batch * nn).map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0).collect(),
             binary: (0..batch * nb).map(|i| (i % 2) as f32).collect(),
             categorical: (0..batch * nc).map(|i| ((i / nc.max(1)) % cards[i % nc.max(1)].max(1)) as i64).collect(),
-        };
+        }
+    }
+
+    /// Forward pass plus per-feature losses (what scoring costs besides encoding) on `batch` synthetic rows,
+    /// repeated for at least `min_time`: rows per second. For benchmarks (`dfp bench --model`).
+    pub fn forward_rate(&self, batch: usize, min_time: std::time::Duration) -> f64 {
+        let encoded = self.synthetic(batch);
         let _ = row_losses(&self.net, &encoded);
         let started = std::time::Instant::now();
         let mut rows = 0usize;
         while started.elapsed() < min_time {
             let _ = row_losses(&self.net, &encoded);
             rows += batch;
+        }
+        rows as f64 / started.elapsed().as_secs_f64()
+    }
+
+    /// [`Model::losses_stacked`] over `models`, `batch` synthetic rows each, repeated for at least
+    /// `min_time`: rows per second (models not prepared for stacking run one by one). For benchmarks
+    /// (`dfp bench --model --stack`).
+    pub fn many_rate(models: &[&Model], batch: usize, min_time: std::time::Duration) -> f64 {
+        let inputs: Vec<Encoded> = models.iter().map(|m| m.synthetic(batch)).collect();
+        let jobs: Vec<(&Model, &Encoded)> = models.iter().copied().zip(&inputs).collect();
+        let _ = Model::losses_stacked(&jobs);
+        let started = std::time::Instant::now();
+        let mut rows = 0usize;
+        while started.elapsed() < min_time {
+            let _ = Model::losses_stacked(&jobs);
+            rows += batch * models.len();
         }
         rows as f64 / started.elapsed().as_secs_f64()
     }
@@ -569,7 +609,17 @@ impl Model {
 
     /// Per-feature losses of `rows` (`rows × features`, model order), as scoring computes them.
     pub fn losses(&self, rows: &arrow::array::RecordBatch) -> Result<Vec<Vec<f32>>, super::encode::EncodeError> {
-        Ok(row_losses(&self.net, &self.encoder.encode(rows)?))
+        Ok(self.encoded_losses(&self.encode(rows)?))
+    }
+
+    /// Encodes rows as the model's inputs.
+    pub fn encode(&self, rows: &arrow::array::RecordBatch) -> Result<Encoded, super::encode::EncodeError> {
+        self.encoder.encode(rows)
+    }
+
+    /// Per-feature losses of encoded rows.
+    pub fn encoded_losses(&self, rows: &Encoded) -> Vec<Vec<f32>> {
+        row_losses(&self.net, rows)
     }
 
     /// Scores rows; row `i` takes its z statistics from `stats[i]` when that is `Some` (a user's
@@ -581,7 +631,12 @@ impl Model {
         mode: ZMode,
         stats: &[Option<&UserStats>],
     ) -> Result<Scores, super::encode::EncodeError> {
-        let losses = self.losses(rows)?;
+        Ok(self.scores_of_losses(self.losses(rows)?, mode, stats))
+    }
+
+    /// Scores from per-feature losses (as [`Model::losses`] gives them), with the z statistics of
+    /// [`Model::score_calibrated`].
+    pub fn scores_of_losses(&self, losses: Vec<Vec<f32>>, mode: ZMode, stats: &[Option<&UserStats>]) -> Scores {
         let model_stats = &self.manifest.loss_stats;
         let mut z = Vec::with_capacity(losses.len());
         let mut mean_abs_z = Vec::with_capacity(losses.len());
@@ -598,7 +653,7 @@ impl Model {
             max_abs_z.push(abs.iter().copied().fold(0.0, f64::max));
             z.push(zs);
         }
-        Ok(Scores { features: self.feature_names(), z, mean_abs_z, max_abs_z })
+        Scores { features: self.feature_names(), z, mean_abs_z, max_abs_z }
     }
 }
 

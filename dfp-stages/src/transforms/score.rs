@@ -11,7 +11,9 @@
 //! `train`'s `groups:`), else the generic model; a shared model holds per-user z statistics for users
 //! with enough events (`calibrate:`), and those users' z-scores use them. Models are named, and their inputs chosen, by the log family (the
 //! pipeline's `family:`); a model trained for another family is refused with both names. Scoring runs
-//! without autograd; each input row is scored exactly once.
+//! without autograd; each input row is scored exactly once. With `stack_models` (by default on CUDA) the
+//! models of a piece that share a shape run together, one batched matrix product per layer, instead of
+//! one pass per model (scores agree to rounding; see `Model::losses_stacked`).
 //!
 //! Added columns: `model_name`, `model_version`, `model_kind` (`user`, `finetuned`, `group` or `generic`),
 //! `calibrated` (the z-scores come from the user's own statistics through a shared model), one `<feature>_z_loss`
@@ -99,6 +101,12 @@ pub struct ScoreConfig {
     /// move slightly).
     #[serde(default)]
     pub precision: Precision,
+    /// `auto` (on CUDA), `always` or `never`: score the rows of many users' models in one batched pass per
+    /// model shape (weights stacked, one batched matrix product per layer) instead of one pass per model.
+    /// A GPU needs few large calls; on a CPU each pass copies the models' weights, which costs more than
+    /// it saves. Scores agree with per-model scoring to rounding.
+    #[serde(default)]
+    pub stack_models: StackModels,
     /// S3 settings for an `s3://` registry (or an MLflow artifact store on S3).
     #[serde(default)]
     pub s3: S3Options,
@@ -116,6 +124,19 @@ pub enum Precision {
     F32,
     /// bfloat16 weights and activations.
     Bf16,
+}
+
+/// When `score` stacks models into batched passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StackModels {
+    /// On CUDA, not on the CPU.
+    #[default]
+    Auto,
+    /// Always.
+    Always,
+    /// Never: one pass per model.
+    Never,
 }
 
 /// How often a gathering stage looks whether the sources are held back.
@@ -217,6 +238,18 @@ struct Cached {
 struct Listing {
     names: HashSet<String>,
     at: Instant,
+}
+
+/// One model's share of a batch being scored: the rows (indices into the batch), encoded as the model's
+/// inputs, and each row's z statistics (empty: the model's).
+struct Job<'a> {
+    model: &'a Model,
+    model_index: u32,
+    version: u64,
+    kind: ModelKind,
+    rows: Vec<u32>,
+    stats: Vec<Option<&'a crate::model::UserStats>>,
+    encoded: crate::model::Encoded,
 }
 
 /// Gathered rows waiting to be scored: `times` gives each row's logical time when they differ (else every
@@ -430,6 +463,14 @@ impl Score {
             model.check_features(&self.defs)?;
             if self.config.precision == Precision::Bf16 {
                 model.to_bf16();
+            }
+            let stack = match self.config.stack_models {
+                StackModels::Auto => device.is_cuda(),
+                StackModels::Always => true,
+                StackModels::Never => false,
+            };
+            if stack {
+                model.prepare_stacking();
             }
             Ok(model)
         });
@@ -684,6 +725,8 @@ impl Score {
                 }
             }
         }
+        // One job per model (per chunk for a shared model): its rows, encoded, and their z statistics.
+        let mut jobs: Vec<Job<'_>> = Vec::new();
         for (name, version, kind, idx) in groups {
             let model =
                 self.cached(&name).ok_or_else(|| StageError::Other(format!("model {name} vanished from the cache")))?;
@@ -715,25 +758,37 @@ impl Score {
                     }
                 }
                 let rows = take_record_batch(&inputs, &UInt32Array::from(take))?;
-                let scores = model
-                    .score_calibrated(&rows, self.config.z, &stats)
-                    .map_err(|e| StageError::Data(format!("scoring with {name}: {e}")))?;
-                let position: Vec<usize> =
-                    names.iter().map(|f| scores.features.iter().position(|g| g == f).unwrap_or(usize::MAX)).collect();
-                for (k, &row) in chunk.iter().enumerate() {
-                    let row = row as usize;
-                    for (j, &p) in position.iter().enumerate() {
-                        if p != usize::MAX {
-                            z[row * width + j] = scores.z[k][p];
-                        }
+                let encoded = model.encode(&rows).map_err(|e| StageError::Data(format!("scoring with {name}: {e}")))?;
+                jobs.push(Job { model, model_index, version, kind, rows: chunk.to_vec(), stats, encoded });
+            }
+        }
+        // Losses: the models prepared for stacking in batched passes per key, the others one by one.
+        let encoded: Vec<(&Model, &crate::model::Encoded)> = jobs.iter().map(|j| (j.model, &j.encoded)).collect();
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let stacked: HashSet<u32> =
+                jobs.iter().filter(|j| j.model.stack_key().is_some()).map(|j| j.model_index).collect();
+            if !stacked.is_empty() {
+                tracing::debug!(models = stacked.len(), jobs = jobs.len(), "models scored in stacked passes");
+            }
+        }
+        let losses = Model::losses_stacked(&encoded);
+        for (job, losses) in jobs.iter().zip(losses) {
+            let scores = job.model.scores_of_losses(losses, self.config.z, &job.stats);
+            let position: Vec<usize> =
+                names.iter().map(|f| scores.features.iter().position(|g| g == f).unwrap_or(usize::MAX)).collect();
+            for (k, &row) in job.rows.iter().enumerate() {
+                let row = row as usize;
+                for (j, &p) in position.iter().enumerate() {
+                    if p != usize::MAX {
+                        z[row * width + j] = scores.z[k][p];
                     }
-                    mean[row] = scores.mean_abs_z[k];
-                    max[row] = scores.max_abs_z[k];
-                    model_of[row] = model_index;
-                    versions[row] = version;
-                    kinds[row] = kind.as_str();
-                    calibrated[row] = stats.get(k).is_some_and(Option::is_some);
                 }
+                mean[row] = scores.mean_abs_z[k];
+                max[row] = scores.max_abs_z[k];
+                model_of[row] = job.model_index;
+                versions[row] = job.version;
+                kinds[row] = job.kind.as_str();
+                calibrated[row] = job.stats.get(k).is_some_and(Option::is_some);
             }
         }
         let mut fields: Vec<Field> = data.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
