@@ -18,6 +18,7 @@ pub mod artifact;
 pub mod config;
 pub mod encode;
 pub mod net;
+pub(crate) mod onednn;
 pub mod peers;
 pub(crate) mod pool;
 pub mod train;

@@ -283,6 +283,23 @@ impl Net {
 
     /// Forward pass. Hidden layers run in their weights' precision; the heads and outputs are f32.
     pub fn forward(&self, num: &Tensor, bin: &Tensor, cat: &Tensor) -> Output {
+        self.forward_with(num, bin, cat, false)
+    }
+
+    /// The layers' `[out, in]` shapes, hidden layers and then the stacked head.
+    fn shapes(&self) -> Vec<(i64, i64)> {
+        let layers = self.hidden.iter().chain(self.merged_head.iter());
+        layers
+            .filter_map(|l| match l.w.size()[..] {
+                [out, inputs] => Some((out, inputs)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Forward pass; `scoring` (no autograd) runs f32 layers on the CPU through oneDNN where that is
+    /// faster and checked to round alike whatever the rows around (see [`super::onednn`]).
+    fn forward_with(&self, num: &Tensor, bin: &Tensor, cat: &Tensor, scoring: bool) -> Output {
         let kind = self.hidden.first().map_or(Kind::Float, |l| l.w.kind());
         let mut parts = vec![num.shallow_clone(), bin.shallow_clone()];
         for (i, emb) in self.embeddings.iter().enumerate() {
@@ -292,9 +309,19 @@ impl Net {
         let rows = x.size()[0];
         // The CPU kernels take another path (and round differently) for a handful of rows, so a few rows
         // are padded to `MIN_ROWS`: an event scores the same to the last bit whether it comes alone or with
-        // others. oneDNN (bf16) compiles a kernel per matrix shape: there the row count is rounded up to
-        // one of a few sizes (at most 1/8 padding) so that per-user batches of every size reuse them.
-        let padded = if kind != Kind::Float { padded_rows(rows) } else { rows.max(MIN_ROWS) };
+        // others. Scoring f32 through oneDNN, whose kernels change below about 100 rows, pads to
+        // `onednn::MIN_ROWS` instead. oneDNN (bf16, and f32 for scoring) compiles a kernel per matrix
+        // shape: there the row count is rounded up to one of a few sizes (at most 1/8 padding) so that
+        // per-user batches of every size reuse them.
+        let onednn =
+            scoring && kind == Kind::Float && self.device == Device::Cpu && super::onednn::any_usable(&self.shapes());
+        let padded = if kind != Kind::Float {
+            padded_rows(rows)
+        } else if onednn {
+            padded_rows(rows.max(super::onednn::MIN_ROWS))
+        } else {
+            rows.max(MIN_ROWS)
+        };
         if padded > rows {
             x = x.constant_pad_nd([0, 0, 0, padded - rows]);
         }
@@ -302,14 +329,15 @@ impl Net {
             x = x.to_kind(kind);
         }
         for l in &self.hidden {
-            x = x.linear(&l.w, Some(&l.b)).relu();
+            x = if onednn { super::onednn::linear(&x, &l.w, &l.b, true) } else { x.linear(&l.w, Some(&l.b)).relu() };
         }
         if kind != Kind::Float {
             x = x.to_kind(Kind::Float);
         }
         let trim = |t: Tensor| if padded > rows { t.narrow(0, 0, rows) } else { t };
         if let Some(m) = &self.merged_head {
-            let all = trim(x.linear(&m.w, Some(&m.b)));
+            let all = if onednn { super::onednn::linear(&x, &m.w, &m.b, false) } else { x.linear(&m.w, Some(&m.b)) };
+            let all = trim(all);
             let mut at = 0;
             let mut take = |width: usize| {
                 let part = all.narrow(1, at, width as i64);
@@ -354,7 +382,7 @@ pub(crate) fn row_losses(net: &Net, e: &Encoded) -> Vec<Vec<f32>> {
     }
     tch::no_grad(|| {
         let (n, b, c) = net.inputs(e);
-        let out = net.forward(&n, &b, &c);
+        let out = net.forward_with(&n, &b, &c, true);
         let l = net.losses(&out, &n, &b, &c).to_device(Device::Cpu).contiguous();
         let cols = l.size()[1] as usize;
         let flat: Vec<f32> = Vec::<f32>::try_from(l.view([-1])).unwrap_or_default();

@@ -1,0 +1,190 @@
+//! f32 linear layers for scoring through oneDNN instead of MKL.
+//!
+//! libtorch runs an f32 `linear` on the CPU through MKL's `sgemm`, which packs the weights again on every
+//! call and, on AMD CPUs, takes its AVX2 path. oneDNN (inside the same libtorch) runs the same product with
+//! its own kernels about twice as fast once a call has more than a few dozen rows (measured on a Zen 4
+//! core: 512×500 at 128 rows, 233 against 110 GFLOP/s). libtorch reaches those kernels without a weight
+//! reorder per call through `mkldnn::_linear_pointwise`, which its ahead-of-time C interface exports as
+//! `aoti_torch_cpu__linear_pointwise`; a tch build has no binding for it, so it is looked up by name at
+//! run time (absent from a libtorch built without oneDNN: then MKL is used).
+//!
+//! Rules:
+//! - Scoring only (no autograd): the op has no derivative.
+//! - A row's result must not depend on the other rows of the call (an event scores the same to the last
+//!   bit whether it comes alone or with others; the cluster test compares whole runs byte for byte).
+//!   oneDNN chooses its kernel by shape, and on the machine this was built on a call of fewer than about
+//!   100 rows rounds differently from a larger one. So callers pad calls to at least [`MIN_ROWS`] rows,
+//!   and each layer shape is first checked on this machine ([`usable`]): the rows of calls of many sizes
+//!   from [`MIN_ROWS`] up, at several offsets, must equal those of one large call, bit for bit. A shape
+//!   that fails (or any error) is run through MKL, as before.
+//! - Results differ from MKL's in the last bits (the products add in another order): about 5e-6 relative
+//!   on a layer, 2.7e-6 at most in `mean_abs_z` on the benchmark (docs/models.md).
+
+use std::collections::HashMap;
+use std::os::raw::{c_char, c_void};
+use std::sync::{Mutex, OnceLock};
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor};
+use torch_sys::C_tensor;
+
+/// Fewest rows a oneDNN call runs on: smaller calls are padded to it (see the module's rules).
+pub(crate) const MIN_ROWS: i64 = 128;
+
+/// Fewest inputs and outputs of a layer run through oneDNN. The first layer (a few dozen inputs, a
+/// different count per user) and the heads (a few dozen outputs) gain little, and each distinct shape costs
+/// oneDNN a compiled kernel: they stay with MKL.
+const BIG: i64 = 128;
+
+/// `mkldnn::_linear_pointwise(X, W, B?, attr, scalars, algorithm) -> Tensor`, through libtorch's C interface.
+type LinearPointwise = unsafe extern "C" fn(
+    x: *mut C_tensor,
+    w: *mut C_tensor,
+    b: *mut *mut C_tensor,
+    attr: *const c_char,
+    scalars: *const *const f64,
+    scalars_len: i64,
+    algorithm: *const *const c_char,
+    out: *mut *mut C_tensor,
+) -> i32;
+
+/// The function, when this libtorch exports it.
+fn linear_pointwise() -> Option<LinearPointwise> {
+    static FOUND: OnceLock<Option<LinearPointwise>> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        // SAFETY: dlsym with a NUL-terminated name only reads the loaded objects' symbol tables.
+        let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"aoti_torch_cpu__linear_pointwise".as_ptr()) };
+        // SAFETY: the symbol is libtorch's `aoti_torch_cpu__linear_pointwise`, whose C signature (torch/csrc/
+        // inductor/aoti_torch/c/shim_cpu.h, PyTorch 2.11) `LinearPointwise` spells out.
+        (!symbol.is_null()).then(|| unsafe { std::mem::transmute::<*mut c_void, LinearPointwise>(symbol) })
+    })
+}
+
+/// `x · wᵀ + b`, then ReLU when `relu`, through oneDNN: `None` when the op is missing or fails (the caller
+/// falls back to `linear`). `x`, `w` and `b` must be f32 CPU tensors; `x` is `[rows, in]`, `w` `[out, in]`.
+fn call(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Option<Tensor> {
+    let op = linear_pointwise()?;
+    let (x, w, b) = (x.contiguous(), w.contiguous(), b.contiguous());
+    let attr = if relu { c"relu" } else { c"none" };
+    let mut bias = b.as_ptr() as *mut C_tensor;
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: the tensor pointers are live `at::Tensor`s (tch's handles are `at::Tensor*`, as are the C
+    // interface's) held by `x`, `w` and `b` for the whole call; the op copies what it keeps. On success
+    // `out` is a new `at::Tensor*` that nobody else owns, which `Tensor::from_ptr` takes over (and frees
+    // with `delete`, as the C interface allocates it with `new`).
+    let rc = unsafe {
+        op(
+            x.as_ptr() as *mut C_tensor,
+            w.as_ptr() as *mut C_tensor,
+            &mut bias,
+            attr.as_ptr(),
+            std::ptr::null(),
+            0,
+            std::ptr::null(),
+            &mut out,
+        )
+    };
+    // SAFETY: see above; a failed call leaves `out` null.
+    (rc == 0 && !out.is_null()).then(|| unsafe { Tensor::from_ptr(out) })
+}
+
+/// Whether a layer of `inputs` → `outputs` runs through oneDNN on this machine: the op exists and rows of
+/// calls of [`MIN_ROWS`] rows and more come out the same, to the bit, as in one large call. Checked once
+/// per shape and process, on random weights (a few milliseconds).
+fn usable(inputs: i64, outputs: i64) -> bool {
+    static CHECKED: OnceLock<Mutex<HashMap<(i64, i64), bool>>> = OnceLock::new();
+    let checked = CHECKED.get_or_init(Default::default);
+    if let Some(ok) = checked.lock().ok().and_then(|c| c.get(&(inputs, outputs)).copied()) {
+        return ok;
+    }
+    let ok = linear_pointwise().is_some()
+        && tch::no_grad(|| stable(inputs, outputs, true) && stable(inputs, outputs, false));
+    if let Ok(mut c) = checked.lock() {
+        c.insert((inputs, outputs), ok);
+    }
+    ok
+}
+
+/// The check behind [`usable`].
+fn stable(inputs: i64, outputs: i64, relu: bool) -> bool {
+    const LARGE: i64 = 2048;
+    let mut rng = ChaCha8Rng::seed_from_u64(0x0d_11);
+    let mut random = |n: i64| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+    let x = Tensor::from_slice(&random(LARGE * inputs)).view([LARGE, inputs]);
+    let w = Tensor::from_slice(&random(outputs * inputs)).view([outputs, inputs]);
+    let b = Tensor::from_slice(&random(outputs));
+    let Some(all) = call(&x, &w, &b, relu) else { return false };
+    let sizes = [MIN_ROWS, MIN_ROWS + 1, 144, 160, 200, 255, 256, 300, 384, 511, 640, 777, 1024, 1500];
+    let offsets = [0, 1, 7, 64];
+    sizes.iter().zip(offsets.iter().cycle()).all(|(&rows, &at)| {
+        call(&x.narrow(0, at, rows), &w, &b, relu).is_some_and(|part| part.equal(&all.narrow(0, at, rows)))
+    })
+}
+
+/// One layer for scoring: `x · wᵀ + b`, then ReLU when `relu`, through oneDNN where [`usable`] (`x` must
+/// then hold at least [`MIN_ROWS`] rows), else through `linear` (MKL).
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Tensor {
+    let size = w.size();
+    let fast = x.device() == Device::Cpu
+        && x.kind() == Kind::Float
+        && w.kind() == Kind::Float
+        && size.len() == 2
+        && size.iter().all(|n| *n >= BIG)
+        && x.size().first().is_some_and(|rows| *rows >= MIN_ROWS)
+        && usable(size[1], size[0]);
+    if let Some(out) = fast.then(|| call(x, w, b, relu)).flatten() {
+        return out;
+    }
+    let out = x.linear(w, Some(b));
+    if relu {
+        out.relu()
+    } else {
+        out
+    }
+}
+
+/// Whether scoring a network whose layers have these `[out, in]` shapes goes through oneDNN for at least
+/// one layer (then calls are padded to [`MIN_ROWS`]).
+pub(crate) fn any_usable(shapes: &[(i64, i64)]) -> bool {
+    shapes.iter().any(|&(outputs, inputs)| outputs >= BIG && inputs >= BIG && usable(inputs, outputs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn onednn_layers_agree_with_mkl_and_do_not_depend_on_the_other_rows() {
+        assert!(linear_pointwise().is_some(), "libtorch exports aoti_torch_cpu__linear_pointwise");
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut random = |n: i64| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+        for (inputs, outputs) in [(512, 500), (500, 512), (256, 128)] {
+            assert!(usable(inputs, outputs), "{inputs}→{outputs} is checked stable on this machine");
+            let x = Tensor::from_slice(&random(600 * inputs)).view([600, inputs]);
+            let w = Tensor::from_slice(&random(outputs * inputs)).view([outputs, inputs]);
+            let b = Tensor::from_slice(&random(outputs));
+            for relu in [false, true] {
+                let fast = linear(&x, &w, &b, relu);
+                let mut mkl = x.linear(&w, Some(&b));
+                if relu {
+                    mkl = mkl.relu();
+                }
+                let worst = f64::try_from((&fast - &mkl).abs().max()).unwrap();
+                let scale = f64::try_from(mkl.abs().max()).unwrap();
+                assert!(worst <= 1e-5 * (1.0 + scale), "{inputs}→{outputs}: {worst} (values up to {scale})");
+                // Any 128 or more rows at any offset: the same bits as in the call of 600.
+                for (at, rows) in [(0, 128), (3, 131), (100, 400), (472, 128)] {
+                    assert!(linear(&x.narrow(0, at, rows), &w, &b, relu).equal(&fast.narrow(0, at, rows)));
+                }
+            }
+        }
+        // Fewer rows than MIN_ROWS, and small layers, go through MKL.
+        for (rows, inputs, outputs) in [(4, 256, 256), (200, 30, 512), (200, 512, 33)] {
+            let x = Tensor::from_slice(&random(rows * inputs)).view([rows, inputs]);
+            let w = Tensor::from_slice(&random(outputs * inputs)).view([outputs, inputs]);
+            let b = Tensor::from_slice(&random(outputs));
+            assert!(linear(&x, &w, &b, false).equal(&x.linear(&w, Some(&b))));
+        }
+    }
+}
