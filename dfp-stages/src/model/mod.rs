@@ -105,7 +105,8 @@ fn load_cuda_backend() -> Result<(), String> {
         // library; loading it only runs its registration constructors. It stays loaded for good.
         match unsafe { libloading::Library::new(&path) } {
             Ok(lib) => {
-                std::mem::forget(lib);
+                // Kept for good: its symbols give each worker a stream of its own (`cuda::worker_stream`).
+                let _ = cuda::BACKEND.set(lib);
                 tracing::debug!(path = %path.display(), "loaded libtorch's CUDA backend");
                 return Ok(());
             }
@@ -116,6 +117,86 @@ fn load_cuda_backend() -> Result<(), String> {
         }
     }
     Err(format!("libtorch's CUDA backend could not be loaded ({})", tried.join("; ")))
+}
+
+/// A CUDA stream per worker thread, so that workers scoring on one GPU do not queue behind each other on
+/// libtorch's default stream (the H200 measurements in docs/models.md: 16 workers on one stream lost to
+/// the CPU).
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda {
+    use std::os::raw::{c_int, c_uint, c_void};
+    use std::sync::OnceLock;
+
+    /// `libtorch_cuda.so`, once loaded (its dependencies include the CUDA runtime).
+    pub(super) static BACKEND: OnceLock<libloading::Library> = OnceLock::new();
+
+    /// `cudaStreamCreateWithFlags(cudaStream_t*, unsigned int) -> cudaError_t`.
+    type CreateStream = unsafe extern "C" fn(*mut *mut c_void, c_uint) -> c_int;
+    /// `aoti_torch_create_cuda_stream_guard(void* stream, int32_t device, CUDAStreamGuardHandle*)`.
+    type CreateGuard = unsafe extern "C" fn(*mut c_void, i32, *mut *mut c_void) -> i32;
+    /// `aoti_torch_delete_cuda_stream_guard(CUDAStreamGuardHandle)`.
+    type DeleteGuard = unsafe extern "C" fn(*mut c_void) -> i32;
+
+    /// `cudaStreamNonBlocking`: the stream does not wait for the legacy default stream.
+    const NON_BLOCKING: c_uint = 1;
+
+    struct Api {
+        create_stream: CreateStream,
+        create_guard: CreateGuard,
+        delete_guard: DeleteGuard,
+    }
+
+    fn api() -> Option<&'static Api> {
+        static API: OnceLock<Option<Api>> = OnceLock::new();
+        API.get_or_init(|| {
+            let lib = BACKEND.get()?;
+            // SAFETY: the names are the CUDA runtime's and libtorch 2.11's C functions (torch/csrc/inductor/
+            // aoti_torch/c/shim.h), with the signatures the types above spell out; the library stays loaded.
+            unsafe {
+                Some(Api {
+                    create_stream: *lib.get::<CreateStream>(b"cudaStreamCreateWithFlags\0").ok()?,
+                    create_guard: *lib.get::<CreateGuard>(b"aoti_torch_create_cuda_stream_guard\0").ok()?,
+                    delete_guard: *lib.get::<DeleteGuard>(b"aoti_torch_delete_cuda_stream_guard\0").ok()?,
+                })
+            }
+        })
+        .as_ref()
+    }
+
+    thread_local! {
+        /// This thread's stream on device 0 (created at first use, kept for the thread's life).
+        static STREAM: Option<usize> = api().and_then(|api| {
+            let mut stream: *mut c_void = std::ptr::null_mut();
+            // SAFETY: creates a stream into `stream`; a non-zero result leaves it unusable and is refused.
+            let rc = unsafe { (api.create_stream)(&mut stream, NON_BLOCKING) };
+            (rc == 0 && !stream.is_null()).then_some(stream as usize)
+        });
+    }
+
+    /// While alive, libtorch's current stream on this thread (device `index`) is the thread's own.
+    pub(crate) struct StreamGuard {
+        guard: *mut c_void,
+        delete: DeleteGuard,
+    }
+
+    impl Drop for StreamGuard {
+        fn drop(&mut self) {
+            // SAFETY: `guard` came from `aoti_torch_create_cuda_stream_guard` and is deleted once, here, on
+            // the thread that made it; that restores the stream that was current before.
+            unsafe { (self.delete)(self.guard) };
+        }
+    }
+
+    /// Makes this worker's stream current for device `index` until the guard drops; `None` when the CUDA
+    /// backend or its functions are missing (then the default stream is used, as before).
+    pub(crate) fn worker_stream(index: usize) -> Option<StreamGuard> {
+        let api = api()?;
+        let stream = STREAM.with(|s| *s)?;
+        let mut guard: *mut c_void = std::ptr::null_mut();
+        // SAFETY: `stream` is a live stream of this thread (never destroyed); `guard` receives a new handle.
+        let rc = unsafe { (api.create_guard)(stream as *mut c_void, index as i32, &mut guard) };
+        (rc == 0 && !guard.is_null()).then_some(StreamGuard { guard, delete: api.delete_guard })
+    }
 }
 
 #[cfg(not(feature = "cuda"))]

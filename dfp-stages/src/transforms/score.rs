@@ -661,6 +661,12 @@ impl Score {
     }
 
     fn score_batch(&mut self, batch: Batch) -> Result<Batch, StageError> {
+        // On a GPU each worker queues its work on a stream of its own.
+        #[cfg(feature = "cuda")]
+        let _stream = match self.config.device.device() {
+            Ok(tch::Device::Cuda(index)) => crate::model::cuda::worker_stream(index),
+            _ => None,
+        };
         let data = &batch.data;
         let n = data.num_rows();
         let users = super::users(data, "score")?.clone();
