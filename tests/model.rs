@@ -43,11 +43,22 @@ fn train_then_score_every_event_exactly_once() {
 
     // `dfp bench --model` times a user model: not the profile set the registry also holds (listed first), nor
     // the generic model.
-    let bench = dfp().args(["bench", "--model", models.to_str().unwrap(), "--model-batches", "16"]).output().unwrap();
+    let bench = dfp()
+        .args(["bench", "--model", models.to_str().unwrap(), "--model-batches", "16", "--stack", "8"])
+        .output()
+        .unwrap();
     assert!(bench.status.success(), "{}", text(&bench));
     let timed = text(&bench);
     let first = timed.lines().find(|l| l.starts_with("dfp model benchmark:")).unwrap_or_default();
     assert!(first.contains("DFP-azure-") && !first.contains("-=profiles") && !first.contains("-=generic"), "{timed}");
+    // --stack: the user models (3 here, fewer than asked) one by one and stacked, in f32 and bf16.
+    assert!(timed.contains("3 user models scored together"), "{timed}");
+    let stacked: Vec<&str> = timed.lines().skip_while(|l| !l.contains("scored together")).skip(2).collect();
+    assert_eq!(stacked.len(), 2, "{timed}");
+    for line in stacked {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert!(cols[2].parse::<f64>().unwrap() > 0.0 && cols[3].parse::<f64>().unwrap() > 0.0, "{line}");
+    }
 
     // A second run with warm_start fine-tunes version 1 into version 2 (with Adam this time).
     let out = dfp()

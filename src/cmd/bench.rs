@@ -144,6 +144,15 @@ fn bench_plugin(plugin: &str, args: &BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The user models a registry lists, in its order (not the profile set, the generic or group models).
+fn user_models(reg: &dyn dfp_core::models::ModelRegistry) -> Result<Vec<String>> {
+    let user = |n: &String| {
+        dfp_stages::model::ModelKind::of_name(n) == dfp_stages::model::ModelKind::User
+            && !n.ends_with(dfp_stages::profile::SET_SUFFIX)
+    };
+    Ok(reg.list()?.into_iter().map(|m| m.name).filter(user).collect())
+}
+
 /// `dfp bench --model`: forward pass + losses rows/s of one model, f32 and bf16, per batch size.
 fn bench_model(registry: &str, args: &BenchArgs) -> Result<ExitCode> {
     use dfp_stages::model::{DeviceChoice, Model};
@@ -151,15 +160,9 @@ fn bench_model(registry: &str, args: &BenchArgs) -> Result<ExitCode> {
     let reg = dfp_stages::registry::open(registry, &s3, &dfp_stages::registry::MlflowOptions::default())?;
     let name = match &args.model_name {
         Some(n) => n.clone(),
-        None => reg
-            .list()?
-            .into_iter()
-            .map(|m| m.name)
-            .find(|n| {
-                dfp_stages::model::ModelKind::of_name(n) == dfp_stages::model::ModelKind::User
-                    && !n.ends_with(dfp_stages::profile::SET_SUFFIX)
-            })
-            .with_context(|| format!("no user model in {registry}"))?,
+        None => {
+            user_models(reg.as_ref())?.into_iter().next().with_context(|| format!("no user model in {registry}"))?
+        }
     };
     let version = reg.latest(&name)?.with_context(|| format!("no model {name} in {registry}"))?;
     let device: DeviceChoice = serde_json::from_value(json!(args.device))
@@ -185,16 +188,7 @@ fn bench_model(registry: &str, args: &BenchArgs) -> Result<ExitCode> {
         }
     }
     if let Some(count) = args.stack {
-        let names: Vec<String> = reg
-            .list()?
-            .into_iter()
-            .map(|m| m.name)
-            .filter(|n| {
-                dfp_stages::model::ModelKind::of_name(n) == dfp_stages::model::ModelKind::User
-                    && !n.ends_with(dfp_stages::profile::SET_SUFFIX)
-            })
-            .take(count.max(1))
-            .collect();
+        let names: Vec<String> = user_models(reg.as_ref())?.into_iter().take(count.max(1)).collect();
         let mut files = Vec::new();
         for name in &names {
             let version = reg.latest(name)?.with_context(|| format!("no model {name} in {registry}"))?;
