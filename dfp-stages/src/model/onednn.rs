@@ -2,7 +2,7 @@
 //!
 //! libtorch runs an f32 `linear` on the CPU through MKL's `sgemm`, which packs the weights again on every
 //! call and, on AMD CPUs, takes its AVX2 path. oneDNN (inside the same libtorch) runs the same product with
-//! its own kernels about twice as fast once a call has more than a few dozen rows (measured on a Zen 4
+//! its own kernels about twice as fast once a call has more than a few dozen rows (measured on a Zen 5
 //! core: 512×500 at 128 rows, 233 against 110 GFLOP/s). libtorch reaches those kernels without a weight
 //! reorder per call through `mkldnn::_linear_pointwise`, which its ahead-of-time C interface exports as
 //! `aoti_torch_cpu__linear_pointwise`; a tch build has no binding for it, so it is looked up by name at
