@@ -328,8 +328,23 @@ impl Net {
         if kind != Kind::Float {
             x = x.to_kind(kind);
         }
-        for l in &self.hidden {
-            x = if onednn { super::onednn::linear(&x, &l.w, &l.b, true) } else { x.linear(&l.w, Some(&l.b)).relu() };
+        // Training (f32, CPU) runs the hidden layers through oneDNN too, with its derivative.
+        let training = (!scoring && kind == Kind::Float && self.device == Device::Cpu)
+            .then(|| {
+                let layers: Vec<(&Tensor, &Tensor)> = self.hidden.iter().map(|l| (&l.w, &l.b)).collect();
+                super::onednn::hidden_for_training(&x, &layers)
+            })
+            .flatten();
+        if let Some(trained) = training {
+            x = trained;
+        } else {
+            for l in &self.hidden {
+                x = if onednn {
+                    super::onednn::linear(&x, &l.w, &l.b, true)
+                } else {
+                    x.linear(&l.w, Some(&l.b)).relu()
+                };
+            }
         }
         if kind != Kind::Float {
             x = x.to_kind(Kind::Float);

