@@ -44,7 +44,7 @@ pub struct Net {
 }
 
 /// What networks must share to be stacked into one batched pass: the feature counts, the hidden sizes,
-/// the precision, and each categorical feature's category count rounded up by [`stacked_categories`]
+/// the precision, and each categorical feature's category count rounded up by `stacked_categories`
 /// (smaller tables and heads are padded to it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StackKey {
@@ -226,7 +226,7 @@ impl Net {
     }
 
     /// Builds the padded copies that let this network be stacked with others of the same [`StackKey`]
-    /// ([`stacked_losses`]). Call once the weights are final (after [`Net::hidden_to_bf16`] when scoring in
+    /// (`stacked_losses`). Call once the weights are final (after [`Net::hidden_to_bf16`] when scoring in
     /// bf16). A network without hidden layers is never stacked.
     pub fn prepare_stacking(&mut self) {
         let Some(first) = self.hidden.first() else { return };
