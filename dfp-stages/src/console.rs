@@ -650,7 +650,7 @@ impl Console {
     /// One event in depth: its row, every feature's z-score (largest first) with the value the model saw,
     /// the signals that raised its risk, the user's profile from the stored events (usual countries, apps,
     /// browsers, devices), the user's neighbouring events, its incident and its marks. `time`: the event's
-    /// time, to find it quickly (see [`Console::find_event`]).
+    /// time, to find it quickly (see `Console::find_event`).
     pub fn event(&self, id: &str, query: &[(String, String)]) -> Result<Value> {
         let p = Params::new(query, &["time"])?;
         let time = p.time("time", false)?;

@@ -25,7 +25,7 @@
 //!
 //! File format: gzip'd JSON lines; the first line is the header
 //! `{"format": 1, "kind": "dfp-checkpoint", "family", "stage", "worker", "workers", "written_at", "users"}`,
-//! then one [`Profile`](super::Profile) per user, with its checkpoint-only parts (`recent`, `replay`).
+//! then one [`super::Profile`] per user, with its checkpoint-only parts (`recent`, `replay`).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};

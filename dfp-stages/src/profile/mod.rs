@@ -3,7 +3,7 @@
 //! A model is half of a user's fingerprint; the other half is the user's history: the apps, countries,
 //! cities, browsers, devices and IP prefixes seen (with first/last-seen time and counts), the hours of day
 //! and days of week the user signs in, how many events and failures, and the day counters of the latest
-//! days. The `features` stage keeps that history per user ([`history`]); a **profile** is its stored form.
+//! days. The `features` stage keeps that history per user (`history`); a **profile** is its stored form.
 //!
 //! - The training pipeline's `profiles` stage ([`stage`]) writes a **profile set** for every user it saw
 //!   (also users below `min_history`, who get no model) next to the models, in the same registry:

@@ -64,7 +64,7 @@ pub struct ReportOptions {
     pub field: String,
     /// Alert threshold on `field`.
     pub threshold: f64,
-    /// Page title (default: "dfp alerts: <scores file name>").
+    /// Page title (default: `"dfp alerts: <scores file name>"`).
     pub title: Option<String>,
     /// Keep at most this many alerts in the page, the highest-scoring.
     pub max_alerts: usize,
