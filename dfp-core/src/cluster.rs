@@ -9,7 +9,7 @@
 //! (a one-record dataflow): a process running another pipeline file, another stage graph, other plugins,
 //! another dfp or another worker count is refused by every process with a message naming it, instead of
 //! failing later inside timely's channels. Timely is fail-stop: when a peer's connection breaks, the
-//! remaining processes end with an error naming the lost peer (see [`PeerWatch`]).
+//! remaining processes end with an error naming the lost peer (see `PeerWatch`).
 //!
 //! The executor's cluster plumbing lives here as well: which cluster a run joins (its options over the
 //! plan's `runtime:`), the fingerprint handshake, and the control stream that spreads stop requests,

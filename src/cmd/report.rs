@@ -27,7 +27,7 @@ pub(crate) struct ReportArgs {
     /// Alert threshold on --field.
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     threshold: f64,
-    /// Page title (default: "dfp alerts: <scores file name>").
+    /// Page title (default: `"dfp alerts: <scores file name>"`).
     #[arg(long)]
     title: Option<String>,
     /// Keep at most this many alerts in the page, the highest-scoring (the page says how many were left out).
