@@ -526,15 +526,7 @@ impl Model {
     /// Forward pass plus per-feature losses (what scoring costs besides encoding) on `batch` synthetic rows,
     /// repeated for at least `min_time`: rows per second. For benchmarks (`dfp bench --model`).
     pub fn forward_rate(&self, batch: usize, min_time: std::time::Duration) -> f64 {
-        let encoded = self.synthetic(batch);
-        let _ = row_losses(&self.net, &encoded);
-        let started = std::time::Instant::now();
-        let mut rows = 0usize;
-        while started.elapsed() < min_time {
-            let _ = row_losses(&self.net, &encoded);
-            rows += batch;
-        }
-        rows as f64 / started.elapsed().as_secs_f64()
+        Model::many_rate(&[self], batch, min_time)
     }
 
     /// [`Model::losses_stacked`] over `models`, `batch` synthetic rows each, repeated for at least

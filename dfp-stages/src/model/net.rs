@@ -537,31 +537,21 @@ fn stacked_pass(jobs: &[(&Net, &Encoded)], pass: &[usize], most: usize) -> Tenso
     }
     let head_w = stack(forms.iter().map(|f| &f.head.w).collect());
     let head_b = stack(forms.iter().map(|f| &f.head.b).collect()).unsqueeze(1);
-    let out = head_b.baddbmm(&x, &head_w.transpose(1, 2), 1, 1);
-    let mut cols = Vec::new();
+    let out = head_b.baddbmm(&x, &head_w.transpose(1, 2), 1, 1).view([g * m, -1]);
+    // The losses as one network's, over the rows of every job (the padded categories widen the heads).
     let mut at = 0;
-    if nn > 0 {
-        cols.push((out.narrow(2, 0, nn as i64) - &num).square());
-        at += nn as i64;
-    }
-    if nb > 0 {
-        cols.push(out.narrow(2, at, nb as i64).binary_cross_entropy_with_logits::<Tensor>(
-            &bin,
-            None,
-            None,
-            Reduction::None,
-        ));
-        at += nb as i64;
-    }
-    for (k, categories) in key.categories.iter().enumerate() {
-        let c = *categories as i64;
-        let logits = out.narrow(2, at, c).reshape([g * m, c]);
-        let target = cat.select(2, k as i64).reshape([g * m]);
-        let loss = logits.cross_entropy_loss::<Tensor>(&target, None, Reduction::None, -100, 0.0);
-        cols.push(loss.view([g, m, 1]));
-        at += c;
-    }
-    Tensor::cat(&cols, 2).to_kind(Kind::Float)
+    let mut take = |width: usize| {
+        let part = out.narrow(1, at, width as i64);
+        at += width as i64;
+        part
+    };
+    let output = Output {
+        numeric: (nn > 0).then(|| take(nn)),
+        binary: (nb > 0).then(|| take(nb)),
+        categorical: key.categories.iter().map(|c| take(*c)).collect(),
+    };
+    let rows = |t: &Tensor, width: usize| t.reshape([g * m, width as i64]);
+    first.losses(&output, &rows(&num, nn), &rows(&bin, nb), &rows(&cat, nc)).view([g, m, -1])
 }
 
 #[cfg(test)]

@@ -771,8 +771,16 @@ impl Score {
         // Losses: the models prepared for stacking in batched passes per key, the others one by one.
         let encoded: Vec<(&Model, &crate::model::Encoded)> = jobs.iter().map(|j| (j.model, &j.encoded)).collect();
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let stacked: HashSet<u32> =
-                jobs.iter().filter(|j| j.model.stack_key().is_some()).map(|j| j.model_index).collect();
+            // Stacked: the models of a key that more than one job has (a job alone under its key runs alone).
+            let mut per_key: HashMap<&crate::model::net::StackKey, usize> = HashMap::new();
+            for key in jobs.iter().filter_map(|j| j.model.stack_key()) {
+                *per_key.entry(key).or_default() += 1;
+            }
+            let stacked: HashSet<u32> = jobs
+                .iter()
+                .filter(|j| j.model.stack_key().is_some_and(|k| per_key[k] > 1))
+                .map(|j| j.model_index)
+                .collect();
             if !stacked.is_empty() {
                 tracing::debug!(models = stacked.len(), jobs = jobs.len(), "models scored in stacked passes");
             }
