@@ -20,7 +20,13 @@ fn hostfile(dir: &Path, n: usize) -> PathBuf {
 
 /// Starts process `i` of the cluster with `args` after `dfp run`.
 fn start(args: &[String], hosts: &Path, n: usize, i: usize) -> Child {
+    start_with(args, hosts, n, i, &[])
+}
+
+/// [`start`], with these environment variables set for the process.
+fn start_with(args: &[String], hosts: &Path, n: usize, i: usize, env: &[(&str, &str)]) -> Child {
     dfp()
+        .envs(env.iter().copied())
         .arg("run")
         .args(args)
         .args(["--processes", &n.to_string(), "--process", &i.to_string(), "--hostfile"])
@@ -97,40 +103,51 @@ fn two_processes_train_the_same_models_and_score_the_same_rows_as_one_worker() {
     let reports = lines_of(dir.path(), "r2");
     assert_eq!(reports.len(), lines_of(dir.path(), "r1").len());
 
-    // Inference: 1 process × 1 worker against 2 processes × 2 workers, every event kept.
-    let infer = |output: &Path| {
-        strings(&["pipelines/azure-inference.yaml", "--var", "threshold=-1", "--var"])
-            .into_iter()
-            .chain([format!("models={}", single.display()), "--var".into(), format!("output={}", output.display())])
-            .collect::<Vec<String>>()
-    };
-    let one = dir.path().join("one");
-    std::fs::create_dir_all(&one).unwrap();
-    let out = dfp().arg("run").args(infer(&one.join("scored.jsonl"))).args(["--workers", "1"]).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let four = dir.path().join("four");
-    std::fs::create_dir_all(&four).unwrap();
-    let mut args = infer(&four.join("scored.jsonl"));
-    args.extend(strings(&["--workers", "2"]));
-    let outs = run_cluster(&args, &hosts, 2);
-    for (i, out) in outs.iter().enumerate() {
-        assert!(out.status.success(), "process {i}: {}", text(out));
+    // Inference: 1 process × 1 worker against 2 processes × 2 workers, every event kept; with f32 layers
+    // through MKL and through oneDNN (whichever this CPU's `auto` picks), as each must round a row alike
+    // whatever rows it is scored with.
+    for onednn in ["off", "on"] {
+        let infer = |output: &Path| {
+            strings(&["pipelines/azure-inference.yaml", "--var", "threshold=-1", "--var"])
+                .into_iter()
+                .chain([format!("models={}", single.display()), "--var".into(), format!("output={}", output.display())])
+                .collect::<Vec<String>>()
+        };
+        let one = dir.path().join(format!("one-{onednn}"));
+        std::fs::create_dir_all(&one).unwrap();
+        let out = dfp()
+            .env("DFP_ONEDNN", onednn)
+            .arg("run")
+            .args(infer(&one.join("scored.jsonl")))
+            .args(["--workers", "1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let four = dir.path().join(format!("four-{onednn}"));
+        std::fs::create_dir_all(&four).unwrap();
+        let mut args = infer(&four.join("scored.jsonl"));
+        args.extend(strings(&["--workers", "2"]));
+        let children: Vec<Child> = (0..2).map(|i| start_with(&args, &hosts, 2, i, &[("DFP_ONEDNN", onednn)])).collect();
+        let outs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        for (i, out) in outs.iter().enumerate() {
+            assert!(out.status.success(), "DFP_ONEDNN={onednn}, process {i}: {}", text(out));
+        }
+        let parts: Vec<String> = (0..4).map(|w| format!("scored.part-{w:04}.jsonl")).collect();
+        for p in &parts {
+            assert!(four.join(p).exists(), "every worker writes its part file: {p}");
+        }
+        let expected = lines_of(&one, "scored");
+        assert!(expected.len() > 500, "{}", expected.len());
+        // Every row's views (`win_*`, `risk`, incidents) included: each event sees its windows as of its own
+        // time and file, whichever process and worker read what first (docs/correlate.md).
+        let got = lines_of(&four, "scored");
+        assert_eq!(got.len(), expected.len(), "2 processes × 2 workers write as many rows as 1 × 1");
+        let first = got.iter().zip(&expected).find(|(a, b)| a != b);
+        assert!(
+            first.is_none(),
+            "DFP_ONEDNN={onednn}: 2 processes × 2 workers score exactly the rows of 1 × 1; the first that differs: {first:?}"
+        );
     }
-    let parts: Vec<String> = (0..4).map(|w| format!("scored.part-{w:04}.jsonl")).collect();
-    for p in &parts {
-        assert!(four.join(p).exists(), "every worker writes its part file: {p}");
-    }
-    let expected = lines_of(&one, "scored");
-    assert!(expected.len() > 500, "{}", expected.len());
-    // Every row's views (`win_*`, `risk`, incidents) included: each event sees its windows as of its own
-    // time and file, whichever process and worker read what first (docs/correlate.md).
-    let got = lines_of(&four, "scored");
-    assert_eq!(got.len(), expected.len(), "2 processes × 2 workers write as many rows as 1 × 1");
-    let first = got.iter().zip(&expected).find(|(a, b)| a != b);
-    assert!(
-        first.is_none(),
-        "2 processes × 2 workers score exactly the rows of 1 × 1; the first that differs: {first:?}"
-    );
 }
 
 #[test]

@@ -44,6 +44,7 @@ fn train_then_score_every_event_exactly_once() {
     // `dfp bench --model` times a user model: not the profile set the registry also holds (listed first), nor
     // the generic model.
     let bench = dfp()
+        .env_remove("DFP_ONEDNN")
         .args(["bench", "--model", models.to_str().unwrap(), "--model-batches", "16", "--stack", "8"])
         .output()
         .unwrap();
@@ -51,6 +52,9 @@ fn train_then_score_every_event_exactly_once() {
     let timed = text(&bench);
     let first = timed.lines().find(|l| l.starts_with("dfp model benchmark:")).unwrap_or_default();
     assert!(first.contains("DFP-azure-") && !first.contains("-=profiles") && !first.contains("-=generic"), "{timed}");
+    // It names where f32 layers run on this CPU, and why (`auto`, as DFP_ONEDNN is unset).
+    assert!(timed.contains("f32 hidden layers on the CPU: scoring through "), "{timed}");
+    assert!(timed.contains("(auto: "), "{timed}");
     // --stack: the user models (3 here, fewer than asked) one by one and stacked, in f32 and bf16.
     assert!(timed.contains("3 user models scored together"), "{timed}");
     let stacked: Vec<&str> = timed.lines().skip_while(|l| !l.contains("scored together")).skip(2).collect();

@@ -176,6 +176,7 @@ fn bench_model(registry: &str, args: &BenchArgs) -> Result<ExitCode> {
         "dfp model benchmark: {name} v{version} on {device:?}, one thread; inputs {} numeric + {} binary + categories {:?}, layers {:?}-{:?}",
         a.numeric, a.binary, a.cardinalities, a.encoder, a.decoder
     );
+    println!("f32 hidden layers on the CPU: {}", dfp_stages::model::f32_policy());
     println!("{:<8} {:<10} {:>14}", "batch", "precision", "rows/s");
     for bf16 in [false, true] {
         let mut model = Model::from_files(&name, &manifest, &weights, device)?;

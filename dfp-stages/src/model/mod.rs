@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use artifact::{Manifest, Model, ModelKind, UserStats};
 pub use config::TrainConfig;
 pub use encode::{Encoded, FeatureEncoder};
+pub use onednn::{f32_policy, F32Policy};
 pub use train::{train, train_from};
 
 /// Where models run.
