@@ -42,17 +42,28 @@
 //! naming the file and where it broke; the other files go on. A path that does not exist fails the stage; a
 //! glob that matches nothing logs a warning (and, with `watch`, waits for files).
 //!
+//! **Reading ahead.** With `read_ahead: N` each worker reads the next N files of its queue on threads of
+//! its own (at most 4) while it parses the current one, so that waits for a cold disk or a network file
+//! system overlap instead of coming one after another. Files are still parsed and emitted in queue order,
+//! and a read that fails surfaces when its file's turn comes, as without reading ahead. At most N files
+//! (each up to `max_file_bytes`) wait in memory per worker. It is off by default (`0`: each file is read on
+//! the worker's thread when its turn comes): on a 2-core machine it made 4,801 small files on a cold disk
+//! 30–40 % faster to read, but files in the page cache 10–30 % slower (the reading threads take CPU from the
+//! workers, and the bytes arrive in another core's cache), with 50–130 MiB more at the peak; against a
+//! local S3 stand-in on the same cores it made no difference (docs/stages.md).
+//!
 //! **Watch.** With `watch: true` the source does not end: every `poll_interval_secs` it lists again and reads
 //! the files it has not seen, in time order.
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
 use dfp_core::json::records_to_batch;
 use dfp_core::{
     register_stage, Batch, ConfigError, DeadLetter, Emitter, Source, SourceStatus, StageConfig, StageContext,
@@ -104,6 +115,10 @@ pub struct FileSourceConfig {
     /// read up to the limit, and the rest is one dead letter naming the file and the limit.
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: usize,
+    /// Files each worker reads ahead of the one it parses, on threads of its own (at most
+    /// [`READ_THREADS`]); `0` (the default) reads each file on the worker's thread when its turn comes.
+    #[serde(default = "default_read_ahead")]
+    pub read_ahead: usize,
     /// S3 settings for `s3://` paths.
     #[serde(default)]
     pub s3: S3Options,
@@ -124,6 +139,12 @@ fn default_max_record_bytes() -> usize {
 fn default_max_file_bytes() -> usize {
     512 << 20
 }
+fn default_read_ahead() -> usize {
+    0
+}
+
+/// Most reading threads of one worker's source.
+pub const READ_THREADS: usize = 4;
 
 /// Input formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
@@ -182,6 +203,9 @@ impl StageConfig for FileSourceConfig {
         if !self.delimiter.is_ascii() {
             return Err(ConfigError::field("delimiter", "must be one ASCII character"));
         }
+        if self.read_ahead > 1024 {
+            return Err(ConfigError::field("read_ahead", "must be at most 1024 (files held in memory per worker)"));
+        }
         if !self.poll_interval_secs.is_finite() || self.poll_interval_secs <= 0.0 {
             return Err(ConfigError::field("poll_interval_secs", "must be positive"));
         }
@@ -200,6 +224,8 @@ impl StageConfig for FileSourceConfig {
             store: None,
             known: HashSet::new(),
             queue: VecDeque::new(),
+            ahead: VecDeque::new(),
+            readers: None,
             next_rank: 0,
             last_list: Instant::now(),
             current: None,
@@ -269,15 +295,73 @@ struct FileSource {
     config: FileSourceConfig,
     start: Option<i64>,
     end: Option<i64>,
-    store: Option<Store>,
+    store: Option<Arc<Store>>,
     known: HashSet<String>,
     queue: VecDeque<Queued>,
+    /// Files taken from `queue` whose reads are under way, in queue order, each with where its bytes arrive.
+    ahead: VecDeque<(Queued, mpsc::Receiver<Result<Bytes, StageError>>)>,
+    /// The reading threads' job queue (started at the first read ahead).
+    readers: Option<mpsc::Sender<ReadJob>>,
     next_rank: u64,
     last_list: Instant,
     current: Option<Loaded>,
 }
 
+/// One file for a reading thread: the store, the file, and where to send its bytes.
+type ReadJob = (Arc<Store>, FileInfo, mpsc::Sender<Result<Bytes, StageError>>);
+
+/// Starts `threads` reading threads that take jobs until the returned sender is dropped (with the source).
+fn start_readers(threads: usize, stage: &str) -> Result<mpsc::Sender<ReadJob>, StageError> {
+    let (send, receive) = mpsc::channel::<ReadJob>();
+    let receive = Arc::new(Mutex::new(receive));
+    for i in 0..threads {
+        let receive = Arc::clone(&receive);
+        std::thread::Builder::new()
+            .name(format!("dfp-read-{i}"))
+            .spawn(move || loop {
+                let job = match receive.lock() {
+                    Ok(r) => r.recv(),
+                    Err(_) => return,
+                };
+                let Ok((store, file, reply)) = job else { return };
+                // The source may be gone (a stop): then nobody waits for these bytes.
+                let _ = reply.send(store.get(&file));
+            })
+            .map_err(|e| StageError::Other(format!("{stage}: cannot start a reading thread: {e}")))?;
+    }
+    Ok(send)
+}
+
 impl FileSource {
+    /// The next file of this worker's queue with its bytes, reading up to `read_ahead` files ahead.
+    fn next_file(&mut self, ctx: &StageContext) -> Result<Option<(Queued, Bytes)>, StageError> {
+        let Some(store) = self.store.clone() else { return Err(StageError::Other("store not opened".into())) };
+        if self.config.read_ahead == 0 {
+            let Some(q) = self.queue.pop_front() else { return Ok(None) };
+            let bytes = store.get(&q.file)?;
+            return Ok(Some((q, bytes)));
+        }
+        while self.ahead.len() < self.config.read_ahead {
+            let Some(q) = self.queue.pop_front() else { break };
+            if self.readers.is_none() {
+                let threads = self.config.read_ahead.min(READ_THREADS);
+                self.readers = Some(start_readers(threads, &ctx.stage_id)?);
+            }
+            let (reply, bytes) = mpsc::channel();
+            let sent =
+                self.readers.as_ref().is_some_and(|r| r.send((Arc::clone(&store), q.file.clone(), reply)).is_ok());
+            if !sent {
+                return Err(StageError::Other(format!("{}: the reading threads ended", ctx.stage_id)));
+            }
+            self.ahead.push_back((q, bytes));
+        }
+        let Some((q, bytes)) = self.ahead.pop_front() else { return Ok(None) };
+        let bytes = bytes.recv().map_err(|_| {
+            StageError::Other(format!("{}: a reading thread ended before {}", ctx.stage_id, q.file.display))
+        })??;
+        Ok(Some((q, bytes)))
+    }
+
     /// Lists the store and queues this worker's share of the files not seen before, in time order.
     fn refresh(&mut self, ctx: &StageContext) -> Result<(), StageError> {
         let Some(store) = &self.store else { return Ok(()) };
@@ -319,15 +403,15 @@ impl FileSource {
         Ok(())
     }
 
-    fn load(&self, q: Queued, out: &mut Emitter) -> Result<Loaded, StageError> {
-        let Some(store) = &self.store else { return Err(StageError::Other("store not opened".into())) };
+    /// Parses a file's `bytes` (read by [`FileSource::next_file`]).
+    fn load(&self, q: Queued, bytes: Bytes, out: &mut Emitter) -> Result<Loaded, StageError> {
         let display = q.file.display.clone();
         let limit = self.config.max_file_bytes;
         let mut name = display.to_ascii_lowercase();
         let damaged = |out: &mut Emitter, reason: String| {
             out.dead_letter(DeadLetter::new(reason, String::new(), display.clone()));
         };
-        let mut bytes = Vec::from(store.get(&q.file)?);
+        let mut bytes = Vec::from(bytes);
         if name.ends_with(".gz") {
             name.truncate(name.len() - 3);
             let (plain, problem) = gunzip(&bytes, limit);
@@ -466,7 +550,7 @@ impl Source for FileSource {
     }
 
     fn open(&mut self, ctx: &StageContext) -> Result<(), StageError> {
-        self.store = Some(Store::open(&self.config.path, &self.config.s3)?);
+        self.store = Some(Arc::new(Store::open(&self.config.path, &self.config.s3)?));
         self.refresh(ctx)
     }
 
@@ -483,16 +567,16 @@ impl Source for FileSource {
         };
         if finished {
             self.current = None;
-            if self.queue.is_empty() && self.config.watch {
+            if self.queue.is_empty() && self.ahead.is_empty() && self.config.watch {
                 if self.last_list.elapsed() < Duration::from_secs_f64(self.config.poll_interval_secs) {
                     return Ok(SourceStatus::Idle);
                 }
                 self.refresh(ctx)?;
             }
-            let Some(q) = self.queue.pop_front() else {
+            let Some((q, bytes)) = self.next_file(ctx)? else {
                 return Ok(if self.config.watch { SourceStatus::Idle } else { SourceStatus::Exhausted });
             };
-            self.current = Some(self.load(q, out)?);
+            self.current = Some(self.load(q, bytes, out)?);
         }
         let Some(cur) = self.current.as_mut() else { return Ok(SourceStatus::Ready) };
         let data = match &cur.content {
@@ -1078,6 +1162,98 @@ mod tests {
         let mut em = Emitter::new();
         while src.poll(&ctx, &mut em).unwrap() != SourceStatus::Exhausted {}
         em.take()
+    }
+
+    #[test]
+    fn reading_ahead_changes_nothing_that_comes_out() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..40 {
+            let name = format!("AZUREAD_2022-08-01T{:02}_{:02}_00.000Z.json", i / 4, (i % 4) * 15);
+            let records: Vec<String> = (0..(i % 7 + 1)).map(|k| format!("{{\"file\": {i}, \"k\": {k}}}")).collect();
+            let mut text = format!("[\n{}\n]\n", records.join(",\n"));
+            if i == 9 {
+                text.push_str("junk");
+            }
+            if i % 5 == 0 {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(text.as_bytes()).unwrap();
+                let mut bytes = gz.finish().unwrap();
+                if i == 20 {
+                    bytes.truncate(bytes.len() / 2);
+                }
+                std::fs::write(dir.path().join(format!("{name}.gz")), bytes).unwrap();
+            } else {
+                std::fs::write(dir.path().join(name), text).unwrap();
+            }
+        }
+        let path = dir.path().to_str().unwrap();
+        let read = |ahead: usize, workers: usize| {
+            let mut out = Vec::new();
+            for w in 0..workers {
+                let config: FileSourceConfig = serde_json::from_value(
+                    serde_json::json!({"path": path, "raw": true, "batch_size": 3, "read_ahead": ahead}),
+                )
+                .unwrap();
+                config.validate().unwrap();
+                let ctx = StageContext::standalone("logs", w, workers);
+                let StageInstance::Source(mut src) = StageConfig::build(&config, &ctx).unwrap() else { panic!() };
+                src.open(&ctx).unwrap();
+                let mut em = Emitter::new();
+                while src.poll(&ctx, &mut em).unwrap() != SourceStatus::Exhausted {}
+                let (batches, dead) = em.take();
+                let batches: Vec<_> =
+                    batches.into_iter().map(|b| (b.envelope.origin, b.envelope.time, b.data)).collect();
+                let dead: Vec<_> = dead.into_iter().map(|d| (d.origin, d.reason)).collect();
+                out.push((batches, dead));
+            }
+            out
+        };
+        for workers in [1, 2] {
+            let plain = read(0, workers);
+            let rows: usize = plain.iter().flat_map(|(b, _)| b.iter().map(|(_, _, d)| d.num_rows())).sum();
+            assert!(rows > 100, "{rows}");
+            assert!(plain.iter().map(|(_, d)| d.len()).sum::<usize>() >= 2, "the damaged files are dead letters");
+            for ahead in [1, 3, 8, 64] {
+                assert!(read(ahead, workers) == plain, "read_ahead {ahead}, {workers} worker(s)");
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_fails_when_its_turn_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..6).map(|i| format!("AZUREAD_2022-08-0{}T00_00_00.000Z.json", i + 1)).collect();
+        for name in &names {
+            std::fs::write(dir.path().join(name), "[{\"n\": 1}]\n").unwrap();
+        }
+        for ahead in [0, 4] {
+            let config: FileSourceConfig =
+                serde_json::from_value(serde_json::json!({"path": dir.path().to_str().unwrap(), "read_ahead": ahead}))
+                    .unwrap();
+            let ctx = StageContext::standalone("logs", 0, 1);
+            let StageInstance::Source(mut src) = StageConfig::build(&config, &ctx).unwrap() else { panic!() };
+            src.open(&ctx).unwrap();
+            // Listed, then gone before it is read (moved away by another process, say).
+            let gone = dir.path().join(&names[2]);
+            let kept = dir.path().join("moved");
+            std::fs::rename(&gone, &kept).unwrap();
+            let mut em = Emitter::new();
+            let error = loop {
+                match src.poll(&ctx, &mut em) {
+                    Ok(SourceStatus::Exhausted) => panic!("read_ahead {ahead}: no error"),
+                    Ok(_) => {}
+                    Err(e) => break e.to_string(),
+                }
+            };
+            assert!(error.contains(&names[2]), "read_ahead {ahead}: {error}");
+            let (batches, _) = em.take();
+            assert_eq!(batches.len(), 2, "read_ahead {ahead}: the two files before it were emitted");
+            std::fs::rename(&kept, &gone).unwrap();
+        }
+        let bad: FileSourceConfig =
+            serde_json::from_value(serde_json::json!({"path": "x.json", "read_ahead": 5000})).unwrap();
+        assert_eq!(bad.validate().unwrap_err().field.as_deref(), Some("read_ahead"));
     }
 
     #[test]
