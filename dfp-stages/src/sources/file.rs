@@ -1071,22 +1071,31 @@ mod tests {
     use super::*;
 
     fn read_all(path: &str, workers: usize) -> (Vec<(usize, Vec<Batch>)>, Vec<DeadLetter>) {
-        let config: FileSourceConfig =
-            serde_json::from_value(serde_json::json!({"path": path, "batch_size": 2})).unwrap();
-        config.validate().unwrap();
         let mut per_worker = Vec::new();
         let mut dead = Vec::new();
-        for w in 0..workers {
-            let ctx = StageContext::standalone("logs", w, workers);
-            let StageInstance::Source(mut src) = StageConfig::build(&config, &ctx).unwrap() else { panic!() };
-            src.open(&ctx).unwrap();
-            let mut em = Emitter::new();
-            while src.poll(&ctx, &mut em).unwrap() != SourceStatus::Exhausted {}
-            let (b, d) = em.take();
+        for (w, (b, d)) in
+            read_per_worker(serde_json::json!({"path": path, "batch_size": 2}), workers).into_iter().enumerate()
+        {
             per_worker.push((w, b));
             dead.extend(d);
         }
         (per_worker, dead)
+    }
+
+    /// Each of `workers` workers' batches and dead letters, reading to the end with this configuration.
+    fn read_per_worker(config: serde_json::Value, workers: usize) -> Vec<(Vec<Batch>, Vec<DeadLetter>)> {
+        let config: FileSourceConfig = serde_json::from_value(config).unwrap();
+        config.validate().unwrap();
+        (0..workers)
+            .map(|w| {
+                let ctx = StageContext::standalone("logs", w, workers);
+                let StageInstance::Source(mut src) = StageConfig::build(&config, &ctx).unwrap() else { panic!() };
+                src.open(&ctx).unwrap();
+                let mut em = Emitter::new();
+                while src.poll(&ctx, &mut em).unwrap() != SourceStatus::Exhausted {}
+                em.take()
+            })
+            .collect()
     }
 
     #[test]
@@ -1189,25 +1198,16 @@ mod tests {
         }
         let path = dir.path().to_str().unwrap();
         let read = |ahead: usize, workers: usize| {
-            let mut out = Vec::new();
-            for w in 0..workers {
-                let config: FileSourceConfig = serde_json::from_value(
-                    serde_json::json!({"path": path, "raw": true, "batch_size": 3, "read_ahead": ahead}),
-                )
-                .unwrap();
-                config.validate().unwrap();
-                let ctx = StageContext::standalone("logs", w, workers);
-                let StageInstance::Source(mut src) = StageConfig::build(&config, &ctx).unwrap() else { panic!() };
-                src.open(&ctx).unwrap();
-                let mut em = Emitter::new();
-                while src.poll(&ctx, &mut em).unwrap() != SourceStatus::Exhausted {}
-                let (batches, dead) = em.take();
-                let batches: Vec<_> =
-                    batches.into_iter().map(|b| (b.envelope.origin, b.envelope.time, b.data)).collect();
-                let dead: Vec<_> = dead.into_iter().map(|d| (d.origin, d.reason)).collect();
-                out.push((batches, dead));
-            }
-            out
+            let config = serde_json::json!({"path": path, "raw": true, "batch_size": 3, "read_ahead": ahead});
+            read_per_worker(config, workers)
+                .into_iter()
+                .map(|(batches, dead)| {
+                    let batches: Vec<_> =
+                        batches.into_iter().map(|b| (b.envelope.origin, b.envelope.time, b.data)).collect();
+                    let dead: Vec<_> = dead.into_iter().map(|d| (d.origin, d.reason)).collect();
+                    (batches, dead)
+                })
+                .collect::<Vec<_>>()
         };
         for workers in [1, 2] {
             let plain = read(0, workers);
