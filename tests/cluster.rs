@@ -39,7 +39,12 @@ fn start_with(args: &[String], hosts: &Path, n: usize, i: usize, env: &[(&str, &
 
 /// Runs a whole cluster of `n` processes to the end.
 fn run_cluster(args: &[String], hosts: &Path, n: usize) -> Vec<Output> {
-    let children: Vec<Child> = (0..n).map(|i| start(args, hosts, n, i)).collect();
+    run_cluster_with(args, hosts, n, &[])
+}
+
+/// [`run_cluster`], with these environment variables set for every process.
+fn run_cluster_with(args: &[String], hosts: &Path, n: usize, env: &[(&str, &str)]) -> Vec<Output> {
+    let children: Vec<Child> = (0..n).map(|i| start_with(args, hosts, n, i, env)).collect();
     children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
 }
 
@@ -106,13 +111,13 @@ fn two_processes_train_the_same_models_and_score_the_same_rows_as_one_worker() {
     // Inference: 1 process × 1 worker against 2 processes × 2 workers, every event kept; with f32 layers
     // through MKL and through oneDNN (whichever this CPU's `auto` picks), as each must round a row alike
     // whatever rows it is scored with.
+    let infer = |output: &Path| {
+        strings(&["pipelines/azure-inference.yaml", "--var", "threshold=-1", "--var"])
+            .into_iter()
+            .chain([format!("models={}", single.display()), "--var".into(), format!("output={}", output.display())])
+            .collect::<Vec<String>>()
+    };
     for onednn in ["off", "on"] {
-        let infer = |output: &Path| {
-            strings(&["pipelines/azure-inference.yaml", "--var", "threshold=-1", "--var"])
-                .into_iter()
-                .chain([format!("models={}", single.display()), "--var".into(), format!("output={}", output.display())])
-                .collect::<Vec<String>>()
-        };
         let one = dir.path().join(format!("one-{onednn}"));
         std::fs::create_dir_all(&one).unwrap();
         let out = dfp()
@@ -127,9 +132,7 @@ fn two_processes_train_the_same_models_and_score_the_same_rows_as_one_worker() {
         std::fs::create_dir_all(&four).unwrap();
         let mut args = infer(&four.join("scored.jsonl"));
         args.extend(strings(&["--workers", "2"]));
-        let children: Vec<Child> = (0..2).map(|i| start_with(&args, &hosts, 2, i, &[("DFP_ONEDNN", onednn)])).collect();
-        let outs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
-        for (i, out) in outs.iter().enumerate() {
+        for (i, out) in run_cluster_with(&args, &hosts, 2, &[("DFP_ONEDNN", onednn)]).iter().enumerate() {
             assert!(out.status.success(), "DFP_ONEDNN={onednn}, process {i}: {}", text(out));
         }
         let parts: Vec<String> = (0..4).map(|w| format!("scored.part-{w:04}.jsonl")).collect();

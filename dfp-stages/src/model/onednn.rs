@@ -23,7 +23,7 @@
 //!   wherever libtorch has it, and scores through it only on AMD CPUs of family 26 (Zen 5) and later: there
 //!   a call runs twice as fast as MKL's, which repays padding small calls, and the bench ran 6–20 % faster
 //!   end to end. On a Zen 4 (family 25, AVX-512 on half-width units) a call of 128 rows ran only as fast as
-//!   MKL's, the padding cost more than the larger calls gained, and the bench ran 12–30 % slower (training,
+//!   MKL's, the padding cost more than the larger calls gained, and the bench ran 12–53 % slower (training,
 //!   which pads nothing, still ran 4 % faster). Intel CPUs, where MKL takes its AVX-512 path, were not
 //!   measured: `auto` scores through MKL there (docs/models.md).
 //! - Results differ from MKL's in the last bits (the products add in another order): about 5e-6 relative

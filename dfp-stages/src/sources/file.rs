@@ -307,15 +307,16 @@ struct FileSource {
     current: Option<Loaded>,
 }
 
-/// One file for a reading thread: the store, the file, and where to send its bytes.
-type ReadJob = (Arc<Store>, FileInfo, mpsc::Sender<Result<Bytes, StageError>>);
+/// One file for a reading thread, and where to send its bytes.
+type ReadJob = (FileInfo, mpsc::Sender<Result<Bytes, StageError>>);
 
-/// Starts `threads` reading threads that take jobs until the returned sender is dropped (with the source).
-fn start_readers(threads: usize, stage: &str) -> Result<mpsc::Sender<ReadJob>, StageError> {
+/// Starts `threads` threads reading files of `store` until the returned sender is dropped (with the source).
+fn start_readers(threads: usize, store: &Arc<Store>, stage: &str) -> Result<mpsc::Sender<ReadJob>, StageError> {
     let (send, receive) = mpsc::channel::<ReadJob>();
     let receive = Arc::new(Mutex::new(receive));
     for i in 0..threads {
         let receive = Arc::clone(&receive);
+        let store = Arc::clone(store);
         std::thread::Builder::new()
             .name(format!("dfp-read-{i}"))
             .spawn(move || loop {
@@ -323,7 +324,7 @@ fn start_readers(threads: usize, stage: &str) -> Result<mpsc::Sender<ReadJob>, S
                     Ok(r) => r.recv(),
                     Err(_) => return,
                 };
-                let Ok((store, file, reply)) = job else { return };
+                let Ok((file, reply)) = job else { return };
                 // The source may be gone (a stop): then nobody waits for these bytes.
                 let _ = reply.send(store.get(&file));
             })
@@ -335,7 +336,7 @@ fn start_readers(threads: usize, stage: &str) -> Result<mpsc::Sender<ReadJob>, S
 impl FileSource {
     /// The next file of this worker's queue with its bytes, reading up to `read_ahead` files ahead.
     fn next_file(&mut self, ctx: &StageContext) -> Result<Option<(Queued, Bytes)>, StageError> {
-        let Some(store) = self.store.clone() else { return Err(StageError::Other("store not opened".into())) };
+        let Some(store) = &self.store else { return Err(StageError::Other("store not opened".into())) };
         if self.config.read_ahead == 0 {
             let Some(q) = self.queue.pop_front() else { return Ok(None) };
             let bytes = store.get(&q.file)?;
@@ -345,11 +346,10 @@ impl FileSource {
             let Some(q) = self.queue.pop_front() else { break };
             if self.readers.is_none() {
                 let threads = self.config.read_ahead.min(READ_THREADS);
-                self.readers = Some(start_readers(threads, &ctx.stage_id)?);
+                self.readers = Some(start_readers(threads, store, &ctx.stage_id)?);
             }
             let (reply, bytes) = mpsc::channel();
-            let sent =
-                self.readers.as_ref().is_some_and(|r| r.send((Arc::clone(&store), q.file.clone(), reply)).is_ok());
+            let sent = self.readers.as_ref().is_some_and(|r| r.send((q.file.clone(), reply)).is_ok());
             if !sent {
                 return Err(StageError::Other(format!("{}: the reading threads ended", ctx.stage_id)));
             }
