@@ -57,7 +57,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Read;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use arrow::array::{StringBuilder, UInt32Builder};
@@ -301,7 +301,7 @@ struct FileSource {
     /// Files taken from `queue` whose reads are under way, in queue order, each with where its bytes arrive.
     ahead: VecDeque<(Queued, mpsc::Receiver<Result<Bytes, StageError>>)>,
     /// The reading threads' job queue (started at the first read ahead).
-    readers: Option<mpsc::Sender<ReadJob>>,
+    readers: Option<crossbeam_channel::Sender<ReadJob>>,
     next_rank: u64,
     last_list: Instant,
     current: Option<Loaded>,
@@ -311,22 +311,22 @@ struct FileSource {
 type ReadJob = (FileInfo, mpsc::Sender<Result<Bytes, StageError>>);
 
 /// Starts `threads` threads reading files of `store` until the returned sender is dropped (with the source).
-fn start_readers(threads: usize, store: &Arc<Store>, stage: &str) -> Result<mpsc::Sender<ReadJob>, StageError> {
-    let (send, receive) = mpsc::channel::<ReadJob>();
-    let receive = Arc::new(Mutex::new(receive));
+fn start_readers(
+    threads: usize,
+    store: &Arc<Store>,
+    stage: &str,
+) -> Result<crossbeam_channel::Sender<ReadJob>, StageError> {
+    let (send, receive) = crossbeam_channel::unbounded::<ReadJob>();
     for i in 0..threads {
-        let receive = Arc::clone(&receive);
+        let receive = receive.clone();
         let store = Arc::clone(store);
         std::thread::Builder::new()
             .name(format!("dfp-read-{i}"))
-            .spawn(move || loop {
-                let job = match receive.lock() {
-                    Ok(r) => r.recv(),
-                    Err(_) => return,
-                };
-                let Ok((file, reply)) = job else { return };
-                // The source may be gone (a stop): then nobody waits for these bytes.
-                let _ = reply.send(store.get(&file));
+            .spawn(move || {
+                for (file, reply) in receive {
+                    // The source may be gone (a stop): then nobody waits for these bytes.
+                    let _ = reply.send(store.get(&file));
+                }
             })
             .map_err(|e| StageError::Other(format!("{stage}: cannot start a reading thread: {e}")))?;
     }
