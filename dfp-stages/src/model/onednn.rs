@@ -77,7 +77,8 @@ impl std::fmt::Display for F32Policy {
     }
 }
 
-/// The process's choice: `DFP_ONEDNN` = `on` | `off` | `auto` (the default, also when unset or empty). `auto`
+/// The process's choice: `DFP_ONEDNN` = `on` | `off` | `auto` (the default, also when unset or empty; `1`,
+/// `true`, `yes` and `0`, `false`, `no` are taken as `on` and `off`, in any case). `auto`
 /// trains through oneDNN and scores through it on AMD CPUs of family 26 and later only (see the module's
 /// rules). An unknown value is reported once as a warning and taken as `auto`. Read once per process.
 pub fn f32_policy() -> &'static F32Policy {
